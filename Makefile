@@ -1,0 +1,34 @@
+# Both targets bootstrap their own virtualenv so a fresh clone needs only python3.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo lint typecheck unit venv clean bench
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check leasectl loops tests bench
+	$(BIN)/ruff format --check leasectl loops
+
+typecheck: $(STAMP)
+	$(BIN)/mypy leasectl loops
+
+test: lint typecheck
+	$(BIN)/pytest -q
+
+demo: $(STAMP)
+	$(BIN)/leasectl demo --replicas 3
+
+bench: $(STAMP)
+	$(BIN)/python bench/failover.py
+
+clean:
+	rm -rf $(VENV) .leasectl build dist *.egg-info

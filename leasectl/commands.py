@@ -1,0 +1,16 @@
+"""Registry of the CLI subcommands that live in their own modules.
+
+Each entry is ``register(subparsers, add_common_flags)``; it adds a parser and sets
+``handler`` (a function ``args -> exit code``). Keeping the list here lets each command's
+parser live next to the code it drives.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+Register = Callable[[Any, Callable[[argparse.ArgumentParser], None]], None]
+
+REGISTER: list[Register] = []

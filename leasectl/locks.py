@@ -1,0 +1,307 @@
+"""Session advisory locks held on ONE dedicated connection per replica.
+
+A :class:`LockSession` owns an autocommit connection that is never taken from the work pool.
+Every lease of the replica is a session-level advisory lock on that connection, in the
+two-int form ``(namespace, key)``. Taking many locks costs one round trip; nothing ever blocks
+inside ``pg_advisory_lock``: waiting is try-lock polling with jitter plus a LISTEN wake-up, so
+a waiter cannot deadlock with ``CREATE INDEX CONCURRENTLY`` or die on ``lock_timeout``.
+
+Session advisory locks survive the transaction that took them and vanish with the session.
+That is exactly the property a lease needs: when the holder's process or link dies, the
+server frees its locks, and nothing else does.
+
+Example::
+
+    with LockSession.connect(dsn, settings.database, "leasectl/replica-a") as session:
+        got = session.try_acquire(["digest", "crl_generation"])
+        ...
+        session.release(got)
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Self
+
+import psycopg
+
+from leasectl import sql
+from leasectl.db import is_unix_socket, lock_connect
+from leasectl.errors import DatabaseUnavailable, LeaseTimeout, UnsupportedTopology
+from leasectl.keys import KeyRegistry, as_oid, from_oid, namespace_for
+from leasectl.settings import DatabaseSettings
+
+Q = sql.load("locks")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The backend holding a lock, from ``pg_locks`` joined with ``pg_stat_activity``."""
+
+    name: str
+    pid: int
+    application_name: str | None
+    client_addr: str | None
+    connected_s: float | None
+
+    def describe(self) -> str:
+        addr = self.client_addr or "local socket"
+        since = f", connected {self.connected_s:.0f}s" if self.connected_s is not None else ""
+        return f"backend pid {self.pid} ({self.application_name or '?'} from {addr}{since})"
+
+
+@dataclass(frozen=True)
+class TcpBound:
+    """TCP settings in force on the lock connection and the D_srv they imply (None: Unix socket)."""
+
+    idle: int
+    interval: int
+    count: int
+    user_timeout_ms: int
+    unix_socket: bool
+
+    @property
+    def d_srv(self) -> float | None:
+        """Earliest time (s) after the holder's last packet at which the server may drop it.
+
+        Linux aborts an idle keepalive connection after ``count`` unanswered probes, unless
+        ``TCP_USER_TIMEOUT`` is set, in which case it aborts at the first probe tick past the
+        user timeout (and unacknowledged data aborts after the user timeout as well).
+        """
+        if self.unix_socket:
+            return None
+        if self.idle <= 0:
+            return float(7200 + 75 * 9)  # kernel defaults: safe but slow
+        if self.user_timeout_ms > 0:
+            return max(self.user_timeout_ms / 1000.0, float(self.idle + self.interval))
+        return float(self.idle + self.interval * self.count)
+
+
+class LockSession:
+    """One dedicated lock connection and the advisory locks it holds."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        *,
+        namespace: str | int = "leasectl",
+        registry: KeyRegistry | None = None,
+        unix_socket: bool = False,
+    ) -> None:
+        self.conn = conn
+        self.namespace = namespace_for(namespace)
+        self.registry = registry or KeyRegistry()
+        self.unix_socket = unix_socket
+        self.backend_pid: int = conn.info.backend_pid
+        self.tcp: TcpBound | None = None
+
+    # -- opening --------------------------------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls,
+        dsn: str,
+        db: DatabaseSettings,
+        application_name: str,
+        *,
+        namespace: str | int = "leasectl",
+        registry: KeyRegistry | None = None,
+        check_pooler: bool = True,
+        lock_timeout_ms: int = 5000,
+    ) -> Self:
+        """Open, configure and verify a lock connection.
+
+        :raises UnsupportedTopology: the connection goes through a transaction pooler or
+            reaches a standby.
+        """
+        conn = lock_connect(dsn, db, application_name)
+        session = cls(
+            conn, namespace=namespace, registry=registry, unix_socket=is_unix_socket(dsn)
+        )
+        try:
+            session._setup(db, lock_timeout_ms)
+            if check_pooler:
+                session._check_pooler(dsn, db, application_name)
+        except BaseException:
+            conn.close()
+            raise
+        return session
+
+    def _setup(self, db: DatabaseSettings, lock_timeout_ms: int) -> None:
+        probe = secrets.token_hex(8)
+        params = {
+            "lock_timeout": f"{lock_timeout_ms}ms",
+            "idle": str(db.tcp_keepalives_idle),
+            "interval": str(db.tcp_keepalives_interval),
+            "count": str(db.tcp_keepalives_count),
+            "user_timeout": str(db.tcp_user_timeout_ms),
+            "probe": probe,
+        }
+        try:
+            self.conn.execute(Q["session_setup"], params)
+            row = self.conn.execute(Q["session_readback"]).fetchone()
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"lock connection setup failed: {exc}") from exc
+        assert row is not None
+        pid, got_probe, idle, interval, count, user_timeout, in_recovery = row
+        if in_recovery:
+            raise UnsupportedTopology(
+                "the lock connection reached a server in recovery (a standby); advisory "
+                "locks must be taken on the primary: point database.lock_dsn at it"
+            )
+        if pid != self.backend_pid or got_probe != probe:
+            raise UnsupportedTopology(
+                "the lock connection goes through a transaction-mode pooler: "
+                + (
+                    f"the backend pid changed between transactions ({self.backend_pid} -> {pid})"
+                    if pid != self.backend_pid
+                    else "a session SET did not persist to the next transaction"
+                )
+                + ". Advisory locks need a direct or session-pooled connection; point "
+                "database.lock_dsn (LEASECTL_LOCK_DSN) at PostgreSQL directly or at a "
+                "session-mode pool."
+            )
+        self.tcp = TcpBound(idle, interval, count, user_timeout, self.unix_socket)
+
+    def _check_pooler(self, dsn: str, db: DatabaseSettings, application_name: str) -> None:
+        """A second client connection must never land on our backend.
+
+        Through a transaction pooler it usually does: the pooler hands the idle server
+        connection we just used to the next transaction, whoever's it is.
+        """
+        other = lock_connect(dsn, db, application_name + "/pooler-probe")
+        try:
+            other.autocommit = False
+            row = other.execute(Q["backend_pid"]).fetchone()
+            other_pid = row[0] if row else None
+            mine = self.conn.execute(Q["session_readback"]).fetchone()
+            other.rollback()
+        finally:
+            other.close()
+        assert mine is not None
+        if other_pid == self.backend_pid or mine[0] != self.backend_pid:
+            raise UnsupportedTopology(
+                "the lock connection goes through a transaction-mode pooler: another client "
+                f"connection was served by the same backend (pid {self.backend_pid}). "
+                "Advisory locks need a direct or session-pooled connection; point "
+                "database.lock_dsn (LEASECTL_LOCK_DSN) at PostgreSQL directly or at a "
+                "session-mode pool."
+            )
+
+    # -- locks ----------------------------------------------------------------------------
+
+    def key(self, name: str) -> int:
+        return self.registry.register(name)
+
+    def try_acquire(self, names: Iterable[str]) -> set[str]:
+        """Try to take every named lock in one round trip; return the names obtained.
+
+        Callers must not pass names they already hold: session advisory locks are re-entrant
+        and a second grant would need a second unlock.
+        """
+        names = list(names)
+        if not names:
+            return set()
+        keys = [self.key(n) for n in names]
+        by_key = dict(zip(keys, names, strict=True))
+        rows = self._exec(Q["try_acquire"], {"ns": self.namespace, "keys": keys}).fetchall()
+        return {by_key[k] for k, got in rows if got}
+
+    def release(self, names: Iterable[str], *, notify: bool = True) -> set[str]:
+        """Release the named locks; NOTIFY waiters so they take over at once."""
+        names = list(names)
+        if not names:
+            return set()
+        keys = [self.key(n) for n in names]
+        by_key = dict(zip(keys, names, strict=True))
+        rows = self._exec(Q["release"], {"ns": self.namespace, "keys": keys}).fetchall()
+        released = {by_key[r[0]] for r in rows}
+        if notify:
+            for name in released:
+                self._exec(Q["notify_released"], {"name": name})
+        return released
+
+    def held(self) -> set[str]:
+        """Names whose locks this backend really holds, according to ``pg_locks``."""
+        rows = self._exec(Q["held"], {"ns_oid": as_oid(self.namespace)}).fetchall()
+        out = set()
+        for (key_oid,) in rows:
+            name = self.registry.name(from_oid(key_oid))
+            if name is not None:
+                out.add(name)
+        return out
+
+    def holders(self, names: Iterable[str]) -> dict[str, Holder]:
+        """Who holds each of the named locks (absent: free)."""
+        names = list(names)
+        oids = {as_oid(self.key(n)): n for n in names}
+        params = {"ns_oid": as_oid(self.namespace), "key_oids": list(oids)}
+        out: dict[str, Holder] = {}
+        for key_oid, pid, app, addr, connected_s, _state in self._exec(
+            Q["holders"], params
+        ).fetchall():
+            name = oids[key_oid]
+            out[name] = Holder(name, pid, app, addr, connected_s)
+        return out
+
+    def listen(self) -> None:
+        """Subscribe to release notifications (consumed with :meth:`wait_notify`)."""
+        self._exec(Q["listen_released"], None)
+
+    def wait_notify(self, timeout: float) -> list[str]:
+        """Wait up to ``timeout`` seconds for release notifications; return the lease names."""
+        try:
+            return [
+                n.payload
+                for n in self.conn.notifies(timeout=max(0.0, timeout), stop_after=1)
+            ]
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"lock connection lost: {exc}") from exc
+
+    def wait_acquire(
+        self,
+        name: str,
+        timeout: float,
+        *,
+        poll: float = 0.5,
+        jitter: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Poll-and-listen until ``name`` is ours, or raise :class:`LeaseTimeout` naming the holder."""
+        self.listen()
+        deadline = clock() + timeout
+        while True:
+            if self.try_acquire([name]):
+                return
+            remaining = deadline - clock()
+            if remaining <= 0:
+                holder = self.holders([name]).get(name)
+                raise LeaseTimeout(name, timeout, holder.describe() if holder else None)
+            wait = min(remaining, poll * random.uniform(1 - jitter, 1 + jitter))
+            self.wait_notify(wait)
+
+    def _exec(self, query: Any, params: Any) -> psycopg.Cursor[Any]:
+        try:
+            return self.conn.execute(query, params)
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"lock connection lost: {exc}") from exc
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.conn.closed)
+
+    def close(self) -> None:
+        """Close the connection: the server frees every lock it held."""
+        self.conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

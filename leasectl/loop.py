@@ -1,0 +1,112 @@
+"""How a periodic loop is declared, and what one tick receives.
+
+A loop is declared once, next to its code::
+
+    LOOP = LoopSpec(
+        name="digest",
+        interval=86400,
+        placement="leased",          # runs only on the replica holding lease "digest"
+        run_on_start=False,
+        timeout=300,
+        run=run_digest,              # def run_digest(ctx: TickContext) -> None
+    )
+
+``everywhere`` loops must be safe on every replica at once (``FOR UPDATE SKIP LOCKED``
+claims, guarded single-statement UPDATEs, idempotent upserts). ``leased`` loops get
+``ctx.lease``; every database write they make is fenced with ``ctx.lease.guard(cur)`` (or
+:data:`leasectl.FENCE_SQL`), and they call ``ctx.check()`` between items so a lost lease or a
+shutdown stops side effects promptly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from leasectl.errors import LeasectlError, LeaseLost
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
+    from leasectl.leases import Lease
+
+Placement = Literal["everywhere", "leased"]
+Misfire = Literal["coalesce", "skip"]
+
+
+class TickCancelled(LeasectlError):
+    """The tick was asked to stop (shutdown grace over, or its timeout passed)."""
+
+    __module__ = "leasectl"
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """Declaration of one periodic loop.
+
+    :param interval: seconds between scheduled slots (leased loops align slots to UTC).
+    :param jitter: fraction of the interval by which each start is randomly delayed (±).
+    :param timeout: cooperative per-tick deadline; ``ctx.check()`` raises past it.
+    :param run_on_start: run at once on start (everywhere) / on first acquisition (leased).
+    :param misfire: for leased loops, ``coalesce`` runs missed slots once; ``skip`` drops them.
+    :param settings_key: the key under ``loops:`` in the config holding this loop's settings.
+    """
+
+    name: str
+    interval: float
+    placement: Placement
+    run: Callable[[TickContext], None]
+    jitter: float = 0.1
+    timeout: float = 60.0
+    run_on_start: bool = True
+    misfire: Misfire = "coalesce"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0:
+            raise ValueError(f"loop {self.name}: interval must be > 0, got {self.interval}")
+        if not 0 <= self.jitter < 1:
+            raise ValueError(f"loop {self.name}: jitter must be in [0, 1), got {self.jitter}")
+        if self.placement not in ("everywhere", "leased"):
+            raise ValueError(f"loop {self.name}: placement must be 'everywhere' or 'leased'")
+
+
+@dataclass
+class TickContext:
+    """Everything one tick may use. Created by the scheduler for every tick."""
+
+    loop: str
+    replica_id: str
+    pool: ConnectionPool
+    config: Any  # the loops' settings object (``loops.settings.LoopsSettings``)
+    tick_at: datetime  # the scheduled slot (UTC)
+    deadline: float  # monotonic
+    lease: Lease | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("leasectl.loop"))
+    clock: Callable[[], float] = time.monotonic
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Raise if the tick must stop now: lease lost, shutdown, or timeout."""
+        if self.lease is not None:
+            self.lease.check()
+        if self.stop.is_set():
+            raise TickCancelled(f"tick of {self.loop} cancelled")
+        if self.clock() > self.deadline:
+            raise TickCancelled(f"tick of {self.loop} exceeded its timeout")
+
+    @property
+    def epoch(self) -> int | None:
+        return self.lease.epoch if self.lease is not None else None
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+
+__all__ = ["LoopSpec", "TickContext", "TickCancelled", "LeaseLost", "Placement", "Misfire"]

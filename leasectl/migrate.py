@@ -1,0 +1,262 @@
+"""Schema migrations, serialized by the lease lock primitive and recorded in a ledger.
+
+Migrations are numbered ``NNNN_what.up.sql`` files. Each runs in its own transaction together
+with its ledger row, so a file is applied entirely or not at all. A file whose first lines
+contain ``-- leasectl: no-transaction`` (needed for ``CREATE INDEX CONCURRENTLY``) runs
+outside a transaction; if it fails halfway, what it did stays and it is retried next time,
+so write such files idempotently (``IF NOT EXISTS``).
+
+Concurrency: many replicas may start at once. Each first checks, without any lock, whether
+anything is pending (the fast path). Otherwise it takes the reserved lease
+``leasectl:migrations`` by try-lock polling (never a blocking ``pg_advisory_lock``), re-reads
+the ledger under the lock, applies what is still pending and releases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+from typing import Any, LiteralString, cast
+
+import psycopg
+
+from leasectl import sql
+from leasectl.errors import (
+    ChecksumMismatch,
+    DatabaseUnavailable,
+    LeaseTimeout,
+    MigrationError,
+    MigrationFailed,
+    MigrationLocked,
+)
+from leasectl.keys import MIGRATIONS_LEASE
+from leasectl.locks import LockSession
+from leasectl.settings import CoreSettings
+
+Q = sql.load("migrate")
+NO_TRANSACTION = "-- leasectl: no-transaction"
+_NAME = re.compile(r"^(?P<version>\d{4,}_[A-Za-z0-9_]+)\.up\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    path: str
+    text: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    @property
+    def transactional(self) -> bool:
+        head = self.text.lstrip().splitlines()[:5]
+        return not any(line.strip().lower() == NO_TRANSACTION for line in head)
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    applied: list[str]
+    pending: list[str]
+    changed: list[str]
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.pending and not self.changed
+
+
+def packaged_directory() -> Traversable:
+    """The migrations shipped inside the package (works for wheels and editable installs)."""
+    return resources.files("leasectl.migrations")
+
+
+def discover(directory: Path | Traversable | None = None) -> list[Migration]:
+    """All ``*.up.sql`` files, ordered by their numeric prefix."""
+    base: Path | Traversable = directory if directory is not None else packaged_directory()
+    found: list[Migration] = []
+    for entry in base.iterdir():
+        m = _NAME.match(entry.name)
+        if not m:
+            continue
+        found.append(Migration(m["version"], str(entry), entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda mig: (int(mig.version.split("_", 1)[0]), mig.version))
+    versions = [mig.version.split("_", 1)[0] for mig in found]
+    dupes = sorted({v for v in versions if versions.count(v) > 1})
+    if dupes:
+        raise MigrationError(f"duplicate migration numbers in {base}: {', '.join(dupes)}")
+    return found
+
+
+def _applied(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    row = conn.execute(Q["ledger_exists"]).fetchone()
+    if not row or not row[0]:
+        return {}
+    return {v: c for v, c, _ in conn.execute(Q["applied"]).fetchall()}
+
+
+def status(conn: psycopg.Connection[Any], migrations: Iterable[Migration]) -> MigrationStatus:
+    applied = _applied(conn)
+    ok, pending, changed = [], [], []
+    for mig in migrations:
+        if mig.version not in applied:
+            pending.append(mig.version)
+        elif applied[mig.version] != mig.checksum:
+            changed.append(mig.version)
+        else:
+            ok.append(mig.version)
+    return MigrationStatus(ok, pending, changed)
+
+
+def _check_checksums(applied: dict[str, str], migrations: list[Migration]) -> None:
+    for mig in migrations:
+        recorded = applied.get(mig.version)
+        if recorded is not None and recorded != mig.checksum:
+            raise ChecksumMismatch(mig.version, mig.path, recorded, mig.checksum)
+
+
+def _line_of(text: str, position: int | None) -> int | None:
+    if not position:
+        return None
+    return text.count("\n", 0, max(0, position - 1)) + 1
+
+
+def _apply_one(conn: psycopg.Connection[Any], mig: Migration, applied_by: str) -> None:
+    started = time.monotonic()
+    body = cast(LiteralString, mig.text)
+    try:
+        if mig.transactional:
+            with conn.transaction():
+                conn.execute(body)
+                conn.execute(
+                    Q["record"],
+                    {
+                        "version": mig.version,
+                        "checksum": mig.checksum,
+                        "duration_ms": int((time.monotonic() - started) * 1000),
+                        "applied_by": applied_by,
+                    },
+                )
+        else:
+            conn.autocommit = True
+            try:
+                conn.execute(body)
+                conn.execute(
+                    Q["record"],
+                    {
+                        "version": mig.version,
+                        "checksum": mig.checksum,
+                        "duration_ms": int((time.monotonic() - started) * 1000),
+                        "applied_by": applied_by,
+                    },
+                )
+            finally:
+                conn.autocommit = False
+    except psycopg.OperationalError as exc:
+        if exc.sqlstate is None:
+            raise DatabaseUnavailable(f"connection lost while applying {mig.path}: {exc}") from exc
+        raise MigrationFailed(mig.path, _line_of(mig.text, _position(exc)), _message(exc)) from exc
+    except psycopg.Error as exc:
+        raise MigrationFailed(mig.path, _line_of(mig.text, _position(exc)), _message(exc)) from exc
+
+
+def _position(exc: psycopg.Error) -> int | None:
+    pos = exc.diag.statement_position
+    return int(pos) if pos else None
+
+
+def _message(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    msg = f"{diag.severity or 'ERROR'} {diag.sqlstate or ''}: {diag.message_primary or exc}"
+    if diag.message_detail:
+        msg += f" (detail: {diag.message_detail})"
+    return msg
+
+
+def migrate(
+    dsn: str,
+    settings: CoreSettings | None = None,
+    *,
+    directory: Path | Traversable | None = None,
+    applied_by: str | None = None,
+    lock_dsn: str | None = None,
+) -> list[str]:
+    """Apply every pending migration; return the versions this call applied.
+
+    :raises ChecksumMismatch: an applied file changed.
+    :raises MigrationFailed: a file failed (rolled back, ledger unchanged).
+    :raises MigrationLocked: waited ``migrations.lock_timeout`` seconds for another migrator.
+    """
+    settings = settings or CoreSettings()
+    who = applied_by or f"{socket.gethostname()}/{__import__('os').getpid()}"
+    migrations = discover(directory if directory is not None else settings.migrations.directory)
+    try:
+        with psycopg.connect(dsn, connect_timeout=int(settings.database.connect_timeout)) as conn:
+            applied = _applied(conn)
+            _check_checksums(applied, migrations)
+            if all(m.version in applied for m in migrations):
+                return []  # fast path: no lock taken
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to run migrations: {exc}") from exc
+
+    session = LockSession.connect(
+        lock_dsn or dsn,
+        settings.database,
+        f"leasectl-migrate/{who}",
+        namespace=settings.leases.namespace,
+        check_pooler=False,
+    )
+    with session:
+        try:
+            session.wait_acquire(MIGRATIONS_LEASE, settings.migrations.lock_timeout)
+        except LeaseTimeout as exc:
+            holder = session.holders([MIGRATIONS_LEASE]).get(MIGRATIONS_LEASE)
+            raise MigrationLocked(
+                settings.migrations.lock_timeout, _describe_migration_holder(holder)
+            ) from exc
+        session.conn.execute(
+            Q["mark_holder"], {"app": f"leasectl-migrate/{who} locked@{time.time():.0f}"}
+        )
+        done: list[str] = []
+        with psycopg.connect(dsn, connect_timeout=int(settings.database.connect_timeout)) as conn:
+            conn.execute(Q["create_ledger"])
+            conn.commit()
+            applied = _applied(conn)
+            conn.commit()
+            _check_checksums(applied, migrations)
+            for mig in migrations:
+                if mig.version in applied:
+                    continue
+                _apply_one(conn, mig, who)
+                done.append(mig.version)
+        session.release([MIGRATIONS_LEASE])
+        return done
+
+
+def _describe_migration_holder(holder: Any) -> str:
+    if holder is None:
+        return "nobody any more (it was released just now)"
+    text: str = holder.describe()
+    app = holder.application_name or ""
+    if " locked@" in app:
+        since = float(app.rsplit("@", 1)[1])
+        text += f", holding it for {time.time() - since:.0f}s"
+    return text
+
+
+def migration_status(
+    dsn: str, settings: CoreSettings | None = None, directory: Path | None = None
+) -> MigrationStatus:
+    settings = settings or CoreSettings()
+    migrations = discover(directory if directory is not None else settings.migrations.directory)
+    try:
+        with psycopg.connect(dsn, connect_timeout=int(settings.database.connect_timeout)) as conn:
+            return status(conn, migrations)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to read migration status: {exc}") from exc

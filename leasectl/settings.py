@@ -1,0 +1,69 @@
+"""Typed settings for the lease core. The YAML loader (``config.py``) builds these.
+
+Defaults are the tuned values the drills measure (see docs/benchmarks.md). The safety
+inequality ties them together: a holder must stop believing in its lease before the server
+can drop its silent connection and let someone else in::
+
+    lease_ttl + safety_margin <= D_srv
+    lease_ttl + safety_margin <= lease_ttl + eviction_grace   (i.e. eviction_grace >= safety_margin)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Where the work pool and the lock connection go.
+
+    ``dsn`` empty means: start (or reuse) the embedded server in ``data_dir``.
+    ``lock_dsn`` lets work traffic use PgBouncer while the lock connection goes direct.
+    """
+
+    dsn: str = ""
+    lock_dsn: str = ""
+    data_dir: Path = Path(".leasectl/pgdata")
+    pool_min_size: int = 1
+    pool_max_size: int = 8
+    connect_timeout: float = 5.0
+    # Server-side TCP settings for the lock connection; they bound D_srv.
+    tcp_keepalives_idle: int = 4
+    tcp_keepalives_interval: int = 1
+    tcp_keepalives_count: int = 4
+    tcp_user_timeout_ms: int = 9000
+    # Client-side: a heartbeat on a dead link fails after this instead of hanging.
+    client_tcp_user_timeout_ms: int = 3000
+    # A zombie's open guarded transaction must not block a new holder's epoch bump forever.
+    work_idle_in_transaction_timeout_ms: int = 10000
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """Timing of the campaign/heartbeat thread."""
+
+    namespace: str | int = "leasectl"
+    acquire_interval: float = 0.5
+    acquire_jitter: float = 0.2
+    heartbeat_interval: float = 1.0
+    lease_ttl: float = 5.0
+    safety_margin: float = 2.0
+    eviction_grace: float = 2.0
+    step_down_cooldown: float = 10.0
+    reconnect_max_backoff: float = 5.0
+
+
+@dataclass(frozen=True)
+class MigrationSettings:
+    lock_timeout: float = 120.0
+    directory: Path | None = None  # None: the packaged migrations
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    """Everything the lease core needs; the daemon's full Settings embeds this."""
+
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    leases: LeaseSettings = field(default_factory=LeaseSettings)
+    migrations: MigrationSettings = field(default_factory=MigrationSettings)

@@ -1,0 +1,102 @@
+-- name: register_replica
+-- Announce this replica; `leasectl status` joins it with pg_locks to show who is alive.
+INSERT INTO leasectl_replicas (id, host, pid, version, may_lead, loops, started_at, last_seen)
+VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(may_lead)s, %(loops)s, now(), now())
+ON CONFLICT (id) DO UPDATE
+SET host = excluded.host, pid = excluded.pid, version = excluded.version,
+    may_lead = excluded.may_lead, loops = excluded.loops, last_seen = now(), stopped_at = NULL
+
+-- name: replica_stopped
+UPDATE leasectl_replicas SET stopped_at = now(), last_seen = now() WHERE id = %(id)s
+
+-- name: campaign
+-- One round trip per campaign: try-lock every wanted lease not held, and for the ones that
+-- are taken report how stale the holder's renewal is (DB clock) and which backend holds them,
+-- so a hung holder can be evicted.
+WITH tried AS MATERIALIZED (
+    SELECT w.name, w.key, pg_try_advisory_lock(%(ns)s::integer, w.key) AS got
+    FROM unnest(%(names)s::text[], %(keys)s::integer[]) AS w(name, key)
+)
+SELECT t.name, t.got,
+       extract(epoch FROM now() - l.renewed_at)::float8 AS renewed_age_s,
+       h.pid AS holder_pid,
+       l.holder_backend_pid,
+       l.holder
+FROM tried t
+LEFT JOIN leasectl_leases l ON l.name = t.name
+LEFT JOIN pg_locks h
+       ON NOT t.got AND h.locktype = 'advisory' AND h.granted AND h.objsubid = 2
+      AND h.classid = (%(ns)s::bigint & 4294967295)::oid
+      AND h.objid = (t.key::bigint & 4294967295)::oid
+
+-- name: bump_epoch
+-- The fencing token: run right after the lock is ours. Takes the lease row's lock, so it
+-- waits for any in-flight guarded write of the previous holder (FOR SHARE) to finish.
+WITH bumped AS (
+    INSERT INTO leasectl_leases AS l
+           (name, key, epoch, holder, holder_backend_pid, acquired_at, renewed_at, released_at)
+    SELECT w.name, w.key, 1, %(replica)s, pg_backend_pid(), now(), now(), NULL
+    FROM unnest(%(names)s::text[], %(keys)s::integer[]) AS w(name, key)
+    ON CONFLICT (name) DO UPDATE
+    SET epoch = l.epoch + 1, key = excluded.key, holder = excluded.holder,
+        holder_backend_pid = excluded.holder_backend_pid,
+        acquired_at = now(), renewed_at = now(), released_at = NULL
+    RETURNING name, epoch
+), ev AS (
+    INSERT INTO leasectl_lease_events (lease, epoch, replica, event, reason)
+    SELECT name, epoch, %(replica)s, 'acquired', %(reason)s FROM bumped
+)
+SELECT name, epoch FROM bumped
+
+-- name: heartbeat
+-- One round trip that proves the locks are still held by this backend, that the server is a
+-- primary, and renews the leases whose epoch is still ours. Also marks the replica alive.
+WITH mine AS (
+    SELECT objid::bigint AS key_oid
+    FROM pg_locks
+    WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 2
+      AND classid = (%(ns)s::bigint & 4294967295)::oid
+), renewed AS (
+    UPDATE leasectl_leases l SET renewed_at = now()
+    FROM unnest(%(names)s::text[], %(epochs)s::bigint[]) AS w(name, epoch)
+    WHERE l.name = w.name AND l.epoch = w.epoch AND l.holder = %(replica)s
+      AND (l.key::bigint & 4294967295) IN (SELECT key_oid FROM mine)
+    RETURNING l.name
+), seen AS (
+    UPDATE leasectl_replicas SET last_seen = now() WHERE id = %(replica)s
+)
+SELECT pg_is_in_recovery(), ARRAY(SELECT name FROM renewed)
+
+-- name: release
+-- Graceful hand-over: unlock, record, and NOTIFY so a waiting replica takes over at once.
+WITH rel AS (
+    SELECT w.name, w.epoch
+    FROM unnest(%(names)s::text[], %(keys)s::integer[], %(epochs)s::bigint[]) AS w(name, key, epoch)
+    WHERE pg_advisory_unlock(%(ns)s::integer, w.key)
+), upd AS (
+    UPDATE leasectl_leases SET released_at = now()
+    WHERE name IN (SELECT name FROM rel) AND holder = %(replica)s
+), ev AS (
+    INSERT INTO leasectl_lease_events (lease, epoch, replica, event, reason)
+    SELECT name, epoch, %(replica)s, 'released', %(reason)s FROM rel
+)
+SELECT name, pg_notify('leasectl_released', name) FROM rel
+
+-- name: record_event
+INSERT INTO leasectl_lease_events (lease, epoch, replica, event, reason)
+VALUES (%(lease)s, %(epoch)s, %(replica)s, %(event)s, %(reason)s)
+
+-- name: evict
+-- Terminate a hung holder's lock session; the server then frees its locks.
+SELECT pg_terminate_backend(%(pid)s)
+
+-- name: listen_control
+LISTEN leasectl_control
+
+-- name: notify_control
+SELECT pg_notify('leasectl_control', %(payload)s)
+
+-- name: fence
+-- Take the lease row FOR SHARE inside the caller's transaction: the write that follows
+-- commits only if the epoch is still ours, and a new holder's epoch bump waits for it.
+SELECT epoch FROM leasectl_leases WHERE name = %(lease_name)s FOR SHARE

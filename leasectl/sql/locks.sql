@@ -1,0 +1,60 @@
+-- name: try_acquire
+-- Try-lock every requested key in one round trip; never blocks. Returns, per key, whether
+-- this session got it and which backend holds it otherwise.
+SELECT w.key,
+       pg_try_advisory_lock(%(ns)s::integer, w.key) AS got
+FROM unnest(%(keys)s::integer[]) AS w(key)
+
+-- name: release
+-- Release keys held by this session; returns the keys that were actually held.
+SELECT w.key
+FROM unnest(%(keys)s::integer[]) AS w(key)
+WHERE pg_advisory_unlock(%(ns)s::integer, w.key)
+
+-- name: held
+-- The keys this backend really holds in our namespace (pg_locks shows int4 keys as oids).
+SELECT objid::bigint AS key_oid
+FROM pg_locks
+WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+  AND classid = %(ns_oid)s::bigint::oid AND objsubid = 2
+
+-- name: holders
+-- Who holds which of the given keys: the truth from pg_locks joined with the session.
+SELECT l.objid::bigint AS key_oid, l.pid, a.application_name, host(a.client_addr) AS client_addr,
+       extract(epoch FROM now() - a.backend_start)::float8 AS connected_s, a.state
+FROM pg_locks l
+LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+  AND l.classid = %(ns_oid)s::bigint::oid
+  AND l.objid = ANY(%(key_oids)s::bigint[]::oid[])
+
+-- name: backend_pid
+SELECT pg_backend_pid()
+
+-- name: session_setup
+-- Session settings of the lock connection. The server-side TCP settings bound D_srv: the time
+-- after which the server drops a silent (partitioned) holder and frees its locks.
+SELECT set_config('idle_session_timeout', '0', false),
+       set_config('idle_in_transaction_session_timeout', '0', false),
+       set_config('lock_timeout', %(lock_timeout)s, false),
+       set_config('tcp_keepalives_idle', %(idle)s, false),
+       set_config('tcp_keepalives_interval', %(interval)s, false),
+       set_config('tcp_keepalives_count', %(count)s, false),
+       set_config('tcp_user_timeout', %(user_timeout)s, false),
+       set_config('leasectl.session_probe', %(probe)s, false)
+
+-- name: session_readback
+-- Read back what is actually in force (a Unix socket reports 0 for every TCP setting).
+SELECT pg_backend_pid() AS pid,
+       current_setting('leasectl.session_probe', true) AS probe,
+       current_setting('tcp_keepalives_idle')::integer AS idle,
+       current_setting('tcp_keepalives_interval')::integer AS interval,
+       current_setting('tcp_keepalives_count')::integer AS count,
+       current_setting('tcp_user_timeout')::integer AS user_timeout,
+       pg_is_in_recovery() AS in_recovery
+
+-- name: notify_released
+SELECT pg_notify('leasectl_released', %(name)s)
+
+-- name: listen_released
+LISTEN leasectl_released

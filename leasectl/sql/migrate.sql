@@ -1,0 +1,23 @@
+-- name: ledger_exists
+SELECT to_regclass('schema_migrations') IS NOT NULL
+
+-- name: create_ledger
+-- The ledger: one row per applied file, written in the same transaction as the file.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     text PRIMARY KEY,
+    checksum    text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    duration_ms integer NOT NULL,
+    applied_by  text NOT NULL
+)
+
+-- name: applied
+SELECT version, checksum, applied_at FROM schema_migrations ORDER BY version
+
+-- name: record
+INSERT INTO schema_migrations (version, checksum, duration_ms, applied_by)
+VALUES (%(version)s, %(checksum)s, %(duration_ms)s, %(applied_by)s)
+
+-- name: mark_holder
+-- Advertise when we took the migration lock, so a waiter's timeout can say for how long.
+SELECT set_config('application_name', %(app)s, false)

@@ -1,0 +1,1 @@
+"""The fifteen certificate-lifecycle loops leasectl ships (see docs/operator/loops.md)."""
