@@ -1,24 +1,15 @@
-"""Configuration loading (placeholder until the full loader lands: defaults + DSN override)."""
+"""Configuration loading (interim: defaults + DSN override; the YAML loader replaces this)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
-from leasectl.settings import CoreSettings, DatabaseSettings
-
-
-@dataclass(frozen=True)
-class Settings:
-    database: DatabaseSettings = field(default_factory=DatabaseSettings)
-
-    @property
-    def core(self) -> CoreSettings:
-        return CoreSettings(database=self.database)
+from leasectl.settings import Settings
 
 
 def load_settings(path: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
-    db = DatabaseSettings()
+    settings = Settings()
     if overrides and overrides.get("database.dsn"):
-        db = DatabaseSettings(dsn=overrides["database.dsn"])
-    return Settings(database=db)
+        settings = replace(settings, database=replace(settings.database, dsn=overrides["database.dsn"]))
+    return settings

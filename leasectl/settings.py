@@ -67,3 +67,50 @@ class CoreSettings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     leases: LeaseSettings = field(default_factory=LeaseSettings)
     migrations: MigrationSettings = field(default_factory=MigrationSettings)
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """Identity of this process in the cluster."""
+
+    id: str = ""  # empty: host-pid-random
+    may_lead: bool = True  # false: never campaigns (web-only nodes)
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    shutdown_grace: float = 30.0
+    loops_package: str = "loops"  # where LOOPS are declared
+    only: tuple[str, ...] = ()  # empty: every enabled loop
+    error_backoff_initial: float = 1.0
+    error_backoff_max: float = 300.0
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = "127.0.0.1:9464"  # empty disables the HTTP server
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: str = "text"  # text | json
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The daemon's whole configuration. ``loops`` is the loop package's own settings object."""
+
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    leases: LeaseSettings = field(default_factory=LeaseSettings)
+    migrations: MigrationSettings = field(default_factory=MigrationSettings)
+    replica: ReplicaSettings = field(default_factory=ReplicaSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    loops: object = None
+
+    @property
+    def core(self) -> CoreSettings:
+        return CoreSettings(database=self.database, leases=self.leases, migrations=self.migrations)

@@ -1,0 +1,143 @@
+"""Settings of the fifteen loops: the ``loops:`` section of leasectl.yaml.
+
+Each loop has ``enabled`` and ``interval`` (seconds); channel and source settings sit beside.
+Secrets (SMTP password, webhook HMAC key) are plain fields here; the config loader resolves
+``*_env`` / ``*_file`` indirections before building these objects and redacts them on output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LoopToggle:
+    enabled: bool = True
+    interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class JobsSettings:
+    processor: LoopToggle = field(default_factory=lambda: LoopToggle(interval=30.0))
+    retry: LoopToggle = field(default_factory=lambda: LoopToggle(interval=300.0))
+    timeout: LoopToggle = field(default_factory=lambda: LoopToggle(interval=600.0))
+    claim_batch: int = 100
+    concurrency: int = 4
+    retry_backoff_base: float = 60.0  # seconds; doubled per attempt
+    retry_backoff_max: float = 3600.0
+    awaiting_csr_timeout: float = 86400.0
+    awaiting_approval_timeout: float = 604800.0
+    running_timeout: float = 3600.0  # a Running job not finished by then is failed
+    agent_offline_ttl: float = 300.0
+    cert_validity_days: int = 90
+
+
+@dataclass(frozen=True)
+class RenewalSettings:
+    check: LoopToggle = field(default_factory=lambda: LoopToggle(interval=3600.0))
+    default_thresholds_days: tuple[int, ...] = (30, 14, 7, 0)
+    default_channels: tuple[str, ...] = ("Email",)
+
+
+@dataclass(frozen=True)
+class AgentHealthSettings:
+    check: LoopToggle = field(default_factory=lambda: LoopToggle(interval=120.0))
+    offline_after: float = 300.0
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str = ""
+    port: int = 587
+    username: str = ""
+    password: str = ""
+    from_address: str = "leasectl@localhost"
+    tls: str = "starttls"  # none | starttls | implicit
+    timeout: float = 10.0
+    ca_file: str = ""  # trust this CA for the SMTP server's certificate (tests, private CAs)
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    url: str = ""
+    hmac_key: str = ""
+    timeout: float = 10.0
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class NotificationSettings:
+    send: LoopToggle = field(default_factory=lambda: LoopToggle(interval=60.0))
+    retry: LoopToggle = field(default_factory=lambda: LoopToggle(interval=120.0))
+    batch: int = 500
+    max_attempts: int = 5
+    backoff_minutes: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+
+
+@dataclass(frozen=True)
+class DigestSettings:
+    loop: LoopToggle = field(default_factory=lambda: LoopToggle(enabled=False, interval=86400.0))
+    recipients: tuple[str, ...] = ()  # empty: owners' emails
+    expiring_days: int = 30
+
+
+@dataclass(frozen=True)
+class AwsSourceSettings:
+    regions: tuple[str, ...] = ("us-east-1",)
+    endpoint_url: str = ""  # e.g. a moto server; empty: AWS
+    acm: bool = True
+    secrets_manager: bool = True
+    tag_key: str = "type"
+    tag_value: str = "certificate"
+    name_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class CloudDiscoverySettings:
+    loop: LoopToggle = field(default_factory=lambda: LoopToggle(enabled=False, interval=21600.0))
+    aws: AwsSourceSettings = field(default_factory=AwsSourceSettings)
+
+
+@dataclass(frozen=True)
+class CrlSettings:
+    loop: LoopToggle = field(default_factory=lambda: LoopToggle(interval=3600.0))
+    next_update: float = 86400.0
+
+
+@dataclass(frozen=True)
+class NetworkScanSettings:
+    loop: LoopToggle = field(default_factory=lambda: LoopToggle(interval=600.0))
+    concurrency: int = 50
+    max_hosts_per_target: int = 4096
+
+
+@dataclass(frozen=True)
+class HealthCheckSettings:
+    loop: LoopToggle = field(default_factory=lambda: LoopToggle(interval=60.0))
+    concurrency: int = 20
+    timeout: float = 5.0
+    history_retention_days: int = 30
+
+
+@dataclass(frozen=True)
+class GcSettings:
+    short_lived_expiry: LoopToggle = field(default_factory=lambda: LoopToggle(interval=30.0))
+    acme: LoopToggle = field(default_factory=lambda: LoopToggle(interval=60.0))
+    sessions: LoopToggle = field(default_factory=lambda: LoopToggle(interval=3600.0))
+    pre_login_session_ttl: float = 600.0
+
+
+@dataclass(frozen=True)
+class LoopsSettings:
+    jobs: JobsSettings = field(default_factory=JobsSettings)
+    renewal: RenewalSettings = field(default_factory=RenewalSettings)
+    agents: AgentHealthSettings = field(default_factory=AgentHealthSettings)
+    notifications: NotificationSettings = field(default_factory=NotificationSettings)
+    digest: DigestSettings = field(default_factory=DigestSettings)
+    cloud_discovery: CloudDiscoverySettings = field(default_factory=CloudDiscoverySettings)
+    crl: CrlSettings = field(default_factory=CrlSettings)
+    network_scan: NetworkScanSettings = field(default_factory=NetworkScanSettings)
+    health_check: HealthCheckSettings = field(default_factory=HealthCheckSettings)
+    gc: GcSettings = field(default_factory=GcSettings)
