@@ -70,10 +70,14 @@ class NotificationSettings:
     send: LoopToggle = field(default_factory=lambda: LoopToggle(interval=60.0))
     retry: LoopToggle = field(default_factory=lambda: LoopToggle(interval=120.0))
     batch: int = 500
-    max_attempts: int = 5
-    backoff_minutes: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    max_attempts: int = 5  # delivery attempts in all, the first send included
+    backoff_minutes: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)  # after failed attempt 1, 2, ...
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    templates_dir: str = ""  # empty: the packaged loops/templates
+    # A row left 'sending' by this same epoch longer than this is re-delivered (a tick that
+    # died between the external call and the mark); older epochs' claims are re-delivered at once.
+    stale_claim_after: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -81,17 +85,22 @@ class DigestSettings:
     loop: LoopToggle = field(default_factory=lambda: LoopToggle(enabled=False, interval=86400.0))
     recipients: tuple[str, ...] = ()  # empty: owners' emails
     expiring_days: int = 30
+    subject: str = "leasectl certificate digest"
 
 
 @dataclass(frozen=True)
 class AwsSourceSettings:
     regions: tuple[str, ...] = ("us-east-1",)
     endpoint_url: str = ""  # e.g. a moto server; empty: AWS
+    region_endpoints: dict[str, str] = field(default_factory=dict)  # per-region override
     acm: bool = True
     secrets_manager: bool = True
     tag_key: str = "type"
     tag_value: str = "certificate"
     name_prefix: str = ""
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_attempts: int = 2  # botocore retries per call; a failing source is retried next tick
 
 
 @dataclass(frozen=True)
