@@ -30,6 +30,7 @@ class JobsSettings:
     running_timeout: float = 3600.0  # a Running job not finished by then is failed
     agent_offline_ttl: float = 300.0
     cert_validity_days: int = 90
+    key_type: str = "ec"  # ec (P-256) | rsa (2048) for keys the local CA generates
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class RenewalSettings:
     check: LoopToggle = field(default_factory=lambda: LoopToggle(interval=3600.0))
     default_thresholds_days: tuple[int, ...] = (30, 14, 7, 0)
     default_channels: tuple[str, ...] = ("Email",)
+    default_window_days: int = 30  # renewal window for certificates without a policy
+    default_max_attempts: int = 3  # max_attempts of a renewal job without a policy
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ class CrlSettings:
 class NetworkScanSettings:
     loop: LoopToggle = field(default_factory=lambda: LoopToggle(interval=600.0))
     concurrency: int = 50
-    max_hosts_per_target: int = 4096
+    max_hosts_per_target: int = 4096  # a /20
+    claim_ttl: float = 1800.0  # a target being scanned is held this long (the tick timeout)
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,7 @@ class HealthCheckSettings:
     concurrency: int = 20
     timeout: float = 5.0
     history_retention_days: int = 30
+    claim_batch: int = 200  # due checks claimed per tick
 
 
 @dataclass(frozen=True)

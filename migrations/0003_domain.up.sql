@@ -112,6 +112,9 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_claim ON jobs (scheduled_at) WHERE status = 'Pending';
 CREATE INDEX jobs_failed ON jobs (scheduled_at) WHERE status = 'Failed';
+-- job_timeout's guarded UPDATEs look jobs up by status and age.
+CREATE INDEX jobs_status_age ON jobs (status, status_changed_at)
+    WHERE status IN ('AwaitingCSR', 'AwaitingApproval', 'Running');
 -- At most one open renewal/issuance job per certificate: the constraint is the dedup.
 CREATE UNIQUE INDEX jobs_one_open_renewal ON jobs (certificate_id)
     WHERE type IN ('Renewal', 'Issuance')
@@ -237,6 +240,10 @@ CREATE TABLE network_scan_targets (
     last_scan_at          timestamptz,
     last_scan_duration_ms integer,
     last_scan_certs_found integer,
+    -- A replica scanning a target holds it until scan_claimed_until (a crashed scanner's
+    -- claim simply expires); no transaction stays open across the network probes.
+    scan_claimed_by       text,
+    scan_claimed_until    timestamptz,
     created_at            timestamptz NOT NULL DEFAULT now(),
     updated_at            timestamptz NOT NULL DEFAULT now()
 );
@@ -329,6 +336,7 @@ CREATE TABLE audit_events (
     details       jsonb NOT NULL DEFAULT '{}',
     timestamp     timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX audit_events_resource ON audit_events (resource_type, resource_id, action);
 
 -- Digest sends: once per period per recipient, recorded (certctl wrote nothing).
 CREATE TABLE digest_sends (
