@@ -13,4 +13,8 @@ from typing import Any
 
 Register = Callable[[Any, Callable[[argparse.ArgumentParser], None]], None]
 
-REGISTER: list[Register] = []
+from leasectl import daemon  # noqa: E402
+
+REGISTER: list[Register] = [
+    daemon.register,
+]

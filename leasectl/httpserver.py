@@ -1,0 +1,61 @@
+"""The daemon's small HTTP endpoint: /metrics, /healthz, /readyz (stdlib server, one thread)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from leasectl.errors import ConfigError
+from leasectl.metrics import REGISTRY
+
+Check = Callable[[], tuple[bool, str]]
+
+
+class HttpEndpoint:
+    """Serves metrics and health on ``listen`` (``host:port``; port 0 picks a free one)."""
+
+    def __init__(self, listen: str, health: Check, ready: Check) -> None:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"metrics.listen: expected HOST:PORT, got {listen!r}")
+        checks = {"/healthz": health, "/readyz": ready}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    body = generate_latest(REGISTRY)
+                    self._reply(200, body, CONTENT_TYPE_LATEST)
+                elif path in checks:
+                    ok, why = checks[path]()
+                    self._reply(200 if ok else 503, (why + "\n").encode(), "text/plain")
+                else:
+                    self._reply(404, b"not found\n", "text/plain")
+
+            def _reply(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return  # scrapes every few seconds would drown the logs
+
+        self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name="leasectl-http", daemon=True
+        )
+
+    def start(self) -> HttpEndpoint:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

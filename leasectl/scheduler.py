@@ -1,0 +1,410 @@
+"""The scheduler: one thread per loop, leased loops only while their lease is held.
+
+Leased loops run on UTC-aligned slots (``floor(now / interval) * interval``) so every replica
+agrees on slot boundaries, and each tick first claims its slot in ``leasectl_ticks`` with
+the fence check. A slot therefore runs at most once even in a split brain, and after a
+restart or failover the ledger says whether the current slot still needs running:
+``coalesce`` runs it once for all missed slots, ``skip`` runs it only if it is still on time.
+
+Everywhere loops run on a monotonic timer with jitter. No loop's ticks overlap (a loop's
+ticks run on its own thread; slots that pass during a long tick are counted as skipped).
+Errors back off exponentially (tenacity's ``wait_exponential``) and never kill the loop.
+
+The time arithmetic is pure (:func:`slot_of`, :func:`next_slot`, :func:`plan_leased`) so
+unit tests step a fake clock instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import tenacity
+from psycopg_pool import ConnectionPool
+
+from leasectl import metrics, sql
+from leasectl.errors import FencingRejected, LeaseLost
+from leasectl.leases import Lease, LeaseEvent, LeaseManager
+from leasectl.loop import LoopSpec, TickCancelled, TickContext
+from leasectl.settings import SchedulerSettings
+
+log = logging.getLogger("leasectl.scheduler")
+Q = sql.load("scheduler")
+
+
+# -- pure time arithmetic ---------------------------------------------------------------------
+
+
+def slot_of(now: float, interval: float) -> float:
+    """Start (unix seconds) of the slot containing ``now``."""
+    return (now // interval) * interval
+
+
+def next_slot(now: float, interval: float) -> float:
+    return slot_of(now, interval) + interval
+
+
+def backoff_delay(failures: int, initial: float, cap: float) -> float:
+    """Delay after ``failures`` consecutive failures: initial * 2^(n-1), capped."""
+    strategy = tenacity.wait_exponential(multiplier=initial, max=cap)
+    state = tenacity.RetryCallState(retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = max(1, failures)
+    return float(strategy(state))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a leased loop does next: run ``slot`` now, or wait until ``wake_at``."""
+
+    slot: float | None
+    wake_at: float
+
+
+def plan_leased(spec: LoopSpec, now: float, last_done: float | None) -> Plan:
+    """Decide, from the ledger's last completed slot, whether the current slot must run.
+
+    - no history: run the current slot if ``run_on_start``, else wait for the next one;
+    - current slot done: wait for the next slot;
+    - missed slots: ``coalesce`` runs the current slot once; ``skip`` runs it only while
+      still within its jitter window (on time), else waits for the next slot.
+    """
+    current = slot_of(now, spec.interval)
+    upcoming = current + spec.interval
+    if last_done is not None and last_done >= current:
+        return Plan(None, upcoming)
+    if last_done is None and not spec.run_on_start:
+        return Plan(None, upcoming)
+    if spec.misfire == "skip" and last_done is not None:
+        on_time_window = max(spec.jitter * spec.interval, 1.0)
+        if now - current > on_time_window:
+            return Plan(None, upcoming)
+    return Plan(current, now)
+
+
+# -- the runtime ------------------------------------------------------------------------------
+
+
+@dataclass
+class LoopState:
+    spec: LoopSpec
+    thread: threading.Thread | None = None
+    wake: threading.Event = field(default_factory=threading.Event)
+    running_ctx: TickContext | None = None
+    failures: int = 0
+    last_done: float | None = None
+    ledger_known: bool = False
+    ticks: int = 0
+    skipped: int = 0
+    pending_slot: float | None = None
+    pending_start: float = 0.0
+
+
+class Scheduler:
+    """Runs loop specs on their own threads; leased ones gated by a :class:`LeaseManager`."""
+
+    def __init__(
+        self,
+        specs: Iterable[LoopSpec],
+        *,
+        replica_id: str,
+        pool: ConnectionPool,
+        config: Any,
+        settings: SchedulerSettings | None = None,
+        lease_manager: LeaseManager | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.replica_id = replica_id
+        self.pool = pool
+        self.config = config
+        self.settings = settings or SchedulerSettings()
+        self.manager = lease_manager
+        self.clock = clock
+        self.wall = wall
+        self.loops = {s.name: LoopState(s) for s in specs}
+        self._stopping = threading.Event()
+        self._cancel = threading.Event()
+        if lease_manager is not None:
+            lease_manager.add_listener(self._on_lease_event)
+
+    @property
+    def leased_names(self) -> list[str]:
+        return [n for n, st in self.loops.items() if st.spec.placement == "leased"]
+
+    def start(self) -> None:
+        for state in self.loops.values():
+            if state.spec.placement == "leased" and self.manager is None:
+                continue  # a replica that never leads does not run leased loops
+            target = self._run_leased if state.spec.placement == "leased" else self._run_everywhere
+            state.thread = threading.Thread(
+                target=self._supervised, args=(target, state), name=f"loop-{state.spec.name}"
+            )
+            state.thread.daemon = True
+            state.thread.start()
+
+    def dead_threads(self) -> list[str]:
+        """Loops whose thread died while not stopping (a bug: the daemon should stop)."""
+        if self._stopping.is_set():
+            return []
+        return [
+            n for n, st in self.loops.items() if st.thread is not None and not st.thread.is_alive()
+        ]
+
+    def stop(self, grace: float | None = None) -> bool:
+        """No new ticks; wait for running ticks up to ``grace`` s, then cancel them.
+
+        Returns True when every loop thread ended within the grace period.
+        """
+        grace = self.settings.shutdown_grace if grace is None else grace
+        self._stopping.set()
+        for st in self.loops.values():
+            st.wake.set()
+        deadline = time.monotonic() + grace
+        for st in self.loops.values():
+            if st.thread is not None:
+                st.thread.join(max(0.0, deadline - time.monotonic()))
+        drained = all(st.thread is None or not st.thread.is_alive() for st in self.loops.values())
+        if not drained:
+            self._cancel.set()
+            for st in self.loops.values():
+                if st.running_ctx is not None:
+                    st.running_ctx.stop.set()
+            for st in self.loops.values():
+                if st.thread is not None:
+                    st.thread.join(5.0)
+        return drained
+
+    # -- threads --------------------------------------------------------------------------
+
+    def _supervised(self, target: Callable[[LoopState], None], state: LoopState) -> None:
+        try:
+            target(state)
+        except BaseException:
+            log.exception(
+                "loop thread %s crashed",
+                state.spec.name,
+                extra={"action": "loop_crashed", "loop": state.spec.name},
+            )
+            raise
+
+    def _sleep(self, state: LoopState, seconds: float) -> None:
+        if seconds > 0:
+            state.wake.wait(seconds)
+        state.wake.clear()
+
+    def _run_everywhere(self, state: LoopState) -> None:
+        spec = state.spec
+        due = self.clock() if spec.run_on_start else self.clock() + self._jittered(spec)
+        while not self._stopping.is_set():
+            now = self.clock()
+            if now < due:
+                self._sleep(state, min(due - now, 1.0))
+                continue
+            ok = self._tick(state, tick_at=self.wall(), lease=None)
+            end = self.clock()
+            if ok:
+                missed = int((end - due) // spec.interval) if end - due > spec.interval else 0
+                if missed:
+                    self._count_skipped(state, missed)
+                due = max(due + spec.interval, end) + self._jitter_offset(spec)
+            else:
+                due = end + self._backoff(state)
+
+    def _run_leased(self, state: LoopState) -> None:
+        spec = state.spec
+        assert self.manager is not None
+        while not self._stopping.is_set():
+            lease = self.manager.lease(spec.name)
+            if lease is None:
+                state.ledger_known = False
+                self._sleep(state, 0.5)
+                continue
+            if not state.ledger_known:
+                state.last_done = self._last_done(spec)
+                state.ledger_known = True
+            now = self.wall()
+            plan = plan_leased(spec, now, state.last_done)
+            if plan.slot is None:
+                # Draw the jittered start once per upcoming slot, then sleep towards it.
+                if state.pending_slot != plan.wake_at:
+                    state.pending_slot = plan.wake_at
+                    state.pending_start = plan.wake_at + random.uniform(
+                        0, spec.jitter * spec.interval
+                    )
+                self._sleep(state, min(max(state.pending_start - now, 0.0), 1.0))
+                continue
+            if plan.slot == state.pending_slot and now < state.pending_start:
+                self._sleep(state, min(state.pending_start - now, 1.0))
+                continue
+            ok = self._leased_tick(state, lease, plan.slot)
+            if ok is None:
+                continue  # slot already done elsewhere; ledger refreshed
+            if ok:
+                state.last_done = plan.slot
+            else:
+                self._sleep(state, self._backoff(state))
+
+    def _leased_tick(self, state: LoopState, lease: Lease, slot: float) -> bool | None:
+        spec = state.spec
+        tick_at = datetime.fromtimestamp(slot, UTC)
+        params = {
+            "loop": spec.name,
+            "tick_at": tick_at,
+            "replica": self.replica_id,
+            **lease.fence_params(),
+        }
+        try:
+            with self.pool.connection() as conn:
+                row = conn.execute(Q["claim_tick"], params).fetchone()
+        except psycopg.Error as exc:
+            log.warning(
+                "cannot claim tick of %s: %s",
+                spec.name,
+                exc,
+                extra={"action": "tick_claim_failed", "loop": spec.name},
+            )
+            return False
+        if row is None:
+            # Done already (by us before a restart, or by a previous holder), or fenced off.
+            state.last_done = self._last_done(spec)
+            if state.last_done is None or state.last_done < slot:
+                if lease.valid():
+                    # Not done and not claimable: our epoch is stale; wait for the lease to go.
+                    self._sleep(state, 0.2)
+            return None
+        return self._tick(state, tick_at=slot, lease=lease, ledger_params=params)
+
+    def _tick(
+        self,
+        state: LoopState,
+        *,
+        tick_at: float,
+        lease: Lease | None,
+        ledger_params: dict[str, Any] | None = None,
+    ) -> bool:
+        spec = state.spec
+        started = self.clock()
+        ctx = TickContext(
+            loop=spec.name,
+            replica_id=self.replica_id,
+            pool=self.pool,
+            config=self.config,
+            tick_at=datetime.fromtimestamp(tick_at, UTC),
+            deadline=started + spec.timeout,
+            lease=lease,
+            log=logging.getLogger(f"loops.{spec.name}"),
+            clock=self.clock,
+        )
+        if self._cancel.is_set():
+            ctx.stop.set()
+        state.running_ctx = ctx
+        extra: dict[str, Any] = {
+            "loop": spec.name,
+            "replica": self.replica_id,
+            "epoch": lease.epoch if lease else None,
+            "lease": spec.name if lease else None,
+            "tick_at": ctx.tick_at.isoformat(),
+        }
+        log.debug("tick %s started", spec.name, extra={"action": "tick_started", **extra})
+        error: str | None = None
+        try:
+            spec.run(ctx)
+            outcome = "ok"
+        except (LeaseLost, FencingRejected) as exc:
+            outcome, error = "lost", str(exc)
+        except TickCancelled as exc:
+            outcome, error = "cancelled", str(exc)
+        except Exception as exc:
+            outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+            log.error(
+                "tick %s failed: %s",
+                spec.name,
+                error,
+                exc_info=True,
+                extra={"action": "tick_failed", **extra},
+            )
+        finally:
+            state.running_ctx = None
+        seconds = self.clock() - started
+        if ledger_params is not None:
+            self._finish(ledger_params, outcome, error)
+        state.ticks += 1
+        metrics.LOOP_TICKS.labels(spec.name, outcome).inc()
+        metrics.LOOP_TICK_SECONDS.labels(spec.name).observe(seconds)
+        if outcome == "ok":
+            state.failures = 0
+            metrics.LOOP_LAST_SUCCESS.labels(spec.name).set(self.wall())
+        elif outcome == "failed":
+            state.failures += 1
+        level = logging.INFO if outcome == "ok" and lease is not None else logging.DEBUG
+        if outcome not in ("ok",):
+            level = logging.WARNING
+        log.log(
+            level,
+            "tick %s %s in %.3fs",
+            spec.name,
+            outcome,
+            seconds,
+            extra={
+                "action": "tick_finished",
+                "outcome": outcome,
+                "seconds": round(seconds, 4),
+                **ctx.stats,
+                **extra,
+            },
+        )
+        return outcome == "ok"
+
+    def _finish(self, params: dict[str, Any], outcome: str, error: str | None) -> None:
+        try:
+            with self.pool.connection() as conn:
+                conn.execute(Q["finish_tick"], {**params, "outcome": outcome, "error": error})
+        except psycopg.Error as exc:
+            log.warning(
+                "cannot record tick outcome of %s: %s",
+                params["loop"],
+                exc,
+                extra={"action": "tick_finish_failed", "loop": params["loop"]},
+            )
+
+    def _last_done(self, spec: LoopSpec) -> float | None:
+        try:
+            with self.pool.connection() as conn:
+                row = conn.execute(Q["last_done"], {"loop": spec.name}).fetchone()
+        except psycopg.Error:
+            return None
+        if row is None or row[0] is None:
+            return None
+        return float(row[0].timestamp())
+
+    def _backoff(self, state: LoopState) -> float:
+        s = self.settings
+        return backoff_delay(max(1, state.failures), s.error_backoff_initial, s.error_backoff_max)
+
+    def _count_skipped(self, state: LoopState, n: int) -> None:
+        state.skipped += n
+        metrics.LOOP_TICKS.labels(state.spec.name, "skipped").inc(n)
+
+    @staticmethod
+    def _jitter_offset(spec: LoopSpec) -> float:
+        return random.uniform(-spec.jitter, spec.jitter) * spec.interval
+
+    def _jittered(self, spec: LoopSpec) -> float:
+        return spec.interval + self._jitter_offset(spec)
+
+    def _on_lease_event(self, event: LeaseEvent) -> None:
+        state = self.loops.get(event.lease)
+        if state is None:
+            return
+        if event.kind in ("lost", "released"):
+            ctx = state.running_ctx
+            if ctx is not None and ctx.lease is not None and ctx.lease.epoch == event.epoch:
+                ctx.stop.set()
+        state.wake.set()

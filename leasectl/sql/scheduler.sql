@@ -1,0 +1,31 @@
+-- name: claim_tick
+-- Claim a leased loop's slot, fenced by the epoch. A slot runs at most once: a second claim
+-- for the same slot only succeeds if the earlier run did not finish (failed, lost, cancelled,
+-- or still 'running' under an older epoch, i.e. its holder died mid-tick).
+INSERT INTO leasectl_ticks AS t (loop, tick_at, epoch, replica, started_at, outcome, attempts)
+SELECT %(loop)s, %(tick_at)s, %(lease_epoch)s, %(replica)s, now(), 'running', 1
+WHERE EXISTS (
+    SELECT 1 FROM leasectl_leases
+    WHERE name = %(lease_name)s AND epoch = %(lease_epoch)s FOR SHARE
+)
+ON CONFLICT (loop, tick_at) DO UPDATE
+SET epoch = excluded.epoch, replica = excluded.replica, started_at = now(),
+    finished_at = NULL, outcome = 'running', attempts = t.attempts + 1, error = NULL
+WHERE t.outcome IN ('failed', 'lost', 'cancelled')
+   OR (t.outcome = 'running' AND t.epoch < excluded.epoch)
+RETURNING attempts
+
+-- name: finish_tick
+-- Record the outcome, fenced: a superseded holder cannot mark a slot done.
+UPDATE leasectl_ticks
+SET finished_at = now(), outcome = %(outcome)s, error = %(error)s
+WHERE loop = %(loop)s AND tick_at = %(tick_at)s AND epoch = %(lease_epoch)s
+  AND EXISTS (
+    SELECT 1 FROM leasectl_leases
+    WHERE name = %(lease_name)s AND epoch = %(lease_epoch)s FOR SHARE
+  )
+
+-- name: last_done
+-- The latest slot this loop completed, whoever ran it: how a restart or failover knows
+-- when the loop last ran.
+SELECT max(tick_at) FROM leasectl_ticks WHERE loop = %(loop)s AND outcome = 'ok'
