@@ -274,10 +274,9 @@ class Scheduler:
         if row is None:
             # Done already (by us before a restart, or by a previous holder), or fenced off.
             state.last_done = self._last_done(spec)
-            if state.last_done is None or state.last_done < slot:
-                if lease.valid():
-                    # Not done and not claimable: our epoch is stale; wait for the lease to go.
-                    self._sleep(state, 0.2)
+            if (state.last_done is None or state.last_done < slot) and lease.valid():
+                # Not done and not claimable: our epoch is stale; wait for the lease to go.
+                self._sleep(state, 0.2)
             return None
         return self._tick(state, tick_at=slot, lease=lease, ledger_params=params)
 
