@@ -1,0 +1,233 @@
+"""The fence protocol around one notification delivery, shared by send and retry.
+
+One tick: (1) claim a batch in a transaction guarded by the lease epoch (status
+``sending``, ``claimed_epoch``/``claimed_lease`` set); (2) per row, ``ctx.check()``, render,
+and make the external call with the notification id as idempotency key, holding no database
+connection; (3) mark the outcome in another guarded transaction. A holder that lost its lease
+between (2) and (3) cannot mark anything; the row stays ``sending`` under its old epoch and
+the next holder re-delivers it with the same key. Rows claimed but not attempted when a tick
+is cancelled are handed back.
+
+Failures: retry_count counts failed attempts. Attempt ``k`` failing schedules the next one
+``backoff_minutes[k-1]`` later (1, 2, 4, 8 min); the ``max_attempts``-th failure, or a
+permanent error, makes the row ``dead`` with ``last_error``. certctl left ``next_retry_at``
+NULL on a first failure, so its retry sweep never saw those rows (its defect #5).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import jinja2
+from psycopg.rows import dict_row
+
+from leasectl import sql
+from leasectl.errors import LeasectlError
+from leasectl.loop import TickContext
+from leasectl.metrics import NOTIFICATIONS
+from loops.notify.email import SmtpSender
+from loops.notify.errors import DeliveryError
+from loops.notify.templates import Templates
+from loops.notify.webhook import WebhookSender
+from loops.settings import NotificationSettings
+
+Q = sql.load("notifications", package="loops.sql")
+
+Mode = Literal["send", "retry"]
+
+
+@dataclass(frozen=True)
+class Channels:
+    """The configured channels and compiled templates; built once at startup."""
+
+    templates: Templates
+    email: SmtpSender
+    webhook: WebhookSender
+
+    @classmethod
+    def from_settings(cls, settings: NotificationSettings) -> Channels:
+        """:raises ConfigError: bad channel settings or a template that does not compile."""
+        return cls(
+            Templates(settings.templates_dir),
+            SmtpSender(settings.smtp),
+            WebhookSender(settings.webhook),
+        )
+
+
+def render_context(row: dict[str, Any]) -> dict[str, Any]:
+    """What a notification template sees: ``n`` (the row), ``cert`` (or None), ``days_left``."""
+    cert = None
+    days_left = None
+    if row.get("cert_common_name") is not None:
+        cert = {
+            "id": row["certificate_id"],
+            "name": row["cert_name"],
+            "common_name": row["cert_common_name"],
+            "expires_at": row["cert_expires_at"],
+        }
+        if row["cert_expires_at"] is not None:
+            days_left = int((row["cert_expires_at"] - datetime.now(UTC)).total_seconds() // 86400)
+    return {"n": row, "cert": cert, "payload": row.get("payload") or {}, "days_left": days_left}
+
+
+def webhook_body(row: dict[str, Any], subject: str, text: str) -> bytes:
+    """The JSON body; deterministic, so a re-delivery is byte-identical (same signature)."""
+    doc = {
+        "id": row["id"],
+        "type": row["type"],
+        "recipient": row["recipient"],
+        "subject": subject,
+        "text": text,
+        "certificate_id": row["certificate_id"],
+        "threshold_days": row["threshold_days"],
+        "payload": row.get("payload") or {},
+        "created_at": row["created_at"].isoformat(),
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+class Dispatcher:
+    """Runs one tick of ``notification_send`` (mode ``send``) or ``notification_retry``."""
+
+    def __init__(self, channels: Channels, settings: NotificationSettings, mode: Mode) -> None:
+        self.channels = channels
+        self.settings = settings
+        self.mode = mode
+
+    def run(self, ctx: TickContext) -> None:
+        lease = ctx.lease
+        if lease is None:
+            raise LeasectlError(f"{ctx.loop} is a leased loop and was run without a lease")
+        rows = self._claim(ctx)
+        if not rows:
+            return
+        ctx.log.info(
+            "%s: claimed %d notification(s)",
+            ctx.loop,
+            len(rows),
+            extra={"action": "notifications_claimed", "epoch": lease.epoch, "count": len(rows)},
+        )
+        pending = [row["id"] for row in rows]
+        try:
+            for row in rows:
+                ctx.check()
+                pending.remove(row["id"])
+                self._attempt(ctx, row)
+        finally:
+            if pending:
+                self._release(ctx, pending)
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _params(self, ctx: TickContext) -> dict[str, Any]:
+        assert ctx.lease is not None
+        return {**ctx.lease.fence_params(), "replica": ctx.replica_id}
+
+    def _claim(self, ctx: TickContext) -> list[dict[str, Any]]:
+        assert ctx.lease is not None
+        params = {
+            **self._params(ctx),
+            "batch": self.settings.batch,
+            "stale_after": self.settings.stale_claim_after,
+            "max_attempts": self.settings.max_attempts,
+        }
+        query = Q["claim_pending"] if self.mode == "send" else Q["claim_due_retries"]
+        with ctx.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            ctx.lease.guard(cur)
+            return cur.execute(query, params).fetchall()
+
+    def _attempt(self, ctx: TickContext, row: dict[str, Any]) -> None:
+        assert ctx.lease is not None
+        channel = row["channel"]
+        try:
+            self._deliver(ctx, row)
+        except DeliveryError as exc:
+            self._mark_failed(ctx, row, exc)
+            return
+        with ctx.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor()
+            ctx.lease.guard(cur)
+            done = cur.execute(Q["mark_sent"], self._params(ctx) | {"id": row["id"]}).fetchone()
+        outcome = "sent" if done else "superseded"
+        NOTIFICATIONS.labels(channel, outcome).inc()
+        ctx.count(outcome)
+
+    def _deliver(self, ctx: TickContext, row: dict[str, Any]) -> None:
+        assert ctx.lease is not None
+        try:
+            subject, text = self.channels.templates.notification(render_context(row))
+        except jinja2.TemplateError as exc:
+            raise DeliveryError(f"template rendering failed: {exc}", permanent=True) from exc
+        channel = row["channel"]
+        if channel == "Email":
+            self.channels.email.send(
+                to=row["recipient"],
+                subject=subject,
+                text=text,
+                message_id=f"<{row['id']}@leasectl>",
+                headers={"X-Leasectl-Idempotency-Key": row["id"]},
+            )
+        elif channel == "Webhook":
+            self.channels.webhook.post(
+                webhook_body(row, subject, text),
+                idempotency_key=row["id"],
+                epoch=ctx.lease.epoch,
+                replica=ctx.replica_id,
+            )
+        else:
+            raise DeliveryError(f"unknown channel {channel!r}", permanent=True)
+
+    def _mark_failed(self, ctx: TickContext, row: dict[str, Any], exc: DeliveryError) -> None:
+        assert ctx.lease is not None
+        s = self.settings
+        attempts = int(row["retry_count"]) + 1
+        dead = exc.permanent or attempts >= s.max_attempts
+        backoff = s.backoff_minutes or (1.0,)
+        wait_s = 60.0 * backoff[min(attempts - 1, len(backoff) - 1)]
+        params = self._params(ctx) | {
+            "id": row["id"],
+            "dead": dead,
+            "wait_s": wait_s,
+            "error": str(exc)[:2000],
+        }
+        with ctx.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor()
+            ctx.lease.guard(cur)
+            done = cur.execute(Q["mark_failed"], params).fetchone()
+        outcome = ("dead" if dead else "failed") if done else "superseded"
+        NOTIFICATIONS.labels(row["channel"], outcome).inc()
+        ctx.count(outcome)
+        ctx.log.warning(
+            "notification %s (%s) attempt %d failed%s: %s",
+            row["id"],
+            row["channel"],
+            attempts,
+            "; dead" if dead else f"; next try in {wait_s:.0f}s",
+            exc,
+            extra={
+                "action": "notification_dead" if dead else "notification_failed",
+                "notification": row["id"],
+                "epoch": ctx.lease.epoch,
+            },
+        )
+
+    def _release(self, ctx: TickContext, ids: list[str]) -> None:
+        """Best effort: if the lease is gone the next holder re-claims them anyway."""
+        assert ctx.lease is not None
+        try:
+            with ctx.pool.connection() as conn, conn.transaction():
+                cur = conn.cursor()
+                ctx.lease.guard(cur)
+                cur.execute(Q["release_claims"], self._params(ctx) | {"ids": ids})
+        except Exception as exc:  # noqa: BLE001 - the tick is already failing; keep its error
+            ctx.log.info(
+                "%s: could not hand back %d claimed notification(s): %s",
+                ctx.loop,
+                len(ids),
+                exc,
+                extra={"action": "notifications_release_failed", "count": len(ids)},
+            )

@@ -1,0 +1,88 @@
+-- name: claim_pending
+-- notification_send's claim, run after lease.guard() in the same transaction. Takes pending
+-- rows plus this lease's rows left 'sending' by an older epoch (the old holder may or may not
+-- have delivered them: re-deliver with the same id as the idempotency key) or by this epoch
+-- longer than stale_after seconds ago (a tick that died between the call and the mark).
+WITH claimed AS (
+    UPDATE notification_events n
+    SET status = 'sending', claimed_epoch = %(lease_epoch)s, claimed_by = %(replica)s,
+        claimed_lease = %(lease_name)s, claimed_at = now()
+    FROM (
+        SELECT id FROM notification_events
+        WHERE status = 'pending'
+           OR (status = 'sending' AND claimed_lease = %(lease_name)s
+               AND (claimed_epoch < %(lease_epoch)s
+                    OR claimed_at < now() - make_interval(secs => %(stale_after)s)))
+        ORDER BY created_at, id
+        LIMIT %(batch)s
+        FOR UPDATE SKIP LOCKED
+    ) c
+    WHERE n.id = c.id
+    RETURNING n.*
+)
+SELECT c.id, c.type, c.channel, c.recipient, c.subject, c.message, c.payload,
+       c.certificate_id, c.threshold_days, c.retry_count, c.next_retry_at, c.created_at,
+       mc.name AS cert_name, mc.common_name AS cert_common_name, mc.expires_at AS cert_expires_at
+FROM claimed c
+LEFT JOIN managed_certificates mc ON mc.id = c.certificate_id
+ORDER BY c.created_at, c.id
+
+-- name: claim_due_retries
+-- notification_retry's claim: failed rows whose next_retry_at has come, plus this lease's
+-- stale 'sending' rows (same rule as claim_pending).
+WITH claimed AS (
+    UPDATE notification_events n
+    SET status = 'sending', claimed_epoch = %(lease_epoch)s, claimed_by = %(replica)s,
+        claimed_lease = %(lease_name)s, claimed_at = now()
+    FROM (
+        SELECT id FROM notification_events
+        WHERE (status = 'failed' AND next_retry_at <= now() AND retry_count < %(max_attempts)s)
+           OR (status = 'sending' AND claimed_lease = %(lease_name)s
+               AND (claimed_epoch < %(lease_epoch)s
+                    OR claimed_at < now() - make_interval(secs => %(stale_after)s)))
+        ORDER BY next_retry_at NULLS FIRST, id
+        LIMIT %(batch)s
+        FOR UPDATE SKIP LOCKED
+    ) c
+    WHERE n.id = c.id
+    RETURNING n.*
+)
+SELECT c.id, c.type, c.channel, c.recipient, c.subject, c.message, c.payload,
+       c.certificate_id, c.threshold_days, c.retry_count, c.next_retry_at, c.created_at,
+       mc.name AS cert_name, mc.common_name AS cert_common_name, mc.expires_at AS cert_expires_at
+FROM claimed c
+LEFT JOIN managed_certificates mc ON mc.id = c.certificate_id
+ORDER BY c.next_retry_at NULLS FIRST, c.id
+
+-- name: mark_sent
+-- After a 2xx / accepted SMTP transaction, under lease.guard(). Only our own claim counts:
+-- if a newer epoch re-claimed the row this updates nothing.
+UPDATE notification_events
+SET status = 'sent', sent_at = now(), attempted_at = now(), next_retry_at = NULL,
+    last_error = NULL
+WHERE id = %(id)s AND status = 'sending'
+  AND claimed_lease = %(lease_name)s AND claimed_epoch = %(lease_epoch)s
+RETURNING id
+
+-- name: mark_failed
+-- A failed attempt, under lease.guard(): retry_count counts failed attempts; the caller
+-- decides dead (attempts exhausted, or a permanent error) and the wait before the next try.
+UPDATE notification_events
+SET status = CASE WHEN %(dead)s THEN 'dead' ELSE 'failed' END,
+    retry_count = retry_count + 1,
+    next_retry_at = CASE WHEN %(dead)s THEN NULL
+                         ELSE now() + make_interval(secs => %(wait_s)s) END,
+    last_error = %(error)s,
+    attempted_at = now()
+WHERE id = %(id)s AND status = 'sending'
+  AND claimed_lease = %(lease_name)s AND claimed_epoch = %(lease_epoch)s
+RETURNING retry_count, status, next_retry_at
+
+-- name: release_claims
+-- Give back claimed rows a cancelled tick did not attempt, so they do not wait for
+-- stale_after: a row with a retry time goes back to 'failed', any other to 'pending'.
+UPDATE notification_events
+SET status = CASE WHEN next_retry_at IS NULL THEN 'pending' ELSE 'failed' END,
+    claimed_epoch = NULL, claimed_by = NULL, claimed_lease = NULL, claimed_at = NULL
+WHERE id = ANY(%(ids)s) AND status = 'sending'
+  AND claimed_lease = %(lease_name)s AND claimed_epoch = %(lease_epoch)s
