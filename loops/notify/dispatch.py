@@ -136,9 +136,8 @@ class Dispatcher:
         }
         query = Q["claim_pending"] if self.mode == "send" else Q["claim_due_retries"]
         with ctx.pool.connection() as conn, conn.transaction():
-            cur = conn.cursor(row_factory=dict_row)
-            ctx.lease.guard(cur)
-            return cur.execute(query, params).fetchall()
+            ctx.lease.guard(conn.cursor())  # guard() reads a tuple row: plain cursor
+            return conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
 
     def _attempt(self, ctx: TickContext, row: dict[str, Any]) -> None:
         assert ctx.lease is not None
