@@ -141,7 +141,7 @@ class EmbeddedPostgres:
         if self._user is not None:
             kwargs["user"] = self._user
             kwargs["group"] = pwd.getpwnam(self._user).pw_gid
-        proc = subprocess.run(
+        proc: subprocess.CompletedProcess[str] = subprocess.run(
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -76,7 +76,9 @@ class LeaseLost(LeaseError):
 
     def __init__(self, lease: str, epoch: int | None, reason: str) -> None:
         self.reason = reason
-        super().__init__(f"lease {lease!r} (epoch {epoch}) lost: {reason}", lease=lease, epoch=epoch)
+        super().__init__(
+            f"lease {lease!r} (epoch {epoch}) lost: {reason}", lease=lease, epoch=epoch
+        )
 
 
 class FencingRejected(LeaseError):
@@ -102,7 +104,9 @@ class LeaseTimeout(LeaseError):
         self.seconds = seconds
         self.holder = holder
         held = f"; it is held by {holder}" if holder else ""
-        super().__init__(f"timed out after {seconds:.1f}s waiting for lease {lease!r}{held}", lease=lease)
+        super().__init__(
+            f"timed out after {seconds:.1f}s waiting for lease {lease!r}{held}", lease=lease
+        )
 
 
 class KeyCollision(LeasectlError):
@@ -120,7 +124,7 @@ class KeyCollision(LeasectlError):
 
 
 class SafetyInequalityViolated(LeasectlError):
-    """lease_ttl + safety_margin exceeds the time after which the server can drop a silent holder."""
+    """lease_ttl + safety_margin exceeds D_srv, when the server may drop a silent holder."""
 
     __module__ = "leasectl"
 

@@ -13,7 +13,7 @@ Guarantee
 Limits
     Belief is not enough for writes: a process can pause between checking and writing. Every
     database write made under a lease must be *fenced*: ``lease.guard(cur)`` in the same
-    transaction takes the lease row ``FOR SHARE`` and refuses the write unless the epoch is
+    transaction takes the lease row ``FOR KEY SHARE`` and refuses the write unless the epoch is
     still this holder's. External calls cannot be fenced; they carry an idempotency key.
     See docs/safety.md.
 
@@ -160,7 +160,7 @@ class Lease:
 #: ``UPDATE t SET ... WHERE id = %(id)s AND {FENCE_SQL}`` with ``lease.fence_params()``.
 FENCE_SQL = (
     "EXISTS (SELECT 1 FROM leasectl_leases WHERE name = %(lease_name)s "
-    "AND epoch = %(lease_epoch)s FOR SHARE)"
+    "AND epoch = %(lease_epoch)s FOR KEY SHARE)"
 )
 
 
@@ -511,6 +511,18 @@ class LeaseManager:
                     "reason": "campaign",
                 },
             ).fetchall()
+        except psycopg.errors.LockNotAvailable as exc:
+            # A guarded transaction of the previous holder kept the lease rows locked past
+            # lock_timeout: give the locks back and try again at the next campaign, keeping
+            # the other leases of this session.
+            session.release(names, notify=False)
+            log.warning(
+                "epoch bump for %s waited too long for the previous holder's guarded writes: %s",
+                ", ".join(names),
+                str(exc).splitlines()[0],
+                extra={"action": "lease_bump_timeout", "replica": self.replica_id},
+            )
+            return
         except psycopg.Error:
             # The locks are ours but un-fenced: give them back rather than hold them blind.
             try:

@@ -37,6 +37,13 @@ from leasectl.settings import DatabaseSettings
 
 Q = sql.load("locks")
 
+_POOLER = "the lock connection goes through a transaction-mode pooler: "
+_POOLER_FIX = (
+    ". Session advisory locks need a direct or session-pooled connection; point "
+    "database.lock_dsn (LEASECTL_LOCK_DSN) at PostgreSQL directly or at a "
+    "session-mode pool (PgBouncer pool_mode=session)."
+)
+
 
 @dataclass(frozen=True)
 class Holder:
@@ -96,8 +103,9 @@ class LockSession:
         self.namespace = namespace_for(namespace)
         self.registry = registry or KeyRegistry()
         self.unix_socket = unix_socket
-        self.backend_pid: int = conn.info.backend_pid
+        self.backend_pid: int = conn.info.backend_pid  # replaced by the server's own view
         self.tcp: TcpBound | None = None
+        self._probe = ""
 
     # -- opening --------------------------------------------------------------------------
 
@@ -119,9 +127,7 @@ class LockSession:
             reaches a standby.
         """
         conn = lock_connect(dsn, db, application_name)
-        session = cls(
-            conn, namespace=namespace, registry=registry, unix_socket=is_unix_socket(dsn)
-        )
+        session = cls(conn, namespace=namespace, registry=registry, unix_socket=is_unix_socket(dsn))
         try:
             session._setup(db, lock_timeout_ms)
             if check_pooler:
@@ -132,65 +138,73 @@ class LockSession:
         return session
 
     def _setup(self, db: DatabaseSettings, lock_timeout_ms: int) -> None:
-        probe = secrets.token_hex(8)
+        self._probe = secrets.token_hex(8)
         params = {
             "lock_timeout": f"{lock_timeout_ms}ms",
             "idle": str(db.tcp_keepalives_idle),
             "interval": str(db.tcp_keepalives_interval),
             "count": str(db.tcp_keepalives_count),
             "user_timeout": str(db.tcp_user_timeout_ms),
-            "probe": probe,
+            "probe": self._probe,
         }
         try:
-            self.conn.execute(Q["session_setup"], params)
+            setup = self.conn.execute(Q["session_setup"], params).fetchone()
             row = self.conn.execute(Q["session_readback"]).fetchone()
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"lock connection setup failed: {exc}") from exc
-        assert row is not None
+        assert setup is not None and row is not None
+        # The pid the client was told at connect time is a pooler's invention when one sits
+        # in between; the server's own pg_backend_pid() is the truth.
+        self.backend_pid = int(setup[0])
         pid, got_probe, idle, interval, count, user_timeout, in_recovery = row
         if in_recovery:
             raise UnsupportedTopology(
                 "the lock connection reached a server in recovery (a standby); advisory "
                 "locks must be taken on the primary: point database.lock_dsn at it"
             )
-        if pid != self.backend_pid or got_probe != probe:
+        if pid != self.backend_pid or got_probe != self._probe:
             raise UnsupportedTopology(
-                "the lock connection goes through a transaction-mode pooler: "
+                _POOLER
                 + (
                     f"the backend pid changed between transactions ({self.backend_pid} -> {pid})"
                     if pid != self.backend_pid
                     else "a session SET did not persist to the next transaction"
                 )
-                + ". Advisory locks need a direct or session-pooled connection; point "
-                "database.lock_dsn (LEASECTL_LOCK_DSN) at PostgreSQL directly or at a "
-                "session-mode pool."
+                + _POOLER_FIX
             )
         self.tcp = TcpBound(idle, interval, count, user_timeout, self.unix_socket)
 
     def _check_pooler(self, dsn: str, db: DatabaseSettings, application_name: str) -> None:
-        """A second client connection must never land on our backend.
+        """While a second client holds a transaction open, our session must stay ours.
 
-        Through a transaction pooler it usually does: the pooler hands the idle server
-        connection we just used to the next transaction, whoever's it is.
+        Through a transaction pooler it does not: the pooler hands the idle server
+        connection we just used to the next transaction, whoever's it is, and sends our
+        next statement to another server connection.
         """
         other = lock_connect(dsn, db, application_name + "/pooler-probe")
         try:
             other.autocommit = False
-            row = other.execute(Q["backend_pid"]).fetchone()
-            other_pid = row[0] if row else None
+            row = other.execute(Q["probe_other"]).fetchone()
             mine = self.conn.execute(Q["session_readback"]).fetchone()
             other.rollback()
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"lock connection setup failed: {exc}") from exc
         finally:
             other.close()
-        assert mine is not None
-        if other_pid == self.backend_pid or mine[0] != self.backend_pid:
-            raise UnsupportedTopology(
-                "the lock connection goes through a transaction-mode pooler: another client "
-                f"connection was served by the same backend (pid {self.backend_pid}). "
-                "Advisory locks need a direct or session-pooled connection; point "
-                "database.lock_dsn (LEASECTL_LOCK_DSN) at PostgreSQL directly or at a "
-                "session-mode pool."
+        assert row is not None and mine is not None
+        other_pid, other_probe = row
+        problem = None
+        if other_pid == self.backend_pid or other_probe == self._probe:
+            problem = (
+                f"another client connection was served by our backend (pid {self.backend_pid})"
             )
+        elif mine[0] != self.backend_pid or mine[1] != self._probe:
+            problem = (
+                f"our session moved to another backend (pid {self.backend_pid} -> {mine[0]}) "
+                "while another client held a transaction open"
+            )
+        if problem is not None:
+            raise UnsupportedTopology(_POOLER + problem + _POOLER_FIX)
 
     # -- locks ----------------------------------------------------------------------------
 
@@ -255,10 +269,7 @@ class LockSession:
     def wait_notify(self, timeout: float) -> list[str]:
         """Wait up to ``timeout`` seconds for release notifications; return the lease names."""
         try:
-            return [
-                n.payload
-                for n in self.conn.notifies(timeout=max(0.0, timeout), stop_after=1)
-            ]
+            return [n.payload for n in self.conn.notifies(timeout=max(0.0, timeout), stop_after=1)]
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"lock connection lost: {exc}") from exc
 
@@ -271,7 +282,7 @@ class LockSession:
         jitter: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Poll-and-listen until ``name`` is ours, or raise :class:`LeaseTimeout` naming the holder."""
+        """Poll and listen until ``name`` is ours; :class:`LeaseTimeout` names the holder."""
         self.listen()
         deadline = clock() + timeout
         while True:

@@ -15,6 +15,7 @@ the ledger under the lock, applies what is still pending and releases.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import socket
 import time
@@ -23,11 +24,12 @@ from dataclasses import dataclass
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
-from typing import Any, LiteralString, cast
+from typing import Any, LiteralString
 
 import psycopg
 
 from leasectl import sql
+from leasectl._sqlsplit import split as split_statements
 from leasectl.errors import (
     ChecksumMismatch,
     DatabaseUnavailable,
@@ -37,11 +39,12 @@ from leasectl.errors import (
     MigrationLocked,
 )
 from leasectl.keys import MIGRATIONS_LEASE
-from leasectl.locks import LockSession
+from leasectl.locks import Holder, LockSession
 from leasectl.settings import CoreSettings
 
 Q = sql.load("migrate")
 NO_TRANSACTION = "-- leasectl: no-transaction"
+_LOCKED_AT = re.compile(r"^leasectl-migrate@(\d+)/")
 _NAME = re.compile(r"^(?P<version>\d{4,}_[A-Za-z0-9_]+)\.up\.sql$")
 
 
@@ -127,43 +130,61 @@ def _line_of(text: str, position: int | None) -> int | None:
     return text.count("\n", 0, max(0, position - 1)) + 1
 
 
+def _run_statements(conn: psycopg.Connection[Any], mig: Migration) -> None:
+    """Execute the file one statement at a time; a failure knows its statement's line."""
+    for stmt in split_statements(mig.text):
+        body: LiteralString = stmt.text  # type: ignore[assignment]
+        try:
+            conn.execute(body)
+        except psycopg.Error as exc:
+            within = _position(exc)
+            line = stmt.line
+            if within:
+                # The position is within the statement: point at the offending line itself.
+                line = _line_of(mig.text, stmt.offset + within) or stmt.line
+            exc.add_note(f"leasectl:line={line}")
+            raise
+
+
+def _failed_line(exc: psycopg.Error) -> int | None:
+    for note in getattr(exc, "__notes__", ()):
+        if note.startswith("leasectl:line="):
+            return int(note.split("=", 1)[1])
+    return None
+
+
 def _apply_one(conn: psycopg.Connection[Any], mig: Migration, applied_by: str) -> None:
     started = time.monotonic()
-    body = cast(LiteralString, mig.text)
+
+    def record() -> None:
+        conn.execute(
+            Q["record"],
+            {
+                "version": mig.version,
+                "checksum": mig.checksum,
+                "duration_ms": int((time.monotonic() - started) * 1000),
+                "applied_by": applied_by,
+            },
+        )
+
     try:
         if mig.transactional:
             with conn.transaction():
-                conn.execute(body)
-                conn.execute(
-                    Q["record"],
-                    {
-                        "version": mig.version,
-                        "checksum": mig.checksum,
-                        "duration_ms": int((time.monotonic() - started) * 1000),
-                        "applied_by": applied_by,
-                    },
-                )
+                _run_statements(conn, mig)
+                record()
         else:
             conn.autocommit = True
             try:
-                conn.execute(body)
-                conn.execute(
-                    Q["record"],
-                    {
-                        "version": mig.version,
-                        "checksum": mig.checksum,
-                        "duration_ms": int((time.monotonic() - started) * 1000),
-                        "applied_by": applied_by,
-                    },
-                )
+                _run_statements(conn, mig)
+                record()
             finally:
                 conn.autocommit = False
     except psycopg.OperationalError as exc:
         if exc.sqlstate is None:
             raise DatabaseUnavailable(f"connection lost while applying {mig.path}: {exc}") from exc
-        raise MigrationFailed(mig.path, _line_of(mig.text, _position(exc)), _message(exc)) from exc
+        raise MigrationFailed(mig.path, _failed_line(exc), _message(exc)) from exc
     except psycopg.Error as exc:
-        raise MigrationFailed(mig.path, _line_of(mig.text, _position(exc)), _message(exc)) from exc
+        raise MigrationFailed(mig.path, _failed_line(exc), _message(exc)) from exc
 
 
 def _position(exc: psycopg.Error) -> int | None:
@@ -194,7 +215,7 @@ def migrate(
     :raises MigrationLocked: waited ``migrations.lock_timeout`` seconds for another migrator.
     """
     settings = settings or CoreSettings()
-    who = applied_by or f"{socket.gethostname()}/{__import__('os').getpid()}"
+    who = applied_by or f"{socket.gethostname()}/{os.getpid()}"
     migrations = discover(directory if directory is not None else settings.migrations.directory)
     try:
         with psycopg.connect(dsn, connect_timeout=int(settings.database.connect_timeout)) as conn:
@@ -220,8 +241,9 @@ def migrate(
             raise MigrationLocked(
                 settings.migrations.lock_timeout, _describe_migration_holder(holder)
             ) from exc
+        # application_name is cut at 63 bytes: the timestamp goes first so it survives.
         session.conn.execute(
-            Q["mark_holder"], {"app": f"leasectl-migrate/{who} locked@{time.time():.0f}"}
+            Q["mark_holder"], {"app": f"leasectl-migrate@{time.time():.0f}/{who}"[:63]}
         )
         done: list[str] = []
         with psycopg.connect(dsn, connect_timeout=int(settings.database.connect_timeout)) as conn:
@@ -239,14 +261,13 @@ def migrate(
         return done
 
 
-def _describe_migration_holder(holder: Any) -> str:
+def _describe_migration_holder(holder: Holder | None) -> str:
     if holder is None:
         return "nobody any more (it was released just now)"
-    text: str = holder.describe()
-    app = holder.application_name or ""
-    if " locked@" in app:
-        since = float(app.rsplit("@", 1)[1])
-        text += f", holding it for {time.time() - since:.0f}s"
+    text = holder.describe()
+    m = _LOCKED_AT.match(holder.application_name or "")
+    if m:
+        text += f", holding it for {time.time() - int(m[1]):.0f}s"
     return text
 
 

@@ -30,13 +30,17 @@ LEFT JOIN pg_locks h
       AND h.objid = (t.key::bigint & 4294967295)::oid
 
 -- name: bump_epoch
--- The fencing token: run right after the lock is ours. Takes the lease row's lock, so it
--- waits for any in-flight guarded write of the previous holder (FOR SHARE) to finish.
-WITH bumped AS (
+-- The fencing token: run right after the lock is ours. `locked` takes the existing lease rows
+-- FOR UPDATE first, so the bump waits for every in-flight guarded write of the previous holder
+-- (FOR KEY SHARE or FOR SHARE) to commit or roll back; once it returns, old epochs are dead.
+WITH locked AS MATERIALIZED (
+    SELECT name FROM leasectl_leases WHERE name = ANY(%(names)s::text[]) ORDER BY name FOR UPDATE
+), bumped AS (
     INSERT INTO leasectl_leases AS l
            (name, key, epoch, holder, holder_backend_pid, acquired_at, renewed_at, released_at)
     SELECT w.name, w.key, 1, %(replica)s, pg_backend_pid(), now(), now(), NULL
     FROM unnest(%(names)s::text[], %(keys)s::integer[]) AS w(name, key)
+    WHERE (SELECT count(*) FROM locked) >= 0  -- forces the row locks before the upsert
     ON CONFLICT (name) DO UPDATE
     SET epoch = l.epoch + 1, key = excluded.key, holder = excluded.holder,
         holder_backend_pid = excluded.holder_backend_pid,
@@ -97,6 +101,8 @@ LISTEN leasectl_control
 SELECT pg_notify('leasectl_control', %(payload)s)
 
 -- name: fence
--- Take the lease row FOR SHARE inside the caller's transaction: the write that follows
--- commits only if the epoch is still ours, and a new holder's epoch bump waits for it.
-SELECT epoch FROM leasectl_leases WHERE name = %(lease_name)s FOR SHARE
+-- Take the lease row FOR KEY SHARE inside the caller's transaction: the write that follows
+-- commits only if the epoch is still ours, and a new holder's epoch bump (FOR UPDATE) waits
+-- for it. KEY SHARE, not SHARE: the holder's own heartbeat (UPDATE renewed_at, a no-key
+-- update) must never wait for its guarded work, or a long transaction would stall it.
+SELECT epoch FROM leasectl_leases WHERE name = %(lease_name)s FOR KEY SHARE

@@ -31,10 +31,16 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
 -- name: backend_pid
 SELECT pg_backend_pid()
 
+-- name: probe_other
+-- Run by a second client inside an open transaction: which backend serves it, and does it
+-- see the lock session's probe setting (it must not).
+SELECT pg_backend_pid(), current_setting('leasectl.session_probe', true)
+
 -- name: session_setup
 -- Session settings of the lock connection. The server-side TCP settings bound D_srv: the time
 -- after which the server drops a silent (partitioned) holder and frees its locks.
-SELECT set_config('idle_session_timeout', '0', false),
+SELECT pg_backend_pid() AS pid,
+       set_config('idle_session_timeout', '0', false),
        set_config('idle_in_transaction_session_timeout', '0', false),
        set_config('lock_timeout', %(lock_timeout)s, false),
        set_config('tcp_keepalives_idle', %(idle)s, false),
