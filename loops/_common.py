@@ -1,0 +1,42 @@
+"""Small helpers the everywhere-loops share: one transaction on the tick's pool, timeouts.
+
+Private to ``loops``: each loop opens short transactions through :func:`transaction` so a
+connection goes back to the pool between items, and no transaction stays open across a network
+call (the pool's ``idle_in_transaction_session_timeout`` would kill it, and it would hold locks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+
+from leasectl.loop import TickContext
+
+#: Actor type written to ``audit_events`` by every loop.
+ACTOR_TYPE = "System"
+
+
+@contextmanager
+def transaction(ctx: TickContext) -> Iterator[psycopg.Cursor[DictRow]]:
+    """A dict-row cursor in one transaction: committed on success, rolled back on error."""
+    with ctx.pool.connection() as conn, conn.transaction():
+        with conn.cursor(row_factory=dict_row) as cur:
+            yield cur
+
+
+def actor(ctx: TickContext) -> str:
+    """The ``audit_events.actor`` of this tick: which loop on which replica did it."""
+    return f"leasectl:{ctx.loop}@{ctx.replica_id}"
+
+
+def duration_label(seconds: float) -> str:
+    """``86400`` → ``24h``, ``300`` → ``5m``, ``90`` → ``90s``: for error messages."""
+    whole = int(seconds)
+    if whole and whole % 3600 == 0:
+        return f"{whole // 3600}h"
+    if whole and whole % 60 == 0:
+        return f"{whole // 60}m"
+    return f"{seconds:g}s"
