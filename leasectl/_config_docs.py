@@ -1,0 +1,272 @@
+"""Descriptions of every setting, and the two documents generated from the model.
+
+Private to :mod:`leasectl.config`. ``config/leasectl.yaml`` and
+``docs/operator/configuration.md`` are both rendered here from the settings dataclasses, so
+they cannot drift from the code (tests compare the committed files with a fresh render).
+A setting's description comes from :data:`DESCRIPTIONS`, else from the comment next to the
+field in its dataclass; toggles of the fifteen loops are described from :data:`LOOP_TOGGLES`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from leasectl._config_schema import SECRET_FIELDS, field_types, iter_fields, type_name
+
+#: Which loop each ``LoopToggle`` in the loops section switches.
+LOOP_TOGGLES: dict[str, str] = {
+    "loops.jobs.processor": "job_processor",
+    "loops.jobs.retry": "job_retry",
+    "loops.jobs.timeout": "job_timeout",
+    "loops.renewal.check": "renewal_check",
+    "loops.agents.check": "agent_health",
+    "loops.notifications.send": "notification_send",
+    "loops.notifications.retry": "notification_retry",
+    "loops.digest.loop": "digest",
+    "loops.cloud_discovery.loop": "cloud_discovery",
+    "loops.crl.loop": "crl_generation",
+    "loops.network_scan.loop": "network_scan",
+    "loops.health_check.loop": "health_check",
+    "loops.gc.short_lived_expiry": "short_lived_expiry",
+    "loops.gc.acme": "acme_gc",
+    "loops.gc.sessions": "session_gc",
+}
+
+SECTIONS: dict[str, str] = {
+    "database": "Where the work pool and the dedicated lock connection go.",
+    "leases": "Timing of the campaign/heartbeat thread. See docs/safety.md for the inequality.",
+    "migrations": "Schema migrations, serialized by the reserved lease `leasectl:migrations`.",
+    "replica": "Identity of this process in the cluster.",
+    "scheduler": "The loop scheduler.",
+    "metrics": "The HTTP endpoint: /metrics, /healthz, /readyz.",
+    "logging": "Log output.",
+    "loops": "Settings of the fifteen loops (the `loops` package's own settings object).",
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "database.dsn": "libpq DSN of the database; empty: $LEASECTL_DSN, else the embedded server "
+    "in data_dir. Secret: may be given as dsn_env / dsn_file",
+    "database.lock_dsn": "DSN for the lock connection only (must be direct or session-pooled); "
+    "empty: same as dsn. Secret: lock_dsn_env / lock_dsn_file",
+    "database.data_dir": "data directory of the embedded PostgreSQL (used when no DSN is set)",
+    "database.pool_min_size": "connections kept open in the work pool",
+    "database.pool_max_size": "maximum connections of the work pool",
+    "database.connect_timeout": "seconds to wait for a new connection",
+    "database.tcp_keepalives_idle": "server-side keepalive idle seconds on the lock "
+    "connection; bounds D_srv",
+    "database.tcp_keepalives_interval": "server-side keepalive probe interval (seconds)",
+    "database.tcp_keepalives_count": "server-side keepalive probes before the server drops a "
+    "silent holder",
+    "database.tcp_user_timeout_ms": "server-side TCP user timeout of the lock connection (ms); "
+    "bounds D_srv",
+    "database.client_tcp_user_timeout_ms": "client-side TCP user timeout: a heartbeat on a dead "
+    "link fails after this instead of hanging",
+    "database.work_idle_in_transaction_timeout_ms": "idle_in_transaction_session_timeout of "
+    "work connections, so a zombie's guarded transaction cannot block a new holder forever",
+    "leases.namespace": "advisory-lock namespace: a seed string (hashed) or an int4; replicas "
+    "that should compete must share it",
+    "leases.acquire_interval": "seconds between campaigns for leases not held (a release "
+    "NOTIFY triggers one at once)",
+    "leases.acquire_jitter": "fraction by which each campaign interval is randomized (0 <= x < 1)",
+    "leases.heartbeat_interval": "seconds between heartbeats; must be < lease_ttl",
+    "leases.lease_ttl": "a holder stops believing in a lease this long after the start of its "
+    "last successful heartbeat",
+    "leases.safety_margin": "extra time the server must keep a silent holder's lock: "
+    "lease_ttl + safety_margin <= D_srv",
+    "leases.eviction_grace": "a holder whose renewal is older than lease_ttl + eviction_grace "
+    "is evicted; must be >= safety_margin",
+    "leases.step_down_cooldown": "after a step-down, seconds before the replica campaigns for "
+    "that lease again",
+    "leases.reconnect_max_backoff": "cap of the lock connection's reconnect backoff (seconds)",
+    "migrations.lock_timeout": "seconds to wait for another replica's migration run",
+    "migrations.directory": "directory of NNNN_*.up.sql files; null: the packaged migrations",
+    "replica.id": "replica id shown in status and logs; empty: host-pid-random",
+    "replica.may_lead": "false: never campaign for leases (web-only nodes)",
+    "scheduler.shutdown_grace": "on SIGTERM, seconds to let running ticks finish before "
+    "leases are released",
+    "scheduler.loops_package": "Python package declaring the loops (its .registry module)",
+    "scheduler.only": "run only these loops (names); empty: every enabled loop",
+    "scheduler.error_backoff_initial": "first delay after a failed tick (seconds)",
+    "scheduler.error_backoff_max": "cap of the failed-tick backoff (seconds)",
+    "metrics.listen": "HOST:PORT of /metrics, /healthz, /readyz; empty disables the server",
+    "metrics.enabled": "record and serve metrics",
+    "logging.format": "text (human) or json (one object per line)",
+    "logging.level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    "loops.notifications.smtp.password": "SMTP password. Secret: password_env / password_file",
+    "loops.notifications.webhook.hmac_key": "key of the X-Signature HMAC-SHA256 header. "
+    "Secret: hmac_key_env / hmac_key_file",
+    "loops.notifications.webhook.url": "where webhook notifications are POSTed",
+    "loops.notifications.smtp.host": "SMTP server; empty: e-mail notifications fail as "
+    "not configured",
+}
+
+_FIELD = re.compile(r"^\s+(?P<name>[a-z_][a-z0-9_]*)\s*:[^#]*(?:#\s*(?P<comment>.*))?$")
+
+
+@cache
+def _source_comments(cls: type) -> dict[str, str]:
+    """Comments on or right above each field in the dataclass source."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out: dict[str, str] = {}
+    above: list[str] = []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# ").strip())
+            continue
+        m = _FIELD.match(line)
+        if m and m.group("name") in field_types(cls):
+            parts = above + ([m.group("comment").strip()] if m.group("comment") else [])
+            if parts:
+                out[m.group("name")] = " ".join(parts)
+        above = []
+    return out
+
+
+def describe(path: str, owner: type | None) -> str:
+    if path in DESCRIPTIONS:
+        return DESCRIPTIONS[path]
+    if path in SECTIONS:
+        return SECTIONS[path]
+    parent, _, name = path.rpartition(".")
+    if parent in LOOP_TOGGLES:
+        loop = LOOP_TOGGLES[parent]
+        return f"run the {loop} loop" if name == "enabled" else f"seconds between {loop} ticks"
+    if path in LOOP_TOGGLES:
+        return f"the {LOOP_TOGGLES[path]} loop"
+    if owner is not None:
+        return _source_comments(owner).get(name, "")
+    return ""
+
+
+def model(settings_cls: type, loops_cls: type) -> Iterator[tuple[str, Any, Any, bool, str]]:
+    """``(path, type, default, is_section, description)`` for every setting and section."""
+    owners: dict[str, type] = {"": settings_cls, "loops": loops_cls}
+    for path, tp, default, section in _walk(settings_cls, loops_cls):
+        if section:
+            owners[path] = tp
+        owner = owners.get(path.rpartition(".")[0])
+        yield path, tp, default, section, describe(path, owner)
+
+
+def _walk(settings_cls: type, loops_cls: type) -> Iterator[tuple[str, Any, Any, bool]]:
+    for item in iter_fields(settings_cls):
+        if item[0] == "loops" or item[0].startswith("loops."):
+            continue
+        yield item
+    yield "loops", loops_cls, loops_cls(), True
+    yield from iter_fields(loops_cls, "loops")
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, tuple):
+        value = list(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
+def env_name(path: str) -> str:
+    return "LEASECTL_" + "__".join(p.upper() for p in path.split("."))
+
+
+def render_yaml(settings_cls: type, loops_cls: type) -> str:
+    """The packaged ``leasectl.yaml``: every setting with its default and a comment."""
+    out = [
+        "# leasectl configuration: every setting with its default value.",
+        "#",
+        "# Generated from the settings model by `python -m leasectl.config --yaml`; do not edit",
+        "# by hand (a test compares this file with the model). Copy it and change what you need.",
+        "# Load order: --config FILE, else $LEASECTL_CONFIG, else this file. Any key can be",
+        "# overridden by LEASECTL_<SECTION>__<KEY> (e.g. LEASECTL_LEASES__LEASE_TTL=4, or",
+        "# LEASECTL_LOOPS__NOTIFICATIONS__SMTP__HOST=smtp.example.com); LEASECTL_DSN sets",
+        "# database.dsn. Secrets (dsn, lock_dsn, password, hmac_key) may instead be read from",
+        "# an environment variable (<key>_env: NAME) or a file (<key>_file: PATH); they are",
+        "# never printed (`leasectl config show` redacts them).",
+    ]
+    for path, _tp, default, section, text in model(settings_cls, loops_cls):
+        depth = path.count(".")
+        indent = "  " * depth
+        name = path.rpartition(".")[2]
+        if section:
+            if depth == 0:
+                out.append("")
+            if text:
+                out.extend(indent + "# " + line for line in _wrap(text, 96 - len(indent)))
+            out.append(f"{indent}{name}:")
+            continue
+        if text:
+            out.extend(indent + "# " + line for line in _wrap(text, 96 - len(indent)))
+        out.append(f"{indent}{name}: {_yaml_value(default)}")
+        if name in SECRET_FIELDS:
+            out.append(f"{indent}# {name}_env: NAME_OF_ENV_VAR")
+            out.append(f"{indent}# {name}_file: /run/secrets/{name}")
+    return "\n".join(out) + "\n"
+
+
+def render_reference(settings_cls: type, loops_cls: type) -> str:
+    """``docs/operator/configuration.md``: one table per top-level section."""
+    out = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated by `python -m leasectl.config --reference`; do not edit by hand.",
+        "     tests/unit/test_config_docs.py fails when this file and the model differ. -->",
+        "",
+        "leasectl reads one YAML file: `--config FILE`, else `$LEASECTL_CONFIG`, else the",
+        "packaged default (`config/leasectl.yaml`, every setting with its default). Then",
+        "environment variables override single keys: `LEASECTL_<SECTION>__<KEY>` with `__`",
+        "between levels (values are parsed as YAML scalars; lists may be comma-separated), and",
+        "`LEASECTL_DSN` sets `database.dsn`. Command-line flags (`--dsn`, `--replica-id`, ...)",
+        "win over both.",
+        "",
+        "The whole file is validated before anything starts. Every problem is reported at once,",
+        "each with its key path, the bad value, what was expected and where it was set (file",
+        "and line, or environment variable). Unknown keys are errors with a *did you mean* hint.",
+        "Cross-field rules: `leases.heartbeat_interval < leases.lease_ttl`,",
+        "`leases.eviction_grace >= leases.safety_margin`,",
+        "`database.pool_min_size <= database.pool_max_size`; intervals, TTLs and timeouts must",
+        "be > 0 and other numbers >= 0.",
+        "",
+        "**Secrets** (`dsn`, `lock_dsn`, `password`, `hmac_key`) may be given inline, or as",
+        "`<key>_env: NAME` (read from that environment variable) or `<key>_file: PATH` (file",
+        "contents, trailing newline stripped). `leasectl config show` prints the effective",
+        "configuration with secrets redacted (the password inside a DSN only).",
+        "",
+    ]
+    rows: list[str] = []
+    for path, tp, default, section, text in model(settings_cls, loops_cls):
+        if section:
+            if "." not in path:
+                if rows:
+                    out.extend(rows)
+                    out.append("")
+                    rows = []
+                out += [f"## `{path}`", "", text, ""] if text else [f"## `{path}`", ""]
+                rows = ["| key | type | default | description |", "|---|---|---|---|"]
+            continue
+        shown = _yaml_value(default).replace("|", "\\|")
+        tname = type_name(tp).replace("|", "\\|")
+        rows.append(
+            f"| `{path}` | {tname} | `{shown}` | {text.replace('|', '/')} (`{env_name(path)}`) |"
+            if text
+            else f"| `{path}` | {tname} | `{shown}` | `{env_name(path)}` |"
+        )
+    out.extend(rows)
+    return "\n".join(out) + "\n"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width=max(40, width)) or [""]

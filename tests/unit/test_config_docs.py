@@ -1,0 +1,27 @@
+"""The packaged leasectl.yaml and the configuration reference are generated from the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from leasectl import config
+
+REPO = Path(__file__).resolve().parents[2]
+HOW = "regenerate with: .venv/bin/python -m leasectl.config --write"
+
+
+def test_configuration_reference_matches_the_model() -> None:
+    committed = (REPO / "docs/operator/configuration.md").read_text()
+    assert committed == config.reference(), HOW
+
+
+def test_packaged_yaml_matches_the_model() -> None:
+    committed = (REPO / "config/leasectl.yaml").read_text()
+    assert committed == config.default_yaml(), HOW
+
+
+def test_every_setting_is_documented() -> None:
+    text = config.reference()
+    for path in ("loops.notifications.smtp.host", "leases.lease_ttl", "loops.crl.loop.interval"):
+        assert f"`{path}`" in text
+    assert "LEASECTL_LOOPS__NOTIFICATIONS__SMTP__HOST" in text
