@@ -301,6 +301,13 @@ class LeaseManager:
                     f"tcp_user_timeout={session.tcp.user_timeout_ms}ms as read back with SHOW). "
                     "Lower lease_ttl or raise the keepalive/user-timeout settings."
                 )
+            if session.via_pooler:
+                log.warning(
+                    "the lock connection goes through a (session-mode) pooler: the TCP settings "
+                    "read back bound the pooler's link to PostgreSQL, not this replica's; make "
+                    "sure the pooler drops a silent client within D_srv (see docs/safety.md)",
+                    extra={"action": "safety_check", "replica": self.replica_id},
+                )
             if self.d_srv is None:
                 log.info(
                     "lock connection uses a Unix socket: no partition possible, D_srv check exempt",

@@ -106,6 +106,9 @@ class LockSession:
         self.backend_pid: int = conn.info.backend_pid  # replaced by the server's own view
         self.tcp: TcpBound | None = None
         self._probe = ""
+        #: True when something between us and PostgreSQL (a session-mode pooler) answered the
+        #: connection: the server-side TCP settings then bound its link, not ours.
+        self.via_pooler = False
 
     # -- opening --------------------------------------------------------------------------
 
@@ -156,6 +159,7 @@ class LockSession:
         # The pid the client was told at connect time is a pooler's invention when one sits
         # in between; the server's own pg_backend_pid() is the truth.
         self.backend_pid = int(setup[0])
+        self.via_pooler = self.backend_pid != self.conn.info.backend_pid
         pid, got_probe, idle, interval, count, user_timeout, in_recovery = row
         if in_recovery:
             raise UnsupportedTopology(

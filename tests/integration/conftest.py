@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import conninfo
 
 from leasectl.keys import as_oid, int4_hash, namespace_for
+from tests.conftest import wait_until
 from tests.replica_proc import FENCE_LOG_DDL, ReplicaProcess
 
 HOLDERS_SQL = """
@@ -58,3 +67,96 @@ def lock_holders(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, l
 
 def db_epochs(conn: psycopg.Connection[Any]) -> dict[str, int]:
     return dict(conn.execute("SELECT name, epoch FROM leasectl_leases").fetchall())
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def pgbouncer(dsn: str) -> Iterator[dict[str, str]]:
+    """A real PgBouncer in front of ``dsn``: ``{"transaction": dsn, "session": dsn}``.
+
+    Two database aliases on one PgBouncer, one per pool mode. PgBouncer refuses to run as
+    root, so it runs as the embedded server's system user (or ``nobody``).
+    """
+    binary = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
+    )
+    if binary is None:
+        pytest.skip("pgbouncer binary not found (apt-get install pgbouncer; .ci/run does)")
+    target = conninfo.conninfo_to_dict(dsn)
+    port = _free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="leasectl-pgbouncer-"))
+    workdir.chmod(0o755)
+    user = None
+    if os.geteuid() == 0:
+        for candidate in ("embedded_postgres", "nobody"):
+            try:
+                user = pwd.getpwnam(candidate)
+                break
+            except KeyError:
+                continue
+    (workdir / "userlist.txt").write_text(f'"{target.get("user", "postgres")}" ""\n')
+    backend = f"host={target['host']} port={target['port']} dbname={target['dbname']}"
+    (workdir / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"txn = {backend} pool_mode=transaction\n"
+        f"sess = {backend} pool_mode=session\n"
+        "[pgbouncer]\n"
+        "listen_addr = 127.0.0.1\n"
+        f"listen_port = {port}\n"
+        "unix_socket_dir =\n"
+        "auth_type = trust\n"
+        f"auth_file = {workdir / 'userlist.txt'}\n"
+        f"logfile = {workdir / 'pgbouncer.log'}\n"
+        f"pidfile = {workdir / 'pgbouncer.pid'}\n"
+        "pool_mode = transaction\n"
+        "default_pool_size = 5\n"
+        "ignore_startup_parameters = extra_float_digits,options\n"
+    )
+    if user is not None:
+        for f in workdir.iterdir():
+            os.chown(f, user.pw_uid, user.pw_gid)
+        os.chown(workdir, user.pw_uid, user.pw_gid)
+    kwargs: dict[str, Any] = {}
+    if user is not None:
+        kwargs = {"user": user.pw_uid, "group": user.pw_gid}
+    proc = subprocess.Popen(
+        [binary, str(workdir / "pgbouncer.ini")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=workdir,
+        **kwargs,
+    )
+    front_base = f"host=127.0.0.1 port={port} user={target.get('user', 'postgres')}"
+    front = {"transaction": front_base + " dbname=txn", "session": front_base + " dbname=sess"}
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            log = (
+                (workdir / "pgbouncer.log").read_text()
+                if (workdir / "pgbouncer.log").exists()
+                else ""
+            )
+            raise AssertionError(f"pgbouncer exited {proc.returncode}: {log[-2000:]}")
+        try:
+            with psycopg.connect(front["session"], connect_timeout=1) as c:
+                c.execute("SELECT 1")
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    try:
+        wait_until(up, 15, interval=0.05, what="pgbouncer accepts connections")
+        yield front
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
