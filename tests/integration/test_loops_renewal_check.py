@@ -62,7 +62,7 @@ def seed(conn: psycopg.Connection[Any]) -> None:
     add_policy(conn, "short-window", window=7)
     add_policy(conn, "multi", channels={"warning": ["Email", "Webhook"], "critical": []})
     add_policy(conn, "bad", channels={"warning": ["Slack", "Email"]}, thresholds=[14])
-    own = {"owner_id": "alice"}
+    own: dict[str, Any] = {"owner_id": "alice"}
     add_certificate(conn, "due", expires_in=10 * DAY, policy_id="std", **own)
     add_certificate(conn, "manual", expires_in=5 * DAY, policy_id="manual", **own)
     add_certificate(conn, "outside", expires_in=10 * DAY, policy_id="short-window", **own)
@@ -143,10 +143,12 @@ def test_concurrent_ticks_create_one_job_and_one_alert_each(
         ]
     )
 
-    subject, message, payload = conn.execute(
+    row = conn.execute(
         "SELECT subject, message, payload FROM notification_events"
         " WHERE certificate_id = 'expired' AND threshold_days = 0"
-    ).fetchone() or (None, None, None)
+    ).fetchone()
+    assert row is not None
+    subject, message, payload = row
     assert subject == "[EXPIRED] Certificate expired.example.test has expired"
     assert message.startswith("[EXPIRED] The certificate for expired.example.test has expired")
     assert message.endswith("[threshold:0]")
