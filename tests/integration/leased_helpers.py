@@ -12,6 +12,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from email.policy import default
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -247,3 +250,32 @@ class Receiver:
         assert self.server is not None
         self.server.shutdown()
         self.server.server_close()
+
+
+# -- an SMTP server -------------------------------------------------------------------------
+
+
+class Inbox:
+    """aiosmtpd handler that keeps every message it accepts."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.messages.append(message_from_bytes(envelope.original_content, policy=default))
+        return "250 OK"
+
+
+@contextmanager
+def smtp_server(**kwargs: Any) -> Iterator[tuple[Inbox, int]]:
+    """A real SMTP server on 127.0.0.1 in this process: ``(inbox, port)``."""
+    from aiosmtpd.controller import Controller
+
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, **kwargs)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()

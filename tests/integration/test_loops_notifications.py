@@ -6,14 +6,11 @@ import dataclasses
 import shutil
 import ssl
 from collections.abc import Iterator
-from email import message_from_bytes
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from leasectl.errors import ConfigError, LeaseLost
@@ -23,10 +20,11 @@ from leasectl.settings import CoreSettings
 from loops import notification_retry, notification_send
 from loops.settings import LoopsSettings, NotificationSettings, SmtpSettings, WebhookSettings
 from tests.integration.leased_helpers import (
+    Inbox,
     Receiver,
-    free_port,
     leased,
     pool_for,
+    smtp_server,
     tick,
     tls_files,
 )
@@ -34,27 +32,10 @@ from tests.integration.leased_helpers import (
 HMAC_KEY = "test-hmac-key"
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self.envelopes: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        self.envelopes.append(envelope)
-        self.messages.append(message_from_bytes(envelope.original_content))
-        return "250 OK"
-
-
 @pytest.fixture
 def smtp() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
+    with smtp_server() as server:
+        yield server
 
 
 def settings(**kw: Any) -> LoopsSettings:
@@ -134,19 +115,12 @@ def test_email_starttls_with_plain_auth(
         logins.append((mechanism, data.login.decode()))
         return AuthResult(success=data.password == b"pw")
 
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(
-        inbox,
-        hostname="127.0.0.1",
-        port=port,
+    with smtp_server(
         tls_context=server_ctx,
         require_starttls=True,
         authenticator=authenticator,
         auth_require_tls=True,
-    )
-    controller.start()
-    try:
+    ) as (inbox, port):
         seed_cert(conn)
         queue(conn, "n-tls", "Email", "ops@example.com")
         # Header injection through the recipient: refused, dead at once, nothing sent.
@@ -163,8 +137,6 @@ def test_email_starttls_with_plain_auth(
         assert spec is not None
         with pool_for(dsn) as pool, leased(dsn, "notification_send") as (_, lease):
             ctx = tick(spec, pool, lease)
-    finally:
-        controller.stop()
     assert ctx.stats == {"sent": 1, "dead": 1}
     assert logins == [("PLAIN", "leasectl")]
     assert [m["Message-ID"] for m in inbox.messages] == ["<n-tls@leasectl>"]

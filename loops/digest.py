@@ -1,0 +1,159 @@
+"""digest: one HTML email per period per recipient with certificate counts and expiring certs.
+
+A tick renders the digest for the period ``ctx.tick_at`` (the scheduled slot, not the wall
+clock) and, per recipient: claims ``(period, recipient)`` in ``digest_sends`` under the lease
+epoch, sends with a Message-ID derived from both, and marks it sent, all fenced. The slot is
+the period key, so a restart or failover neither skips a digest (the scheduler coalesces a
+missed slot) nor repeats one (a 'sent' row is never re-claimed). The expiring list has every
+certificate in the window; certctl's list clamp cut it to 50 and it recorded nothing, so N
+replicas sent N digests.
+
+Leased because sending mail is an external side effect that must happen once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Any
+
+from psycopg.rows import dict_row
+
+from leasectl import sql
+from leasectl.errors import ConfigError, LeasectlError
+from leasectl.loop import LoopSpec, TickContext
+from leasectl.metrics import NOTIFICATIONS
+from loops.notify.email import SmtpSender
+from loops.notify.errors import DeliveryError
+from loops.notify.templates import Templates
+from loops.settings import DigestSettings, LoopsSettings
+
+Q = sql.load("digest", package="loops.sql")
+
+
+class DigestFailed(LeasectlError):
+    """Some recipients did not get this period's digest (each is recorded in digest_sends)."""
+
+
+def message_id(period: dt.datetime, recipient: str) -> str:
+    """Stable per (period, recipient): a re-send after failover is recognisably the same mail."""
+    who = hashlib.sha256(recipient.encode("utf-8")).hexdigest()[:16]
+    return f"<digest.{period.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}.{who}@leasectl>"
+
+
+class Digest:
+    def __init__(self, settings: DigestSettings, templates: Templates, smtp: SmtpSender) -> None:
+        self.settings = settings
+        self.templates = templates
+        self.smtp = smtp
+
+    def run(self, ctx: TickContext) -> None:
+        lease = ctx.lease
+        if lease is None:
+            raise LeasectlError(f"{ctx.loop} is a leased loop and was run without a lease")
+        period = ctx.tick_at if ctx.tick_at.tzinfo else ctx.tick_at.replace(tzinfo=dt.UTC)
+        data, recipients = self._gather(ctx)
+        if not recipients:
+            ctx.log.warning(
+                "digest: no recipients (loops.digest.recipients is empty, no owner has an email)",
+                extra={"action": "digest_no_recipients"},
+            )
+            return
+        subject = f"{self.settings.subject} — {period:%Y-%m-%d}"
+        html = self.templates.render(
+            "digest.html.j2", data | {"subject": subject, "period": period}
+        )
+        failed: list[str] = []
+        for recipient in recipients:
+            ctx.check()
+            base = {
+                **lease.fence_params(),
+                "period": period,
+                "recipient": recipient,
+                "replica": ctx.replica_id,
+            }
+            with ctx.pool.connection() as conn, conn.transaction():
+                cur = conn.cursor()
+                lease.guard(cur)
+                claimed = cur.execute(
+                    Q["claim"],
+                    base
+                    | {"cert_count": data["stats"]["total"], "expiring": len(data["expiring"])},
+                ).fetchone()
+            if claimed is None:
+                ctx.count("already_sent")
+                continue
+            try:
+                self.smtp.send(
+                    to=recipient,
+                    subject=subject,
+                    html=html,
+                    message_id=message_id(period, recipient),
+                )
+            except DeliveryError as exc:
+                failed.append(f"{recipient}: {exc}")
+                self._mark(ctx, "mark_failed", base | {"error": str(exc)[:2000]})
+                NOTIFICATIONS.labels("Email", "digest_failed").inc()
+                ctx.count("failed")
+                continue
+            self._mark(ctx, "mark_sent", base)
+            NOTIFICATIONS.labels("Email", "digest_sent").inc()
+            ctx.count("sent")
+        if failed:
+            raise DigestFailed(
+                f"digest for {period:%Y-%m-%d %H:%M} not delivered to {len(failed)} of "
+                f"{len(recipients)} recipient(s): " + "; ".join(failed)
+            )
+
+    def _gather(self, ctx: TickContext) -> tuple[dict[str, Any], list[str]]:
+        days = {"days": self.settings.expiring_days}
+        with ctx.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            stats = cur.execute(Q["stats"], days).fetchone() or {}
+            by_status = [(r["status"], r["n"]) for r in cur.execute(Q["by_status"]).fetchall()]
+            expiring = cur.execute(Q["expiring"], days).fetchall()
+            if self.settings.recipients:
+                recipients = list(dict.fromkeys(self.settings.recipients))
+            else:
+                recipients = [r["email"] for r in cur.execute(Q["owner_emails"]).fetchall()]
+        data = {
+            "stats": stats,
+            "by_status": by_status,
+            "expiring": expiring,
+            "window_days": self.settings.expiring_days,
+        }
+        return data, recipients
+
+    def _mark(self, ctx: TickContext, query: str, params: dict[str, Any]) -> None:
+        assert ctx.lease is not None
+        with ctx.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor()
+            ctx.lease.guard(cur)
+            cur.execute(Q[query], params)
+
+
+def build(settings: LoopsSettings) -> LoopSpec | None:
+    """The loop, or None when disabled. Compiles the templates now: a broken one fails start.
+
+    :raises ConfigError: enabled without an SMTP host, or a template that does not compile.
+    """
+    ds = settings.digest
+    if not ds.loop.enabled:
+        return None
+    smtp = SmtpSender(settings.notifications.smtp)
+    if not smtp.configured:
+        raise ConfigError(
+            "loops.digest is enabled but loops.notifications.smtp.host is empty; "
+            "the digest is sent by email only"
+        )
+    templates = Templates(settings.notifications.templates_dir)  # checks digest.html.j2 too
+    return LoopSpec(
+        name="digest",
+        interval=ds.loop.interval,
+        placement="leased",
+        run=Digest(ds, templates, smtp).run,
+        timeout=300.0,
+        run_on_start=False,
+        misfire="coalesce",
+        description="daily HTML digest, once per period per recipient",
+    )
