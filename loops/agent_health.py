@@ -1,0 +1,48 @@
+"""agent_health: mark Online agents Offline when their heartbeat is older than the threshold.
+
+One tick is one guarded ``UPDATE agents SET status = 'Offline' WHERE status = 'Online' AND
+last_heartbeat_at < now() - agents.offline_after``. The threshold is its own setting (default
+5 min), not the tick interval as in certctl, so a heartbeat every 60 s survives a late tick.
+
+Why ``everywhere`` is safe: the statement is idempotent (a second replica finds nothing left to
+change) and writes only the status, so it never overwrites a concurrent heartbeat.
+"""
+
+from __future__ import annotations
+
+from leasectl.loop import LoopSpec, TickContext
+from leasectl.sql import load
+from loops._common import transaction
+from loops.settings import LoopsSettings
+
+Q = load("agent_health", package="loops.sql")
+
+NAME = "agent_health"
+TIMEOUT = 60.0
+
+
+def run(ctx: TickContext) -> None:
+    """One tick: the guarded UPDATE; how many went Offline is counted."""
+    settings: LoopsSettings = ctx.config
+    with transaction(ctx) as cur:
+        cur.execute(Q["mark_offline"], {"seconds": float(settings.agents.offline_after)})
+        gone = [row["id"] for row in cur.fetchall()]
+    if gone:
+        ctx.log.info("agents marked offline: %s", ", ".join(gone))
+    ctx.count("marked_offline", len(gone))
+
+
+def build(settings: LoopsSettings) -> LoopSpec | None:
+    """The loop, or None when ``loops.agents.check.enabled`` is false."""
+    toggle = settings.agents.check
+    if not toggle.enabled:
+        return None
+    return LoopSpec(
+        name=NAME,
+        interval=toggle.interval,
+        placement="everywhere",
+        run=run,
+        timeout=TIMEOUT,
+        run_on_start=True,
+        description="Online agents with a stale heartbeat become Offline",
+    )

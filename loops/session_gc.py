@@ -1,0 +1,46 @@
+"""session_gc: delete expired sessions and abandoned pre-login sessions.
+
+One tick is one ``DELETE FROM sessions WHERE absolute_expires_at < now() OR (is_pre_login AND
+created_at < now() - gc.pre_login_session_ttl)``.
+
+Why ``everywhere`` is safe: a DELETE by predicate is idempotent; concurrent replicas delete
+disjoint or already-deleted rows.
+"""
+
+from __future__ import annotations
+
+from leasectl.loop import LoopSpec, TickContext
+from leasectl.sql import load
+from loops._common import transaction
+from loops.settings import LoopsSettings
+
+Q = load("session_gc", package="loops.sql")
+
+NAME = "session_gc"
+TIMEOUT = 60.0
+
+
+def run(ctx: TickContext) -> None:
+    """One tick: the DELETE."""
+    settings: LoopsSettings = ctx.config
+    with transaction(ctx) as cur:
+        cur.execute(
+            Q["delete_sessions"], {"pre_login_seconds": float(settings.gc.pre_login_session_ttl)}
+        )
+        ctx.count("deleted", cur.rowcount)
+
+
+def build(settings: LoopsSettings) -> LoopSpec | None:
+    """The loop, or None when ``loops.gc.sessions.enabled`` is false."""
+    toggle = settings.gc.sessions
+    if not toggle.enabled:
+        return None
+    return LoopSpec(
+        name=NAME,
+        interval=toggle.interval,
+        placement="everywhere",
+        run=run,
+        timeout=TIMEOUT,
+        run_on_start=False,
+        description="expired and abandoned pre-login sessions are deleted",
+    )
