@@ -13,8 +13,14 @@ from typing import Any
 
 Register = Callable[[Any, Callable[[argparse.ArgumentParser], None]], None]
 
-from leasectl import daemon  # noqa: E402
+from leasectl import cli_config, cli_status, daemon  # noqa: E402
+from leasectl.drill.cli import register as drill_register  # noqa: E402
 
 REGISTER: list[Register] = [
     daemon.register,
+    cli_status.register_status,
+    cli_status.register_step_down,
+    cli_status.register_evict,
+    cli_config.register,
+    drill_register,
 ]

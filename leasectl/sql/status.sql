@@ -1,0 +1,80 @@
+-- name: migrated
+-- Whether the lease tables exist (status on an unmigrated database exits 2, saying so).
+SELECT to_regclass('leasectl_leases') IS NOT NULL AND to_regclass('leasectl_replicas') IS NOT NULL
+
+-- name: leases
+-- Every lease expected by the configuration or ever acquired, with the truth from pg_locks:
+-- which backend holds the advisory lock (in this database: advisory locks are per database),
+-- that backend's session (application_name 'leasectl/<replica-id>') and the bookkeeping row.
+WITH wanted AS (
+    SELECT DISTINCT ON (name) name, key FROM (
+        SELECT w.name, w.key FROM unnest(%(names)s::text[], %(keys)s::integer[]) AS w(name, key)
+        UNION ALL
+        SELECT l.name, l.key FROM leasectl_leases l WHERE left(l.name, 9) <> 'leasectl:'
+    ) s ORDER BY name
+), locks AS (
+    SELECT k.objid::bigint AS key_oid, k.pid
+    FROM pg_locks k
+    WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 2
+      AND k.classid = (%(ns)s::bigint & 4294967295)::oid
+      AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+)
+SELECT w.name,
+       k.pid AS lock_pid,
+       a.application_name,
+       host(a.client_addr) AS client_addr,
+       r.holder,
+       r.epoch,
+       r.holder_backend_pid,
+       extract(epoch FROM now() - r.acquired_at)::float8 AS held_for_s,
+       extract(epoch FROM now() - r.renewed_at)::float8 AS renewed_age_s,
+       extract(epoch FROM now() - greatest(r.released_at, r.renewed_at))::float8 AS idle_s
+FROM wanted w
+LEFT JOIN locks k ON k.key_oid = (w.key::bigint & 4294967295)
+LEFT JOIN pg_stat_activity a ON a.pid = k.pid
+LEFT JOIN leasectl_leases r ON r.name = w.name
+ORDER BY w.name
+
+-- name: replicas
+-- Registered replicas that are running or were seen recently. A replica is connected while
+-- its lock session exists (application_name is truncated to 63 bytes by the server).
+SELECT r.id, r.host, r.pid, r.version, r.started_at,
+       extract(epoch FROM now() - r.last_seen)::float8 AS last_seen_age_s,
+       r.may_lead, r.loops, r.stopped_at IS NOT NULL AS stopped,
+       s.pid AS lock_pid
+FROM leasectl_replicas r
+LEFT JOIN LATERAL (
+    SELECT a.pid FROM pg_stat_activity a
+    WHERE a.application_name = left('leasectl/' || r.id, 63) AND a.datname = current_database()
+    ORDER BY a.backend_start DESC
+    LIMIT 1
+) s ON true
+WHERE %(all)s OR s.pid IS NOT NULL OR r.stopped_at IS NULL
+   OR r.last_seen > now() - make_interval(secs => %(recent_s)s)
+ORDER BY r.id
+
+-- name: holder_of
+-- The backend holding one lease's advisory lock in this database, and its session name.
+SELECT k.pid, a.application_name, host(a.client_addr) AS client_addr
+FROM pg_locks k
+LEFT JOIN pg_stat_activity a ON a.pid = k.pid
+WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 2
+  AND k.classid = (%(ns)s::bigint & 4294967295)::oid
+  AND k.objid = (%(key)s::bigint & 4294967295)::oid
+  AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+
+-- name: evict
+-- Terminate the holder's lock session, but only if that backend still holds the lock: the
+-- server then frees its session locks and a waiting replica takes over.
+SELECT pg_terminate_backend(k.pid)
+FROM pg_locks k
+WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 2
+  AND k.classid = (%(ns)s::bigint & 4294967295)::oid
+  AND k.objid = (%(key)s::bigint & 4294967295)::oid
+  AND k.pid = %(pid)s
+  AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+
+-- name: record_event
+-- The audit trail: who evicted or asked for a step-down from the command line.
+INSERT INTO leasectl_lease_events (lease, epoch, replica, event, reason)
+VALUES (%(lease)s, %(epoch)s, %(replica)s, %(event)s, %(reason)s)

@@ -1,0 +1,394 @@
+"""Lease status of a cluster, read from the database only (no daemon needs to answer).
+
+The advisory locks are the truth: a lease is *held* when some session holds its lock in
+``pg_locks`` and that holder renewed within ``lease_ttl``; *stale* when the lock is held but
+the holder stopped renewing (hung, paused or partitioned: peers will evict it after
+``lease_ttl + eviction_grace``) or the lease row does not describe the lock's holder; *free*
+when nobody holds the lock. The tables (``leasectl_leases``, ``leasectl_replicas``) add the
+epoch, history, and who the replicas are.
+
+This module returns dataclasses; only the CLI renders them. It also holds the two operator
+actions that go with the status: :func:`request_step_down_and_wait` and :func:`evict`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib
+import math
+import os
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from leasectl import sql
+from leasectl.embedded import EmbeddedPostgres
+from leasectl.errors import DatabaseUnavailable, LeasectlError
+from leasectl.keys import int4_hash, namespace_for
+from leasectl.leases import request_step_down
+from leasectl.settings import Settings
+
+Q = sql.load("status")
+APP_PREFIX = "leasectl/"
+
+
+class NotMigrated(DatabaseUnavailable):
+    """The database has no leasectl tables yet: run ``leasectl migrate`` (or start a replica)."""
+
+    __module__ = "leasectl"
+
+
+@dataclass(frozen=True)
+class LeaseStatus:
+    """One lease as the database sees it."""
+
+    name: str
+    state: str  # held | stale | free
+    holder: str | None = None  # replica id
+    host: str | None = None
+    pid: int | None = None  # the holder replica's OS pid
+    backend_pid: int | None = None  # the lock session's server pid
+    client_addr: str | None = None
+    epoch: int | None = None  # current (held) or last (free) fencing epoch
+    held_for_s: float | None = None
+    renewed_age_s: float | None = None
+    unheld_for_s: float | None = None  # free/stale: for how long (inf: never held)
+    waiting: tuple[str, ...] = ()  # live replicas campaigning for it
+    expected: bool = True  # configured as a leased loop (or recorded, if config unknown)
+    reason: str = ""  # why stale / free
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "held"
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One registered replica."""
+
+    id: str
+    host: str
+    pid: int
+    version: str
+    started_at: datetime
+    last_seen_age_s: float
+    alive: bool  # lock session connected and heartbeating
+    connected: bool  # lock session present
+    stopped: bool  # stopped cleanly
+    may_lead: bool
+    leases: tuple[str, ...] = ()
+    loops: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    leases: list[LeaseStatus]
+    replicas: list[ReplicaStatus]
+    taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    expected_source: str = ""  # where the expected lease names came from
+
+    def unheld(self, max_unheld: float = 0.0) -> list[LeaseStatus]:
+        """Expected leases not held for longer than ``max_unheld`` seconds."""
+        return [
+            lease
+            for lease in self.leases
+            if lease.expected and not lease.ok and (lease.unheld_for_s or math.inf) > max_unheld
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        def clean(value: Any) -> Any:
+            if isinstance(value, float):
+                return None if math.isinf(value) else round(value, 3)
+            if isinstance(value, datetime):
+                return value.isoformat()
+            if isinstance(value, tuple | list):
+                return [clean(v) for v in value]
+            return value
+
+        return {
+            "leases": [{k: clean(v) for k, v in asdict(le).items()} for le in self.leases],
+            "replicas": [{k: clean(v) for k, v in asdict(r).items()} for r in self.replicas],
+            "taken_at": self.taken_at.isoformat(),
+        }
+
+
+# -- connecting ---------------------------------------------------------------------------
+
+
+def status_dsn(settings: Settings) -> str:
+    """The configured DSN; with none, the embedded server's, but never start one to look."""
+    if settings.database.dsn:
+        return settings.database.dsn
+    env = os.environ.get("LEASECTL_DSN", "")
+    if env:
+        return env
+    info = EmbeddedPostgres(settings.database.data_dir).info()
+    if info is None:
+        raise DatabaseUnavailable(
+            f"no DSN configured and the embedded server in {settings.database.data_dir} is not "
+            "running; pass --dsn / set LEASECTL_DSN, or start the cluster (leasectl run, make demo)"
+        )
+    return info.dsn()
+
+
+def connect(dsn: str, settings: Settings, purpose: str = "status") -> psycopg.Connection[Any]:
+    """An autocommit connection for reading status; checks that the schema is there.
+
+    :raises DatabaseUnavailable: cannot connect.
+    :raises NotMigrated: the leasectl tables do not exist.
+    """
+    try:
+        conn = psycopg.connect(
+            dsn,
+            autocommit=True,
+            connect_timeout=max(1, int(settings.database.connect_timeout)),
+            application_name=f"leasectl-{purpose}",
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect: {str(exc).strip()}") from exc
+    row = conn.execute(Q["migrated"]).fetchone()
+    if not row or not row[0]:
+        conn.close()
+        raise NotMigrated(
+            "database not migrated: the leasectl tables do not exist; run `leasectl migrate`"
+        )
+    return conn
+
+
+def expected_leases(settings: Settings) -> tuple[list[str], str]:
+    """Names of the enabled leased loops per the configuration, and where they came from.
+
+    Falls back to an empty list (the caller then checks the leases recorded in the database)
+    when the loops package cannot be loaded.
+    """
+    package = settings.scheduler.loops_package
+    try:
+        registry = importlib.import_module(package + ".registry")
+        loop_settings = settings.loops if settings.loops is not None else registry.SETTINGS_CLASS()
+        specs = registry.build_loops(loop_settings)
+    except Exception as exc:  # a broken or partial loops package must not break status
+        return [], f"recorded leases only ({package} not loadable: {type(exc).__name__}: {exc})"
+    names = [s.name for s in specs if s.placement == "leased"]
+    only = settings.scheduler.only
+    if only:
+        names = [n for n in names if n in only]
+    return names, f"configuration ({package}.registry)"
+
+
+# -- reading ----------------------------------------------------------------------------
+
+
+def read_status(
+    conn: psycopg.Connection[Any],
+    *,
+    namespace: str | int,
+    lease_ttl: float,
+    expected: Sequence[str] | None = None,
+    all_replicas: bool = False,
+    recent_s: float = 600.0,
+    expected_source: str = "",
+) -> ClusterStatus:
+    """Read leases and replicas. ``expected``: the leases that should be held (None: every
+    lease recorded in the database)."""
+    ns = namespace_for(namespace)
+    names = list(expected or [])
+    lease_rows = conn.execute(
+        Q["leases"], {"ns": ns, "names": names, "keys": [int4_hash(n) for n in names]}
+    ).fetchall()
+    replica_rows = conn.execute(
+        Q["replicas"], {"all": all_replicas, "recent_s": recent_s}
+    ).fetchall()
+    replicas = [_replica(r, lease_ttl) for r in replica_rows]
+    by_pid = {r[9]: r[0] for r in replica_rows if r[9] is not None}
+    leases = [
+        classify(row, lease_ttl, replicas, expected=expected is None or row[0] in names)
+        for row in lease_rows
+    ]
+    held_by: dict[str, list[str]] = {}
+    for lease in leases:
+        if lease.backend_pid in by_pid:
+            held_by.setdefault(by_pid[lease.backend_pid], []).append(lease.name)
+    replicas = [
+        ReplicaStatus(**{**asdict(r), "leases": tuple(held_by.get(r.id, ()))}) for r in replicas
+    ]
+    return ClusterStatus(leases, replicas, expected_source=expected_source)
+
+
+def _replica(row: Sequence[Any], lease_ttl: float) -> ReplicaStatus:
+    rid, host, pid, version, started, age, may_lead, loops, stopped, lock_pid = row
+    connected = lock_pid is not None
+    return ReplicaStatus(
+        id=rid,
+        host=host,
+        pid=pid,
+        version=version,
+        started_at=started,
+        last_seen_age_s=float(age),
+        alive=connected and not stopped and float(age) <= lease_ttl,
+        connected=connected,
+        stopped=bool(stopped),
+        may_lead=bool(may_lead),
+        loops=tuple(loops or ()),
+    )
+
+
+def classify(
+    row: Sequence[Any], lease_ttl: float, replicas: Iterable[ReplicaStatus], *, expected: bool
+) -> LeaseStatus:
+    """Pure: one ``leases`` row → a :class:`LeaseStatus` (unit-tested without a database)."""
+    (name, lock_pid, app, addr, holder, epoch, row_pid, held_for, renewed_age, idle) = row
+    replicas = list(replicas)
+    if lock_pid is None:
+        holder_id = None
+        state = "free"
+        reason = "nobody holds the lock" if epoch is not None else "never acquired"
+        unheld = float(idle) if idle is not None else math.inf
+        held_for = None
+    else:
+        session_id = app[len(APP_PREFIX) :] if app and app.startswith(APP_PREFIX) else app
+        if row_pid == lock_pid:
+            holder_id = holder
+            if renewed_age is not None and renewed_age > lease_ttl:
+                state = "stale"
+                reason = (
+                    f"holder has not renewed for {renewed_age:.1f}s (lease_ttl {lease_ttl:g}s): "
+                    "hung, paused or partitioned; peers evict it after lease_ttl + eviction_grace"
+                )
+                unheld = renewed_age - lease_ttl
+            else:
+                state, reason, unheld = "held", "", 0.0
+        else:
+            holder_id = session_id
+            state = "stale"
+            reason = (
+                f"lock held by backend {lock_pid} ({app or 'unknown session'}) but the lease row "
+                f"names backend {row_pid}: no fenced epoch for this holder"
+            )
+            unheld = float(renewed_age) if renewed_age is not None else math.inf
+            held_for = None
+    host = pid = None
+    for r in replicas:
+        if holder_id is not None and r.id == holder_id:
+            host, pid = r.host, r.pid
+    waiting = tuple(
+        r.id for r in replicas if r.alive and r.may_lead and name in r.loops and r.id != holder_id
+    )
+    return LeaseStatus(
+        name=name,
+        state=state,
+        holder=holder_id,
+        host=host,
+        pid=pid,
+        backend_pid=lock_pid,
+        client_addr=addr,
+        epoch=int(epoch) if epoch is not None else None,
+        held_for_s=float(held_for) if held_for is not None and state != "free" else None,
+        renewed_age_s=float(renewed_age) if renewed_age is not None else None,
+        unheld_for_s=unheld,
+        waiting=waiting,
+        expected=expected,
+        reason=reason,
+    )
+
+
+# -- operator actions -------------------------------------------------------------------
+
+
+def operator_id() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def lease_holder(conn: psycopg.Connection[Any], lease: str, namespace: str | int) -> LeaseStatus:
+    """The current status of one lease (free if unknown)."""
+    rows = conn.execute(
+        Q["leases"], {"ns": namespace_for(namespace), "names": [lease], "keys": [int4_hash(lease)]}
+    ).fetchall()
+    for row in rows:
+        if row[0] == lease:
+            return classify(row, math.inf, [], expected=True)
+    return LeaseStatus(name=lease, state="free", reason="never acquired")
+
+
+def request_step_down_and_wait(
+    conn: psycopg.Connection[Any],
+    *,
+    namespace: str | int,
+    lease: str | None = None,
+    replica: str | None = None,
+    cooldown: float | None = None,
+    wait: float = 5.0,
+    clock: Any = time.monotonic,
+) -> dict[str, tuple[LeaseStatus, LeaseStatus]]:
+    """Ask the holder(s) to step down (NOTIFY), then wait up to ``wait`` seconds for the
+    lease(s) to change hands. Returns ``{lease: (before, after)}``."""
+    status = read_status(
+        conn, namespace=namespace, lease_ttl=math.inf, expected=[lease] if lease else []
+    )
+    if lease is not None:
+        targets = [le for le in status.leases if le.name == lease]
+    else:
+        targets = [le for le in status.leases if le.holder == replica and le.state != "free"]
+    if replica is not None:
+        targets = [le for le in targets if le.holder == replica]
+    request_step_down(conn, lease=lease, replica=replica, cooldown=cooldown)
+    conn.execute(
+        Q["record_event"],
+        {
+            "lease": lease or "*",
+            "epoch": None,
+            "replica": operator_id(),
+            "event": "step_down_requested",
+            "reason": f"replica={replica} cooldown={cooldown}",
+        },
+    )
+    before = {le.name: le for le in targets}
+    after = dict(before)
+    deadline = clock() + wait
+    while before and clock() < deadline:
+        for name in before:
+            after[name] = lease_holder(conn, name, namespace)
+        if all(_moved(before[n], after[n]) for n in before):
+            break
+        time.sleep(0.05)
+    return {n: (before[n], after[n]) for n in before}
+
+
+def _moved(before: LeaseStatus, after: LeaseStatus) -> bool:
+    return after.state == "held" and (after.holder != before.holder or after.epoch != before.epoch)
+
+
+class EvictRefused(LeasectlError):
+    """The lease is not held (or changed hands) so there is nothing to evict."""
+
+    __module__ = "leasectl"
+
+
+def evict(
+    conn: psycopg.Connection[Any], lease: str, *, namespace: str | int, backend_pid: int
+) -> bool:
+    """Terminate ``backend_pid``'s lock session if it still holds ``lease``; record it."""
+    row = conn.execute(
+        Q["evict"], {"ns": namespace_for(namespace), "key": int4_hash(lease), "pid": backend_pid}
+    ).fetchone()
+    done = bool(row and row[0])
+    if done:
+        conn.execute(
+            Q["record_event"],
+            {
+                "lease": lease,
+                "epoch": None,
+                "replica": operator_id(),
+                "event": "evicted",
+                "reason": f"leasectl evict: terminated backend {backend_pid}",
+            },
+        )
+    return done
