@@ -70,6 +70,11 @@ def split(text: str) -> list[Statement]:
             if not significant:
                 start = i
             continue
+        if c == ";" and depth == 0:
+            flush(i)
+            prev_word = ""
+            i += 1
+            continue
         significant = True
         if c == "'":
             escapes = i > 0 and text[i - 1] in "eE" and (i < 2 or not _is_word(text[i - 2]))
@@ -111,11 +116,6 @@ def split(text: str) -> list[Statement]:
                 depth -= 1
             prev_word = word
             i = m.end()
-            continue
-        if c == ";" and depth == 0:
-            flush(i)
-            prev_word = ""
-            i += 1
             continue
         i += 1
     flush(n)
