@@ -1,0 +1,153 @@
+"""``leasectl drill``: parser and handler (thin; the work is in :mod:`leasectl.drill.runner`)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+EXIT_INVARIANT_FAILED = 3
+
+
+def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    from leasectl.cli import add_argument
+    from leasectl.drill.faults import KINDS
+
+    p = sub.add_parser(
+        "drill",
+        help="failover drills: inject faults into lease holders, measure, check invariants",
+        description=(
+            "Start N replicas of `leasectl run`, inject faults into the holder of a lease round "
+            "after round, measure takeover, and check the invariants over the whole run. "
+            "Exit 0: all invariants hold; 3: an invariant failed; 2: could not start."
+        ),
+    )
+    common(p)
+    add_argument(
+        p, "--replicas", env="DRILL_REPLICAS", type=int, default=3, help="replica processes"
+    )
+    add_argument(
+        p,
+        "--faults",
+        env="DRILL_FAULTS",
+        default="graceful,kill,stop,terminate,partition,db-restart",
+        help=f"comma-separated fault kinds ({', '.join(KINDS)})",
+    )
+    add_argument(
+        p, "--rounds", env="DRILL_ROUNDS", type=int, default=20, help="rounds per fault kind"
+    )
+    add_argument(
+        p,
+        "--data-dir",
+        env="DRILL_DATA_DIR",
+        help="embedded server data directory (default: a temporary one, removed afterwards)",
+    )
+    add_argument(
+        p,
+        "--lease",
+        env="DRILL_LEASE",
+        default="notification_send",
+        help="the lease whose holder is hit",
+    )
+    add_argument(
+        p,
+        "--notifications-per-s",
+        env="DRILL_NOTIFICATIONS_PER_S",
+        type=float,
+        default=5.0,
+        help="webhook notifications the feed inserts per second",
+    )
+    add_argument(
+        p,
+        "--jobs-per-s",
+        env="DRILL_JOBS_PER_S",
+        type=float,
+        default=2.0,
+        help="issuance jobs the feed inserts per second",
+    )
+    add_argument(p, "--report", env="DRILL_REPORT", help="write the HTML report here")
+    add_argument(p, "--json", env="DRILL_JSON", help="write every round as JSON here")
+    add_argument(
+        p, "--no-progress", env="DRILL_NO_PROGRESS", action="store_true", help="no progress bar"
+    )
+    p.set_defaults(handler=cmd_drill)
+
+
+def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from leasectl.drill.faults import parse_kinds
+    from leasectl.drill.report import checks_table, ms, summary_table, write_html, write_json
+    from leasectl.drill.rounds import RoundResult
+    from leasectl.drill.runner import Drill, DrillOptions
+    from leasectl.errors import ConfigError
+
+    console = Console(stderr=True)
+    try:
+        kinds = parse_kinds(args.faults)
+    except ValueError as exc:
+        raise ConfigError(f"--faults: {exc}") from exc
+    if args.replicas < 2:
+        raise ConfigError("--replicas: a drill needs at least 2 replicas (someone must take over)")
+    if args.rounds < 1:
+        raise ConfigError("--rounds: at least 1")
+    opts = DrillOptions(
+        replicas=args.replicas,
+        faults=kinds,
+        rounds=args.rounds,
+        dsn=args.dsn or None,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        lease=args.lease,
+        notifications_per_s=args.notifications_per_s,
+        jobs_per_s=args.jobs_per_s,
+    )
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    progress = Progress(
+        TextColumn("[bold]drill"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=bool(args.no_progress),
+    )
+    task = progress.add_task("starting", total=None)
+
+    def on_progress(done: int, total: int, r: RoundResult | None, what: str) -> None:
+        desc = what
+        if r is not None:
+            desc = f"#{r.index} {r.kind}: takeover {ms(r.takeover_s)}"
+            if not r.recovered:
+                desc += " [red]NOT RECOVERED[/]"
+            if args.no_progress:
+                console.print(desc + (" " + "; ".join(r.notes) if r.notes else ""))
+        progress.update(task, completed=done, total=total, description=desc)
+
+    drill = Drill(opts, on_progress)
+    for kind, why in drill.skipped.items():
+        console.print(f"[yellow]skipping fault kind {kind}:[/] {why}")
+    with progress:
+        result = drill.run()
+    out = Console()
+    out.print(summary_table(result))
+    out.print(checks_table(result))
+    for c in result.analysis.checks:
+        for example in c.examples if not c.ok else []:
+            out.print(f"  {c.name}: {example}")
+    if args.json:
+        write_json(result, args.json)
+        console.print(f"wrote {args.json}")
+    if args.report:
+        write_html(result, args.report)
+        console.print(f"wrote {args.report}")
+    sys.stdout.flush()
+    return 0 if result.analysis.ok else EXIT_INVARIANT_FAILED

@@ -1,0 +1,110 @@
+"""The six fault kinds, as primitives the drill applies to one replica (or the server).
+
+=============  ==========================================================================
+``graceful``   SIGTERM: the daemon drains its ticks and releases with NOTIFY.
+``kill``       SIGKILL: the process is gone; the server frees its locks at once.
+``stop``       SIGSTOP for longer than the lease TTL, then SIGCONT: a hung holder. Peers
+               evict it (``pg_terminate_backend``) once its renewal is older than
+               ``lease_ttl + eviction_grace``; after SIGCONT it must find its lease lost
+               and its guarded writes refused.
+``terminate``  ``pg_terminate_backend`` of the holder's lock connection only.
+``partition``  the holder's veth goes down for longer than ``D_srv``, then up.
+``db-restart`` the (embedded) server restarts; every lease must come back.
+=============  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import psycopg
+
+from leasectl import sql
+from leasectl.drill.cluster import Replica
+
+Q = sql.load("drill", package="leasectl.drill")
+
+KINDS = ("graceful", "kill", "stop", "terminate", "partition", "db-restart")
+
+
+class FaultError(RuntimeError):
+    """A fault could not be injected (e.g. the lock connection was not found)."""
+
+
+def parse_kinds(text: str) -> list[str]:
+    """``"graceful,kill"`` -> ``["graceful", "kill"]``; unknown kinds raise ValueError."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown fault kind(s) {', '.join(unknown)}; known: {', '.join(KINDS)}")
+    if not kinds:
+        raise ValueError("no fault kinds given")
+    return list(dict.fromkeys(kinds))
+
+
+def schedule(kinds: list[str], rounds: int) -> list[str]:
+    """Interleave the kinds: ``rounds`` rounds of each, round-robin (a, b, a, b, ...)."""
+    return [k for _ in range(rounds) for k in kinds]
+
+
+def sigterm(rep: Replica) -> float:
+    rep.stopped_by_drill = "graceful"
+    t = time.time()
+    rep.signal(signal.SIGTERM)
+    return t
+
+
+def sigkill(rep: Replica) -> float:
+    rep.stopped_by_drill = "kill"
+    t = time.time()
+    rep.signal(signal.SIGKILL)
+    return t
+
+
+def sigstop(rep: Replica) -> float:
+    t = time.time()
+    rep.signal(signal.SIGSTOP)
+    return t
+
+
+def sigcont(rep: Replica) -> float:
+    t = time.time()
+    rep.signal(signal.SIGCONT)
+    return t
+
+
+def lock_backend_pid(conn: psycopg.Connection[Any], replica_id: str) -> int | None:
+    """The backend pid of ``replica_id``'s lock connection (``leasectl/<id>``), if connected."""
+    row = conn.execute(Q["lock_backend"], {"application_name": f"leasectl/{replica_id}"}).fetchone()
+    return int(row[0]) if row else None
+
+
+def terminate_lock_connection(dsn: str, rep: Replica) -> tuple[float, int]:
+    """``pg_terminate_backend`` of the replica's lock connection; returns (instant, pid)."""
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+        pid = lock_backend_pid(conn, rep.replica_id)
+        if pid is None:
+            raise FaultError(
+                f"no lock connection with application_name leasectl/{rep.replica_id} "
+                "holding advisory locks in pg_stat_activity"
+            )
+        t = time.time()
+        conn.execute(Q["terminate"], {"pid": pid})
+    return t, pid
+
+
+def partition(rep: Replica) -> float:
+    if rep.netns is None:
+        raise FaultError(f"replica {rep.replica_id} does not run in a network namespace")
+    t = time.time()
+    rep.netns.partition()
+    return t
+
+
+def heal(rep: Replica) -> float:
+    assert rep.netns is not None
+    t = time.time()
+    rep.netns.heal()
+    return t

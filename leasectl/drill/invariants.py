@@ -1,0 +1,311 @@
+"""The invariants a drill checks over its whole run, and the per-kind summary.
+
+- ``recovered``: every round saw a takeover and a completed tick by the new holder in time.
+- ``no_overlap``: no two replica processes believed they held the same lease at once.
+- ``no_lost_notification``: every notification the drill inserted is ``sent`` (and reached
+  the sink with a valid signature) or ``dead`` with a reason.
+- ``no_lost_job``: every job the drill inserted reached a final state.
+- ``no_duplicate_outside_crash_window``: a notification delivered by two different holders
+  (replica, epoch) only in the documented crash window: the earlier holder lost its lease
+  abnormally (not a graceful release) and made the delivery at most ``lease_ttl +
+  crash_window`` before its belief ended, or within ``crash_window`` after (a zombie's
+  unfenceable external call). Receivers dedup on ``Idempotency-Key``; see docs/safety.md.
+- ``signatures``: every delivery carried a valid HMAC signature.
+- ``crl_numbers_increase``: per issuer, CRL numbers strictly increase in generation order.
+- ``ticks_unique``: no leased slot ``(loop, tick_at)`` completed by two holders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from leasectl import sql
+from leasectl.drill.cluster import LogLine
+from leasectl.drill.feed import Feed
+from leasectl.drill.rounds import RoundResult
+from leasectl.drill.sink import Delivery
+from leasectl.drill.stats import Cap, Holding, LeaseLogEvent, Overlap, holdings, overlaps, summarize
+
+Q = sql.load("drill", package="leasectl.drill")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Analysis:
+    checks: list[Check]
+    holdings: list[Holding]
+    overlaps: list[Overlap]
+    duplicates: dict[str, Any]
+    summary: list[dict[str, Any]]
+    totals: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def open_counts(dsn: str, prefix: str) -> tuple[int, int]:
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+            like = {"prefix": prefix + "%"}
+            n = conn.execute(Q["notifications_open"], like).fetchone()
+            j = conn.execute(Q["jobs_open"], like).fetchone()
+    except psycopg.OperationalError:
+        return -1, -1
+    return int(n[0]) if n else 0, int(j[0]) if j else 0
+
+
+def lease_events(lines: Sequence[LogLine]) -> list[LeaseLogEvent]:
+    actions = ("lease_acquired", "lease_released", "lease_lost")
+    return [
+        LeaseLogEvent(ln.ts, ln.replica, ln.action, ln.lease, ln.epoch, ln.reason)
+        for ln in lines
+        if ln.action in actions and ln.lease
+    ]
+
+
+def classify_duplicates(
+    deliveries: Sequence[Delivery], hs: Sequence[Holding], *, lease_ttl: float, window: float
+) -> dict[str, Any]:
+    """Keys delivered by more than one (replica, epoch); split into allowed and violations."""
+    by_key: dict[str, list[Delivery]] = {}
+    for d in deliveries:
+        if d.status == 200 and d.key:
+            by_key.setdefault(d.key, []).append(d)
+    by_holder: dict[tuple[str, int | None], list[Holding]] = {}
+    for h in hs:
+        by_holder.setdefault((h.replica, h.epoch), []).append(h)
+    allowed: list[dict[str, Any]] = []
+    violations: list[dict[str, Any]] = []
+    for key, ds in by_key.items():
+        senders = {(d.replica or "", d.epoch) for d in ds}
+        if len(senders) < 2:
+            continue
+        ds = sorted(ds, key=lambda d: d.at)
+        last = ds[-1]
+        bad = []
+        for d in ds:
+            if (d.replica, d.epoch) == (last.replica, last.epoch):
+                continue
+            held = by_holder.get((d.replica or "", d.epoch), [])
+            in_window = any(
+                not h.end_reason.startswith("released")
+                and h.end - lease_ttl - window <= d.at <= h.end + window
+                for h in held
+            )
+            if not in_window:
+                bad.append(f"{d.replica}@{d.epoch} at {d.at:.3f}")
+        desc = f"{key}: " + ", ".join(f"{d.replica}@{d.epoch}" for d in ds)
+        if bad:
+            desc += f" (outside the window: {'; '.join(bad)})"
+        (violations if bad else allowed).append({"key": key, "at": last.at, "desc": desc})
+    return {"allowed": allowed, "violations": violations}
+
+
+def analyze(
+    *,
+    admin_dsn: str,
+    feed: Feed,
+    deliveries: Sequence[Delivery],
+    lines: Sequence[LogLine],
+    rounds: Sequence[RoundResult],
+    caps: Sequence[Cap],
+    process_ends: dict[str, float],
+    run_end: float,
+    lease_ttl: float,
+    crash_window_s: float,
+    leased_loops: Sequence[str],
+) -> Analysis:
+    hs = holdings(lease_events(lines), caps, process_ends=process_ends, run_end=run_end)
+    ovs = overlaps(hs)
+    like = {"prefix": feed.prefix + "%"}
+    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
+        notes = conn.execute(Q["notifications_state"], like).fetchall()
+        jobs = conn.execute(Q["jobs_state"], like).fetchall()
+        crl = conn.execute(Q["crl_events"]).fetchall()
+    checks: list[Check] = []
+
+    bad_rounds = [f"#{r.index} {r.kind}: {'; '.join(r.notes)}" for r in rounds if not r.recovered]
+    checks.append(
+        Check(
+            "recovered",
+            not bad_rounds,
+            f"{len(rounds) - len(bad_rounds)}/{len(rounds)} rounds recovered",
+            bad_rounds[:10],
+        )
+    )
+    checks.append(
+        Check(
+            "no_overlap",
+            not ovs,
+            f"{len(ovs)} overlapping leadership interval(s) over {len(hs)} holdings",
+            [
+                f"{o.lease}: {o.first.replica}@{o.first.epoch} and "
+                f"{o.second.replica}@{o.second.epoch} for {o.seconds * 1000:.1f} ms"
+                for o in ovs[:10]
+            ],
+        )
+    )
+
+    delivered = {d.key for d in deliveries if d.status == 200 and d.verified}
+    in_db = {row[0] for row in notes}
+    lost = [row[0] for row in notes if row[1] not in ("sent", "dead")]
+    lost += [row[0] for row in notes if row[1] == "dead" and not row[2]]
+    lost += [row[0] for row in notes if row[1] == "sent" and row[0] not in delivered]
+    lost += [nid for nid in feed.notifications if nid not in in_db]
+    dead = [row for row in notes if row[1] == "dead"]
+    checks.append(
+        Check(
+            "no_lost_notification",
+            not lost,
+            f"{len(notes)} notifications: {len(notes) - len(dead) - len(lost)} delivered, "
+            f"{len(dead)} dead-lettered with a reason, {len(lost)} lost",
+            sorted(lost)[:10],
+        )
+    )
+    jobs_in_db = {row[0] for row in jobs}
+    final = ("Completed", "Cancelled")
+    lost_jobs = [
+        row[0]
+        for row in jobs
+        if not (row[1] in final or (row[1] == "Failed" and row[3] >= row[4] and row[2]))
+    ]
+    lost_jobs += [jid for jid in feed.jobs if jid not in jobs_in_db]
+    completed = sum(1 for row in jobs if row[1] == "Completed")
+    checks.append(
+        Check(
+            "no_lost_job",
+            not lost_jobs,
+            f"{len(jobs)} jobs: {completed} completed, {len(jobs) - completed - len(lost_jobs)} "
+            f"failed for good with a reason, {len(lost_jobs)} lost",
+            sorted(lost_jobs)[:10],
+        )
+    )
+
+    dups = classify_duplicates(deliveries, hs, lease_ttl=lease_ttl, window=crash_window_s)
+    checks.append(
+        Check(
+            "no_duplicate_outside_crash_window",
+            not dups["violations"],
+            f"{len(dups['allowed'])} duplicate key(s) in the crash window, "
+            f"{len(dups['violations'])} outside it",
+            [v["desc"] for v in dups["violations"][:10]],
+        )
+    )
+    unsigned = [d.key for d in deliveries if not d.verified]
+    checks.append(
+        Check(
+            "signatures",
+            not unsigned,
+            f"{len(deliveries)} deliveries, {len(unsigned)} bad signature(s)",
+            unsigned[:10],
+        )
+    )
+
+    crl_bad: list[str] = []
+    last: dict[str, int] = {}
+    for issuer, number, epoch, replica, _at, _ok in crl:
+        if issuer in last and number <= last[issuer]:
+            crl_bad.append(
+                f"{issuer}: CRL {number} after {last[issuer]} (epoch {epoch}, {replica})"
+            )
+        last[issuer] = max(number, last.get(issuer, number))
+    checks.append(
+        Check("crl_numbers_increase", not crl_bad, f"{len(crl)} CRLs generated", crl_bad[:10])
+    )
+
+    slots: dict[tuple[str, str], set[tuple[str, int | None]]] = {}
+    for ln in lines:
+        if ln.action == "tick_finished" and ln.outcome == "ok" and ln.loop in leased_loops:
+            slots.setdefault((ln.loop or "", ln.tick_at or ""), set()).add((ln.replica, ln.epoch))
+    twice = [
+        f"{loop} {tick_at}: {sorted(map(str, w))}"
+        for (loop, tick_at), w in slots.items()
+        if len(w) > 1
+    ]
+    checks.append(
+        Check(
+            "ticks_unique",
+            not twice,
+            f"{len(slots)} leased slots completed, {len(twice)} twice",
+            twice[:10],
+        )
+    )
+
+    _attribute(rounds, ovs, dups)
+    return Analysis(
+        checks=checks,
+        holdings=hs,
+        overlaps=ovs,
+        duplicates=dups,
+        summary=summarize_rounds(rounds),
+        totals={
+            "notifications": len(notes),
+            "deliveries": len(deliveries),
+            "jobs": len(jobs),
+            "lost_notifications": len(lost),
+            "lost_jobs": len(lost_jobs),
+        },
+    )
+
+
+def _attribute(rounds: Sequence[RoundResult], ovs: Sequence[Overlap], dups: dict[str, Any]) -> None:
+    """Charge each overlap and duplicate to the round during which it happened."""
+    ordered = sorted(rounds, key=lambda r: r.t_fault)
+
+    def owner(at: float) -> RoundResult | None:
+        found = None
+        for r in ordered:
+            if r.t_fault <= at + 1e-6:
+                found = r
+        return found
+
+    for o in ovs:
+        r = owner(o.start)
+        if r is not None:
+            r.overlap_s += o.seconds
+    for d in dups["allowed"] + dups["violations"]:
+        r = owner(d["at"])
+        if r is not None:
+            r.duplicates += 1
+
+
+def summarize_rounds(rounds: Sequence[RoundResult]) -> list[dict[str, Any]]:
+    """One row per fault kind: counts and takeover percentiles (seconds)."""
+    kinds: list[str] = []
+    for r in rounds:
+        if r.kind not in kinds:
+            kinds.append(r.kind)
+    rows = []
+    for kind in kinds:
+        rs = [r for r in rounds if r.kind == kind]
+        take = [r.takeover_s for r in rs if r.takeover_s is not None]
+        fence = [r.self_fence_s for r in rs if r.self_fence_s is not None]
+        tick = [r.first_tick_s for r in rs if r.first_tick_s is not None]
+        back = [r.leases_back_s for r in rs if r.leases_back_s is not None]
+        rows.append(
+            {
+                "kind": kind,
+                "rounds": len(rs),
+                "recovered": sum(1 for r in rs if r.recovered),
+                "takeover": summarize(take),
+                "self_fence": summarize(fence),
+                "first_tick": summarize(tick),
+                "leases_back": summarize(back),
+                "overlaps": sum(1 for r in rs if r.overlap_s > 0),
+                "overlap_s": sum(r.overlap_s for r in rs),
+                "duplicates": sum(r.duplicates for r in rs),
+            }
+        )
+    return rows

@@ -1,0 +1,281 @@
+"""One round: find the holder of the target lease, inject a fault, measure the recovery.
+
+All times are unix seconds (``time.time()``), the clock of the replicas' JSON logs. Each
+wait has a deadline; a round that does not recover in time is recorded as such (and fails
+the drill's ``recovered`` invariant) instead of hanging the drill.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from leasectl.drill import faults
+from leasectl.drill.cluster import Cluster, LogLine, Replica
+from leasectl.drill.stats import Cap
+
+DEADLINES = {
+    "graceful": 20.0,
+    "kill": 20.0,
+    "stop": 45.0,
+    "terminate": 20.0,
+    "partition": 45.0,
+    "db-restart": 60.0,
+}
+
+
+@dataclass
+class RoundResult:
+    """What one round measured. Durations are seconds from the fault instant."""
+
+    index: int
+    kind: str
+    lease: str
+    victim: str
+    old_epoch: int | None
+    t_fault: float
+    t_lift: float | None = None
+    t_accept: float | None = None  # db-restart: the server accepts connections again
+    new_holder: str | None = None
+    new_epoch: int | None = None
+    self_fence_s: float | None = None
+    takeover_s: float | None = None
+    first_tick_s: float | None = None
+    leases_back_s: float | None = None  # db-restart: all leases re-held, after t_accept
+    recovered: bool = False
+    overlap_s: float = 0.0
+    duplicates: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The lease timing the drill needs to bound beliefs it cannot see logged."""
+
+    lease_ttl: float
+    d_srv: float
+
+
+class RoundRunner:
+    """Applies faults to the cluster's current holder and records :class:`RoundResult`."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        lease: str,
+        timing: Timing,
+        admin_dsn: str,
+        restart_server: Callable[[], float] | None,
+    ) -> None:
+        self.cluster = cluster
+        self.lease = lease
+        self.timing = timing
+        self.admin_dsn = admin_dsn
+        self.restart_server = restart_server
+        self.caps: list[Cap] = []
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def current_holder(self, timeout: float = 30.0) -> tuple[Replica, int | None]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            held = self.cluster.holders().get(self.lease)
+            if held is not None:
+                rep = self.cluster.replicas.get(held[0])
+                if rep is not None and rep.alive():
+                    return rep, held[1]
+            time.sleep(0.05)
+        raise TimeoutError(f"no replica holds lease {self.lease} after {timeout}s")
+
+    def _acquired_after(
+        self, since: float, old_epoch: int | None, timeout: float, lease: str | None = None
+    ) -> LogLine | None:
+        name = lease or self.lease
+
+        def pred(line: LogLine) -> bool:
+            return (
+                line.action == "lease_acquired"
+                and line.lease == name
+                and (old_epoch is None or (line.epoch or 0) > old_epoch)
+            )
+
+        return self.cluster.wait_line(pred, since=since, timeout=timeout)
+
+    def _ended(
+        self, rep: Replica, epoch: int | None, since: float, timeout: float
+    ) -> LogLine | None:
+        def pred(line: LogLine) -> bool:
+            return (
+                line.replica == rep.replica_id
+                and line.lease == self.lease
+                and line.action in ("lease_lost", "lease_released")
+                and (epoch is None or line.epoch == epoch)
+            )
+
+        return self.cluster.wait_line(pred, since=since, timeout=timeout)
+
+    def _first_tick(self, replica: str, since: float, timeout: float) -> LogLine | None:
+        def pred(line: LogLine) -> bool:
+            return (
+                line.replica == replica
+                and line.action == "tick_finished"
+                and line.loop == self.lease
+                and line.outcome == "ok"
+            )
+
+        return self.cluster.wait_line(pred, since=since, timeout=timeout)
+
+    def _wait_exit(self, rep: Replica, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not rep.alive():
+                return True
+            time.sleep(0.05)
+        return False
+
+    # -- a round ----------------------------------------------------------------------------
+
+    def run(self, index: int, kind: str) -> RoundResult:
+        victim, old_epoch = self.current_holder()
+        deadline = DEADLINES[kind]
+        r = RoundResult(index, kind, self.lease, victim.replica_id, old_epoch, t_fault=0.0)
+        held_before = dict(self.cluster.holders())
+        if kind == "graceful":
+            r.t_fault = faults.sigterm(victim)
+        elif kind == "kill":
+            r.t_fault = faults.sigkill(victim)
+            self.caps.append(Cap(victim.replica_id, r.t_fault, r.t_fault, "SIGKILL"))
+        elif kind == "stop":
+            r.t_fault = faults.sigstop(victim)
+            self.caps.append(
+                Cap(victim.replica_id, r.t_fault, r.t_fault + self.timing.lease_ttl, "SIGSTOP+ttl")
+            )
+        elif kind == "terminate":
+            r.t_fault, pid = faults.terminate_lock_connection(self.admin_dsn, victim)
+            r.notes.append(f"terminated backend {pid}")
+        elif kind == "partition":
+            r.t_fault = faults.partition(victim)
+            self.caps.append(
+                Cap(
+                    victim.replica_id, r.t_fault, r.t_fault + self.timing.lease_ttl, "partition+ttl"
+                )
+            )
+        elif kind == "db-restart":
+            if self.restart_server is None:
+                raise faults.FaultError("db-restart needs the embedded server")
+            r.t_fault = time.time()
+            r.t_accept = self.restart_server()
+        else:
+            raise ValueError(kind)
+
+        try:
+            self._recover(r, victim, kind, deadline, held_before)
+        finally:
+            self._lift(r, victim, kind, held_before)
+        return r
+
+    def _recover(
+        self,
+        r: RoundResult,
+        victim: Replica,
+        kind: str,
+        deadline: float,
+        held_before: dict[str, tuple[str, int | None]],
+    ) -> None:
+        acq = self._acquired_after(r.t_fault, r.old_epoch, deadline)
+        if acq is None:
+            r.notes.append(f"no takeover within {deadline}s")
+            return
+        r.new_holder, r.new_epoch = acq.replica, acq.epoch
+        r.takeover_s = acq.ts - r.t_fault
+        if kind != "kill":
+            # db-restart drops every lock connection at once: the victim's end is logged too.
+            end = self._ended(victim, r.old_epoch, r.t_fault, 0.0 if kind == "stop" else 5.0)
+            if end is not None:
+                r.self_fence_s = end.ts - r.t_fault
+        if kind in ("stop", "partition"):
+            # Its last successful heartbeat started before the fault: belief ended by then.
+            bound = self.timing.lease_ttl
+            r.self_fence_s = min(r.self_fence_s, bound) if r.self_fence_s is not None else bound
+        tick = self._first_tick(acq.replica, acq.ts, 30.0)
+        if tick is not None:
+            r.first_tick_s = tick.ts - r.t_fault
+        else:
+            r.notes.append("new holder completed no tick within 30s")
+        r.recovered = tick is not None
+        if kind == "db-restart":
+            assert r.t_accept is not None
+            back = []
+            for lease in held_before:
+                line = self._acquired_after(r.t_fault, None, deadline, lease=lease)
+                if line is None:
+                    r.notes.append(f"lease {lease} not back within {deadline}s")
+                    r.recovered = False
+                else:
+                    back.append(line.ts)
+            if back:
+                r.leases_back_s = max(back) - r.t_accept
+
+    def _lift(
+        self,
+        r: RoundResult,
+        victim: Replica,
+        kind: str,
+        held_before: dict[str, tuple[str, int | None]],
+    ) -> None:
+        if kind == "stop":
+            # Stay stopped for longer than the TTL (and until the takeover), then wake.
+            remaining = r.t_fault + self.timing.lease_ttl + 1.0 - time.time()
+            if remaining > 0:
+                time.sleep(remaining)
+            r.t_lift = faults.sigcont(victim)
+            self._zombie_check(r, victim, held_before)
+        elif kind == "partition":
+            remaining = r.t_fault + self.timing.d_srv + 1.0 - time.time()
+            if remaining > 0:
+                time.sleep(remaining)
+            r.t_lift = faults.heal(victim)
+            end = self._ended(victim, r.old_epoch, r.t_fault, 10.0)
+            if end is None:
+                r.notes.append("partitioned holder never reported its lease lost")
+        elif kind in ("graceful", "kill"):
+            if not self._wait_exit(victim, 40.0):
+                r.notes.append("victim did not exit within 40s; killed")
+                faults.sigkill(victim)
+                self._wait_exit(victim, 10.0)
+            if kind == "graceful" and victim.proc.returncode != 0:
+                r.notes.append(f"graceful exit code {victim.proc.returncode}")
+
+    def _zombie_check(
+        self, r: RoundResult, victim: Replica, held_before: dict[str, tuple[str, int | None]]
+    ) -> None:
+        """After SIGCONT the zombie must report its lease lost and complete no leased tick."""
+        assert r.t_lift is not None
+        end = self._ended(victim, r.old_epoch, r.t_fault, 10.0)
+        if end is None:
+            r.notes.append("zombie did not report its lease lost within 10s of SIGCONT")
+            r.recovered = False
+        else:
+            r.notes.append(
+                f"zombie reported lost ({end.reason}) {end.ts - r.t_lift:.2f}s after SIGCONT"
+            )
+        time.sleep(1.0)  # let a tick it was in the middle of finish (and be refused)
+        its = {(lease, ep) for lease, (rid, ep) in held_before.items() if rid == victim.replica_id}
+        refused = 0
+        for line in self.cluster.snapshot():
+            if line.replica != victim.replica_id or line.ts < r.t_lift:
+                continue
+            if line.action == "tick_finished" and (line.lease, line.epoch) in its:
+                if line.outcome == "ok":
+                    r.notes.append(f"ZOMBIE TICK COMPLETED: {line.loop} epoch {line.epoch}")
+                    r.recovered = False
+                else:
+                    refused += 1
+        if refused:
+            r.notes.append(f"zombie's in-flight tick(s) refused: {refused}")

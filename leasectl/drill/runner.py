@@ -1,0 +1,346 @@
+"""A whole drill: database, sink, replicas, feed, rounds, drain, analysis, clean-up.
+
+Set-up and tear-down live here; one round's logic is in :mod:`leasectl.drill.rounds`, the
+checks in :mod:`leasectl.drill.invariants`. Clean-up runs whatever happened (Ctrl-C too):
+replicas are SIGCONTed and stopped, the sink closed, namespaces deleted, and an embedded
+server the drill started is stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+from psycopg import conninfo
+
+from leasectl.drill import faults, netns
+from leasectl.drill.cluster import Cluster, LogLine
+from leasectl.drill.feed import Feed
+from leasectl.drill.invariants import Analysis, analyze
+from leasectl.drill.rounds import RoundResult, RoundRunner, Timing
+from leasectl.drill.sink import WebhookSink
+from leasectl.embedded import EmbeddedPostgres
+from leasectl.locks import TcpBound
+from leasectl.migrate import migrate
+from leasectl.settings import DatabaseSettings, LeaseSettings
+
+#: Loops the replicas run. The leased ones are the side effects under test; job_* run
+#: everywhere (jobs must not be lost when a replica dies mid-job).
+LOOPS = (
+    "notification_send",
+    "notification_retry",
+    "crl_generation",
+    "job_processor",
+    "job_retry",
+    "job_timeout",
+)
+
+
+@dataclass
+class DrillOptions:
+    replicas: int = 3
+    faults: list[str] = field(default_factory=lambda: ["graceful", "kill", "stop", "terminate"])
+    rounds: int = 20
+    dsn: str | None = None  # None: the embedded server in data_dir
+    data_dir: Path | None = None  # None: a temporary directory, removed afterwards
+    lease: str = "notification_send"
+    notifications_per_s: float = 5.0
+    jobs_per_s: float = 2.0
+    settle_s: float = 1.0
+    drain_timeout: float = 120.0
+    crash_window_s: float = 1.0
+    workdir: Path | None = None
+
+
+@dataclass
+class DrillResult:
+    options: DrillOptions
+    skipped: dict[str, str]
+    rounds: list[RoundResult]
+    analysis: Analysis
+    started: float
+    finished: float
+    replicas: list[dict[str, Any]]
+    lines: list[LogLine]
+    setup_notes: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[int, int, RoundResult | None, str], None]
+
+
+def _skip_reasons(opts: DrillOptions) -> dict[str, str]:
+    skipped: dict[str, str] = {}
+    if "partition" in opts.faults:
+        ok, why = netns.available()
+        if not ok:
+            skipped["partition"] = why
+        elif opts.dsn:
+            skipped["partition"] = (
+                "needs the embedded server (it must listen on the host end of the drill's veth "
+                "pairs); run without --dsn"
+            )
+    if "db-restart" in opts.faults and opts.dsn:
+        skipped["db-restart"] = "the drill restarts only the embedded server; run without --dsn"
+    return skipped
+
+
+def _with_db(dsn: str, dbname: str, host: str | None = None) -> str:
+    params: dict[str, Any] = dict(conninfo.conninfo_to_dict(dsn))
+    params["dbname"] = dbname
+    if host is not None:
+        params["host"] = host
+    return conninfo.make_conninfo(**params)
+
+
+class Drill:
+    def __init__(self, opts: DrillOptions, progress: Progress | None = None) -> None:
+        self.opts = opts
+        self.progress = progress or (lambda *a: None)
+        self.run_id = f"{int(time.time()) % 100000:05d}{secrets.token_hex(2)}"
+        self.skipped = _skip_reasons(opts)
+        self.kinds = [k for k in opts.faults if k not in self.skipped]
+        self.lease_settings = LeaseSettings()
+        db = DatabaseSettings()
+        bound = TcpBound(
+            db.tcp_keepalives_idle,
+            db.tcp_keepalives_interval,
+            db.tcp_keepalives_count,
+            db.tcp_user_timeout_ms,
+            unix_socket=False,
+        )
+        self.d_srv: float = bound.d_srv or 9.0
+        self.notes: list[str] = []
+        self._tmp: Path | None = None
+        self._nets: netns.NetnsSet | None = None
+        self._server: EmbeddedPostgres | None = None
+        self._sink: WebhookSink | None = None
+        self._feed: Feed | None = None
+        self._cluster: Cluster | None = None
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _workdir(self) -> Path:
+        if self.opts.workdir is not None:
+            self.opts.workdir.mkdir(parents=True, exist_ok=True)
+            return self.opts.workdir
+        self._tmp = Path(tempfile.mkdtemp(prefix="leasectl-drill-"))
+        os.chmod(self._tmp, 0o755)  # the embedded server's user must reach its data dir
+        return self._tmp
+
+    def _database(self, work: Path) -> tuple[str, Callable[[int], str]]:
+        """(admin DSN of the drill database, DSN per replica slot)."""
+        if self.opts.dsn:
+            dsn = self.opts.dsn
+            return dsn, lambda slot: dsn
+        listen = ["127.0.0.1"] + (self._nets.host_addrs if self._nets else [])
+        hba = [self._nets.hba_line] if self._nets else []
+        data_dir = self.opts.data_dir or work / "pgdata"
+        self._server = EmbeddedPostgres(data_dir, listen=listen, extra_hba=hba)
+        if self._server.info() is not None:
+            self._server.restart()  # apply this drill's listen addresses and pg_hba lines
+        info = self._server.ensure_running()
+        dbname = f"drill_{self.run_id}"
+        with psycopg.connect(info.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')  # name generated, not user input
+        admin = _with_db(info.dsn(), dbname)
+        nets = self._nets
+        if nets is None:
+            return admin, lambda slot: admin
+        return admin, lambda slot: _with_db(admin, dbname, host=nets.namespaces[slot].host_addr)
+
+    def _config(self, work: Path, slot: int, url: str, hmac_key: str) -> Path:
+        doc = {
+            "scheduler": {"shutdown_grace": 10.0},
+            "logging": {"format": "json", "level": "INFO"},
+            "loops": {
+                "jobs": {
+                    "processor": {"interval": 1.0},
+                    "retry": {"interval": 2.0},
+                    "timeout": {"interval": 2.0},
+                    "running_timeout": 20.0,
+                    "retry_backoff_base": 1.0,
+                    "retry_backoff_max": 2.0,
+                },
+                "notifications": {
+                    "send": {"interval": 1.0},
+                    "retry": {"interval": 2.0},
+                    "backoff_minutes": [0.02, 0.02, 0.02, 0.02],
+                    "webhook": {"url": url, "hmac_key": hmac_key, "timeout": 3.0},
+                },
+                "crl": {"loop": {"interval": 2.0}},
+            },
+        }
+        path = work / f"replica-{slot}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self) -> DrillResult:
+        started = time.time()
+        rounds: list[RoundResult] = []
+        try:
+            work = self._workdir()
+            if "partition" in self.kinds:
+                netns.cleanup_stale()
+                self._nets = netns.NetnsSet(self.opts.replicas)
+                self._nets.create()
+            admin, dsn_for = self._database(work)
+            migrate(admin)
+            hmac_key = secrets.token_hex(16)
+            addrs = ["127.0.0.1"] + (self._nets.host_addrs if self._nets else [])
+            self._sink = WebhookSink(hmac_key.encode(), addrs)
+            self._sink.start()
+            nets = self._nets
+            sink = self._sink
+
+            def url_for(slot: int) -> str:
+                return sink.url(nets.namespaces[slot].host_addr if nets else "127.0.0.1")
+
+            configs = {
+                s: self._config(work, s, url_for(s), hmac_key) for s in range(self.opts.replicas)
+            }
+            self._cluster = cluster = Cluster(
+                prefix=f"d{self.run_id}",
+                config_for=lambda s: configs[s],
+                dsn_for=dsn_for,
+                namespaces=self._nets.namespaces if self._nets else None,
+                loops=LOOPS,
+                workdir=work,
+            )
+            for slot in range(self.opts.replicas):
+                cluster.start(slot)
+            self._feed = Feed(
+                admin,
+                self.run_id,
+                notifications_per_s=self.opts.notifications_per_s,
+                jobs_per_s=self.opts.jobs_per_s,
+            )
+            self._feed.start()
+            runner = RoundRunner(
+                cluster,
+                lease=self.opts.lease,
+                timing=Timing(self.lease_settings.lease_ttl, self.d_srv),
+                admin_dsn=admin,
+                restart_server=self._restart_server if self._server else None,
+            )
+            self._wait_started(cluster, 90.0)
+            plan = faults.schedule(self.kinds, self.opts.rounds)
+            self.progress(0, len(plan), None, "cluster up")
+            for i, kind in enumerate(plan):
+                result = runner.run(i, kind)
+                rounds.append(result)
+                self._restore(cluster, result)
+                self.progress(i + 1, len(plan), result, kind)
+            self._feed.stop()
+            self.progress(len(plan), len(plan), None, "draining")
+            self._drain(admin)
+            cluster.stop_all()
+            finished = time.time()
+            analysis = analyze(
+                admin_dsn=admin,
+                feed=self._feed,
+                deliveries=sink.deliveries(),
+                lines=cluster.snapshot(),
+                rounds=rounds,
+                caps=runner.caps,
+                process_ends=cluster.process_ends(),
+                run_end=finished,
+                lease_ttl=self.lease_settings.lease_ttl,
+                crash_window_s=self.opts.crash_window_s,
+                leased_loops=[lp for lp in LOOPS if not lp.startswith("job_")],
+            )
+            return DrillResult(
+                options=self.opts,
+                skipped=self.skipped,
+                rounds=rounds,
+                analysis=analysis,
+                started=started,
+                finished=finished,
+                replicas=cluster.describe(),
+                lines=cluster.snapshot(),
+                setup_notes=self.notes,
+            )
+        finally:
+            self.cleanup()
+
+    def _restart_server(self) -> float:
+        assert self._server is not None
+        self._server.stop("fast")
+        self._server.ensure_running()
+        return time.time()
+
+    def _wait_started(self, cluster: Cluster, timeout: float) -> None:
+        n = self.opts.replicas
+
+        def started(line: LogLine) -> bool:
+            return line.action == "daemon_started"
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            up = {ln.replica for ln in cluster.snapshot() if started(ln)}
+            if len(up) >= n and self.opts.lease in cluster.holders():
+                return
+            for rep in cluster.replicas.values():
+                if not rep.alive():
+                    raise RuntimeError(cluster.failure_text(rep))
+            time.sleep(0.1)
+        raise TimeoutError(f"cluster of {n} replicas did not start within {timeout}s")
+
+    def _restore(self, cluster: Cluster, result: RoundResult) -> None:
+        """Bring the cluster back to N live replicas and let it settle."""
+        for slot, rep in list(cluster.slots.items()):
+            if not rep.alive():
+                if not rep.stopped_by_drill:
+                    result.notes.append(
+                        f"replica {rep.replica_id} exited unexpectedly ({rep.proc.returncode})"
+                    )
+                cluster.start(slot)
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline:
+            live = [r for r in cluster.slots.values() if r.alive()]
+            ready = {ln.replica for ln in cluster.snapshot() if ln.action == "daemon_started"}
+            settled = len(live) == self.opts.replicas and all(r.replica_id in ready for r in live)
+            if settled and self.opts.lease in cluster.holders():
+                break
+            time.sleep(0.1)
+        else:
+            result.notes.append("cluster did not settle within 60s after the round")
+        time.sleep(self.opts.settle_s)
+
+    def _drain(self, admin: str) -> None:
+        from leasectl.drill.invariants import open_counts
+
+        assert self._feed is not None
+        deadline = time.monotonic() + self.opts.drain_timeout
+        while time.monotonic() < deadline:
+            n_open, j_open = open_counts(admin, self._feed.prefix)
+            if n_open == 0 and j_open == 0:
+                return
+            time.sleep(0.5)
+        self.notes.append(f"drain timed out after {self.opts.drain_timeout}s")
+
+    # -- clean-up -----------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        if self._feed is not None:
+            self._feed.stop()
+        if self._cluster is not None:
+            self._cluster.stop_all()
+        if self._sink is not None:
+            self._sink.stop()
+        if self._nets is not None:
+            self._nets.destroy()
+        if self._server is not None and self.opts.data_dir is None:
+            self._server.stop("immediate")
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
