@@ -68,10 +68,43 @@ class WebhookSettings:
     ca_file: str = ""
 
 
+# The leased loops' toggles carry their own defaults as classes, not as
+# ``field(default_factory=lambda: LoopToggle(interval=...))``: a config that sets only
+# ``loop: {enabled: true}`` is built as ``<annotated class>(enabled=True)``, and with a plain
+# LoopToggle that silently turned the daily digest into a once-a-minute one.
+
+
+@dataclass(frozen=True)
+class NotificationSendLoop(LoopToggle):
+    interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class NotificationRetryLoop(LoopToggle):
+    interval: float = 120.0
+
+
+@dataclass(frozen=True)
+class DigestLoop(LoopToggle):
+    enabled: bool = False
+    interval: float = 86400.0
+
+
+@dataclass(frozen=True)
+class CloudDiscoveryLoop(LoopToggle):
+    enabled: bool = False
+    interval: float = 21600.0
+
+
+@dataclass(frozen=True)
+class CrlLoop(LoopToggle):
+    interval: float = 3600.0
+
+
 @dataclass(frozen=True)
 class NotificationSettings:
-    send: LoopToggle = field(default_factory=lambda: LoopToggle(interval=60.0))
-    retry: LoopToggle = field(default_factory=lambda: LoopToggle(interval=120.0))
+    send: NotificationSendLoop = field(default_factory=NotificationSendLoop)
+    retry: NotificationRetryLoop = field(default_factory=NotificationRetryLoop)
     batch: int = 500
     max_attempts: int = 5  # delivery attempts in all, the first send included
     backoff_minutes: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)  # after failed attempt 1, 2, ...
@@ -85,7 +118,7 @@ class NotificationSettings:
 
 @dataclass(frozen=True)
 class DigestSettings:
-    loop: LoopToggle = field(default_factory=lambda: LoopToggle(enabled=False, interval=86400.0))
+    loop: DigestLoop = field(default_factory=DigestLoop)
     recipients: tuple[str, ...] = ()  # empty: owners' emails
     expiring_days: int = 30
     subject: str = "leasectl certificate digest"
@@ -108,13 +141,13 @@ class AwsSourceSettings:
 
 @dataclass(frozen=True)
 class CloudDiscoverySettings:
-    loop: LoopToggle = field(default_factory=lambda: LoopToggle(enabled=False, interval=21600.0))
+    loop: CloudDiscoveryLoop = field(default_factory=CloudDiscoveryLoop)
     aws: AwsSourceSettings = field(default_factory=AwsSourceSettings)
 
 
 @dataclass(frozen=True)
 class CrlSettings:
-    loop: LoopToggle = field(default_factory=lambda: LoopToggle(interval=3600.0))
+    loop: CrlLoop = field(default_factory=CrlLoop)
     next_update: float = 86400.0
 
 

@@ -14,7 +14,12 @@ from moto.server import ThreadedMotoServer
 
 from loops import cloud_discovery
 from loops.ca import fingerprint_sha256
-from loops.settings import AwsSourceSettings, CloudDiscoverySettings, LoopsSettings, LoopToggle
+from loops.settings import (
+    AwsSourceSettings,
+    CloudDiscoveryLoop,
+    CloudDiscoverySettings,
+    LoopsSettings,
+)
 from tests.integration.leased_helpers import free_port, issue, leased, make_ca, pem, pool_for, tick
 
 
@@ -37,7 +42,7 @@ def moto_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 def settings(url: str, **aws: Any) -> LoopsSettings:
     return LoopsSettings(
         cloud_discovery=CloudDiscoverySettings(
-            loop=LoopToggle(enabled=True, interval=21600.0),
+            loop=CloudDiscoveryLoop(enabled=True),
             aws=AwsSourceSettings(endpoint_url=url, max_attempts=1, **aws),
         )
     )

@@ -12,9 +12,9 @@ import pytest
 from leasectl.errors import ConfigError
 from loops import digest
 from loops.settings import (
+    DigestLoop,
     DigestSettings,
     LoopsSettings,
-    LoopToggle,
     NotificationSettings,
     SmtpSettings,
 )
@@ -28,7 +28,7 @@ def settings(port: int, **kw: Any) -> LoopsSettings:
         notifications=NotificationSettings(
             smtp=SmtpSettings(host="127.0.0.1", port=port, tls="none")
         ),
-        digest=DigestSettings(loop=LoopToggle(enabled=True, interval=86400.0), **kw),
+        digest=DigestSettings(loop=DigestLoop(enabled=True), **kw),
     )
 
 
@@ -132,7 +132,7 @@ def test_failed_send_is_recorded_and_fails_the_tick(
 
 
 def test_enabled_without_smtp_fails_start() -> None:
-    cfg = LoopsSettings(digest=DigestSettings(loop=LoopToggle(enabled=True)))
+    cfg = LoopsSettings(digest=DigestSettings(loop=DigestLoop(enabled=True)))
     with pytest.raises(ConfigError, match="smtp.host"):
         digest.build(cfg)
     assert digest.build(LoopsSettings()) is None  # disabled by default
