@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from leasectl.loop import TickCancelled
 from loops import health_check, network_scan
 from tests.integration.everywhere_helpers import (
     closed_port,
@@ -228,3 +231,36 @@ def test_health_history_retention(conn: psycopg.Connection[Any], pool: Connectio
     health_check.run(ctx)
     assert scalar(conn, "SELECT count(*) FROM endpoint_health_history") == 1
     assert ctx.stats["history_pruned"] == 1
+
+
+def test_a_stopped_scan_releases_its_claim(
+    conn: psycopg.Connection[Any], pool: ConnectionPool
+) -> None:
+    # A listener that accepts and never answers the handshake: the probe hangs until timeout.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        add_target(conn, "slow", ["127.0.0.1/32"], [silent.getsockname()[1]], timeout_ms=1500)
+        ctx = make_ctx(pool, loop="network_scan")
+        errors: list[BaseException] = []
+
+        def scan() -> None:
+            try:
+                network_scan.run(ctx)
+            except BaseException as exc:  # noqa: BLE001 - inspected below
+                errors.append(exc)
+
+        t = threading.Thread(target=scan)
+        t.start()
+        claimed = "SELECT scan_claimed_by FROM network_scan_targets WHERE id = 'slow'"
+        for _ in range(250):
+            if scalar(conn, claimed):
+                break
+            threading.Event().wait(0.02)
+        assert scalar(conn, claimed) == "replica-a"
+        ctx.stop.set()
+        t.join(10)
+    assert len(errors) == 1 and isinstance(errors[0], TickCancelled)
+    row = conn.execute(
+        "SELECT scan_claimed_by, scan_claimed_until, last_scan_at FROM network_scan_targets"
+    ).fetchone()
+    assert row == (None, None, None)  # released, and no scan recorded: due again next tick
+    assert scalar(conn, "SELECT count(*) FROM discovery_scans") == 0
