@@ -137,8 +137,14 @@ def cmd_drill(args: argparse.Namespace) -> int:
         console.print(f"[yellow]skipping fault kind {kind}:[/] {why}")
     with progress:
         result = drill.run()
-    out = Console()
+    out = Console(width=None if sys.stdout.isatty() else 160)
     out.print(summary_table(result))
+    totals = result.analysis.totals
+    out.print(
+        f"lost notifications: {totals['lost_notifications']} of {totals['notifications']}; "
+        f"lost jobs: {totals['lost_jobs']} of {totals['jobs']}; "
+        f"webhook deliveries: {totals['deliveries']}"
+    )
     out.print(checks_table(result))
     for c in result.analysis.checks:
         for example in c.examples if not c.ok else []:

@@ -126,14 +126,32 @@ def analyze(
     lease_ttl: float,
     crash_window_s: float,
     leased_loops: Sequence[str],
+    same_clock: bool,
 ) -> Analysis:
-    hs = holdings(lease_events(lines), caps, process_ends=process_ends, run_end=run_end)
-    ovs = overlaps(hs)
     like = {"prefix": feed.prefix + "%"}
     with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
         notes = conn.execute(Q["notifications_state"], like).fetchall()
         jobs = conn.execute(Q["jobs_state"], like).fetchall()
         crl = conn.execute(Q["crl_events"]).fetchall()
+        events = conn.execute(Q["lease_events"]).fetchall()
+    # The database's clock is this machine's only for the embedded server.
+    releases = (
+        {
+            (lease, replica, epoch): at
+            for lease, epoch, replica, ev, _r, at in events
+            if ev == "released"
+        }
+        if same_clock
+        else {}
+    )
+    hs = holdings(
+        lease_events(lines),
+        caps,
+        process_ends=process_ends,
+        release_times=releases,
+        run_end=run_end,
+    )
+    ovs = overlaps(hs)
     checks: list[Check] = []
 
     bad_rounds = [f"#{r.index} {r.kind}: {'; '.join(r.notes)}" for r in rounds if not r.recovered]

@@ -78,7 +78,7 @@ def summary_table(result: DrillResult) -> Table:
     table = Table(
         title="leasectl drill: takeover after each fault (fault → new holder's acquisition)"
     )
-    for col in (
+    cols = (
         "fault",
         "rounds",
         "ok",
@@ -88,9 +88,11 @@ def summary_table(result: DrillResult) -> Table:
         "max",
         "first tick p99",
         "self-fence p99",
+        "leases back max",
         "overlaps",
         "dups",
-    ):
+    )
+    for col in cols:
         table.add_column(col, justify="left" if col == "fault" else "right")
     for row in result.analysis.summary:
         t = row["takeover"]
@@ -104,6 +106,7 @@ def summary_table(result: DrillResult) -> Table:
             ms(t["max"]),
             ms(row["first_tick"]["p99"]),
             ms(row["self_fence"]["p99"]),
+            ms(row["leases_back"]["max"]),
             str(row["overlaps"]),
             str(row["duplicates"]),
         )

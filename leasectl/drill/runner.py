@@ -258,6 +258,7 @@ class Drill:
                 lease_ttl=self.lease_settings.lease_ttl,
                 crash_window_s=self.opts.crash_window_s,
                 leased_loops=[lp for lp in LOOPS if not lp.startswith("job_")],
+                same_clock=self._server is not None,
             )
             return DrillResult(
                 options=self.opts,

@@ -79,9 +79,15 @@ def holdings(
     caps: Iterable[Cap] = (),
     *,
     process_ends: dict[str, float] | None = None,
+    release_times: dict[tuple[str, str, int | None], float] | None = None,
     run_end: float,
 ) -> list[Holding]:
-    """Build every holding from lease log events (any order) and apply the caps."""
+    """Build every holding from lease log events (any order) and apply the caps.
+
+    ``release_times`` maps ``(lease, replica, epoch)`` to the database's timestamp of the
+    release statement: the holder stopped believing before it ran, so a graceful end is
+    the earlier of that and the log line (the log line can lag under CPU contention).
+    """
     ordered = sorted(events, key=lambda e: e.ts)
     open_: dict[tuple[str, str], Holding] = {}
     done: list[Holding] = []
@@ -103,6 +109,11 @@ def holdings(
         if h.replica in ends:
             h.end, h.end_reason = max(h.start, ends[h.replica]), "process_exit"
         done.append(h)
+    releases = release_times or {}
+    for h in done:
+        at = releases.get((h.lease, h.replica, h.epoch))
+        if at is not None and h.end_reason.startswith("released") and h.start <= at < h.end:
+            h.end = at
     cap_list = list(caps)
     for h in done:
         for cap in cap_list:
@@ -124,7 +135,7 @@ def overlaps(items: Sequence[Holding], *, min_seconds: float = 0.0) -> list[Over
         for i, a in enumerate(hs):
             for b in hs[i + 1 :]:
                 if b.start >= a.end:
-                    break  # sorted by start: no later b can intersect a either... unless a is long
+                    break  # sorted by start: no later holding can intersect a
                 if a.replica == b.replica:
                     continue
                 start, end = max(a.start, b.start), min(a.end, b.end)
