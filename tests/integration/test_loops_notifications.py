@@ -289,3 +289,33 @@ def test_broken_template_fails_build(tmp_path: Path) -> None:
         NotificationSettings(), send=dataclasses.replace(NotificationSettings().send, enabled=False)
     )
     assert notification_send.build(LoopsSettings(notifications=disabled)) is None
+
+
+def test_email_implicit_tls_and_untrusted_server_refused(
+    dsn: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    ca_file, cert_file, key_file = tls_files(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert_file, key_file)
+    seed_cert(conn)
+    queue(conn, "n-implicit", "Email", "ops@example.com")
+    with smtp_server(ssl_context=server_ctx) as (inbox, port):
+        trusted = SmtpSettings(host="127.0.0.1", port=port, tls="implicit", ca_file=str(ca_file))
+        untrusted = dataclasses.replace(trusted, ca_file="")  # system CAs: our test CA is unknown
+        send = notification_send.build(settings(smtp=untrusted))
+        retry = notification_retry.build(settings(smtp=trusted))
+        assert send is not None and retry is not None
+        with (
+            pool_for(dsn) as pool,
+            leased(dsn, "notification_send") as (_, send_lease),
+            leased(dsn, "notification_retry") as (_, retry_lease),
+        ):
+            assert tick(send, pool, send_lease).stats == {"failed": 1}
+            assert "CERTIFICATE_VERIFY_FAILED" in row(conn, "n-implicit")["last_error"]
+            conn.execute(
+                "UPDATE notification_events SET next_retry_at = now() WHERE id = 'n-implicit'"
+            )
+            assert tick(retry, pool, retry_lease).stats == {"sent": 1}
+    assert [m["Message-ID"] for m in inbox.messages] == ["<n-implicit@leasectl>"]
+    r = row(conn, "n-implicit")
+    assert (r["status"], r["retry_count"], r["last_error"]) == ("sent", 1, None)
