@@ -4,7 +4,8 @@ One tick does three things, each a short transaction:
 
 1. ``Active`` certificates inside their policy's ``renewal_window_days`` become ``Expiring``;
    ``Active``/``Expiring`` ones past ``expires_at`` become ``Expired`` (one guarded UPDATE).
-2. Certificates inside the renewal window whose policy has ``auto_renew`` (no policy: the
+2. Certificates of an enabled local issuer (certctl: "an issuer connector is registered")
+   inside the renewal window whose policy has ``auto_renew`` (no policy: the
    ``renewal.default_window_days`` window, auto-renew on) get one Renewal job, and move to
    ``RenewalInProgress`` — one ``INSERT ... ON CONFLICT DO NOTHING`` against the unique partial
    index that allows one open renewal/issuance job per certificate. (certctl ignored the window

@@ -15,8 +15,8 @@ WHERE c.status IN ('Active', 'Expiring')
 RETURNING c.id, c.status
 
 -- name: create_renewal_jobs
--- One Renewal job per certificate inside its policy's renewal window whose policy allows
--- auto_renew. The unique partial index jobs_one_open_renewal is the dedup: a certificate that
+-- One Renewal job per certificate of an enabled local issuer inside its policy's renewal
+-- window whose policy allows auto_renew. The unique partial index jobs_one_open_renewal is the dedup: a certificate that
 -- already has an open renewal/issuance job (created by another replica a moment ago, or by an
 -- operator) gets nothing, so concurrent ticks cannot create two. The certificate moves to
 -- RenewalInProgress and one audit row is written, in the same statement.
@@ -24,9 +24,10 @@ WITH due AS (
     SELECT c.id, coalesce(p.max_retries, %(default_max_attempts)s) AS max_attempts,
            c.expires_at
     FROM managed_certificates AS c
+    -- like certctl's "an issuer connector is registered": only issuers leasectl can sign with
+    JOIN issuers AS i ON i.id = c.issuer_id AND i.enabled AND i.type = 'local'
     LEFT JOIN renewal_policies AS p ON p.id = c.renewal_policy_id
     WHERE c.status IN ('Active', 'Expiring', 'Expired')
-      AND c.issuer_id IS NOT NULL
       AND c.expires_at IS NOT NULL
       AND coalesce(p.auto_renew, true)
       AND c.expires_at < now() + make_interval(

@@ -74,6 +74,8 @@ def seed(conn: psycopg.Connection[Any]) -> None:
     add_certificate(conn, "busy", expires_in=3 * DAY, policy_id="std", **own)
     add_job(conn, "operator-job", "Issuance", certificate_id="busy", status="AwaitingApproval")
     add_certificate(conn, "revoked", status="Revoked", expires_in=3 * DAY, **own)
+    conn.execute("INSERT INTO issuers (id, name, type) VALUES ('acme1', 'acme', 'acme')")
+    add_certificate(conn, "acme", issuer_id="acme1", expires_in=20 * DAY, policy_id="std", **own)
 
 
 def test_concurrent_ticks_create_one_job_and_one_alert_each(
@@ -98,6 +100,7 @@ def test_concurrent_ticks_create_one_job_and_one_alert_each(
     assert statuses["far"] == "Active"
     assert statuses["busy"] == "Expiring"
     assert statuses["revoked"] == "Revoked"
+    assert statuses["acme"] == "Expiring"  # no job: leasectl cannot sign for an ACME issuer
     assert scalar(conn, "SELECT count(*) FROM audit_events WHERE action='renewal_job_created'") == 5
 
     alerts = conn.execute(
@@ -123,6 +126,7 @@ def test_concurrent_ticks_create_one_job_and_one_alert_each(
         ("busy", 30, "Email"),
         ("busy", 14, "Email"),
         ("busy", 7, "Email"),
+        ("acme", 30, "Email"),
     }
     assert {(a[0], a[1], a[2]) for a in alerts} == expected
     assert len(alerts) == len(expected)  # once per certificate, threshold and channel
