@@ -341,7 +341,7 @@ class Drill:
             self._sink.stop()
         if self._nets is not None:
             self._nets.destroy()
-        if self._server is not None and self.opts.data_dir is None:
-            self._server.stop("immediate")
+        if self._server is not None:
+            self._server.stop("fast")
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)

@@ -1,0 +1,59 @@
+"""Duplicate classification and the per-kind summary (pure)."""
+
+from __future__ import annotations
+
+from leasectl.drill.invariants import classify_duplicates, summarize_rounds
+from leasectl.drill.rounds import RoundResult
+from leasectl.drill.sink import Delivery
+from leasectl.drill.stats import Holding
+
+
+def d(key: str, replica: str, epoch: int, at: float) -> Delivery:
+    return Delivery(key, epoch, replica, at, True, 200)
+
+
+HOLDINGS = [
+    Holding("notification_send", "a", 1, 0.0, 10.0, "lost: connection_lost (capped: SIGKILL)"),
+    Holding("notification_send", "b", 2, 10.3, 30.0, "released: shutdown"),
+    Holding("notification_send", "c", 3, 30.1, 40.0, "open"),
+]
+
+
+def test_redelivery_after_a_crash_is_in_the_window() -> None:
+    out = classify_duplicates(
+        [d("n1", "a", 1, 9.99), d("n1", "b", 2, 10.4)], HOLDINGS, lease_ttl=5, window=1
+    )
+    assert len(out["allowed"]) == 1 and out["violations"] == []
+
+
+def test_same_holder_twice_is_not_a_cross_epoch_duplicate() -> None:
+    out = classify_duplicates(
+        [d("n1", "a", 1, 1), d("n1", "a", 1, 2)], HOLDINGS, lease_ttl=5, window=1
+    )
+    assert out == {"allowed": [], "violations": []}
+
+
+def test_duplicate_long_before_the_crash_is_a_violation() -> None:
+    out = classify_duplicates(
+        [d("n2", "a", 1, 1.0), d("n2", "b", 2, 11.0)], HOLDINGS, lease_ttl=5, window=1
+    )
+    assert len(out["violations"]) == 1
+
+
+def test_duplicate_after_a_graceful_release_is_a_violation() -> None:
+    out = classify_duplicates(
+        [d("n3", "b", 2, 29.9), d("n3", "c", 3, 30.2)], HOLDINGS, lease_ttl=5, window=1
+    )
+    assert len(out["violations"]) == 1
+
+
+def test_summary_per_kind() -> None:
+    rounds = [
+        RoundResult(0, "kill", "L", "a", 1, 0.0, takeover_s=0.3, recovered=True),
+        RoundResult(1, "kill", "L", "b", 2, 5.0, takeover_s=0.5, recovered=True),
+        RoundResult(2, "graceful", "L", "c", 3, 9.0, takeover_s=0.02, recovered=False),
+    ]
+    kill, graceful = summarize_rounds(rounds)
+    assert kill["kind"] == "kill" and kill["rounds"] == 2 and kill["recovered"] == 2
+    assert kill["takeover"]["p99"] == 0.5 and kill["takeover"]["p50"] == 0.3
+    assert graceful["recovered"] == 0
