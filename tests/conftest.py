@@ -94,4 +94,6 @@ def wait_until(
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s: {what or predicate!r} (last={last!r})")
+    raise AssertionError(
+        f"condition not met within {timeout}s: {what or predicate!r} (last={last!r})"
+    )
