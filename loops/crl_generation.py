@@ -242,6 +242,9 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
         placement="leased",
         run=CrlGenerator(crl.next_update).run,
         timeout=300.0,
-        run_on_start=False,
+        # certctl waited a full interval. Here, with no ledger history (a fresh database) the
+        # first holder signs at once: relying parties need a CRL before the first hour is up.
+        # Afterwards the tick ledger decides; a restart does not re-run a slot already done.
+        run_on_start=True,
         description="sign a CRL per local-CA issuer; CRL number from a fenced counter",
     )

@@ -66,7 +66,7 @@ def test_crl_signed_parsed_and_numbers_increase_across_handover(
     ca = seed(conn)
     settings = LoopsSettings(crl=CrlSettings(next_update=7200.0))
     spec = crl_generation.build(settings)
-    assert spec is not None and spec.placement == "leased" and not spec.run_on_start
+    assert spec is not None and spec.placement == "leased"
     a = LeaseManager("replica-a", [NAME], CoreSettings(), dsn=dsn)
     b = LeaseManager("replica-b", [NAME], CoreSettings(), dsn=dsn)
     a.start()
