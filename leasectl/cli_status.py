@@ -179,7 +179,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status.to_json(), indent=2))
     else:
-        Console().print(render(status, args.max_unheld))
+        Console(width=None if sys.stdout.isatty() else 160).print(render(status, args.max_unheld))
     return EXIT_UNHELD if status.unheld(args.max_unheld) else EXIT_OK
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 Register = Callable[[Any, Callable[[argparse.ArgumentParser], None]], None]
 
-from leasectl import cli_config, cli_status, daemon  # noqa: E402
+from leasectl import cli_config, cli_status, daemon, demo  # noqa: E402
 from leasectl.drill.cli import register as drill_register  # noqa: E402
 
 REGISTER: list[Register] = [
@@ -22,5 +22,6 @@ REGISTER: list[Register] = [
     cli_status.register_step_down,
     cli_status.register_evict,
     cli_config.register,
+    demo.register,
     drill_register,
 ]

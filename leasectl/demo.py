@@ -1,0 +1,428 @@
+"""``leasectl demo``: a local cluster of N replicas on the embedded PostgreSQL, watched live.
+
+It starts (or reuses) the embedded server in ``<workdir>/pgdata``, recreates the database
+``leasectl_demo``, migrates it, seeds a small real dataset (a local CA, owners, certificates
+near expiry, two revocations, pending issuance jobs), starts an SMTP sink and a webhook
+receiver, writes ``<workdir>/leasectl.yaml`` with short loop intervals, and starts N
+``leasectl run`` replicas, each in its own process group with its own metrics port. Then it
+shows the lease status and what the loops did, and says how to kill a holder.
+
+Ctrl-C (or SIGTERM, or the end of ``--duration``) stops everything: SIGTERM to every replica's
+process group (graceful hand-over), SIGKILL to any group still alive after the grace, the
+sinks, and the embedded server if the demo started it. Replicas also get SIGTERM if the demo
+itself dies (``PR_SET_PDEATHSIG``), so nothing is left behind even after ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psycopg
+import yaml
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from leasectl import sql
+from leasectl import status as st
+from leasectl._demo_seed import seed
+from leasectl._demo_sinks import SmtpSink, WebhookSink
+from leasectl.config import load as load_config
+from leasectl.embedded import EmbeddedPostgres
+from leasectl.migrate import migrate
+from leasectl.settings import Settings
+
+Q = sql.load("demo")
+DB_NAME = "leasectl_demo"
+KEY_ENV = "LEASECTL_DEMO_WEBHOOK_KEY"
+SHUTDOWN_GRACE = 5.0
+
+#: Loop intervals for the demo: seconds, so something happens while you watch.
+LOOPS_CONFIG: dict[str, Any] = {
+    "jobs": {"processor": {"interval": 2}, "retry": {"interval": 10}, "timeout": {"interval": 30}},
+    "renewal": {"check": {"interval": 5}},
+    "agents": {"check": {"interval": 30}},
+    "notifications": {"send": {"interval": 2}, "retry": {"interval": 5}},
+    "digest": {"loop": {"enabled": True, "interval": 30}},
+    "crl": {"loop": {"interval": 10}},
+    "network_scan": {"loop": {"interval": 60}},
+    "health_check": {"loop": {"interval": 30}},
+    "gc": {
+        "short_lived_expiry": {"interval": 10},
+        "acme": {"interval": 30},
+        "sessions": {"interval": 60},
+    },
+}
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the demo process dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not alive: it only waits for its parent to read the exit status.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@dataclass
+class Replica:
+    id: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def state(self) -> str:
+        rc = self.proc.poll()
+        return "running" if rc is None else f"exited ({rc})"
+
+
+class Demo:
+    """One demo run. ``run()`` returns the exit code; everything is stopped when it returns."""
+
+    def __init__(
+        self,
+        replicas: int,
+        workdir: Path,
+        *,
+        duration: float | None = None,
+        keep_server: bool = False,
+        console: Console | None = None,
+        interactive: bool | None = None,
+    ) -> None:
+        self.n = replicas
+        self.workdir = workdir.resolve()
+        self.duration = duration
+        self.keep_server = keep_server
+        self.console = console or (Console() if sys.stdout.isatty() else Console(width=160))
+        self.interactive = self.console.is_terminal if interactive is None else interactive
+        self.server = EmbeddedPostgres(self.workdir / "pgdata")
+        self.started_server = False
+        self.replicas: list[Replica] = []
+        self.config_path = self.workdir / "leasectl.yaml"
+        self.key = secrets.token_hex(16)
+        self.smtp: SmtpSink | None = None
+        self.webhook: WebhookSink | None = None
+        self.dsn = ""
+        self.settings: Settings | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            self.setup()
+            self.start_replicas()
+            self.watch()
+        except KeyboardInterrupt:
+            self.console.print("\n[bold]stopping the demo...[/bold]")
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # let cleanup finish
+            try:
+                self.teardown()
+            finally:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGTERM, previous)
+        return 0
+
+    def setup(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        say = self.console.print
+        self.started_server = self.server.info() is None
+        say(f"embedded PostgreSQL in {self.server.data_dir} ...")
+        info = self.server.ensure_running()
+        say(f"  running on 127.0.0.1:{info.port} (pid {info.pid})")
+        with psycopg.connect(info.dsn("postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')  # fixed name
+            admin.execute(f'CREATE DATABASE "{DB_NAME}"')
+        self.dsn = info.dsn(DB_NAME)
+        applied = migrate(self.dsn)
+        say(f"  database {DB_NAME}: {len(applied)} migrations applied")
+        with psycopg.connect(self.dsn) as conn:
+            made = seed(conn)
+        say(
+            f"  seeded a local CA, 3 owners, {made['certificates']} certificates "
+            f"({made['versions']} signed, {made['revoked']} revoked), {made['jobs']} issuance jobs"
+        )
+        self.smtp = SmtpSink().start()
+        self.webhook = WebhookSink(self.key).start()
+        say(f"  SMTP sink on 127.0.0.1:{self.smtp.port}, webhook receiver on {self.webhook.url}")
+        self.write_config()
+        self.settings = load_config(self.config_path, environ={**os.environ, KEY_ENV: self.key})
+        say(f"  configuration: {self.config_path}")
+
+    def write_config(self) -> None:
+        assert self.smtp is not None and self.webhook is not None
+        loops = {k: dict(v) for k, v in LOOPS_CONFIG.items()}
+        loops["notifications"] = {
+            **loops["notifications"],
+            "smtp": {
+                "host": "127.0.0.1",
+                "port": self.smtp.port,
+                "tls": "none",
+                "from_address": "leasectl-demo@example.test",
+            },
+            "webhook": {"url": self.webhook.url, "hmac_key_env": KEY_ENV},
+        }
+        data = {
+            "database": {"dsn": self.dsn},
+            "scheduler": {"shutdown_grace": SHUTDOWN_GRACE},
+            "metrics": {"listen": ""},
+            "logging": {"format": "json"},
+            "loops": loops,
+        }
+        header = (
+            "# Written by `leasectl demo`: short intervals so the loops act while you watch.\n"
+            f"# The webhook HMAC key is passed to the replicas in ${KEY_ENV}.\n"
+        )
+        self.config_path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+
+    def start_replicas(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
+        env[KEY_ENV] = self.key
+        env["PYTHONUNBUFFERED"] = "1"
+        for i in range(1, self.n + 1):
+            rid, port = f"demo-{i}", _free_port()
+            log = self.workdir / f"{rid}.log"
+            cmd = [
+                sys.executable, "-m", "leasectl.cli", "run", "--config", str(self.config_path),
+                "--replica-id", rid, "--log-format", "json",
+                "--metrics-listen", f"127.0.0.1:{port}",
+            ]  # fmt: skip
+            with open(log, "wb") as out:
+                proc = subprocess.Popen(
+                    cmd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: the terminal's Ctrl-C
+                    preexec_fn=_die_with_parent,  # reaches the demo only, which stops them
+                )
+            self.replicas.append(Replica(rid, port, proc, log))
+            self.console.print(
+                f"  started {rid}: pid {proc.pid}, metrics http://127.0.0.1:{port}/metrics, "
+                f"log {log}"
+            )
+
+    def teardown(self) -> None:
+        say = self.console.print
+        for r in self.replicas:
+            if r.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(r.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + SHUTDOWN_GRACE + 10
+        for r in self.replicas:
+            try:
+                r.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                say(f"  {r.id} did not stop in time: SIGKILL")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(r.proc.pid, signal.SIGKILL)  # anything left in its group
+            if r.proc.poll() is None:
+                r.proc.wait(5)
+        if self.replicas:
+            codes = ", ".join(f"{r.id} {r.proc.returncode}" for r in self.replicas)
+            say(f"  replicas stopped (exit codes: {codes})")
+        for sink in (self.smtp, self.webhook):
+            if sink is not None:
+                sink.stop()
+        if self.started_server and not self.keep_server:
+            info = self.server.info()
+            self.server.stop("fast")
+            if info is not None:
+                for _ in range(100):
+                    if not _alive(info.pid):
+                        break
+                    time.sleep(0.05)
+            say("  embedded PostgreSQL stopped")
+        left = [r.id for r in self.replicas if _alive(r.proc.pid)]
+        say("demo stopped; no process left behind" if not left else f"still alive: {left}")
+
+    # -- watching -------------------------------------------------------------------------
+
+    def watch(self) -> None:
+        assert self.settings is not None
+        expected, source = st.expected_leases(self.settings)
+        started = time.monotonic()
+        end = started + self.duration if self.duration else None
+        if self.interactive:
+            from rich.live import Live
+
+            with Live(Text("reading status..."), console=self.console, auto_refresh=False) as live:
+                for view in self.snapshots(expected, source, end):
+                    live.update(view, refresh=True)
+            return
+        self.console.print(self.instructions(None))
+        printed = 0.0
+        for _ in self.snapshots(expected, source, end):
+            if time.monotonic() - printed >= 2.0:
+                printed = time.monotonic()
+                self.console.print(self.summary_line(printed - started))
+        if self._last is not None:
+            self.console.print(self._last)
+
+    _last: Any = None
+    _status: st.ClusterStatus | None = None
+
+    def snapshots(self, expected: list[str], source: str, end: float | None) -> Iterator[Group]:
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            while end is None or time.monotonic() < end:
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3)
+                    assert self.settings is not None
+                    self._status = st.read_status(
+                        conn,
+                        namespace=self.settings.leases.namespace,
+                        lease_ttl=self.settings.leases.lease_ttl,
+                        expected=expected,
+                        expected_source=source,
+                    )
+                    counters = conn.execute(Q["counters"]).fetchone()
+                    events = conn.execute(Q["recent_events"], {"n": 6}).fetchall()
+                    self._last = self.view(self._status, counters, events)
+                except psycopg.Error as exc:
+                    conn = None
+                    self._last = Text(f"database unavailable: {exc}", style="red")
+                yield self._last
+                time.sleep(0.5)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def view(self, status: st.ClusterStatus, counters: Any, events: list[Any]) -> Group:
+        from leasectl.cli_status import render
+
+        exited = [
+            f"{r.id} (pid {r.proc.pid}) {r.state}"
+            for r in self.replicas
+            if r.proc.poll() is not None
+        ]
+        jobs_done, jobs_total, versions, sent, notes, crl = counters or (0,) * 6
+        assert self.smtp is not None and self.webhook is not None
+        work = Text(
+            f"loops: jobs {jobs_done}/{jobs_total} completed, {versions} certificate versions, "
+            f"notifications {sent}/{notes} sent, CRL number {crl}\n"
+            f"sinks: {self.smtp.inbox.received} emails ({self.smtp.inbox.duplicates} duplicate), "
+            f"{self.webhook.inbox.received} webhooks ({self.webhook.inbox.duplicates} duplicate, "
+            f"{self.webhook.inbox.bad} bad signature)"
+        )
+        ev = Table(title="recent lease events", title_justify="left")
+        for col in ("at", "lease", "epoch", "replica", "event", "reason"):
+            ev.add_column(col)
+        for row in events:
+            ev.add_row(*(str(v) if v is not None else "-" for v in row))
+        parts: list[Any] = [render(status), work]
+        if exited:
+            parts.append(Text("exited: " + ", ".join(exited), style="red"))
+        return Group(*parts, self.instructions(status), ev)
+
+    def instructions(self, status: st.ClusterStatus | None) -> Text:
+        holder = None
+        if status is not None:
+            for lease in status.leases:
+                if lease.state == "held" and lease.pid:
+                    holder = lease
+                    break
+        pid = str(holder.pid) if holder else "<pid>"
+        who = f"  # {holder.holder} holds {holder.name}" if holder else ""
+        cfg = f"--config {self.config_path}"
+        prog = sys.argv[0] if sys.argv[0].endswith("leasectl") else "leasectl"
+        return Text(
+            "Try, in another terminal:\n"
+            f"  kill -9 {pid}{who}\n"
+            "      a crash: the server drops its session and a peer takes the lease in < 1 s\n"
+            f"  kill -STOP {pid}; sleep 10; kill -CONT {pid}\n"
+            "      a hang: peers evict it after lease_ttl + eviction_grace (7 s)\n"
+            f"  {prog} step-down --lease notification_send {cfg}\n"
+            f"  {prog} status --watch {cfg}\n"
+            "Ctrl-C stops everything.",
+            style="cyan",
+        )
+
+    def summary_line(self, elapsed: float) -> str:
+        status = self._status
+        if status is None:
+            return f"t={elapsed:4.1f}s waiting for the database"
+        leases = " ".join(
+            f"{le.name}={le.holder}#{le.epoch}" if le.state == "held" else f"{le.name}={le.state}"
+            for le in status.leases
+        )
+        assert self.smtp is not None and self.webhook is not None
+        return (
+            f"t={elapsed:4.1f}s {leases} | emails {self.smtp.inbox.received} "
+            f"webhooks {self.webhook.inbox.received}"
+        )
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+# -- CLI ----------------------------------------------------------------------------------
+
+
+def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    from leasectl.cli import add_argument
+
+    p = sub.add_parser("demo", help="run a local N-replica cluster on the embedded PostgreSQL")
+    add_argument(p, "--replicas", env="DEMO_REPLICAS", type=int, default=3, help="replicas")
+    add_argument(
+        p, "--duration", env="DEMO_DURATION", type=float,
+        help="stop after this many seconds (default: until Ctrl-C)",
+    )  # fmt: skip
+    add_argument(
+        p, "--workdir", env="DEMO_WORKDIR", default=".leasectl/demo",
+        help="data directory, config and replica logs",
+    )  # fmt: skip
+    add_argument(
+        p, "--keep-server", env="DEMO_KEEP_SERVER", action="store_true",
+        help="leave the embedded PostgreSQL running afterwards",
+    )  # fmt: skip
+    add_argument(p, "-v", "--verbose", env="VERBOSE", action="store_true", help="debug logs")
+    p.set_defaults(handler=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if not 1 <= args.replicas <= 9:
+        print("leasectl demo: --replicas must be between 1 and 9", file=sys.stderr)
+        return 2
+    return Demo(
+        args.replicas, Path(args.workdir), duration=args.duration, keep_server=args.keep_server
+    ).run()
