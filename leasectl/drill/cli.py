@@ -109,8 +109,11 @@ def cmd_drill(args: argparse.Namespace) -> int:
         lease=args.lease,
         notifications_per_s=args.notifications_per_s,
         jobs_per_s=args.jobs_per_s,
+        config=Path(args.config) if args.config else None,
     )
+    # Explicit handlers: a drill started in the background (SIGINT ignored) still stops cleanly.
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    signal.signal(signal.SIGINT, _terminate_as_interrupt)
     progress = Progress(
         TextColumn("[bold]drill"),
         BarColumn(),

@@ -8,6 +8,7 @@ that are not JSON (a traceback at start) are kept as text for the error message.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -21,6 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from leasectl.drill.netns import NetNamespace
+
+_PR_SET_PDEATHSIG = 1
+try:  # loaded in the parent: the child of fork() must not import anything
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _LIBC = None
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL it if the drill dies (even SIGKILLed), so no replica outlives it."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,7 @@ class Cluster:
             cwd=str(self.workdir),
             env=env,
             start_new_session=True,  # Ctrl-C of the drill must not reach the replicas first
+            preexec_fn=_die_with_parent,
         )
         rep = Replica(
             slot=slot,

@@ -59,6 +59,7 @@ class DrillOptions:
     drain_timeout: float = 120.0
     crash_window_s: float = 1.0
     workdir: Path | None = None
+    config: Path | None = None  # the replicas' base configuration (lease timing, TCP, ...)
 
 
 @dataclass
@@ -101,6 +102,26 @@ def _with_db(dsn: str, dbname: str, host: str | None = None) -> str:
     return conninfo.make_conninfo(**params)
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` wins, recursively."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def replica_config(base: dict[str, Any], drill: dict[str, Any]) -> dict[str, Any]:
+    """The base config with the drill's settings on top; its DSNs dropped (--dsn decides)."""
+    out = _merge(base, drill)
+    if isinstance(out.get("database"), dict):
+        dropped = ("dsn", "lock_dsn", "dsn_env", "dsn_file", "lock_dsn_env", "lock_dsn_file")
+        out["database"] = {k: v for k, v in out["database"].items() if k not in dropped}
+    return out
+
+
 class Drill:
     def __init__(self, opts: DrillOptions, progress: Progress | None = None) -> None:
         self.opts = opts
@@ -110,6 +131,13 @@ class Drill:
         self.kinds = [k for k in opts.faults if k not in self.skipped]
         self.lease_settings = LeaseSettings()
         db = DatabaseSettings()
+        self.base_config: dict[str, Any] = {}
+        if opts.config is not None:
+            from leasectl.config import load_settings
+
+            loaded = load_settings(str(opts.config))  # validates; ConfigError names the key
+            self.lease_settings, db = loaded.leases, loaded.database
+            self.base_config = yaml.safe_load(opts.config.read_text()) or {}
         bound = TcpBound(
             db.tcp_keepalives_idle,
             db.tcp_keepalives_interval,
@@ -180,7 +208,7 @@ class Drill:
             },
         }
         path = work / f"replica-{slot}.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        path.write_text(yaml.safe_dump(replica_config(self.base_config, doc), sort_keys=False))
         return path
 
     # -- the run ------------------------------------------------------------------------------
@@ -333,6 +361,23 @@ class Drill:
     # -- clean-up -----------------------------------------------------------------------------
 
     def cleanup(self) -> None:
+        """Undo everything; a second Ctrl-C must not interrupt it half-way (bounded waits)."""
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            previous = {
+                s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                self._cleanup()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+        else:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
         if self._feed is not None:
             self._feed.stop()
         if self._cluster is not None:

@@ -39,3 +39,18 @@ def test_stale_namespaces_only_of_dead_drills() -> None:
 
     mine = f"lcd{os.getpid()}n0"
     assert stale_namespaces([mine, "lcd999999999n1", "other", "lcdxn0"]) == ["lcd999999999n1"]
+
+
+def test_replica_config_keeps_base_but_not_its_dsn() -> None:
+    from leasectl.drill.runner import replica_config
+
+    base = {
+        "database": {"dsn": "host=elsewhere", "tcp_user_timeout_ms": 12000},
+        "leases": {"lease_ttl": 4.0},
+        "loops": {"notifications": {"batch": 7, "send": {"interval": 60}}},
+    }
+    drill = {"loops": {"notifications": {"send": {"interval": 1.0}}}}
+    out = replica_config(base, drill)
+    assert out["database"] == {"tcp_user_timeout_ms": 12000}
+    assert out["leases"] == {"lease_ttl": 4.0}
+    assert out["loops"]["notifications"] == {"batch": 7, "send": {"interval": 1.0}}
