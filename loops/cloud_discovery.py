@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -132,12 +133,14 @@ class AwsDiscovery:
             started_at = dt.datetime.now(dt.UTC)
             t0 = time.monotonic()
             if service == "acm":
-                result = self._acm(session, region)
+                result = self._acm(session, region, ctx.check)
             else:
-                result = self._secrets_manager(session, region)
+                result = self._secrets_manager(session, region, ctx.check)
             self._store(ctx, result, started_at, int((time.monotonic() - t0) * 1000))
 
-    def _acm(self, session: boto3.session.Session, region: str) -> SourceResult:
+    def _acm(
+        self, session: boto3.session.Session, region: str, check: Callable[[], None]
+    ) -> SourceResult:
         result = SourceResult(f"aws-acm://{region}")
         try:
             client: ACMClient = session.client(
@@ -148,6 +151,7 @@ class AwsDiscovery:
             )
             for page in pages:
                 for summary in page["CertificateSummaryList"]:
+                    check()  # a lost lease stops the (billed) calls, not only the writes
                     arn = summary["CertificateArn"]
                     path = f"{result.source}/{arn.rsplit('/', 1)[-1]}"
                     try:
@@ -163,7 +167,9 @@ class AwsDiscovery:
             result.errors.append(f"{result.source}: {exc}")
         return result
 
-    def _secrets_manager(self, session: boto3.session.Session, region: str) -> SourceResult:
+    def _secrets_manager(
+        self, session: boto3.session.Session, region: str, check: Callable[[], None]
+    ) -> SourceResult:
         s = self.settings
         result = SourceResult(f"aws-sm://{region}")
         filters: list[Any] = []
@@ -180,6 +186,7 @@ class AwsDiscovery:
             )
             for page in client.get_paginator("list_secrets").paginate(Filters=filters):
                 for secret in page["SecretList"]:
+                    check()
                     name = secret.get("Name", "")
                     tags = {t.get("Key"): t.get("Value") for t in secret.get("Tags", [])}
                     # The API filter matches the tag key; the value and prefix are checked here.

@@ -25,7 +25,7 @@ import jinja2
 from psycopg.rows import dict_row
 
 from leasectl import sql
-from leasectl.errors import LeasectlError
+from leasectl.errors import ConfigError, LeasectlError
 from leasectl.loop import TickContext
 from leasectl.metrics import NOTIFICATIONS
 from loops.notify.email import SmtpSender
@@ -50,6 +50,15 @@ class Channels:
     @classmethod
     def from_settings(cls, settings: NotificationSettings) -> Channels:
         """:raises ConfigError: bad channel settings or a template that does not compile."""
+        problems = []
+        if settings.max_attempts < 1:
+            problems.append("loops.notifications.max_attempts must be at least 1")
+        if settings.batch < 1:
+            problems.append("loops.notifications.batch must be at least 1")
+        if not settings.backoff_minutes or min(settings.backoff_minutes) <= 0:
+            problems.append("loops.notifications.backoff_minutes must be positive minutes")
+        if problems:
+            raise ConfigError(problems)
         return cls(
             Templates(settings.templates_dir),
             SmtpSender(settings.smtp),
@@ -185,7 +194,7 @@ class Dispatcher:
         s = self.settings
         attempts = int(row["retry_count"]) + 1
         dead = exc.permanent or attempts >= s.max_attempts
-        backoff = s.backoff_minutes or (1.0,)
+        backoff = s.backoff_minutes
         wait_s = 60.0 * backoff[min(attempts - 1, len(backoff) - 1)]
         params = self._params(ctx) | {
             "id": row["id"],

@@ -1,22 +1,29 @@
 -- name: claim_pending
--- notification_send's claim, run after lease.guard() in the same transaction. Takes pending
--- rows plus this lease's rows left 'sending' by an older epoch (the old holder may or may not
--- have delivered them: re-deliver with the same id as the idempotency key) or by this epoch
--- longer than stale_after seconds ago (a tick that died between the call and the mark).
-WITH claimed AS (
+-- notification_send's claim, run after lease.guard() in the same transaction. Takes this
+-- lease's rows left 'sending' by an older epoch (the old holder may or may not have delivered
+-- them: re-deliver with the same id as the idempotency key) or by this epoch longer than
+-- stale_after seconds ago (a tick that died between the call and the mark), then pending
+-- rows. Two index-friendly picks (partial indexes on 'sending' and 'pending') instead of one
+-- OR, which would scan every sent row of the table each minute.
+WITH stale AS (
+    SELECT id FROM notification_events
+    WHERE status = 'sending' AND claimed_lease = %(lease_name)s
+      AND (claimed_epoch < %(lease_epoch)s
+           OR claimed_at < now() - make_interval(secs => %(stale_after)s))
+    ORDER BY claimed_at, id
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), fresh AS (
+    SELECT id FROM notification_events
+    WHERE status = 'pending'
+    ORDER BY created_at, id
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
     UPDATE notification_events n
     SET status = 'sending', claimed_epoch = %(lease_epoch)s, claimed_by = %(replica)s,
         claimed_lease = %(lease_name)s, claimed_at = now()
-    FROM (
-        SELECT id FROM notification_events
-        WHERE status = 'pending'
-           OR (status = 'sending' AND claimed_lease = %(lease_name)s
-               AND (claimed_epoch < %(lease_epoch)s
-                    OR claimed_at < now() - make_interval(secs => %(stale_after)s)))
-        ORDER BY created_at, id
-        LIMIT %(batch)s
-        FOR UPDATE SKIP LOCKED
-    ) c
+    FROM (SELECT id FROM stale UNION ALL SELECT id FROM fresh) c
     WHERE n.id = c.id
     RETURNING n.*
 )
@@ -28,22 +35,27 @@ LEFT JOIN managed_certificates mc ON mc.id = c.certificate_id
 ORDER BY c.created_at, c.id
 
 -- name: claim_due_retries
--- notification_retry's claim: failed rows whose next_retry_at has come, plus this lease's
--- stale 'sending' rows (same rule as claim_pending).
-WITH claimed AS (
+-- notification_retry's claim: this lease's stale 'sending' rows (same rule as
+-- claim_pending), then failed rows whose next_retry_at has come.
+WITH stale AS (
+    SELECT id FROM notification_events
+    WHERE status = 'sending' AND claimed_lease = %(lease_name)s
+      AND (claimed_epoch < %(lease_epoch)s
+           OR claimed_at < now() - make_interval(secs => %(stale_after)s))
+    ORDER BY claimed_at, id
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id FROM notification_events
+    WHERE status = 'failed' AND next_retry_at <= now() AND retry_count < %(max_attempts)s
+    ORDER BY next_retry_at, id
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
     UPDATE notification_events n
     SET status = 'sending', claimed_epoch = %(lease_epoch)s, claimed_by = %(replica)s,
         claimed_lease = %(lease_name)s, claimed_at = now()
-    FROM (
-        SELECT id FROM notification_events
-        WHERE (status = 'failed' AND next_retry_at <= now() AND retry_count < %(max_attempts)s)
-           OR (status = 'sending' AND claimed_lease = %(lease_name)s
-               AND (claimed_epoch < %(lease_epoch)s
-                    OR claimed_at < now() - make_interval(secs => %(stale_after)s)))
-        ORDER BY next_retry_at NULLS FIRST, id
-        LIMIT %(batch)s
-        FOR UPDATE SKIP LOCKED
-    ) c
+    FROM (SELECT id FROM stale UNION ALL SELECT id FROM due) c
     WHERE n.id = c.id
     RETURNING n.*
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,8 @@ import psycopg
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from leasectl.errors import ConfigError, LeaseLost
-from leasectl.leases import LeaseManager
+from leasectl.errors import ConfigError, FencingRejected, LeaseLost
+from leasectl.leases import Lease, LeaseManager
 from leasectl.metrics import NOTIFICATIONS
 from leasectl.settings import CoreSettings
 from loops import notification_retry, notification_send
@@ -319,3 +320,23 @@ def test_email_implicit_tls_and_untrusted_server_refused(
     assert [m["Message-ID"] for m in inbox.messages] == ["<n-implicit@leasectl>"]
     r = row(conn, "n-implicit")
     assert (r["status"], r["retry_count"], r["last_error"]) == ("sent", 1, None)
+
+
+def test_superseded_holder_cannot_claim(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    """A paused replica that still believes in an old epoch claims and sends nothing."""
+    seed_cert(conn)
+    queue(conn, "n-zombie", "Webhook", "team-a")
+    with Receiver(HMAC_KEY) as rx, pool_for(dsn) as pool:
+        spec = notification_send.build(
+            settings(webhook=WebhookSettings(url=rx.url, hmac_key=HMAC_KEY))
+        )
+        assert spec is not None
+        with leased(dsn, "notification_send") as (_, old):
+            pass  # released: the next holder bumps the epoch
+        with leased(dsn, "notification_send", "replica-b") as (_, current):
+            zombie = Lease("notification_send", old.epoch, time.monotonic() + 60, time.monotonic)
+            with pytest.raises(FencingRejected):
+                tick(spec, pool, zombie)
+            assert row(conn, "n-zombie")["status"] == "pending"
+            tick(spec, pool, current, replica="replica-b")
+    assert [(x.key, x.epoch) for x in rx.received] == [("n-zombie", current.epoch)]
