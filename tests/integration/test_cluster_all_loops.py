@@ -248,7 +248,7 @@ def test_two_replicas_all_fifteen_loops(
                 "--replica",
                 "A",
                 "--cooldown",
-                "20",
+                "8",
             ],
             capture_output=True,
             text=True,
