@@ -33,6 +33,12 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    _load(args)
-    print("configuration is valid")
+    import importlib
+
+    settings = _load(args)
+    # The loops check what only they know (e.g. the digest needs an SMTP host) when built.
+    registry = importlib.import_module(settings.scheduler.loops_package + ".registry")
+    specs = registry.build_loops(settings.loops)
+    leased = sum(1 for s in specs if s.placement == "leased")
+    print(f"configuration is valid: {len(specs)} loops enabled ({leased} leased)")
     return 0

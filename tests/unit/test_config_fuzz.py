@@ -68,7 +68,7 @@ def _check(fn: Any) -> None:
     assert isinstance(result, Settings)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(DATA)
 def test_arbitrary_data_never_crashes(data: Any) -> None:
     _check(lambda: from_mapping(data, "fuzz", environ={}))
@@ -76,7 +76,7 @@ def test_arbitrary_data_never_crashes(data: Any) -> None:
     _check(lambda: from_mapping({"leases": data, "loops": {"notifications": data}}, environ={}))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.text(max_size=200))
 def test_arbitrary_yaml_text_never_crashes(text: str) -> None:
     from pathlib import Path
@@ -88,7 +88,7 @@ def test_arbitrary_yaml_text_never_crashes(text: str) -> None:
         _check(lambda: load(path, environ={}))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(DATA.filter(lambda d: not isinstance(d, bytes)))
 def test_arbitrary_yaml_documents_never_crash(data: Any) -> None:
     from pathlib import Path
@@ -104,7 +104,7 @@ def test_arbitrary_yaml_documents_never_crash(data: Any) -> None:
         _check(lambda: load(path, environ={}))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.dictionaries(
         st.sampled_from(
