@@ -1,0 +1,214 @@
+"""Scale of the lease core on the embedded PostgreSQL: many leases, many replicas.
+
+(a) leases   One :class:`leasectl.LeaseManager` wanting 1, 10, 100, 1,000 leases: time from
+             ``start()`` until all are held (one campaign round trip takes every free lock,
+             one bumps every epoch), and the heartbeat round-trip time while holding them
+             (one statement that checks ``pg_locks`` and renews every held lease).
+(b) replicas 1, 10, 30 ``leasectl run`` processes (the three leased notification/CRL loops at
+             their default intervals, nothing to do: idle). Over a quiet window: statements
+             per second at the server (``pg_stat_statements`` calls, and transactions from
+             ``pg_stat_database``) divided by the number of replicas, CPU per replica
+             (utime + stime from ``/proc``), then crash takeover: SIGKILL the holder of
+             ``notification_send`` ``--kills`` times, time to the next ``lease_acquired``.
+
+Goals (issue 5): 1,000 leases heartbeat < 10 ms; idle <= 4 statements/s per replica; crash
+takeover p99 <= 1 s at 30 replicas. Usage::
+
+    .venv/bin/python bench/scale.py [--replicas 1,10,30] [--leases 1,10,100,1000] [--kills 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import psycopg  # noqa: E402
+from psycopg import conninfo  # noqa: E402
+
+from leasectl.drill.cluster import Cluster, LogLine  # noqa: E402
+from leasectl.drill.stats import percentile  # noqa: E402
+from leasectl.embedded import EmbeddedPostgres  # noqa: E402
+from leasectl.leases import LeaseEvent, LeaseManager  # noqa: E402
+from leasectl.migrate import migrate  # noqa: E402
+from leasectl.settings import CoreSettings  # noqa: E402
+
+LEASED = ("notification_send", "notification_retry", "crl_generation")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def new_db(server_dsn: str, name: str) -> str:
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params: dict[str, Any] = dict(conninfo.conninfo_to_dict(server_dsn))
+    params["dbname"] = name
+    dsn = conninfo.make_conninfo(**params)
+    migrate(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    return dsn
+
+
+def bench_leases(dsn: str, n: int) -> dict[str, Any]:
+    names = [f"scale-{n}-{i}" for i in range(n)]
+    beats: list[float] = []
+
+    def on_event(ev: LeaseEvent) -> None:
+        if ev.kind == "heartbeat":
+            beats.append(ev.seconds)
+
+    mgr = LeaseManager(f"scale-{n}", names, CoreSettings(), dsn=dsn)
+    mgr.add_listener(on_event)
+    t0 = time.monotonic()
+    mgr.start()
+    deadline = t0 + 60
+    while len(mgr.held()) < n and time.monotonic() < deadline:
+        time.sleep(0.001)
+    acquire_s = time.monotonic() - t0
+    held = len(mgr.held())
+    beats.clear()
+    time.sleep(6.5)  # about six heartbeats while holding everything
+    mgr.stop()
+    return {
+        "leases": n,
+        "held": held,
+        "acquire_all_s": acquire_s,
+        "heartbeat_p50_s": statistics.median(beats) if beats else None,
+        "heartbeat_max_s": max(beats) if beats else None,
+        "heartbeats": len(beats),
+    }
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def _counters(dsn: str) -> tuple[float, float]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        calls = conn.execute(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s "
+            "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database()"
+        ).fetchone()
+        xacts = conn.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+            "WHERE datname = current_database()"
+        ).fetchone()
+    assert calls is not None and xacts is not None
+    return float(calls[0]), float(xacts[0])
+
+
+def bench_replicas(server: EmbeddedPostgres, n: int, kills: int, work: Path) -> dict[str, Any]:
+    dsn = new_db(server.ensure_running().dsn(), f"scale_r{n}")
+    config = work / "scale.yaml"
+    config.write_text("scheduler: {shutdown_grace: 5}\nlogging: {format: json, level: INFO}\n")
+    cluster = Cluster(
+        prefix=f"s{n}",
+        config_for=lambda slot: config,
+        dsn_for=lambda slot: dsn,
+        namespaces=None,
+        loops=LEASED,
+        workdir=work,
+    )
+    try:
+        for slot in range(n):
+            cluster.start(slot)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            up = {ln.replica for ln in cluster.snapshot() if ln.action == "daemon_started"}
+            if len(up) >= n and "notification_send" in cluster.holders():
+                break
+            time.sleep(0.2)
+        time.sleep(5.0)  # let start-up traffic (migrations check, first ticks) pass
+        window = 20.0
+        calls0, xacts0 = _counters(dsn)
+        cpu0 = {r.replica_id: _cpu_ticks(r.pid) for r in cluster.replicas.values()}
+        time.sleep(window)
+        calls1, xacts1 = _counters(dsn)
+        cpu = [
+            (_cpu_ticks(r.pid) - cpu0[r.replica_id]) / CLK_TCK / window
+            for r in cluster.replicas.values()
+        ]
+        takeovers: list[float] = []
+        for _ in range(kills):
+            holder = cluster.holders().get("notification_send")
+            if holder is None:
+                time.sleep(0.5)
+                continue
+            rep = cluster.replicas[holder[0]]
+            t0 = time.time()
+            rep.signal(signal.SIGKILL)
+
+            def took(line: LogLine, old: int | None = holder[1]) -> bool:
+                return (
+                    line.action == "lease_acquired"
+                    and line.lease == "notification_send"
+                    and (line.epoch or 0) > (old or 0)
+                )
+
+            got = cluster.wait_line(took, since=t0, timeout=15.0)
+            if got is not None:
+                takeovers.append(got.ts - t0)
+            rep.proc.wait(10)
+            cluster.start(rep.slot)
+            time.sleep(1.5)
+        return {
+            "replicas": n,
+            "statements_per_s_per_replica": (calls1 - calls0) / window / n,
+            "transactions_per_s_per_replica": (xacts1 - xacts0) / window / n,
+            "cpu_per_replica_pct": 100 * statistics.mean(cpu) if cpu else None,
+            "kills": len(takeovers),
+            "takeover_p50_s": percentile(takeovers, 50),
+            "takeover_p99_s": percentile(takeovers, 99),
+            "takeover_max_s": max(takeovers) if takeovers else None,
+        }
+    finally:
+        cluster.stop_all()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--leases", default="1,10,100,1000")
+    p.add_argument("--replicas", default="1,10,30")
+    p.add_argument("--kills", type=int, default=20)
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="leasectl-scale-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)
+        server = EmbeddedPostgres(work / "pgdata", max_connections=400)
+        info = server.ensure_running()
+        try:
+            out: dict[str, Any] = {"leases": [], "replicas": []}
+            dsn = new_db(info.dsn(), "scale_leases")
+            for n in [int(x) for x in args.leases.split(",") if x]:
+                row = bench_leases(dsn, n)
+                out["leases"].append(row)
+                print(json.dumps(row), flush=True)
+            for n in [int(x) for x in args.replicas.split(",") if x]:
+                row = bench_replicas(server, n, args.kills, work)
+                out["replicas"].append(row)
+                print(json.dumps(row), flush=True)
+        finally:
+            server.stop("fast")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
