@@ -8,8 +8,9 @@
 - ``no_duplicate_outside_crash_window``: a notification delivered by two different holders
   (replica, epoch) only in the documented crash window: the earlier holder lost its lease
   abnormally (not a graceful release) and made the delivery at most ``lease_ttl +
-  crash_window`` before its belief ended, or within ``crash_window`` after (a zombie's
-  unfenceable external call). Receivers dedup on ``Idempotency-Key``; see docs/safety.md.
+  crash_window`` before its belief ended, or before it logged the loss itself (a stopped
+  zombie's call already past its ``check()``) plus ``crash_window``. Receivers dedup on
+  ``Idempotency-Key``; see docs/safety.md, "External calls cannot be fenced".
 - ``signatures``: every delivery carried a valid HMAC signature.
 - ``crl_numbers_increase``: per issuer, CRL numbers strictly increase in generation order.
 - ``ticks_unique``: no leased slot ``(loop, tick_at)`` completed by two holders.
@@ -93,7 +94,14 @@ def classify_duplicates(
         if len(senders) < 2:
             continue
         ds = sorted(ds, key=lambda d: d.at)
-        last = ds[-1]
+
+        def began(d: Delivery) -> float:
+            held = by_holder.get((d.replica or "", d.epoch), [])
+            return max((h.start for h in held), default=d.at)
+
+        # The holder that began last is the legitimate sender; the others must be in its
+        # predecessors' crash windows (a zombie's late call arrives after the successor's).
+        last = max(ds, key=began)
         bad = []
         for d in ds:
             if (d.replica, d.epoch) == (last.replica, last.epoch):
@@ -101,7 +109,7 @@ def classify_duplicates(
             held = by_holder.get((d.replica or "", d.epoch), [])
             in_window = any(
                 not h.end_reason.startswith("released")
-                and h.end - lease_ttl - window <= d.at <= h.end + window
+                and h.end - lease_ttl - window <= d.at <= max(h.end, h.logged_end or 0) + window
                 for h in held
             )
             if not in_window:
@@ -109,7 +117,7 @@ def classify_duplicates(
         desc = f"{key}: " + ", ".join(f"{d.replica}@{d.epoch}" for d in ds)
         if bad:
             desc += f" (outside the window: {'; '.join(bad)})"
-        (violations if bad else allowed).append({"key": key, "at": last.at, "desc": desc})
+        (violations if bad else allowed).append({"key": key, "at": ds[-1].at, "desc": desc})
     return {"allowed": allowed, "violations": violations}
 
 

@@ -59,6 +59,7 @@ class Holding:
     start: float
     end: float
     end_reason: str
+    logged_end: float | None = None  # the process's own end line, when a cap moved the end
 
     @property
     def seconds(self) -> float:
@@ -118,6 +119,7 @@ def holdings(
     for h in done:
         for cap in cap_list:
             if cap.replica == h.replica and h.start <= cap.after and h.end > cap.until:
+                h.logged_end = h.end
                 h.end = max(h.start, cap.until)
                 h.end_reason = f"{h.end_reason} (capped: {cap.why})"
     done.sort(key=lambda h: (h.lease, h.start))

@@ -57,3 +57,14 @@ def test_summary_per_kind() -> None:
     assert kill["kind"] == "kill" and kill["rounds"] == 2 and kill["recovered"] == 2
     assert kill["takeover"]["p99"] == 0.5 and kill["takeover"]["p50"] == 0.3
     assert graceful["recovered"] == 0
+
+
+def test_zombie_call_after_sigcont_is_in_the_window() -> None:
+    # Stopped at 0 (belief capped at 5), SIGCONT at 7: a call already past its check() goes
+    # out on waking, before the zombie logs its loss at 7.01.
+    zombie = Holding("L", "a", 1, -10.0, 5.0, "lost: ttl_expired (capped: SIGSTOP+ttl)", 7.01)
+    successor = Holding("L", "b", 2, 6.5, 20.0, "open")
+    out = classify_duplicates(
+        [d("n4", "b", 2, 6.6), d("n4", "a", 1, 7.0)], [zombie, successor], lease_ttl=5, window=1
+    )
+    assert len(out["allowed"]) == 1 and out["violations"] == []
