@@ -67,9 +67,14 @@ class Channels:
 
 
 def render_context(row: dict[str, Any]) -> dict[str, Any]:
-    """What a notification template sees: ``n`` (the row), ``cert`` (or None), ``days_left``."""
+    """What a notification template sees.
+
+    ``n`` (the row), ``payload``, ``cert`` (or None), ``days_left`` (whole days, rounded down)
+    and ``expired``, computed at send time: a retry an hour later says what is true then.
+    """
     cert = None
     days_left = None
+    expired = False
     if row.get("cert_common_name") is not None:
         cert = {
             "id": row["certificate_id"],
@@ -78,8 +83,16 @@ def render_context(row: dict[str, Any]) -> dict[str, Any]:
             "expires_at": row["cert_expires_at"],
         }
         if row["cert_expires_at"] is not None:
-            days_left = int((row["cert_expires_at"] - datetime.now(UTC)).total_seconds() // 86400)
-    return {"n": row, "cert": cert, "payload": row.get("payload") or {}, "days_left": days_left}
+            left = (row["cert_expires_at"] - datetime.now(UTC)).total_seconds()
+            days_left = int(left // 86400)
+            expired = left <= 0
+    return {
+        "n": row,
+        "cert": cert,
+        "payload": row.get("payload") or {},
+        "days_left": days_left,
+        "expired": expired,
+    }
 
 
 def webhook_body(row: dict[str, Any], subject: str, text: str) -> bytes:

@@ -157,3 +157,28 @@ def test_digest_message_id_is_stable_per_period_and_recipient() -> None:
     assert a == message_id(NOW, "ops@example.com")
     assert a != message_id(NOW + dt.timedelta(days=1), "ops@example.com")
     assert a.startswith("<digest.20261127T120000Z.") and "ops@" not in a
+
+
+@pytest.mark.parametrize(
+    ("hours", "expect"),
+    [
+        (5, "will expire within a day"),
+        (24 * 3 + 1, "will expire in 3 days"),
+        (25, "will expire in 1 day ("),
+        (-2, "[EXPIRED] The certificate for a.example.com has expired"),
+    ],
+)
+def test_expiry_wording_at_send_time(hours: int, expect: str) -> None:
+    row = {
+        "id": "n1",
+        "type": "ExpirationWarning",
+        "subject": "s",
+        "message": "",
+        "certificate_id": "c1",
+        "threshold_days": 0,
+        "payload": {},
+        "cert_name": "c1",
+        "cert_common_name": "a.example.com",
+        "cert_expires_at": dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours, minutes=1),
+    }
+    assert expect in Templates().notification(render_context(row))[1]
