@@ -66,6 +66,10 @@ def to_json(result: DrillResult) -> dict[str, Any]:
         "holdings": [asdict(h) for h in a.holdings],
         "replicas": result.replicas,
         "notes": result.setup_notes,
+        # [Idempotency-Key, epoch, replica, arrival, signature ok, status], for re-analysis
+        "deliveries": [
+            [d.key, d.epoch, d.replica, d.at, d.verified, d.status] for d in result.deliveries
+        ],
     }
 
 

@@ -27,7 +27,7 @@ from leasectl.drill.cluster import Cluster, LogLine
 from leasectl.drill.feed import Feed
 from leasectl.drill.invariants import Analysis, analyze
 from leasectl.drill.rounds import RoundResult, RoundRunner, Timing
-from leasectl.drill.sink import WebhookSink
+from leasectl.drill.sink import Delivery, WebhookSink
 from leasectl.embedded import EmbeddedPostgres
 from leasectl.locks import TcpBound
 from leasectl.migrate import migrate
@@ -72,6 +72,7 @@ class DrillResult:
     finished: float
     replicas: list[dict[str, Any]]
     lines: list[LogLine]
+    deliveries: list[Delivery] = field(default_factory=list)
     setup_notes: list[str] = field(default_factory=list)
 
 
@@ -297,6 +298,7 @@ class Drill:
                 finished=finished,
                 replicas=cluster.describe(),
                 lines=cluster.snapshot(),
+                deliveries=sink.deliveries(),
                 setup_notes=self.notes,
             )
         finally:
