@@ -38,13 +38,14 @@ from loops.settings import AwsSourceSettings, LoopsSettings
 
 if TYPE_CHECKING:
     from mypy_boto3_acm import ACMClient
+    from mypy_boto3_acm.literals import KeyAlgorithmType
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 Q = sql.load("cloud_discovery", package="loops.sql")
 
 AGENT_ID = "cloud-aws"
 #: ListCertificates returns only RSA_1024/RSA_2048 certificates unless asked for the others.
-ACM_KEY_TYPES = [
+ACM_KEY_TYPES: list[KeyAlgorithmType] = [
     "RSA_1024",
     "RSA_2048",
     "RSA_3072",
@@ -147,7 +148,7 @@ class AwsDiscovery:
                 "acm", region_name=region, endpoint_url=self._endpoint(region), config=self.config
             )
             pages = client.get_paginator("list_certificates").paginate(
-                Includes={"keyTypes": ACM_KEY_TYPES}  # type: ignore[typeddict-item]
+                Includes={"keyTypes": ACM_KEY_TYPES}
             )
             for page in pages:
                 for summary in page["CertificateSummaryList"]:
