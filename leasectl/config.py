@@ -24,6 +24,7 @@ import importlib
 import os
 import sys
 from collections.abc import Mapping
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from leasectl.errors import ConfigError
 from leasectl.settings import Settings
 
 ENV_PREFIX = "LEASECTL_"
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 PACKAGED = "packaged default leasectl.yaml"
 #: Plain variables that set one key (the CLI reads them as flag defaults too).
 ENV_ALIASES = {"LEASECTL_DSN": "database.dsn", "LEASECTL_LOCK_DSN": "database.lock_dsn"}
@@ -209,8 +211,16 @@ def _read(path: Path) -> str:
 
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
     """Parse ``text``; return the data and the line of each key path (best effort)."""
+    data, lines = _parse_cached(text, source)
+    return (_copy_tree(data, 0) if isinstance(data, dict) else data), dict(lines)
+
+
+@lru_cache(maxsize=8)
+def _parse_cached(text: str, source: str) -> tuple[Any, dict[str, int]]:
+    loader = _LOADER(text)
     try:
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -218,16 +228,14 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
         raise ConfigError([f"not valid YAML{where}: {problem}"], source) from None
     except (RecursionError, ValueError, TypeError, OverflowError) as exc:
         raise ConfigError([f"not valid YAML: {type(exc).__name__}"], source) from None
-    if data is None:
-        data = {}
+    finally:
+        loader.dispose()
     lines: dict[str, int] = {}
     try:
-        _node_lines(yaml.compose(text, Loader=yaml.SafeLoader), "", lines, 0)
+        _node_lines(node, "", lines, 0)
     except Exception:  # line numbers are a courtesy; the data above is authoritative
         pass
-    if isinstance(data, dict):
-        data = _copy_tree(data, 0)
-    return data, lines
+    return ({} if data is None else data), lines
 
 
 def _copy_tree(value: Any, depth: int) -> Any:
