@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit venv clean bench
+.PHONY: test demo lint typecheck unit venv clean bench docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: lint typecheck
 
 demo: $(STAMP)
 	$(BIN)/leasectl demo --replicas 3
+
+docs: $(STAMP)
+	$(BIN)/python -m leasectl.config --write
 
 bench: $(STAMP)
 	$(BIN)/python bench/failover.py

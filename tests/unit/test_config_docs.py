@@ -7,7 +7,7 @@ from pathlib import Path
 from leasectl import config
 
 REPO = Path(__file__).resolve().parents[2]
-HOW = "regenerate with: .venv/bin/python -m leasectl.config --write"
+HOW = "regenerate with: make docs (python -m leasectl.config --write)"
 
 
 def test_configuration_reference_matches_the_model() -> None:
