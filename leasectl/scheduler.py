@@ -67,10 +67,13 @@ class Plan:
     wake_at: float
 
 
-def plan_leased(spec: LoopSpec, now: float, last_done: float | None) -> Plan:
+def plan_leased(
+    spec: LoopSpec, now: float, last_done: float | None, started: float | None = None
+) -> Plan:
     """Decide, from the ledger's last completed slot, whether the current slot must run.
 
-    - no history: run the current slot if ``run_on_start``, else wait for the next one;
+    - no history: run the current slot if ``run_on_start``; else wait for the first slot
+      boundary after ``started`` (when this replica's scheduler started) and run that one;
     - current slot done: wait for the next slot;
     - missed slots: ``coalesce`` runs the current slot once; ``skip`` runs it only while
       still within its jitter window (on time), else waits for the next slot.
@@ -80,7 +83,9 @@ def plan_leased(spec: LoopSpec, now: float, last_done: float | None) -> Plan:
     if last_done is not None and last_done >= current:
         return Plan(None, upcoming)
     if last_done is None and not spec.run_on_start:
-        return Plan(None, upcoming)
+        first = next_slot(now if started is None else started, spec.interval)
+        if current < first:
+            return Plan(None, first)
     if spec.misfire == "skip" and last_done is not None:
         on_time_window = max(spec.jitter * spec.interval, 1.0)
         if now - current > on_time_window:
@@ -104,6 +109,7 @@ class LoopState:
     skipped: int = 0
     pending_slot: float | None = None
     pending_start: float = 0.0
+    started: float = 0.0
 
 
 class Scheduler:
@@ -220,6 +226,7 @@ class Scheduler:
     def _run_leased(self, state: LoopState) -> None:
         spec = state.spec
         assert self.manager is not None
+        state.started = self.wall()
         while not self._stopping.is_set():
             lease = self.manager.lease(spec.name)
             if lease is None:
@@ -230,7 +237,7 @@ class Scheduler:
                 state.last_done = self._last_done(spec)
                 state.ledger_known = True
             now = self.wall()
-            plan = plan_leased(spec, now, state.last_done)
+            plan = plan_leased(spec, now, state.last_done, state.started)
             if plan.slot is None:
                 # Draw the jittered start once per upcoming slot, then sleep towards it.
                 if state.pending_slot != plan.wake_at:

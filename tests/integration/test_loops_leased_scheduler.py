@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg_pool import ConnectionPool
 
 from leasectl.leases import LeaseManager
@@ -125,12 +124,6 @@ def test_two_replicas_one_sender_and_monotonic_crls_across_failover(
     assert dupes == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scheduler.plan_leased: with no ledger history a run_on_start=False leased loop "
-    "waits for 'the next slot' forever (digest and crl_generation use run_on_start=True "
-    "until this is fixed); remove this mark when it passes",
-)
 def test_run_on_start_false_leased_loop_runs_at_the_next_slot(dsn: str) -> None:
     ran: list[str] = []
     spec = LoopSpec(

@@ -31,9 +31,17 @@ def test_slots_align_to_interval() -> None:
 
 
 def test_no_history_runs_now_only_with_run_on_start() -> None:
-    assert plan_leased(spec(run_on_start=True), 1234, None).slot == 1200
-    waiting = plan_leased(spec(run_on_start=False), 1234, None)
+    assert plan_leased(spec(run_on_start=True), 1234, None, started=1234).slot == 1200
+    waiting = plan_leased(spec(run_on_start=False), 1234, None, started=1234)
     assert waiting.slot is None and waiting.wake_at == 1300
+
+
+def test_no_history_without_run_on_start_runs_the_first_boundary_after_start() -> None:
+    # Regression: the slot after start must run, not be pushed forward for ever.
+    first = plan_leased(spec(run_on_start=False), 1301, None, started=1234)
+    assert first.slot == 1300
+    later = plan_leased(spec(run_on_start=False), 1450, None, started=1234)
+    assert later.slot == 1400  # missed boundaries coalesce into the current slot
 
 
 def test_done_slot_is_not_repeated_after_restart() -> None:
