@@ -62,6 +62,8 @@ Q = sql.load("leases")
 
 Clock = Callable[[], float]
 
+_WAIT_SLICE = 0.02  # seconds between checks of stop()/commands while idle on the socket
+
 
 def make_replica_id(configured: str | None = None) -> str:
     """Unique per process: host + pid + random suffix, unless configured."""
@@ -396,8 +398,9 @@ class LeaseManager:
                 jitter = random.uniform(1 - ls.acquire_jitter, 1 + ls.acquire_jitter)
                 next_campaign = self.clock() + ls.acquire_interval * jitter
             wait = min(next_hb, next_campaign) - self.clock()
-            # Short waits keep stop() and step_down() responsive without extra queries.
-            for payload in session.wait_notify(min(max(wait, 0.0), 0.05)):
+            # Short waits keep stop() and step_down() responsive without extra queries: a wait
+            # is a poll() on the socket, and its slice bounds how late a graceful stop starts.
+            for payload in session.wait_notify(min(max(wait, 0.0), _WAIT_SLICE)):
                 if self._on_notify(session, payload):
                     next_campaign = self.clock()
 
@@ -457,11 +460,17 @@ class LeaseManager:
             raise DatabaseUnavailable("server is in recovery; refusing to hold leases")
         renewed = set(renewed)
         valid_until = started + self.settings.leases.lease_ttl
+        gone = []
         for lease in held:
             if lease.name in renewed:
                 lease._renew(valid_until)
             else:
                 self._drop(lease, "lock_missing_or_superseded")
+                gone.append(lease.name)
+        if gone:
+            # Should the lock still be ours (the row moved under us), give it back: a later
+            # try-lock would otherwise stack a second, re-entrant grant on top of it.
+            session.release(gone)
         self.last_heartbeat_ok = self.clock()
         self._emit(LeaseEvent("heartbeat", "*", None, "ok", elapsed))
 
