@@ -107,7 +107,8 @@ class SmtpSink:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, so only if started
+            self._server.shutdown()
         self._server.server_close()
 
 
@@ -152,5 +153,6 @@ class WebhookSink:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, so only if started
+            self._server.shutdown()
         self._server.server_close()

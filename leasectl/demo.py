@@ -178,8 +178,10 @@ class Demo:
             f"  seeded a local CA, 3 owners, {made['certificates']} certificates "
             f"({made['versions']} signed, {made['revoked']} revoked), {made['jobs']} issuance jobs"
         )
-        self.smtp = SmtpSink().start()
-        self.webhook = WebhookSink(self.key).start()
+        # Bound and listening now; served from start_replicas() on, after the forks:
+        # preexec_fn (PR_SET_PDEATHSIG) is only safe while the demo has no other threads.
+        self.smtp = SmtpSink()
+        self.webhook = WebhookSink(self.key)
         say(f"  SMTP sink on 127.0.0.1:{self.smtp.port}, webhook receiver on {self.webhook.url}")
         self.write_config()
         self.settings = load_config(self.config_path, environ={**os.environ, KEY_ENV: self.key})
@@ -212,6 +214,7 @@ class Demo:
         self.config_path.write_text(header + yaml.safe_dump(data, sort_keys=False))
 
     def start_replicas(self) -> None:
+        assert self.smtp is not None and self.webhook is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
         env[KEY_ENV] = self.key
         env["PYTHONUNBUFFERED"] = "1"
@@ -238,6 +241,8 @@ class Demo:
                 f"  started {rid}: pid {proc.pid}, metrics http://127.0.0.1:{port}/metrics, "
                 f"log {log}"
             )
+        self.smtp.start()
+        self.webhook.start()
 
     def teardown(self) -> None:
         say = self.console.print

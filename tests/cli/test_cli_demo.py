@@ -61,7 +61,7 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         running = processes_mentioning(str(workdir))
         assert len(running) >= 3, running  # two replicas + the embedded postgres (at least)
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does to the foreground job
-        assert proc.wait(40) == 0
+        assert proc.wait(40) == 0, "".join(lines)
         reader.join(5)
     finally:
         if proc.poll() is None:
@@ -69,9 +69,10 @@ def test_demo_runs_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         for pid, _ in processes_mentioning(str(workdir)):
             os.kill(pid, signal.SIGKILL)
     text = "".join(lines)
+    logs = {p.name: p.read_text()[-2000:] for p in workdir.glob("demo-*.log")}
+    assert "demo stopped; no process left behind" in text, (text, logs)
+    assert "replicas stopped (exit codes: demo-1 0, demo-2 0)" in text, (text, logs)
     assert "seeded a local CA" in text
     assert "started demo-1" in text and "started demo-2" in text
     assert "kill -9 " in text  # how to kill a holder and watch the lease move
-    assert "replicas stopped (exit codes: demo-1 0, demo-2 0)" in text
-    assert "demo stopped; no process left behind" in text
     assert processes_mentioning(str(workdir)) == []
