@@ -165,7 +165,7 @@ def read(args: argparse.Namespace, settings: Settings) -> st.ClusterStatus:
             conn,
             namespace=settings.leases.namespace,
             lease_ttl=settings.leases.lease_ttl,
-            expected=expected or None,
+            expected=expected,
             all_replicas=args.all_replicas,
             expected_source=source,
         )

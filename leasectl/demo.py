@@ -304,7 +304,9 @@ class Demo:
     _last: Any = None
     _status: st.ClusterStatus | None = None
 
-    def snapshots(self, expected: list[str], source: str, end: float | None) -> Iterator[Group]:
+    def snapshots(
+        self, expected: list[str] | None, source: str, end: float | None
+    ) -> Iterator[Group]:
         conn: psycopg.Connection[Any] | None = None
         try:
             while end is None or time.monotonic() < end:

@@ -160,11 +160,11 @@ def connect(dsn: str, settings: Settings, purpose: str = "status") -> psycopg.Co
     return conn
 
 
-def expected_leases(settings: Settings) -> tuple[list[str], str]:
+def expected_leases(settings: Settings) -> tuple[list[str] | None, str]:
     """Names of the enabled leased loops per the configuration, and where they came from.
 
-    Falls back to an empty list (the caller then checks the leases recorded in the database)
-    when the loops package cannot be loaded.
+    None when the loops package cannot be loaded: the caller then checks every lease
+    recorded in the database instead.
     """
     package = settings.scheduler.loops_package
     try:
@@ -172,7 +172,7 @@ def expected_leases(settings: Settings) -> tuple[list[str], str]:
         loop_settings = settings.loops if settings.loops is not None else registry.SETTINGS_CLASS()
         specs = registry.build_loops(loop_settings)
     except Exception as exc:  # a broken or partial loops package must not break status
-        return [], f"recorded leases only ({package} not loadable: {type(exc).__name__}: {exc})"
+        return None, f"recorded leases only ({package} not loadable: {type(exc).__name__}: {exc})"
     names = [s.name for s in specs if s.placement == "leased"]
     only = settings.scheduler.only
     if only:
