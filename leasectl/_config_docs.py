@@ -241,7 +241,8 @@ def render_reference(settings_cls: type, loops_cls: type) -> str:
         "**Secrets** (`dsn`, `lock_dsn`, `password`, `hmac_key`) may be given inline, or as",
         "`<key>_env: NAME` (read from that environment variable) or `<key>_file: PATH` (file",
         "contents, trailing newline stripped). `leasectl config show` prints the effective",
-        "configuration with secrets redacted (the password inside a DSN only).",
+        "configuration with secrets redacted (the password inside a DSN only; URLs without",
+        "credentials and query string).",
         "",
     ]
     rows: list[str] = []

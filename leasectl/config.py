@@ -299,6 +299,20 @@ def redact_dsn(dsn: str) -> str:
     return conninfo.make_conninfo(**params)  # type: ignore[arg-type]
 
 
+def redact_url(url: str) -> str:
+    """A URL without credentials or query string (webhook URLs often carry tokens there)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        p = urlsplit(url)
+        host = p.hostname or ""
+        netloc = ("***@" if p.username or p.password else "") + host
+        netloc += f":{p.port}" if p.port else ""
+    except ValueError:
+        return REDACTED
+    return urlunsplit((p.scheme, netloc, p.path, "***" if p.query else "", ""))
+
+
 def dump(settings: Settings, *, redact: bool = True) -> dict[str, Any]:
     """Settings as plain data (for YAML/JSON), secrets redacted unless ``redact=False``."""
     return {
@@ -315,6 +329,8 @@ def _plain(value: Any, name: str, redact: bool) -> Any:
         }
     if redact and name in SECRET_FIELDS and isinstance(value, str) and value:
         return redact_dsn(value) if name.endswith("dsn") else REDACTED
+    if redact and (name == "url" or name.endswith("_url")) and isinstance(value, str):
+        return redact_url(value)
     if isinstance(value, tuple | list):
         return [_plain(v, "", redact) for v in value]
     if isinstance(value, dict):

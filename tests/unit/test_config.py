@@ -126,7 +126,8 @@ def test_secrets_from_env_and_file_never_printed(tmp_path: Path) -> None:
         "database:\n  dsn_env: APP_DSN\n"
         "loops:\n  notifications:\n"
         f"    smtp:\n      password_file: {secret_file}\n"
-        "    webhook:\n      hmac_key_env: HOOK_KEY\n",
+        "    webhook:\n      hmac_key_env: HOOK_KEY\n"
+        "      url: https://user:pw@hooks.example:8443/in?token=t0ken\n",
     )
     env = {"APP_DSN": "host=db user=app password=hunter2", "HOOK_KEY": "k3y-from-env"}
     settings = load(path, environ=env)
@@ -134,8 +135,9 @@ def test_secrets_from_env_and_file_never_printed(tmp_path: Path) -> None:
     assert settings.loops.notifications.webhook.hmac_key == "k3y-from-env"
     assert "hunter2" in settings.database.dsn
     shown = to_yaml(settings)
-    for secret in ("hunter2", "s3cret-file", "k3y-from-env"):
+    for secret in ("hunter2", "s3cret-file", "k3y-from-env", "t0ken", "pw@"):
         assert secret not in shown
+    assert "url: https://***@hooks.example:8443/in?***" in shown
     assert "password=***" in shown
     assert dump(settings, redact=False)["loops"]["notifications"]["webhook"]["hmac_key"] == (
         "k3y-from-env"
