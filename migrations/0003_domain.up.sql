@@ -115,6 +115,18 @@ CREATE INDEX jobs_failed ON jobs (scheduled_at) WHERE status = 'Failed';
 -- job_timeout's guarded UPDATEs look jobs up by status and age.
 CREATE INDEX jobs_status_age ON jobs (status, status_changed_at)
     WHERE status IN ('AwaitingCSR', 'AwaitingApproval', 'Running');
+-- Timeouts count from entering a state, so every status change must move status_changed_at,
+-- whoever writes it (loops, an API, an operator in psql).
+CREATE FUNCTION jobs_status_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        NEW.status_changed_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER jobs_status_changed BEFORE UPDATE OF status ON jobs
+    FOR EACH ROW EXECUTE FUNCTION jobs_status_changed();
 -- At most one open renewal/issuance job per certificate: the constraint is the dedup.
 CREATE UNIQUE INDEX jobs_one_open_renewal ON jobs (certificate_id)
     WHERE type IN ('Renewal', 'Issuance')

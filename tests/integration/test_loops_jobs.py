@@ -343,3 +343,16 @@ def test_build_declares_an_everywhere_loop(placement_loop: Any) -> None:
         )
     )
     assert placement_loop.build(disabled) is None
+
+
+def test_any_status_change_restarts_the_timeout_clock(
+    conn: psycopg.Connection[Any], pool: ConnectionPool
+) -> None:
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    add_job(conn, "j1", status="Pending", status_changed_at=old, created_at=old)
+    # a writer that knows nothing about status_changed_at (an API, psql)
+    conn.execute("UPDATE jobs SET status = 'AwaitingCSR' WHERE id = 'j1'")
+    job_timeout.run(make_ctx(pool, loop="job_timeout"))
+    assert job_row(conn, "j1")["status"] == "AwaitingCSR"
+    conn.execute("UPDATE jobs SET attempts = 1 WHERE id = 'j1'")  # not a status change
+    assert job_row(conn, "j1")["status_changed_at"] > old + dt.timedelta(days=29)
