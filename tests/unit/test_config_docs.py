@@ -25,3 +25,15 @@ def test_every_setting_is_documented() -> None:
     for path in ("loops.notifications.smtp.host", "leases.lease_ttl", "loops.crl.loop.interval"):
         assert f"`{path}`" in text
     assert "LEASECTL_LOOPS__NOTIFICATIONS__SMTP__HOST" in text
+
+
+def test_every_setting_has_a_description() -> None:
+    from leasectl import _config_docs
+    from leasectl.settings import Settings
+    from loops.settings import LoopsSettings
+
+    missing = [p for p, _t, _d, _s, text in _config_docs.model(Settings, LoopsSettings) if not text]
+    assert not missing, (
+        "describe these settings with a comment on the dataclass field (or in "
+        f"leasectl/_config_docs.py DESCRIPTIONS), then `make docs`: {missing}"
+    )
