@@ -149,6 +149,9 @@ class EmbeddedPostgres:
             text=True,
             cwd="/",
             check=False,
+            # Its own session: the server must outlive a process-group kill of whichever
+            # leasectl process happened to start it (Ctrl-C of a replica, a test's killpg).
+            start_new_session=True,
             **kwargs,  # type: ignore[call-overload]
         )
         if check and proc.returncode != 0:
