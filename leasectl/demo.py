@@ -33,10 +33,9 @@ from typing import Any
 import psycopg
 import yaml
 from rich.console import Console, Group
-from rich.table import Table
 from rich.text import Text
 
-from leasectl import sql
+from leasectl import _demo_view, sql
 from leasectl import status as st
 from leasectl._demo_seed import seed
 from leasectl._demo_sinks import SmtpSink, WebhookSink
@@ -334,68 +333,23 @@ class Demo:
                 conn.close()
 
     def view(self, status: st.ClusterStatus, counters: Any, events: list[Any]) -> Group:
-        from leasectl.cli_status import render
-
+        assert self.smtp is not None and self.webhook is not None
         exited = [
             f"{r.id} (pid {r.proc.pid}) {r.state}"
             for r in self.replicas
             if r.proc.poll() is not None
         ]
-        jobs_done, jobs_total, versions, sent, notes, crl = counters or (0,) * 6
-        assert self.smtp is not None and self.webhook is not None
-        work = Text(
-            f"loops: jobs {jobs_done}/{jobs_total} completed, {versions} certificate versions, "
-            f"notifications {sent}/{notes} sent, CRL number {crl}\n"
-            f"sinks: {self.smtp.inbox.received} emails ({self.smtp.inbox.duplicates} duplicate), "
-            f"{self.webhook.inbox.received} webhooks ({self.webhook.inbox.duplicates} duplicate, "
-            f"{self.webhook.inbox.bad} bad signature)"
-        )
-        ev = Table(title="recent lease events", title_justify="left")
-        for col in ("at", "lease", "epoch", "replica", "event", "reason"):
-            ev.add_column(col)
-        for row in events:
-            ev.add_row(*(str(v) if v is not None else "-" for v in row))
-        parts: list[Any] = [render(status), work]
-        if exited:
-            parts.append(Text("exited: " + ", ".join(exited), style="red"))
-        return Group(*parts, self.instructions(status), ev)
+        return _demo_view.view(
+            status, counters, events, self.smtp.inbox, self.webhook.inbox, exited,
+            self.config_path,
+        )  # fmt: skip
 
     def instructions(self, status: st.ClusterStatus | None) -> Text:
-        holder = None
-        if status is not None:
-            for lease in status.leases:
-                if lease.state == "held" and lease.pid:
-                    holder = lease
-                    break
-        pid = str(holder.pid) if holder else "<pid>"
-        who = f"  # {holder.holder} holds {holder.name}" if holder else ""
-        cfg = f"--config {self.config_path}"
-        prog = sys.argv[0] if sys.argv[0].endswith("leasectl") else "leasectl"
-        return Text(
-            "Try, in another terminal:\n"
-            f"  kill -9 {pid}{who}\n"
-            "      a crash: the server drops its session and a peer takes the lease in < 1 s\n"
-            f"  kill -STOP {pid}; sleep 10; kill -CONT {pid}\n"
-            "      a hang: peers evict it after lease_ttl + eviction_grace (7 s)\n"
-            f"  {prog} step-down --lease notification_send {cfg}\n"
-            f"  {prog} status --watch {cfg}\n"
-            "Ctrl-C stops everything.",
-            style="cyan",
-        )
+        return _demo_view.instructions(status, self.config_path)
 
     def summary_line(self, elapsed: float) -> str:
-        status = self._status
-        if status is None:
-            return f"t={elapsed:4.1f}s waiting for the database"
-        leases = " ".join(
-            f"{le.name}={le.holder}#{le.epoch}" if le.state == "held" else f"{le.name}={le.state}"
-            for le in status.leases
-        )
         assert self.smtp is not None and self.webhook is not None
-        return (
-            f"t={elapsed:4.1f}s {leases} | emails {self.smtp.inbox.received} "
-            f"webhooks {self.webhook.inbox.received}"
-        )
+        return _demo_view.summary_line(self._status, elapsed, self.smtp.inbox, self.webhook.inbox)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -62,7 +62,7 @@ def test_sigterm_hands_the_leases_over(make_cluster: Callable[[int], Cluster]) -
         now = cluster.holders()
         return now if set(now) == set(LEASES) and now["alpha"][0] != holder else None
 
-    after = wait_until(moved, timeout=5, interval=0.1, what="alpha moved after SIGTERM")
+    after = wait_until(moved, timeout=10, interval=0.1, what="alpha moved after SIGTERM")
     assert after["alpha"][1] == before["alpha"][1] + 1
     stopped = {r["id"]: r for r in cluster.status()["replicas"]}[holder]
     assert stopped["alive"] is False and stopped["stopped"] is True
@@ -132,7 +132,7 @@ def test_metrics_health_and_ready(make_cluster: Callable[[int], Cluster]) -> Non
         m = scrape(holder or "")
         return m if m.get("leasectl_lease_held", {}).get((("lease", "alpha"),)) == 1.0 else None
 
-    m = wait_until(holder_metrics, timeout=5, interval=0.2, what="lease_held metric")
+    m = wait_until(holder_metrics, timeout=10, interval=0.2, what="lease_held metric")
     assert m["leasectl_lease_epoch"][(("lease", "alpha"),)] == held["alpha"][1]
     for name in (
         "leasectl_lease_transitions_total",
