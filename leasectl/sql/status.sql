@@ -36,7 +36,8 @@ LEFT JOIN leasectl_leases r ON r.name = w.name
 ORDER BY w.name
 
 -- name: replicas
--- Registered replicas that are running or were seen recently. A replica is connected while
+-- Registered replicas that are connected or were seen recently (crashed replicas with random
+-- ids would otherwise pile up forever; --all-replicas shows them). A replica is connected while
 -- its lock session exists (application_name is truncated to 63 bytes by the server).
 SELECT r.id, r.host, r.pid, r.version, r.started_at,
        extract(epoch FROM now() - r.last_seen)::float8 AS last_seen_age_s,
@@ -49,7 +50,7 @@ LEFT JOIN LATERAL (
     ORDER BY a.backend_start DESC
     LIMIT 1
 ) s ON true
-WHERE %(all)s OR s.pid IS NOT NULL OR r.stopped_at IS NULL
+WHERE %(all)s OR s.pid IS NOT NULL
    OR r.last_seen > now() - make_interval(secs => %(recent_s)s)
 ORDER BY r.id
 
