@@ -54,16 +54,6 @@ WHERE %(all)s OR s.pid IS NOT NULL
    OR r.last_seen > now() - make_interval(secs => %(recent_s)s)
 ORDER BY r.id
 
--- name: holder_of
--- The backend holding one lease's advisory lock in this database, and its session name.
-SELECT k.pid, a.application_name, host(a.client_addr) AS client_addr
-FROM pg_locks k
-LEFT JOIN pg_stat_activity a ON a.pid = k.pid
-WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 2
-  AND k.classid = (%(ns)s::bigint & 4294967295)::oid
-  AND k.objid = (%(key)s::bigint & 4294967295)::oid
-  AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-
 -- name: evict
 -- Terminate the holder's lock session, but only if that backend still holds the lock: the
 -- server then frees its session locks and a waiting replica takes over.
