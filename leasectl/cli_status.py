@@ -131,7 +131,10 @@ def register_status(sub: Any, common: Common) -> None:
     p = sub.add_parser("status", help="lease and replica status, from the database only")
     common(p)
     add_argument(p, "--json", env="STATUS_JSON", action="store_true", help="print JSON")
-    add_argument(p, "--watch", env="STATUS_WATCH", action="store_true", help="refresh in place")
+    add_argument(
+        p, "--watch", env="STATUS_WATCH", action="store_true",
+        help="refresh in place until Ctrl-C (with --json: one JSON object per line)",
+    )  # fmt: skip
     add_argument(
         p,
         "--interval",
@@ -185,6 +188,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _watch(args: argparse.Namespace, settings: Settings) -> int:
     from rich.live import Live
+
+    if args.json:  # one JSON object per line and refresh, for scripts
+        code = EXIT_OK
+        try:
+            while True:
+                status = read(args, settings)
+                code = EXIT_UNHELD if status.unheld(args.max_unheld) else EXIT_OK
+                print(json.dumps(status.to_json()), flush=True)
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return code
 
     code = EXIT_OK
     with Live(Text("reading status..."), refresh_per_second=4, screen=False) as live:

@@ -101,3 +101,27 @@ def test_config_show_redacts_secrets(tmp_path: Path) -> None:
         "config", "show", env=cli_env(cfg, SMTP_PW="x", LEASECTL_LEASES__LEASE_TTL="4.5")
     )
     assert "lease_ttl: 4.5" in env_override.stdout
+
+
+def test_status_watch_refreshes_until_interrupted(dsn: str, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from tests.cli.conftest import LEASECTL
+    from tests.conftest import REPO
+
+    env = cli_env(write_config(tmp_path / "c.yaml", dsn))
+    proc = subprocess.Popen(
+        [LEASECTL, "status", "--watch", "--json", "--interval", "0.2"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first, second = proc.stdout.readline(), proc.stdout.readline()
+        assert json.loads(first)["leases"][0]["state"] == "free"
+        assert json.loads(second)["taken_at"] > json.loads(first)["taken_at"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 1  # the last refresh saw unheld leases
+    finally:
+        if proc.poll() is None:
+            proc.kill()
