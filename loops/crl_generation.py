@@ -242,9 +242,10 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
         placement="leased",
         run=CrlGenerator(crl.next_update).run,
         timeout=300.0,
-        # certctl waited a full interval. Here, with no ledger history (a fresh database) the
-        # first holder signs at once: relying parties need a CRL before the first hour is up.
-        # Afterwards the tick ledger decides; a restart does not re-run a slot already done.
+        # certctl's loop waited a full interval, but its CRL endpoint generated on a cache
+        # miss, so a CRL existed from the first fetch. We do not serve CRLs, so with no ledger
+        # history (a fresh database) the first holder signs at once. Afterwards the tick
+        # ledger decides; a restart does not re-run a slot already done.
         run_on_start=True,
         description="sign a CRL per local-CA issuer; CRL number from a fenced counter",
     )

@@ -153,11 +153,11 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
         placement="leased",
         run=Digest(ds, templates, smtp).run,
         timeout=300.0,
-        # With no ledger history (first deployment) the current period's digest goes out at
-        # once; afterwards the ledger and digest_sends decide, so a restart neither skips nor
-        # repeats a period. (certctl waited 24 h after every start, so frequent restarts meant
-        # no digest at all.)
-        run_on_start=True,
+        # As certctl: no digest at start; the first one goes out at the next slot boundary.
+        # Afterwards the tick ledger and digest_sends decide, so a restart neither skips nor
+        # repeats a period (certctl's 24 h timer restarted with the process, so a service
+        # restarted daily never sent one).
+        run_on_start=False,
         misfire="coalesce",
         description="daily HTML digest, once per period per recipient",
     )
