@@ -143,10 +143,12 @@ class Demo:
 
     def run(self) -> int:
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        crashed = False
         try:
             self.setup()
             self.start_replicas()
             self.watch()
+            crashed = self.all_exited()  # before teardown stops the rest
         except KeyboardInterrupt:
             self.console.print("\n[bold]stopping the demo...[/bold]")
         finally:
@@ -156,7 +158,15 @@ class Demo:
             finally:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 signal.signal(signal.SIGTERM, previous)
+        if crashed:
+            logs = ", ".join(str(r.log) for r in self.replicas)
+            self.console.print(f"[red]every replica exited on its own; see {logs}[/red]")
+            return 1
         return 0
+
+    def all_exited(self) -> bool:
+        """True when replicas were started and none is running any more."""
+        return bool(self.replicas) and all(r.proc.poll() is not None for r in self.replicas)
 
     def setup(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +193,7 @@ class Demo:
         self.webhook = WebhookSink(self.key)
         say(f"  SMTP sink on 127.0.0.1:{self.smtp.port}, webhook receiver on {self.webhook.url}")
         self.write_config()
-        self.settings = load_config(self.config_path, environ={**os.environ, KEY_ENV: self.key})
+        self.settings = load_config(self.config_path, environ=self.replica_env())
         say(f"  configuration: {self.config_path}")
 
     def write_config(self) -> None:
@@ -212,11 +222,16 @@ class Demo:
         )
         self.config_path.write_text(header + yaml.safe_dump(data, sort_keys=False))
 
-    def start_replicas(self) -> None:
-        assert self.smtp is not None and self.webhook is not None
+    def replica_env(self) -> dict[str, str]:
+        """The replicas' environment: the demo's config only, no stray LEASECTL_* overrides."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
         env[KEY_ENV] = self.key
         env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start_replicas(self) -> None:
+        assert self.smtp is not None and self.webhook is not None
+        env = self.replica_env()
         for i in range(1, self.n + 1):
             rid, port = f"demo-{i}", _free_port()
             log = self.workdir / f"{rid}.log"
@@ -308,7 +323,7 @@ class Demo:
     ) -> Iterator[Group]:
         conn: psycopg.Connection[Any] | None = None
         try:
-            while end is None or time.monotonic() < end:
+            while (end is None or time.monotonic() < end) and not self.all_exited():
                 try:
                     if conn is None or conn.closed:
                         conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3)
