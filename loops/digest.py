@@ -23,6 +23,7 @@ from leasectl import sql
 from leasectl.errors import ConfigError, LeasectlError
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.metrics import NOTIFICATIONS
+from loops.notify.dispatch import call_budget
 from loops.notify.email import SmtpSender
 from loops.notify.errors import DeliveryError
 from loops.notify.templates import Templates
@@ -89,6 +90,7 @@ class Digest:
                     subject=subject,
                     html=html,
                     message_id=message_id(period, recipient),
+                    budget=call_budget(ctx),
                 )
             except DeliveryError as exc:
                 failed.append(f"{recipient}: {exc}")

@@ -95,6 +95,17 @@ def render_context(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def call_budget(ctx: TickContext) -> float:
+    """Seconds an external call may take: until the lease may be gone, or the tick's deadline.
+
+    Bounding the socket timeout this way keeps a slow receiver from getting our request
+    after another replica holds the lease and re-delivers (two epochs in flight at once).
+    """
+    assert ctx.lease is not None
+    ctx.check()
+    return max(0.05, min(ctx.lease.remaining, ctx.deadline - ctx.clock()))
+
+
 def webhook_body(row: dict[str, Any], subject: str, text: str) -> bytes:
     """The JSON body; deterministic, so a re-delivery is byte-identical (same signature)."""
     doc = {
@@ -184,6 +195,7 @@ class Dispatcher:
         except jinja2.TemplateError as exc:
             raise DeliveryError(f"template rendering failed: {exc}", permanent=True) from exc
         channel = row["channel"]
+        budget = call_budget(ctx)
         if channel == "Email":
             self.channels.email.send(
                 to=row["recipient"],
@@ -191,6 +203,7 @@ class Dispatcher:
                 text=text,
                 message_id=f"<{row['id']}@leasectl>",
                 headers={"X-Leasectl-Idempotency-Key": row["id"]},
+                budget=budget,
             )
         elif channel == "Webhook":
             self.channels.webhook.post(
@@ -198,6 +211,7 @@ class Dispatcher:
                 idempotency_key=row["id"],
                 epoch=ctx.lease.epoch,
                 replica=ctx.replica_id,
+                budget=budget,
             )
         else:
             raise DeliveryError(f"unknown channel {channel!r}", permanent=True)

@@ -56,8 +56,11 @@ class SmtpSender:
         html: str | None = None,
         message_id: str,
         headers: dict[str, str] | None = None,
+        budget: float | None = None,
     ) -> None:
         """Send one message. ``message_id`` is the idempotency key a receiving MTA can dedup on.
+
+        ``budget`` caps the socket timeout (the lease's remaining validity, see webhook.py).
 
         :raises DeliveryError: on any failure; ``permanent`` when retrying cannot help.
         """
@@ -84,8 +87,9 @@ class SmtpSender:
                 msg.set_content(html, subtype="html")
         else:
             msg.set_content(text or "")
+        timeout = s.timeout if budget is None else min(s.timeout, budget)
         try:
-            self._deliver(msg)
+            self._deliver(msg, timeout)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             permanent = bool(codes) and all(500 <= code < 600 for code in codes)
@@ -95,14 +99,14 @@ class SmtpSender:
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryError(f"SMTP {s.host}:{s.port} ({s.tls}): {exc!r}") from exc
 
-    def _deliver(self, msg: EmailMessage) -> None:
+    def _deliver(self, msg: EmailMessage, timeout: float) -> None:
         s = self.settings
         context = ssl.create_default_context(cafile=s.ca_file or None)
         smtp: smtplib.SMTP
         if s.tls == "implicit":
-            smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=context)
+            smtp = smtplib.SMTP_SSL(s.host, s.port, timeout=timeout, context=context)
         else:
-            smtp = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+            smtp = smtplib.SMTP(s.host, s.port, timeout=timeout)
         with smtp:
             smtp.ehlo()
             if s.tls == "starttls":

@@ -55,8 +55,20 @@ class WebhookSender:
         p = self._parts
         return f"{p.scheme}://{p.hostname}:{p.port or ''}{p.path}" if p else "<unset>"
 
-    def post(self, body: bytes, *, idempotency_key: str, epoch: int, replica: str) -> int:
+    def post(
+        self,
+        body: bytes,
+        *,
+        idempotency_key: str,
+        epoch: int,
+        replica: str,
+        budget: float | None = None,
+    ) -> int:
         """POST ``body``; return the 2xx status.
+
+        ``budget`` caps the timeout of each socket operation below the configured one. The
+        caller passes the lease's remaining validity, so no request of ours is still in flight
+        long after the lease may have moved to another replica.
 
         :raises DeliveryError: non-2xx, network error, or an unsafe header value (permanent).
         """
@@ -74,16 +86,15 @@ class WebhookSender:
             "X-Leasectl-Signature": sign(self.settings.hmac_key, body),
         }
         path = (p.path or "/") + (f"?{p.query}" if p.query else "")
+        timeout = self.settings.timeout if budget is None else min(self.settings.timeout, budget)
         conn: http.client.HTTPConnection
         if p.scheme == "https":
             context = ssl.create_default_context(cafile=self.settings.ca_file or None)
             conn = http.client.HTTPSConnection(
-                p.hostname or "", p.port, timeout=self.settings.timeout, context=context
+                p.hostname or "", p.port, timeout=timeout, context=context
             )
         else:
-            conn = http.client.HTTPConnection(
-                p.hostname or "", p.port, timeout=self.settings.timeout
-            )
+            conn = http.client.HTTPConnection(p.hostname or "", p.port, timeout=timeout)
         try:
             conn.request("POST", path, body=body, headers=headers)
             resp = conn.getresponse()

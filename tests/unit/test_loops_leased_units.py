@@ -182,3 +182,21 @@ def test_expiry_wording_at_send_time(hours: int, expect: str) -> None:
         "cert_expires_at": dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours, minutes=1),
     }
     assert expect in Templates().notification(render_context(row))[1]
+
+
+def test_webhook_call_is_bounded_by_the_budget() -> None:
+    """A receiver that accepts and never answers cannot hold a delivery past the lease."""
+    import socket
+    import time
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        sender = WebhookSender(
+            WebhookSettings(url=f"http://127.0.0.1:{port}/h", hmac_key="k", timeout=30.0)
+        )
+        started = time.monotonic()
+        with pytest.raises(DeliveryError, match="timed out"):
+            sender.post(b"{}", idempotency_key="n1", epoch=1, replica="r", budget=0.2)
+        assert time.monotonic() - started < 2.0
