@@ -93,15 +93,27 @@ class Digest:
                     budget=call_budget(ctx),
                 )
             except DeliveryError as exc:
-                failed.append(f"{recipient}: {exc}")
                 self._mark(ctx, "mark_failed", base | {"error": str(exc)[:2000]})
                 NOTIFICATIONS.labels("Email", "digest_failed").inc()
                 ctx.count("failed")
+                if exc.permanent:
+                    # Retrying the slot cannot help (a malformed address, a 5xx refusal):
+                    # recorded in digest_sends and logged, but the tick does not fail for it.
+                    ctx.log.error(
+                        "digest for %s not delivered to %s: %s",
+                        period.isoformat(),
+                        recipient,
+                        exc,
+                        extra={"action": "digest_undeliverable", "recipient": recipient},
+                    )
+                else:
+                    failed.append(f"{recipient}: {exc}")
                 continue
             self._mark(ctx, "mark_sent", base)
             NOTIFICATIONS.labels("Email", "digest_sent").inc()
             ctx.count("sent")
         if failed:
+            # The scheduler retries the slot with backoff; 'sent' recipients are skipped then.
             raise DigestFailed(
                 f"digest for {period:%Y-%m-%d %H:%M} not delivered to {len(failed)} of "
                 f"{len(recipients)} recipient(s): " + "; ".join(failed)

@@ -136,3 +136,20 @@ def test_enabled_without_smtp_fails_start() -> None:
     with pytest.raises(ConfigError, match="smtp.host"):
         digest.build(cfg)
     assert digest.build(LoopsSettings()) is None  # disabled by default
+
+
+def test_permanent_refusal_is_recorded_without_failing_the_slot(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    seed(conn)
+    with smtp_server() as (inbox, port):
+        spec = digest.build(settings(port, recipients=("ok@example.com", "bad@x\r\nBcc: y")))
+        assert spec is not None
+        with pool_for(dsn) as pool, leased(dsn, "digest") as (_, lease):
+            ctx = tick(spec, pool, lease, tick_at=SLOT)
+            again = tick(spec, pool, lease, tick_at=SLOT)  # a re-run retries only the failure
+    assert ctx.stats == {"sent": 1, "failed": 1}
+    assert again.stats == {"already_sent": 1, "failed": 1}
+    assert [m["To"] for m in inbox.messages] == ["ok@example.com"]
+    rows = dict(conn.execute("SELECT recipient, status FROM digest_sends").fetchall())
+    assert rows == {"ok@example.com": "sent", "bad@x\r\nBcc: y": "failed"}
