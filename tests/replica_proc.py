@@ -90,7 +90,7 @@ def child_main(argv: list[str] | None = None) -> int:
         if ev.kind == "heartbeat":
             return
         if ev.kind == "acquired":
-            lease = manager._state.held.get(ev.lease)  # the handle the manager just stored
+            lease = manager.lease(ev.lease)  # the handle the manager just stored
             if lease is not None:
                 last[ev.lease] = lease
         emit(
