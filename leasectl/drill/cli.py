@@ -138,6 +138,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     drill = Drill(opts, on_progress)
     for kind, why in drill.skipped.items():
         console.print(f"[yellow]skipping fault kind {kind}:[/] {why}")
+    console.print("Ctrl-C once: stop injecting faults and report; twice: stop at once.")
     with progress:
         result = drill.run()
     out = Console(width=None if sys.stdout.isatty() else 160)
@@ -159,4 +160,6 @@ def cmd_drill(args: argparse.Namespace) -> int:
         write_html(result, args.report)
         console.print(f"wrote {args.report}")
     sys.stdout.flush()
-    return 0 if result.analysis.ok else EXIT_INVARIANT_FAILED
+    if not result.analysis.ok:
+        return EXIT_INVARIANT_FAILED
+    return 130 if result.interrupted else 0

@@ -73,6 +73,7 @@ class DrillResult:
     replicas: list[dict[str, Any]]
     lines: list[LogLine]
     deliveries: list[Delivery] = field(default_factory=list)
+    interrupted: bool = False
     setup_notes: list[str] = field(default_factory=list)
 
 
@@ -148,6 +149,7 @@ class Drill:
         )
         self.d_srv: float = bound.d_srv or 9.0
         self.notes: list[str] = []
+        self.interrupted = False
         self._tmp: Path | None = None
         self._nets: netns.NetnsSet | None = None
         self._server: EmbeddedPostgres | None = None
@@ -265,14 +267,30 @@ class Drill:
             self._wait_started(cluster, 90.0)
             plan = faults.schedule(self.kinds, self.opts.rounds)
             self.progress(0, len(plan), None, "cluster up")
-            for i, kind in enumerate(plan):
-                result = runner.run(i, kind)
-                rounds.append(result)
-                self._restore(cluster, result)
-                self.progress(i + 1, len(plan), result, kind)
+            try:
+                for i, kind in enumerate(plan):
+                    try:
+                        result = runner.run(i, kind)
+                    except (TimeoutError, faults.FaultError, psycopg.Error) as exc:
+                        # The cluster cannot be driven any more (no holder, no lock
+                        # connection): record it, stop injecting, still check and report.
+                        result = RoundResult(i, kind, self.opts.lease, "", None, time.time())
+                        result.notes.append(f"round aborted: {exc}")
+                        result.notes += self._exit_reasons(cluster)
+                        rounds.append(result)
+                        self.notes.append(f"rounds stopped at #{i}: {exc}")
+                        self.progress(i + 1, len(plan), result, kind)
+                        break
+                    rounds.append(result)
+                    self._restore(cluster, result)
+                    self.progress(i + 1, len(plan), result, kind)
+            except KeyboardInterrupt:
+                # First Ctrl-C: stop injecting faults, but report what was measured.
+                self.interrupted = True
+                self.notes.append(f"interrupted after {len(rounds)} round(s)")
             self._feed.stop()
-            self.progress(len(plan), len(plan), None, "draining")
-            self._drain(admin)
+            self.progress(len(rounds), len(plan), None, "draining")
+            self._drain(admin, 20.0 if self.interrupted else self.opts.drain_timeout)
             cluster.stop_all()
             finished = time.time()
             analysis = analyze(
@@ -300,6 +318,7 @@ class Drill:
                 lines=cluster.snapshot(),
                 deliveries=sink.deliveries(),
                 setup_notes=self.notes,
+                interrupted=self.interrupted,
             )
         finally:
             self.cleanup()
@@ -327,13 +346,25 @@ class Drill:
             time.sleep(0.1)
         raise TimeoutError(f"cluster of {n} replicas did not start within {timeout}s")
 
+    @staticmethod
+    def _exit_reasons(cluster: Cluster) -> list[str]:
+        """The last stderr lines of replicas that exited on their own (why they died)."""
+        out = []
+        for rep in cluster.slots.values():
+            if not rep.alive() and not rep.stopped_by_drill:
+                tail = " | ".join(line.strip() for line in rep.raw_tail[-3:])
+                out.append(f"{rep.replica_id} exit {rep.proc.returncode}: {tail}")
+        return out
+
     def _restore(self, cluster: Cluster, result: RoundResult) -> None:
         """Bring the cluster back to N live replicas and let it settle."""
         for slot, rep in list(cluster.slots.items()):
             if not rep.alive():
                 if not rep.stopped_by_drill:
+                    tail = " | ".join(line.strip() for line in rep.raw_tail[-3:])
                     result.notes.append(
-                        f"replica {rep.replica_id} exited unexpectedly ({rep.proc.returncode})"
+                        f"replica {rep.replica_id} exited unexpectedly "
+                        f"({rep.proc.returncode}): {tail}"
                     )
                 cluster.start(slot)
         deadline = time.monotonic() + 60.0
@@ -348,17 +379,17 @@ class Drill:
             result.notes.append("cluster did not settle within 60s after the round")
         time.sleep(self.opts.settle_s)
 
-    def _drain(self, admin: str) -> None:
+    def _drain(self, admin: str, timeout: float) -> None:
         from leasectl.drill.invariants import open_counts
 
         assert self._feed is not None
-        deadline = time.monotonic() + self.opts.drain_timeout
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             n_open, j_open = open_counts(admin, self._feed.prefix)
             if n_open == 0 and j_open == 0:
                 return
             time.sleep(0.5)
-        self.notes.append(f"drain timed out after {self.opts.drain_timeout}s")
+        self.notes.append(f"drain timed out after {timeout}s")
 
     # -- clean-up -----------------------------------------------------------------------------
 
