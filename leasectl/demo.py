@@ -150,6 +150,8 @@ class Demo:
             self.watch()
             crashed = self.all_exited()  # before teardown stops the rest
         except KeyboardInterrupt:
+            if not self.interactive and self._last is not None:
+                self.console.print(self._last)  # the final state, for logs
             self.console.print("\n[bold]stopping the demo...[/bold]")
         finally:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # let cleanup finish
