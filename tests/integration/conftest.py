@@ -160,3 +160,78 @@ def pgbouncer(dsn: str) -> Iterator[dict[str, str]]:
             proc.kill()
             proc.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def standby_dsn(dsn: str) -> Iterator[str]:
+    """A hot standby of the embedded test server (pg_basebackup -R), on its own port."""
+    if os.environ.get("LEASECTL_TEST_DSN"):
+        pytest.skip("the standby is built from the embedded test server only")
+    from leasectl.embedded import SYSTEM_USER, bin_dir
+
+    target = conninfo.conninfo_to_dict(dsn)
+    workdir = Path(tempfile.mkdtemp(prefix="leasectl-standby-"))
+    workdir.chmod(0o755)
+    data = workdir / "data"
+    kwargs: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        user = pwd.getpwnam(SYSTEM_USER)
+        os.chown(workdir, user.pw_uid, user.pw_gid)
+        kwargs = {"user": user.pw_uid, "group": user.pw_gid}
+    port = _free_port()
+
+    def run(*args: str) -> None:
+        proc = subprocess.run(
+            [str(bin_dir() / args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            cwd=workdir,
+            timeout=120,
+            check=False,
+            **kwargs,
+        )
+        assert proc.returncode == 0, f"{args[0]} failed: {proc.stdout}\n{proc.stderr}"
+
+    run(
+        "pg_basebackup",
+        "-h",
+        str(target["host"]),
+        "-p",
+        str(target["port"]),
+        "-U",
+        str(target.get("user", "postgres")),
+        "-D",
+        str(data),
+        "-R",
+        "-X",
+        "stream",
+        "--no-sync",
+        "--checkpoint=fast",  # the default spread checkpoint takes minutes
+    )
+    try:
+        run(
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(workdir / "standby.log"),
+            "-o",
+            f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1",
+            "start",
+        )
+        params = dict(target)
+        params["port"] = str(port)
+        yield conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+    finally:
+        subprocess.run(
+            [str(bin_dir() / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            cwd=workdir,
+            timeout=60,
+            check=False,
+            **kwargs,
+        )
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
-from leasectl.errors import SafetyInequalityViolated, UnsupportedTopology
+from leasectl.errors import DatabaseUnavailable, SafetyInequalityViolated, UnsupportedTopology
 from leasectl.leases import LeaseManager
 from leasectl.locks import LockSession
 from leasectl.settings import CoreSettings, DatabaseSettings, LeaseSettings
@@ -103,3 +103,28 @@ def test_unix_socket_connections_are_exempt(dsn: str, conn: psycopg.Connection[A
         assert manager.wait_for("a", timeout=10).epoch == 1
     finally:
         manager.stop()
+
+
+@pytest.mark.slow
+def test_standby_is_refused_and_a_multi_host_dsn_finds_the_primary(
+    standby_dsn: str, dsn: str
+) -> None:
+    with psycopg.connect(standby_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+    with pytest.raises(DatabaseUnavailable) as info:
+        LockSession.connect(standby_dsn, DatabaseSettings(), "leasectl/t-standby")
+    assert "cannot open the lock connection" in str(info.value)
+    with pytest.raises(DatabaseUnavailable):
+        LeaseManager("t-standby", ["a"], CoreSettings(), dsn=standby_dsn).start()
+    # Standby listed first: target_session_attrs=read-write skips it for the primary.
+    s, p = conninfo.conninfo_to_dict(standby_dsn), conninfo.conninfo_to_dict(dsn)
+    both = conninfo.make_conninfo(
+        host=f"{s['host']},{p['host']}",
+        port=f"{s['port']},{p['port']}",
+        user=str(p.get("user", "postgres")),
+        dbname=str(p["dbname"]),
+    )
+    with LockSession.connect(both, DatabaseSettings(), "leasectl/t-multi") as session:
+        assert session.try_acquire(["a"]) == {"a"}
+        with psycopg.connect(dsn) as conn:
+            assert lock_holders(conn, ["a"]) == {"a": ["leasectl/t-multi"]}
