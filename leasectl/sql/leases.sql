@@ -26,6 +26,8 @@ FROM tried t
 LEFT JOIN leasectl_leases l ON l.name = t.name
 LEFT JOIN pg_locks h
        ON NOT t.got AND h.locktype = 'advisory' AND h.granted AND h.objsubid = 2
+      -- advisory locks are per database: another database's holder of the same key is not ours
+      AND h.database = (SELECT oid FROM pg_database WHERE datname = current_database())
       AND h.classid = (%(ns)s::bigint & 4294967295)::oid
       AND h.objid = (t.key::bigint & 4294967295)::oid
 

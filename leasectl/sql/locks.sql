@@ -25,6 +25,8 @@ SELECT l.objid::bigint AS key_oid, l.pid, a.application_name, host(a.client_addr
 FROM pg_locks l
 LEFT JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+  -- advisory locks are per database: only holders in this database contend with us
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.classid = %(ns_oid)s::bigint::oid
   AND l.objid = ANY(%(key_oids)s::bigint[]::oid[])
 

@@ -202,11 +202,13 @@ def holders(conn: psycopg.Connection[Any]) -> dict[str, str]:
     return {name: holder for name, holder in rows}
 
 
-def ok_ticks(conn: psycopg.Connection[Any], replica: str) -> int:
-    row = conn.execute(
-        "SELECT count(*) FROM leasectl_ticks WHERE replica = %s AND outcome = 'ok'", (replica,)
-    ).fetchone()
-    return int(row[0]) if row else 0
+def loops_ticked(conn: psycopg.Connection[Any], replica: str) -> set[str]:
+    """Leased loops with at least one completed slot by ``replica``."""
+    rows = conn.execute(
+        "SELECT DISTINCT loop FROM leasectl_ticks WHERE replica = %s AND outcome = 'ok'",
+        (replica,),
+    ).fetchall()
+    return {r[0] for r in rows}
 
 
 @pytest.mark.slow
@@ -226,7 +228,9 @@ def test_two_replicas_all_fifteen_loops(
         )
         b = Proc("B", config, tmp_path)
         procs.append(b)
-        wait_until(lambda: ok_ticks(conn, "A") >= 10, timeout=30, what="A ran leased ticks")
+        wait_until(
+            lambda: loops_ticked(conn, "A") == set(LEASED), timeout=60, what="A ran every loop"
+        )
         wait_until(
             lambda: (
                 conn.execute(
@@ -260,7 +264,9 @@ def test_two_replicas_all_fifteen_loops(
             timeout=30,
             what="B took every lease",
         )
-        wait_until(lambda: ok_ticks(conn, "B") >= 10, timeout=30, what="B ran leased ticks")
+        wait_until(
+            lambda: loops_ticked(conn, "B") == set(LEASED), timeout=60, what="B ran every loop"
+        )
         b.proc.send_signal(signal.SIGKILL)
         b.proc.wait(10)
         # A is in cooldown for 8 s after the step-down; it takes over once that ends.
