@@ -143,13 +143,24 @@ def build(
     path: str,
     ctx: Problems,
     special: Mapping[str, Callable[[Any, str, Problems], Any]] | None = None,
+    base: Any = None,
 ) -> Any:
-    """Build ``cls`` from ``data`` (a mapping), recording every problem; BAD if unusable."""
+    """Build ``cls`` from ``data`` (a mapping), recording every problem; BAD if unusable.
+
+    Keys absent from ``data`` keep their value in ``base`` (the enclosing section's default
+    for this field), so a partial ``loop: {enabled: true}`` keeps the loop's own default
+    interval instead of the class-level default.
+    """
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         ctx.add(path, f"expected a mapping (section), got {show(data, path)}")
         return BAD
+    if base is None:
+        try:
+            base = cls()
+        except TypeError:
+            base = None  # a section without defaults: every key is required
     hints = field_types(cls)
     known = set(hints)
     secrets = {n for n in hints if is_secret(n)}
@@ -186,6 +197,9 @@ def build(
             value = data[name]
         if special and sub in special:
             converted = special[sub](value, sub, ctx)
+        elif dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            nested_base = getattr(base, name, None) if base is not None else None
+            converted = build(tp, _parse_env(value), sub, ctx, special, nested_base)
         else:
             converted = convert(tp, value, sub, ctx, special)
         if converted is BAD:
@@ -194,6 +208,9 @@ def build(
             kwargs[name] = converted
     if failed:
         return BAD
+    if base is not None and isinstance(base, cls):
+        merged: Any = base
+        return dataclasses.replace(merged, **kwargs)
     return cls(**kwargs)
 
 

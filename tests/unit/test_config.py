@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from leasectl.config import dump, load, to_yaml
+from leasectl.config import dump, load, load_settings, to_yaml
 from leasectl.errors import ConfigError
 from leasectl.settings import Settings
 from loops.settings import LoopsSettings
@@ -178,3 +178,14 @@ def test_unknown_env_override_is_an_error() -> None:
         load(environ={"LEASECTL_LEASES__LEASE_TIL": "3"})
     assert "did you mean 'lease_ttl'?" in str(info.value)
     assert "env LEASECTL_LEASES__LEASE_TIL" in str(info.value)
+
+
+def test_partial_nested_section_keeps_the_fields_own_defaults(tmp_path: Path) -> None:
+    """Regression: ``sessions: {enabled: true}`` reset the interval to LoopToggle's 60 s."""
+    cfg = tmp_path / "partial.yaml"
+    cfg.write_text(
+        "loops:\n  gc:\n    sessions: {enabled: true}\n  jobs:\n    processor: {enabled: false}\n"
+    )
+    s = load_settings(str(cfg))
+    assert s.loops.gc.sessions.interval == 3600.0
+    assert s.loops.jobs.processor.interval == 30.0 and not s.loops.jobs.processor.enabled
