@@ -33,9 +33,7 @@ def _lock_backend(conn: psycopg.Connection[Any], replica: str) -> int | None:
     return int(row[0]) if row else None
 
 
-def test_two_replicas_contend_for_five_leases(
-    spawn: Spawn, conn: psycopg.Connection[Any]
-) -> None:
+def test_two_replicas_contend_for_five_leases(spawn: Spawn, conn: psycopg.Connection[Any]) -> None:
     a = spawn("ra", LEASES)
     b = spawn("rb", LEASES)
     a.ready()
