@@ -1,12 +1,13 @@
 -- name: claim_tick
--- Claim a leased loop's slot, fenced by the epoch. A slot runs at most once: a second claim
+-- Claim a leased loop's slot, fenced by the epoch (FOR KEY SHARE: serializes with the epoch bump,
+-- not with heartbeats). A slot runs at most once: a second claim
 -- for the same slot only succeeds if the earlier run did not finish (failed, lost, cancelled,
 -- or still 'running' under an older epoch, i.e. its holder died mid-tick).
 INSERT INTO leasectl_ticks AS t (loop, tick_at, epoch, replica, started_at, outcome, attempts)
 SELECT %(loop)s, %(tick_at)s, %(lease_epoch)s, %(replica)s, now(), 'running', 1
 WHERE EXISTS (
     SELECT 1 FROM leasectl_leases
-    WHERE name = %(lease_name)s AND epoch = %(lease_epoch)s FOR SHARE
+    WHERE name = %(lease_name)s AND epoch = %(lease_epoch)s FOR KEY SHARE
 )
 ON CONFLICT (loop, tick_at) DO UPDATE
 SET epoch = excluded.epoch, replica = excluded.replica, started_at = now(),
@@ -22,7 +23,7 @@ SET finished_at = now(), outcome = %(outcome)s, error = %(error)s
 WHERE loop = %(loop)s AND tick_at = %(tick_at)s AND epoch = %(lease_epoch)s
   AND EXISTS (
     SELECT 1 FROM leasectl_leases
-    WHERE name = %(lease_name)s AND epoch = %(lease_epoch)s FOR SHARE
+    WHERE name = %(lease_name)s AND epoch = %(lease_epoch)s FOR KEY SHARE
   )
 
 -- name: last_done
