@@ -7,13 +7,14 @@ call (the pool's ``idle_in_transaction_session_timeout`` would kill it, and it w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
 
-from leasectl.loop import TickContext
+from leasectl.loop import LoopSpec, TickContext
+from loops.settings import LoopToggle
 
 #: Actor type written to ``audit_events`` by every loop.
 ACTOR_TYPE = "System"
@@ -40,3 +41,26 @@ def duration_label(seconds: float) -> str:
     if whole and whole % 60 == 0:
         return f"{whole // 60}m"
     return f"{seconds:g}s"
+
+
+def everywhere(
+    name: str,
+    toggle: LoopToggle,
+    run: Callable[[TickContext], None],
+    *,
+    timeout: float,
+    run_on_start: bool,
+    description: str,
+) -> LoopSpec | None:
+    """The spec of an everywhere loop driven by a ``{enabled, interval}`` toggle; None if off."""
+    if not toggle.enabled:
+        return None
+    return LoopSpec(
+        name=name,
+        interval=toggle.interval,
+        placement="everywhere",
+        run=run,
+        timeout=timeout,
+        run_on_start=run_on_start,
+        description=description,
+    )

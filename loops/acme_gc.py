@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import transaction
+from loops._common import everywhere, transaction
 from loops.settings import LoopsSettings
 
 Q = load("acme_gc", package="loops.sql")
@@ -40,14 +40,10 @@ def run(ctx: TickContext) -> None:
 
 def build(settings: LoopsSettings) -> LoopSpec | None:
     """The loop, or None when ``loops.gc.acme.enabled`` is false."""
-    toggle = settings.gc.acme
-    if not toggle.enabled:
-        return None
-    return LoopSpec(
-        name=NAME,
-        interval=toggle.interval,
-        placement="everywhere",
-        run=run,
+    return everywhere(
+        NAME,
+        settings.gc.acme,
+        run,
         timeout=TIMEOUT,
         run_on_start=False,
         description="ACME nonces, authorizations and orders garbage collection",

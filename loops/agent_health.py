@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import transaction
+from loops._common import everywhere, transaction
 from loops.settings import LoopsSettings
 
 Q = load("agent_health", package="loops.sql")
@@ -34,14 +34,10 @@ def run(ctx: TickContext) -> None:
 
 def build(settings: LoopsSettings) -> LoopSpec | None:
     """The loop, or None when ``loops.agents.check.enabled`` is false."""
-    toggle = settings.agents.check
-    if not toggle.enabled:
-        return None
-    return LoopSpec(
-        name=NAME,
-        interval=toggle.interval,
-        placement="everywhere",
-        run=run,
+    return everywhere(
+        NAME,
+        settings.agents.check,
+        run,
         timeout=TIMEOUT,
         run_on_start=True,
         description="Online agents with a stale heartbeat become Offline",

@@ -30,7 +30,7 @@ from psycopg.types.json import Jsonb
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
 from loops import ca
-from loops._common import actor, transaction
+from loops._common import actor, everywhere, transaction
 from loops.settings import LoopsSettings
 from loops.tls_probe import ProbeResult, parse_endpoint, probe
 
@@ -180,14 +180,10 @@ def run(ctx: TickContext) -> None:
 
 def build(settings: LoopsSettings) -> LoopSpec | None:
     """The loop, or None when ``loops.health_check.loop.enabled`` is false."""
-    toggle = settings.health_check.loop
-    if not toggle.enabled:
-        return None
-    return LoopSpec(
-        name=NAME,
-        interval=toggle.interval,
-        placement="everywhere",
-        run=run,
+    return everywhere(
+        NAME,
+        settings.health_check.loop,
+        run,
         timeout=TIMEOUT,
         run_on_start=False,
         description="TLS health checks of endpoints with a fixed state machine",

@@ -36,7 +36,7 @@ from leasectl.errors import LeaseLost
 from leasectl.loop import LoopSpec, TickCancelled, TickContext
 from leasectl.sql import load
 from loops import ca
-from loops._common import actor, transaction
+from loops._common import actor, everywhere, transaction
 from loops.settings import LoopsSettings
 
 Q = load("job_processor", package="loops.sql")
@@ -264,14 +264,10 @@ def run(ctx: TickContext) -> None:
 
 def build(settings: LoopsSettings) -> LoopSpec | None:
     """The loop, or None when ``loops.jobs.processor.enabled`` is false."""
-    toggle = settings.jobs.processor
-    if not toggle.enabled:
-        return None
-    return LoopSpec(
-        name=NAME,
-        interval=toggle.interval,
-        placement="everywhere",
-        run=run,
+    return everywhere(
+        NAME,
+        settings.jobs.processor,
+        run,
         timeout=TIMEOUT,
         run_on_start=True,
         description="claim due jobs with SKIP LOCKED and issue certificates via the local CA",

@@ -18,7 +18,7 @@ import psycopg
 
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import actor, transaction
+from loops._common import actor, everywhere, transaction
 from loops.settings import LoopsSettings
 
 Q = load("job_retry", package="loops.sql")
@@ -59,14 +59,10 @@ def run(ctx: TickContext) -> None:
 
 def build(settings: LoopsSettings) -> LoopSpec | None:
     """The loop, or None when ``loops.jobs.retry.enabled`` is false."""
-    toggle = settings.jobs.retry
-    if not toggle.enabled:
-        return None
-    return LoopSpec(
-        name=NAME,
-        interval=toggle.interval,
-        placement="everywhere",
-        run=run,
+    return everywhere(
+        NAME,
+        settings.jobs.retry,
+        run,
         timeout=TIMEOUT,
         run_on_start=True,
         description="Failed -> Pending while attempts < max_attempts, with exponential backoff",

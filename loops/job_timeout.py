@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import actor, duration_label, transaction
+from loops._common import actor, duration_label, everywhere, transaction
 from loops.settings import LoopsSettings
 
 Q = load("job_timeout", package="loops.sql")
@@ -65,14 +65,10 @@ def run(ctx: TickContext) -> None:
 
 def build(settings: LoopsSettings) -> LoopSpec | None:
     """The loop, or None when ``loops.jobs.timeout.enabled`` is false."""
-    toggle = settings.jobs.timeout
-    if not toggle.enabled:
-        return None
-    return LoopSpec(
-        name=NAME,
-        interval=toggle.interval,
-        placement="everywhere",
-        run=run,
+    return everywhere(
+        NAME,
+        settings.jobs.timeout,
+        run,
         timeout=TIMEOUT,
         run_on_start=True,
         description="fail AwaitingCSR/AwaitingApproval/Running jobs past their timeouts",

@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
 from loops import ca
-from loops._common import actor, transaction
+from loops._common import actor, everywhere, transaction
 from loops.settings import LoopsSettings
 from loops.tls_probe import ProbeResult, format_endpoint, probe
 
@@ -255,14 +255,10 @@ def run(ctx: TickContext) -> None:
 
 def build(settings: LoopsSettings) -> LoopSpec | None:
     """The loop, or None when ``loops.network_scan.loop.enabled`` is false."""
-    toggle = settings.network_scan.loop
-    if not toggle.enabled:
-        return None
-    return LoopSpec(
-        name=NAME,
-        interval=toggle.interval,
-        placement="everywhere",
-        run=run,
+    return everywhere(
+        NAME,
+        settings.network_scan.loop,
+        run,
         timeout=TIMEOUT,
         run_on_start=True,
         description="TLS-scan due network targets and upsert what they serve",

@@ -31,7 +31,7 @@ from typing import Any
 
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import actor, transaction
+from loops._common import actor, everywhere, transaction
 from loops.settings import LoopsSettings
 
 Q = load("renewal_check", package="loops.sql")
@@ -223,14 +223,10 @@ def run(ctx: TickContext) -> None:
 
 def build(settings: LoopsSettings) -> LoopSpec | None:
     """The loop, or None when ``loops.renewal.check.enabled`` is false."""
-    toggle = settings.renewal.check
-    if not toggle.enabled:
-        return None
-    return LoopSpec(
-        name=NAME,
-        interval=toggle.interval,
-        placement="everywhere",
-        run=run,
+    return everywhere(
+        NAME,
+        settings.renewal.check,
+        run,
         timeout=TIMEOUT,
         run_on_start=True,
         description="expiry statuses, renewal jobs in the window, expiry alerts once each",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import transaction
+from loops._common import everywhere, transaction
 from loops.settings import LoopsSettings
 
 Q = load("session_gc", package="loops.sql")
@@ -32,14 +32,10 @@ def run(ctx: TickContext) -> None:
 
 def build(settings: LoopsSettings) -> LoopSpec | None:
     """The loop, or None when ``loops.gc.sessions.enabled`` is false."""
-    toggle = settings.gc.sessions
-    if not toggle.enabled:
-        return None
-    return LoopSpec(
-        name=NAME,
-        interval=toggle.interval,
-        placement="everywhere",
-        run=run,
+    return everywhere(
+        NAME,
+        settings.gc.sessions,
+        run,
         timeout=TIMEOUT,
         run_on_start=False,
         description="expired and abandoned pre-login sessions are deleted",

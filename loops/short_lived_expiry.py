@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import actor, transaction
+from loops._common import actor, everywhere, transaction
 from loops.settings import LoopsSettings
 
 Q = load("short_lived_expiry", package="loops.sql")
@@ -31,14 +31,10 @@ def run(ctx: TickContext) -> None:
 
 def build(settings: LoopsSettings) -> LoopSpec | None:
     """The loop, or None when ``loops.gc.short_lived_expiry.enabled`` is false."""
-    toggle = settings.gc.short_lived_expiry
-    if not toggle.enabled:
-        return None
-    return LoopSpec(
-        name=NAME,
-        interval=toggle.interval,
-        placement="everywhere",
-        run=run,
+    return everywhere(
+        NAME,
+        settings.gc.short_lived_expiry,
+        run,
         timeout=TIMEOUT,
         run_on_start=True,
         description="short-lived certificates past expires_at become Expired",
