@@ -192,10 +192,15 @@ def test_lock_wait_timeout_names_the_holder(empty_dsn: str, tmp_path: Path) -> N
     )
     try:
         with psycopg.connect(empty_dsn, autocommit=True) as conn:
+            # The holder marks its application_name just after taking the lock.
             held = wait_until(
-                lambda: lock_holders(conn, [MIGRATIONS_LEASE])[MIGRATIONS_LEASE],
+                lambda: [
+                    app
+                    for app in lock_holders(conn, [MIGRATIONS_LEASE])[MIGRATIONS_LEASE]
+                    if app.startswith("leasectl-migrate@")
+                ],
                 20,
-                what="the first migrator holds the lock",
+                what="the first migrator holds the lock and has marked itself",
             )
             assert held[0].startswith("leasectl-migrate@"), held
             pid = conn.execute(
