@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from leasectl.leases import FENCE_SQL
@@ -12,6 +13,7 @@ from leasectl.loop import LoopSpec, TickContext
 class FixtureSettings:
     beat_interval: float = 0.2
     sweep_interval: float = 0.2
+    sweep_sleep: float = 0.0  # a tick that ignores stop requests, for drain tests
 
 
 SETTINGS_CLASS = FixtureSettings
@@ -40,8 +42,12 @@ def beat(ctx: TickContext) -> None:
 
 
 def sweep(ctx: TickContext) -> None:
-    """Everywhere: touches nothing."""
+    """Everywhere: touches nothing (optionally sleeps, deaf to stop requests)."""
     ctx.check()
+    sleep = ctx.config.sweep_sleep if ctx.config is not None else 0.0
+    if sleep:
+        ctx.log.info("sweep sleeping %ss", sleep, extra={"action": "sweep_sleeping"})
+        time.sleep(sleep)
 
 
 def build_loops(settings: FixtureSettings) -> list[LoopSpec]:
