@@ -68,3 +68,26 @@ def test_zombie_call_after_sigcont_is_in_the_window() -> None:
         [d("n4", "b", 2, 6.6), d("n4", "a", 1, 7.0)], [zombie, successor], lease_ttl=5, window=1
     )
     assert len(out["allowed"]) == 1 and out["violations"] == []
+
+
+def test_rerun_after_a_lost_lease_is_not_a_second_completion() -> None:
+    from leasectl.drill.cluster import LogLine
+    from leasectl.drill.invariants import unique_slots
+
+    hs = [
+        Holding("crl", "a", 210, 0.0, 5.0, "lost: connection_lost"),
+        Holding("crl", "a", 211, 5.2, 30.0, "open"),
+        Holding("crl", "b", 1, 40.0, 50.0, "open"),
+    ]
+
+    def done(ts: float, replica: str, epoch: int, slot: str) -> LogLine:
+        return LogLine(ts, replica, "tick_finished", "crl", epoch, "", "crl", "ok", slot)
+
+    # Epoch 210's tick finished after its lease was lost; 211 re-ran the slot: by design.
+    lines = [done(6.0, "a", 211, "s1"), done(6.5, "a", 210, "s1")]
+    twice, reruns, n = unique_slots(lines, hs, ["crl"])
+    assert (twice, len(reruns), n) == ([], 1, 1)
+    # Both completions under a believed lease: a violation.
+    lines = [done(4.0, "a", 210, "s2"), done(41.0, "b", 1, "s2")]
+    twice, reruns, n = unique_slots(lines, hs, ["crl"])
+    assert len(twice) == 1 and reruns == []
