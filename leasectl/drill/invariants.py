@@ -13,7 +13,8 @@
   ``Idempotency-Key``; see docs/safety.md, "External calls cannot be fenced".
 - ``signatures``: every delivery carried a valid HMAC signature.
 - ``crl_numbers_increase``: per issuer, CRL numbers strictly increase in generation order.
-- ``ticks_unique``: no leased slot ``(loop, tick_at)`` completed by two holders.
+- ``ticks_unique``: no leased slot ``(loop, tick_at)`` completed twice by holders that each
+  still believed they held the lease (a slot re-run after a mid-tick loss is reported only).
 """
 
 from __future__ import annotations
