@@ -339,8 +339,11 @@ class Scheduler:
         finally:
             state.running_ctx = None
         seconds = self.clock() - started
-        if ledger_params is not None:
-            self._finish(ledger_params, outcome, error)
+        recorded = ledger_params is None or self._finish(ledger_params, outcome, error)
+        if not recorded and outcome == "ok":
+            # The fenced "slot done" update was refused (or failed): as far as the cluster
+            # knows this slot did not complete here, and a newer holder may run it again.
+            outcome, error = "lost", "tick completed but its ledger row was fenced off"
         state.ticks += 1
         metrics.LOOP_TICKS.labels(spec.name, outcome).inc()
         metrics.LOOP_TICK_SECONDS.labels(spec.name).observe(seconds)
@@ -368,10 +371,12 @@ class Scheduler:
         )
         return outcome == "ok"
 
-    def _finish(self, params: dict[str, Any], outcome: str, error: str | None) -> None:
+    def _finish(self, params: dict[str, Any], outcome: str, error: str | None) -> bool:
+        """Record the slot's outcome, fenced; False when it could not be recorded."""
         try:
             with self.pool.connection() as conn:
-                conn.execute(Q["finish_tick"], {**params, "outcome": outcome, "error": error})
+                cur = conn.execute(Q["finish_tick"], {**params, "outcome": outcome, "error": error})
+                return cur.rowcount == 1
         except psycopg.Error as exc:
             log.warning(
                 "cannot record tick outcome of %s: %s",
@@ -379,6 +384,7 @@ class Scheduler:
                 exc,
                 extra={"action": "tick_finish_failed", "loop": params["loop"]},
             )
+            return False
 
     def _last_done(self, spec: LoopSpec) -> float | None:
         try:

@@ -36,7 +36,7 @@ class DatabaseSettings:
     # Client-side: a heartbeat on a dead link fails after this instead of hanging.
     client_tcp_user_timeout_ms: int = 3000
     # A zombie's open guarded transaction must not block a new holder's epoch bump forever.
-    work_idle_in_transaction_timeout_ms: int = 10000
+    work_idle_in_transaction_timeout_ms: int = 4000  # below lease_ttl + eviction_grace
 
 
 @dataclass(frozen=True)
