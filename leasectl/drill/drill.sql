@@ -74,9 +74,3 @@ SELECT pg_terminate_backend(%(pid)s)
 
 -- name: clock
 SELECT extract(epoch FROM clock_timestamp())::float8
-
--- name: seed_crl_history
--- A completed past slot of crl_generation, so the loop has a history to coalesce from.
-INSERT INTO leasectl_ticks (loop, tick_at, epoch, replica, outcome, finished_at)
-VALUES ('crl_generation', '2000-01-01T00:00:00Z', 0, 'leasectl-drill-seed', 'ok', now())
-ON CONFLICT (loop, tick_at) DO NOTHING

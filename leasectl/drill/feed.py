@@ -53,10 +53,6 @@ class Feed:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(Q["seed_owner"], {"owner_id": self.owner_id})
             conn.execute(Q["seed_issuer"], {"issuer_id": self.issuer_id})
-            # crl_generation has run_on_start=False, and the scheduler (plan_leased) never runs
-            # such a leased loop while its ledger is empty; one past slot gives it a history,
-            # as any deployment that ran before has. See docs/failover-drills.md.
-            conn.execute(Q["seed_crl_history"], {})
 
     def start(self) -> None:
         self.seed()
