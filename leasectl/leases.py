@@ -454,15 +454,15 @@ class LeaseManager:
         ).fetchone()
         elapsed = self.clock() - started
         assert row is not None
-        in_recovery, renewed = row
+        in_recovery, unproven = row
         if in_recovery:
             self._lose_all("server_in_recovery")
             raise DatabaseUnavailable("server is in recovery; refusing to hold leases")
-        renewed = set(renewed)
+        missing = set(unproven)
         valid_until = started + self.settings.leases.lease_ttl
         gone = []
         for lease in held:
-            if lease.name in renewed:
+            if lease.name not in missing:
                 lease._renew(valid_until)
             else:
                 self._drop(lease, "lock_missing_or_superseded")

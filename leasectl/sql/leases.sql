@@ -1,10 +1,13 @@
 -- name: register_replica
 -- Announce this replica; `leasectl status` joins it with pg_locks to show who is alive.
-INSERT INTO leasectl_replicas (id, host, pid, version, may_lead, loops, started_at, last_seen)
-VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(may_lead)s, %(loops)s, now(), now())
+INSERT INTO leasectl_replicas
+       (id, host, pid, version, may_lead, loops, started_at, last_seen, backend_pid)
+VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(may_lead)s, %(loops)s, now(), now(),
+        pg_backend_pid())
 ON CONFLICT (id) DO UPDATE
 SET host = excluded.host, pid = excluded.pid, version = excluded.version,
-    may_lead = excluded.may_lead, loops = excluded.loops, last_seen = now(), stopped_at = NULL
+    may_lead = excluded.may_lead, loops = excluded.loops, last_seen = now(), stopped_at = NULL,
+    backend_pid = excluded.backend_pid
 
 -- name: replica_stopped
 UPDATE leasectl_replicas SET stopped_at = now(), last_seen = now() WHERE id = %(id)s
@@ -18,12 +21,17 @@ WITH tried AS MATERIALIZED (
     FROM unnest(%(names)s::text[], %(keys)s::integer[]) AS w(name, key)
 )
 SELECT t.name, t.got,
-       extract(epoch FROM now() - l.renewed_at)::float8 AS renewed_age_s,
+       -- last renewal: the lease's own stamp (acquisition) or its holder's last heartbeat,
+       -- the latter only if made on the very session that holds the lock
+       extract(epoch FROM now() - greatest(
+           l.renewed_at, CASE WHEN r.backend_pid = h.pid THEN r.last_seen END
+       ))::float8 AS renewed_age_s,
        h.pid AS holder_pid,
        l.holder_backend_pid,
        l.holder
 FROM tried t
 LEFT JOIN leasectl_leases l ON l.name = t.name
+LEFT JOIN leasectl_replicas r ON r.id = l.holder
 LEFT JOIN pg_locks h
        ON NOT t.got AND h.locktype = 'advisory' AND h.granted AND h.objsubid = 2
       -- advisory locks are per database: another database's holder of the same key is not ours
@@ -56,22 +64,31 @@ SELECT name, epoch FROM bumped
 
 -- name: heartbeat
 -- One round trip that proves the locks are still held by this backend, that the server is a
--- primary, and renews the leases whose epoch is still ours. Also marks the replica alive.
+-- primary, and that each lease's epoch is still ours. It renews them all at once by stamping
+-- the replica row (last_seen + this lock session's pid): one row written per heartbeat,
+-- whatever the number of leases. Eviction and `leasectl status` read that stamp.
 WITH mine AS (
     SELECT objid::bigint AS key_oid
     FROM pg_locks
     WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND objsubid = 2
       AND classid = (%(ns)s::bigint & 4294967295)::oid
-), renewed AS (
-    UPDATE leasectl_leases l SET renewed_at = now()
-    FROM unnest(%(names)s::text[], %(epochs)s::bigint[]) AS w(name, epoch)
-    WHERE l.name = w.name AND l.epoch = w.epoch AND l.holder = %(replica)s
+), proven AS (
+    SELECT l.name
+    FROM leasectl_leases l
+    JOIN unnest(%(names)s::text[], %(epochs)s::bigint[]) AS w(name, epoch)
+      ON l.name = w.name AND l.epoch = w.epoch
+    WHERE l.holder = %(replica)s
       AND (l.key::bigint & 4294967295) IN (SELECT key_oid FROM mine)
-    RETURNING l.name
+), unproven AS (
+    -- normally empty: only the leases whose lock or epoch is no longer ours come back
+    SELECT unnest(%(names)s::text[]) AS name
+    EXCEPT
+    SELECT name FROM proven
 ), seen AS (
-    UPDATE leasectl_replicas SET last_seen = now() WHERE id = %(replica)s
+    UPDATE leasectl_replicas SET last_seen = now(), backend_pid = pg_backend_pid()
+    WHERE id = %(replica)s
 )
-SELECT pg_is_in_recovery(), ARRAY(SELECT name FROM renewed)
+SELECT pg_is_in_recovery(), ARRAY(SELECT name FROM unproven)
 
 -- name: release
 -- Graceful hand-over: unlock, record, and NOTIFY so a waiting replica takes over at once.

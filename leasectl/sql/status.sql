@@ -27,12 +27,16 @@ SELECT w.name,
        r.epoch,
        r.holder_backend_pid,
        extract(epoch FROM now() - r.acquired_at)::float8 AS held_for_s,
-       extract(epoch FROM now() - r.renewed_at)::float8 AS renewed_age_s,
+       extract(epoch FROM now() - greatest(
+           r.renewed_at, CASE WHEN rep.backend_pid = k.pid THEN rep.last_seen END
+       ))::float8 AS renewed_age_s,
        extract(epoch FROM now() - greatest(r.released_at, r.renewed_at))::float8 AS idle_s
 FROM wanted w
 LEFT JOIN locks k ON k.key_oid = (w.key::bigint & 4294967295)
 LEFT JOIN pg_stat_activity a ON a.pid = k.pid
 LEFT JOIN leasectl_leases r ON r.name = w.name
+-- a lease is renewed by every heartbeat of its holder's lock session (see leases.sql)
+LEFT JOIN leasectl_replicas rep ON rep.id = r.holder
 ORDER BY w.name
 
 -- name: replicas
