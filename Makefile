@@ -35,3 +35,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .leasectl build dist *.egg-info
+
+# No-op job throughput against procrastinate (docs/benchmarks.md). procrastinate is not a
+# leasectl dependency: it lives only in this separate bench venv.
+.PHONY: bench-jobs
+bench-jobs:
+	test -x .venv-bench/bin/python || $(PY) -m venv .venv-bench
+	.venv-bench/bin/pip install -q -e . procrastinate
+	.venv-bench/bin/python bench/jobs.py
