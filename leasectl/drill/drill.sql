@@ -74,3 +74,16 @@ SELECT pg_terminate_backend(%(pid)s)
 
 -- name: clock
 SELECT extract(epoch FROM clock_timestamp())::float8
+
+-- name: tick_committed_before_takeover
+-- Did this old-epoch completion reach the ledger before the next epoch was acquired? The fenced
+-- finish guarantees it (the epoch bump waits for the row lock a finishing tick holds), but its
+-- log line can still be written after SIGCONT when the process stopped between the commit and
+-- the log call. NULL: no such completed row.
+SELECT t.finished_at <= coalesce(
+           (SELECT min(e.at) FROM leasectl_lease_events e
+            WHERE e.lease = %(lease)s AND e.event = 'acquired' AND e.epoch > %(epoch)s),
+           'infinity'::timestamptz) + interval '50 milliseconds'
+FROM leasectl_ticks t
+WHERE t.loop = %(loop)s AND t.tick_at = %(tick_at)s::timestamptz AND t.epoch = %(epoch)s
+  AND t.outcome = 'ok'

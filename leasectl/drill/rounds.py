@@ -12,9 +12,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psycopg
+
+from leasectl import sql
 from leasectl.drill import faults
 from leasectl.drill.cluster import Cluster, LogLine, Replica
 from leasectl.drill.stats import Cap
+
+Q = sql.load("drill", package="leasectl.drill")
 
 DEADLINES = {
     "graceful": 20.0,
@@ -252,6 +257,22 @@ class RoundRunner:
             if kind == "graceful" and victim.proc.returncode != 0:
                 r.notes.append(f"graceful exit code {victim.proc.returncode}")
 
+    def _committed_before_takeover(self, line: LogLine) -> bool:
+        """The ledger, not the log clock, decides when a completion happened."""
+        if line.tick_at is None or line.epoch is None:
+            return False
+        with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(
+                Q["tick_committed_before_takeover"],
+                {
+                    "lease": line.lease,
+                    "loop": line.loop,
+                    "tick_at": line.tick_at,
+                    "epoch": line.epoch,
+                },
+            ).fetchone()
+        return bool(row and row[0])
+
     def _zombie_check(
         self, r: RoundResult, victim: Replica, held_before: dict[str, tuple[str, int | None]]
     ) -> None:
@@ -272,7 +293,12 @@ class RoundRunner:
             if line.replica != victim.replica_id or line.ts < r.t_lift:
                 continue
             if line.action == "tick_finished" and (line.lease, line.epoch) in its:
-                if line.outcome == "ok":
+                if line.outcome == "ok" and self._committed_before_takeover(line):
+                    r.notes.append(
+                        f"zombie's {line.loop} tick (epoch {line.epoch}) had committed before "
+                        "the takeover; its log line came after SIGCONT"
+                    )
+                elif line.outcome == "ok":
                     r.notes.append(f"ZOMBIE TICK COMPLETED: {line.loop} epoch {line.epoch}")
                     r.recovered = False
                 else:
