@@ -33,6 +33,7 @@ from cryptography import x509
 from leasectl import sql
 from leasectl.errors import LeasectlError
 from leasectl.loop import LoopSpec, TickContext
+from loops import discovered
 from loops.ca import CertificateInfo, describe
 from loops.settings import AwsSourceSettings, LoopsSettings
 
@@ -233,25 +234,14 @@ class AwsDiscovery:
             scan_id = row[0]
             for path, info in result.found:
                 inserted = cur.execute(
-                    Q["upsert_certificate"],
-                    {
-                        "fingerprint": info.fingerprint_sha256,
-                        "common_name": info.common_name,
-                        "sans": info.sans,
-                        "serial": info.serial_hex,
-                        "issuer_dn": info.issuer_dn,
-                        "subject_dn": info.subject_dn,
-                        "not_before": info.not_before,
-                        "not_after": info.not_after,
-                        "key_algorithm": info.key_algorithm,
-                        "key_size": info.key_size,
-                        "is_ca": info.is_ca,
-                        "pem": info.pem,
-                        "source_path": path,
-                        "source_format": "pem",
-                        "agent_id": AGENT_ID,
-                        "scan_id": scan_id,
-                    },
+                    discovered.UPSERT,
+                    discovered.upsert_params(
+                        info,
+                        source_path=path,
+                        source_format="pem",
+                        agent_id=AGENT_ID,
+                        scan_id=scan_id,
+                    ),
                 ).fetchone()
                 new += 1 if inserted and inserted[0] else 0
             cur.execute(

@@ -30,7 +30,7 @@ from psycopg.types.json import Jsonb
 
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops import ca
+from loops import ca, discovered
 from loops._common import actor, everywhere, transaction
 from loops.settings import LoopsSettings
 from loops.tls_probe import ProbeResult, format_endpoint, probe
@@ -147,24 +147,14 @@ def _store(
         assert scan is not None
         for result, info in seen:
             cur.execute(
-                Q["upsert_discovered"],
-                {
-                    "fingerprint": info.fingerprint_sha256,
-                    "common_name": info.common_name,
-                    "sans": info.sans,
-                    "serial": info.serial_hex,
-                    "issuer_dn": info.issuer_dn,
-                    "subject_dn": info.subject_dn,
-                    "not_before": info.not_before,
-                    "not_after": info.not_after,
-                    "key_algorithm": info.key_algorithm,
-                    "key_size": info.key_size,
-                    "is_ca": info.is_ca,
-                    "pem": info.pem,
-                    "source_path": format_endpoint(result.host, result.port),
-                    "agent_id": SENTINEL_AGENT,
-                    "scan_id": scan["id"],
-                },
+                discovered.UPSERT,
+                discovered.upsert_params(
+                    info,
+                    source_path=format_endpoint(result.host, result.port),
+                    source_format="pem",
+                    agent_id=SENTINEL_AGENT,
+                    scan_id=scan["id"],
+                ),
             )
             row = cur.fetchone()
             found += 1
