@@ -214,6 +214,7 @@ class LeaseManager:
         self._lock = threading.RLock()
         self._listeners: list[Callable[[LeaseEvent], None]] = []
         self._stop = threading.Event()
+        self._release_on_stop = True
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._session: LockSession | None = None
@@ -663,7 +664,7 @@ class LeaseManager:
         if session is None:
             return
         try:
-            if getattr(self, "_release_on_stop", True):
+            if self._release_on_stop:
                 with self._lock:
                     names = list(self._state.held)
                 self._release(session, names, "shutdown")
