@@ -126,7 +126,7 @@ def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
 
 
 def register_status(sub: Any, common: Common) -> None:
-    from leasectl.cli import add_argument
+    from leasectl.cli.args import add_argument
 
     p = sub.add_parser("status", help="lease and replica status, from the database only")
     common(p)
@@ -220,7 +220,7 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register_step_down(sub: Any, common: Common) -> None:
-    from leasectl.cli import add_argument
+    from leasectl.cli.args import add_argument
 
     p = sub.add_parser(
         "step-down", help="ask a lease's holder to hand it over (NOTIFY) and stay away a while"
@@ -287,7 +287,7 @@ def cmd_step_down(args: argparse.Namespace) -> int:
 
 
 def register_evict(sub: Any, common: Common) -> None:
-    from leasectl.cli import add_argument
+    from leasectl.cli.args import add_argument
 
     p = sub.add_parser("evict", help="terminate a lease holder's lock session (after confirmation)")
     common(p)

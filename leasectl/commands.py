@@ -13,11 +13,12 @@ from typing import Any
 
 Register = Callable[[Any, Callable[[argparse.ArgumentParser], None]], None]
 
-from leasectl import cli_config, cli_status, daemon, demo  # noqa: E402
+from leasectl import cli_config, cli_status, demo  # noqa: E402
+from leasectl.cli import run  # noqa: E402
 from leasectl.drill.cli import register as drill_register  # noqa: E402
 
 REGISTER: list[Register] = [
-    daemon.register,
+    lambda sub, common: run.add_run_parser(sub),
     cli_status.register_status,
     cli_status.register_step_down,
     cli_status.register_evict,

@@ -12,19 +12,16 @@ unavailable at start; 130 a second signal forced an immediate exit.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import replace
 from types import FrameType
 from typing import Any
 
-from leasectl import logs, metrics
+from leasectl import metrics
 from leasectl.db import make_pool, resolve_dsn, resolve_lock_dsn
 from leasectl.errors import ConfigError
 from leasectl.httpserver import HttpEndpoint
@@ -218,50 +215,3 @@ class Daemon:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
-
-
-# -- CLI ------------------------------------------------------------------------------------
-
-
-def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    from leasectl.cli import add_argument
-
-    p = sub.add_parser("run", help="run the clustered daemon (one replica)")
-    common(p)
-    add_argument(p, "--replica-id", env="REPLICA_ID", help="replica id (default host-pid-random)")
-    add_argument(
-        p, "--only", env="ONLY", help="comma-separated loops to run (default: all enabled)"
-    )
-    add_argument(
-        p,
-        "--no-leased",
-        env="NO_LEASED",
-        action="store_true",
-        help="never lead: run only everywhere loops (web-only nodes)",
-    )
-    add_argument(p, "--log-format", env="LOG_FORMAT", choices=["text", "json"], help="log format")
-    add_argument(p, "--metrics-listen", env="METRICS_LISTEN", help="HOST:PORT for /metrics")
-    p.set_defaults(handler=cmd_run)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from leasectl.config import load_settings
-
-    overrides: dict[str, Any] = {}
-    if args.dsn:
-        overrides["database.dsn"] = args.dsn
-    settings = load_settings(args.config, overrides=overrides)
-    if args.replica_id:
-        settings = replace(settings, replica=replace(settings.replica, id=args.replica_id))
-    if args.only:
-        only = tuple(x.strip() for x in args.only.split(",") if x.strip())
-        settings = replace(settings, scheduler=replace(settings.scheduler, only=only))
-    if args.log_format:
-        settings = replace(settings, logging=replace(settings.logging, format=args.log_format))
-    if args.metrics_listen is not None:
-        settings = replace(settings, metrics=replace(settings.metrics, listen=args.metrics_listen))
-    level = "DEBUG" if args.verbose else settings.logging.level
-    logs.setup(settings.logging.format, level)
-    daemon = Daemon(settings, no_leased=bool(args.no_leased))
-    daemon.install_signals()
-    return daemon.run()

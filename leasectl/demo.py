@@ -377,7 +377,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    from leasectl.cli import add_argument
+    from leasectl.cli.args import add_argument
 
     p = sub.add_parser("demo", help="run a local N-replica cluster on the embedded PostgreSQL")
     add_argument(p, "--replicas", env="DEMO_REPLICAS", type=int, default=3, help="replicas")

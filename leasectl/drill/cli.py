@@ -14,7 +14,7 @@ EXIT_INVARIANT_FAILED = 3
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    from leasectl.cli import add_argument
+    from leasectl.cli.args import add_argument
     from leasectl.drill.faults import KINDS
 
     p = sub.add_parser(

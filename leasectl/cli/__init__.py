@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from leasectl import __version__
+from leasectl.cli.args import add_argument, add_common
 from leasectl.errors import ConfigError, DatabaseUnavailable, LeasectlError
 
 EXIT_OK = 0
@@ -25,32 +25,9 @@ EXIT_CHECK_FAILED = 1
 EXIT_UNAVAILABLE = 2
 
 
-def env_default(name: str, default: Any = None) -> Any:
-    return os.environ.get(f"LEASECTL_{name}", default)
-
-
-def add_argument(parser: argparse.ArgumentParser, *flags: str, env: str, **kwargs: Any) -> None:
-    """``add_argument`` that also reads ``LEASECTL_<env>`` and says so in --help."""
-    default = kwargs.pop("default", None)
-    value = env_default(env, default)
-    if kwargs.get("action") == "store_true":
-        value = str(value).lower() in ("1", "true", "yes") if value is not None else False
-    elif value is not None and "type" in kwargs and isinstance(value, str):
-        value = kwargs["type"](value)
-    help_text = kwargs.pop("help", "")
-    kwargs["help"] = f"{help_text} [env LEASECTL_{env}]"
-    parser.add_argument(*flags, default=value, **kwargs)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    add_argument(parser, "--config", env="CONFIG", help="YAML configuration file")
-    add_argument(parser, "--dsn", env="DSN", help="PostgreSQL DSN (default: embedded server)")
-    add_argument(parser, "-v", "--verbose", env="VERBOSE", action="store_true", help="debug logs")
-
-
 def add_migrate_parser(sub: Any) -> None:
     p = sub.add_parser("migrate", help="apply pending schema migrations (under the lock)")
-    _common(p)
+    add_common(p)
     add_argument(
         p, "--status", env="MIGRATE_STATUS", action="store_true", help="only show the state"
     )
@@ -92,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_migrate_parser(sub)
     for register in commands.REGISTER:
-        register(sub, _common)
+        register(sub, add_common)
     return parser
 
 
