@@ -1,4 +1,8 @@
-"""Prometheus metrics, defined once so every module records into the same families."""
+"""Prometheus metrics of the core (leases, loop ticks), defined once in one registry.
+
+Loops register their own domain metrics into :data:`REGISTRY` (see ``loops/metrics.py``), so
+``/metrics`` serves them all while the core knows nothing about jobs or notifications.
+"""
 
 from __future__ import annotations
 
@@ -46,15 +50,6 @@ LOOP_LAST_SUCCESS = Gauge(
     "leasectl_loop_last_success_timestamp",
     "Unix time of the loop's last successful tick",
     ["loop"],
-    registry=REGISTRY,
-)
-JOBS_CLAIMED = Counter(
-    "leasectl_jobs_claimed_total", "Jobs claimed by job_processor", registry=REGISTRY
-)
-NOTIFICATIONS = Counter(
-    "leasectl_notifications_total",
-    "Notification deliveries by channel and outcome",
-    ["channel", "outcome"],
     registry=REGISTRY,
 )
 

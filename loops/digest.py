@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 from leasectl import sql
 from leasectl.errors import ConfigError, LeasectlError
 from leasectl.loop import LoopSpec, TickContext
-from leasectl.metrics import NOTIFICATIONS
+from loops.metrics import NOTIFICATIONS
 from loops.notify.dispatch import call_budget
 from loops.notify.email import SmtpSender
 from loops.notify.errors import DeliveryError

@@ -31,11 +31,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from psycopg.types.json import Jsonb
 
-from leasectl import metrics
 from leasectl.errors import LeaseLost
 from leasectl.loop import LoopSpec, TickCancelled, TickContext
 from leasectl.sql import load
-from loops import ca
+from loops import ca, metrics
 from loops._common import actor, everywhere, transaction
 from loops.settings import LoopsSettings
 

@@ -27,7 +27,7 @@ from psycopg.rows import dict_row
 from leasectl import sql
 from leasectl.errors import ConfigError, LeasectlError
 from leasectl.loop import TickContext
-from leasectl.metrics import NOTIFICATIONS
+from loops.metrics import NOTIFICATIONS
 from loops.notify.email import SmtpSender
 from loops.notify.errors import DeliveryError
 from loops.notify.templates import Templates

@@ -16,9 +16,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from leasectl.errors import ConfigError, FencingRejected, LeaseLost
 from leasectl.leases import Lease, LeaseManager
-from leasectl.metrics import NOTIFICATIONS
 from leasectl.settings import CoreSettings
 from loops import notification_retry, notification_send
+from loops.metrics import NOTIFICATIONS
 from loops.settings import LoopsSettings, NotificationSettings, SmtpSettings, WebhookSettings
 from tests.integration.leased_helpers import (
     Inbox,
