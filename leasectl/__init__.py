@@ -20,14 +20,26 @@ from leasectl.errors import (  # noqa: E402
     MigrationError,
     MigrationFailed,
     MigrationLocked,
+    NotMigrated,
+    RowLockTimeout,
     SafetyInequalityViolated,
+    TickCancelled,
     UnsupportedTopology,
 )
-from leasectl.leases import FENCE_SQL, Lease, LeaseEvent, LeaseManager  # noqa: E402
+from leasectl.leases import FENCE_SQL, Lease, LeaseEvent  # noqa: E402
+from leasectl.lease_manager import LeaseManager  # noqa: E402
 from leasectl.locks import LockSession  # noqa: E402
+from leasectl.loop import LoopSpec, TickContext  # noqa: E402
+from leasectl.migrate import MigrationSource  # noqa: E402
+from leasectl.app import App  # noqa: E402  (last: it composes everything above)
 
 __all__ = [
     "__version__",
+    # the application API
+    "App",
+    "LoopSpec",
+    "TickContext",
+    "MigrationSource",
     # leases
     "Lease",
     "LeaseEvent",
@@ -38,7 +50,10 @@ __all__ = [
     "LeasectlError",
     "ConfigError",
     "DatabaseUnavailable",
+    "NotMigrated",
+    "RowLockTimeout",
     "UnsupportedTopology",
+    "TickCancelled",
     "LeaseError",
     "LeaseLost",
     "FencingRejected",

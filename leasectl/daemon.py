@@ -1,55 +1,39 @@
-"""``leasectl run``: the clustered daemon.
+"""One running replica: the parts an :class:`~leasectl.app.App` starts, supervised together.
 
-Start-up order matters: migrations first (under the migration lock), then the lease manager
-(which verifies the lock path and the safety inequality before campaigning), then the
-scheduler, then the HTTP endpoint. Shutdown reverses it: stop new ticks, drain running ticks
-up to ``shutdown_grace``, then release leases with NOTIFY so a peer takes over at once.
+Start-up order matters: migrations first (under the migration lock), then the work pool and
+the lease manager (which verifies the lock path and the safety inequality before
+campaigning), then the scheduler, then the HTTP endpoint. Shutdown reverses it: stop new
+ticks, drain running ticks up to ``shutdown_grace``, then release leases with NOTIFY so a
+peer takes over at once.
 
-Exit codes: 0 clean stop; 1 a runtime failure stopped the daemon (lease manager or a loop
-thread died: we stop rather than run without leases); 2 bad configuration or database
-unavailable at start; 130 a second signal forced an immediate exit.
+Exit codes (see ``leasectl.cli.exit_codes``): 0 clean stop; 1 a runtime failure stopped the
+replica (lease manager or a loop thread died: we stop rather than run without leases);
+130 a second signal forced an immediate exit.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
-import signal
 import threading
 import time
-from types import FrameType
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from leasectl import metrics
 from leasectl.db import make_pool, resolve_dsn, resolve_lock_dsn
-from leasectl.errors import ConfigError
 from leasectl.httpserver import HttpEndpoint
-from leasectl.leases import LeaseEvent, LeaseManager, make_replica_id
+from leasectl.lease_manager import LeaseManager, make_replica_id
+from leasectl.leases import LeaseEvent
 from leasectl.loop import LoopSpec
-from leasectl.migrate import migrate
+from leasectl.migrate import MigrationSource, migrate
 from leasectl.scheduler import Scheduler
 from leasectl.settings import Settings
 
 log = logging.getLogger("leasectl.daemon")
 
-EXIT_OK, EXIT_RUNTIME, EXIT_START, EXIT_FORCED = 0, 1, 2, 130
+EXIT_OK, EXIT_RUNTIME, EXIT_FORCED = 0, 1, 130
 
-
-def load_loops(settings: Settings, only: tuple[str, ...]) -> tuple[list[LoopSpec], Any]:
-    """The enabled loop specs and the loops' settings object, from ``scheduler.loops_package``."""
-    registry = importlib.import_module(settings.scheduler.loops_package + ".registry")
-    loop_settings = settings.loops if settings.loops is not None else registry.SETTINGS_CLASS()
-    specs: list[LoopSpec] = registry.build_loops(loop_settings)
-    if only:
-        known = {s.name for s in specs} | set(registry.LOOP_MODULES)
-        unknown = sorted(set(only) - known)
-        if unknown:
-            raise ConfigError(
-                f"--only: unknown loop(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        specs = [s for s in specs if s.name in only]
-    return specs, loop_settings
+_SUPERVISE_EVERY = 0.2  # seconds between checks that the lease manager and loop threads live
 
 
 def metrics_listener(event: LeaseEvent) -> None:
@@ -71,10 +55,26 @@ def metrics_listener(event: LeaseEvent) -> None:
 
 
 class Daemon:
-    """One replica: lease manager + scheduler + HTTP endpoint, supervised together."""
+    """One replica: lease manager + scheduler + HTTP endpoint, supervised together.
 
-    def __init__(self, settings: Settings, *, no_leased: bool = False) -> None:
+    :param specs: the loops to run (already filtered by ``only`` / ``no_leased``).
+    :param configs: loop name → the settings object its ticks see as ``ctx.config``.
+    :param migrations: extra migration folders, applied after leasectl's own.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        specs: Sequence[LoopSpec],
+        *,
+        configs: Mapping[str, Any] | None = None,
+        migrations: Sequence[MigrationSource] = (),
+        no_leased: bool = False,
+    ) -> None:
         self.settings = settings
+        self.specs = list(specs)
+        self.configs = dict(configs or {})
+        self.migrations = list(migrations)
         self.no_leased = no_leased
         self.replica_id = make_replica_id(settings.replica.id or None)
         self.stop_requested = threading.Event()
@@ -82,6 +82,10 @@ class Daemon:
         self.manager: LeaseManager | None = None
         self.scheduler: Scheduler | None = None
         self.http: HttpEndpoint | None = None
+        self._pool: Any = None
+        self._exit: int | None = None
+        self._supervisor: threading.Thread | None = None
+        self._stopped = False
 
     # -- health -----------------------------------------------------------------------------
 
@@ -108,68 +112,91 @@ class Daemon:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def run(self) -> int:
+    @property
+    def may_lead(self) -> bool:
+        return self.settings.replica.may_lead and not self.no_leased
+
+    def start(self) -> None:
+        """Migrate, connect, start campaigning and the loop threads; raise if any part fails
+        (everything started so far is stopped again)."""
         s = self.settings
         dsn = resolve_dsn(s.database)
         lock_dsn = resolve_lock_dsn(s.database, dsn)
-        specs, loop_settings = load_loops(s, s.scheduler.only)
-        if self.no_leased:
-            specs = [sp for sp in specs if sp.placement != "leased"]
-        applied = migrate(dsn, s.core, lock_dsn=lock_dsn, applied_by=self.replica_id)
-        self.migrated = True
-        if applied:
-            log.info("applied migrations: %s", ", ".join(applied), extra={"action": "migrated"})
-        may_lead = s.replica.may_lead and not self.no_leased
-        leased = [sp.name for sp in specs if sp.placement == "leased"]
-        pool = make_pool(dsn, s.database, f"leasectl-work/{self.replica_id}")
         try:
+            if s.metrics.enabled and s.metrics.listen:
+                # Bound before anything else: a port clash must fail before we campaign.
+                self.http = HttpEndpoint(s.metrics.listen, self.health, self.ready).start()
+            applied = migrate(
+                dsn,
+                s.core,
+                lock_dsn=lock_dsn,
+                applied_by=self.replica_id,
+                sources=self.migrations,
+            )
+            self.migrated = True
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied), extra={"action": "migrated"})
+            leased = [sp.name for sp in self.specs if sp.placement == "leased"]
+            self._pool = make_pool(dsn, s.database, f"leasectl-work/{self.replica_id}")
             self.manager = LeaseManager(
                 self.replica_id,
                 leased,
                 s.core,
                 dsn=dsn,
                 lock_dsn=lock_dsn,
-                may_lead=may_lead,
-                loops=[sp.name for sp in specs],
+                may_lead=self.may_lead,
+                loops=[sp.name for sp in self.specs],
             )
             self.manager.add_listener(metrics_listener)
             self.manager.start()
             self.scheduler = Scheduler(
-                specs,
+                self.specs,
                 replica_id=self.replica_id,
-                pool=pool,
-                config=loop_settings,
+                pool=self._pool,
+                config=None,
+                configs=self.configs,
                 settings=s.scheduler,
-                lease_manager=self.manager if may_lead else None,
+                lease_manager=self.manager if self.may_lead else None,
             )
             self.scheduler.start()
-            if s.metrics.enabled and s.metrics.listen:
-                self.http = HttpEndpoint(s.metrics.listen, self.health, self.ready).start()
-            log.info(
-                "replica %s started: %d loops (%d leased), may_lead=%s, http=%s",
-                self.replica_id,
-                len(specs),
-                len(leased),
-                may_lead,
-                self.http.port if self.http else "off",
-                extra={"action": "daemon_started", "replica": self.replica_id},
-            )
-            code = self._supervise()
-        finally:
-            code = self._shutdown(locals().get("code", EXIT_RUNTIME))
-            pool.close()
-        return code
+        except BaseException:
+            self._teardown()
+            raise
+        log.info(
+            "replica %s started: %d loops (%d leased), may_lead=%s, http=%s",
+            self.replica_id,
+            len(self.specs),
+            len(leased),
+            self.may_lead,
+            self.http.port if self.http else "off",
+            extra={"action": "daemon_started", "replica": self.replica_id},
+        )
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="leasectl-supervisor", daemon=True
+        )
+        self._supervisor.start()
 
-    def _supervise(self) -> int:
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until a stop is requested or a fatal failure happened; the exit code so far
+        (None on timeout)."""
+        if not self.stop_requested.wait(timeout):
+            return None
+        return self._exit if self._exit is not None else EXIT_OK
+
+    def _supervise(self) -> None:
         assert self.manager is not None and self.scheduler is not None
-        while not self.stop_requested.wait(0.2):
+        while not self.stop_requested.wait(_SUPERVISE_EVERY):
             if self.manager.fatal is not None:
                 log.error(
                     "lease manager died (%s); stopping rather than run without leases",
                     self.manager.fatal,
                     extra={"action": "daemon_fatal", "replica": self.replica_id},
                 )
-                return EXIT_RUNTIME
+                self._exit = EXIT_RUNTIME
+                self.stop_requested.set()
             dead = self.scheduler.dead_threads()
             if dead:
                 log.error(
@@ -177,41 +204,42 @@ class Daemon:
                     ", ".join(dead),
                     extra={"action": "daemon_fatal", "replica": self.replica_id},
                 )
-                return EXIT_RUNTIME
-        return EXIT_OK
+                self._exit = EXIT_RUNTIME
+                self.stop_requested.set()
 
-    def _shutdown(self, code: int) -> int:
+    def stop(self, grace: float | None = None) -> int:
+        """Drain, release, stop; the exit code (0 unless a fatal failure stopped us)."""
+        self.stop_requested.set()
+        if self._stopped:
+            return self._exit or EXIT_OK
         log.info("replica %s stopping", self.replica_id, extra={"action": "daemon_stopping"})
         if self.scheduler is not None:
-            drained = self.scheduler.stop(self.settings.scheduler.shutdown_grace)
+            grace = self.settings.scheduler.shutdown_grace if grace is None else grace
+            drained = self.scheduler.stop(grace)
+            self.scheduler = None
             if not drained:
                 log.warning(
                     "ticks still running after shutdown_grace=%ss were cancelled",
-                    self.settings.scheduler.shutdown_grace,
+                    grace,
                     extra={"action": "drain_timeout"},
                 )
-        if self.manager is not None:
-            self.manager.stop(release=True)
-        if self.http is not None:
-            self.http.stop()
+        self._teardown()
         log.info(
             "replica %s stopped",
             self.replica_id,
             extra={"action": "daemon_stopped", "replica": self.replica_id},
         )
-        return code
+        return self._exit or EXIT_OK
 
-    def install_signals(self) -> None:
-        def handler(signum: int, frame: FrameType | None) -> None:
-            if self.stop_requested.is_set():
-                log.warning("second signal: exiting now", extra={"action": "forced_exit"})
-                os._exit(EXIT_FORCED)
-            log.info(
-                "signal %s: graceful stop",
-                signal.Signals(signum).name,
-                extra={"action": "signal"},
-            )
-            self.stop_requested.set()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+    def _teardown(self) -> None:
+        """Stop whatever was started, newest first (also after a failed start)."""
+        if self.scheduler is not None and not self._stopped:
+            self.scheduler.stop(0)  # a failed start: nothing to drain for
+        self._stopped = True
+        self.stop_requested.set()
+        if self.manager is not None:
+            self.manager.stop(release=True)
+        if self.http is not None:
+            self.http.stop()
+        if self._pool is not None:
+            self._pool.close()

@@ -45,7 +45,14 @@ class HttpEndpoint:
             def log_message(self, format: str, *args: object) -> None:
                 return  # scrapes every few seconds would drown the logs
 
-        self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+        try:
+            self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics.listen / --metrics-listen {listen}: cannot listen there "
+                f"({exc.strerror or exc}); give each replica on a host its own port, "
+                "or an empty value to run without the endpoint"
+            ) from exc
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(

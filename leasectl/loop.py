@@ -13,9 +13,10 @@ A loop is declared once, next to its code::
 
 ``everywhere`` loops must be safe on every replica at once (``FOR UPDATE SKIP LOCKED``
 claims, guarded single-statement UPDATEs, idempotent upserts). ``leased`` loops get
-``ctx.lease``; every database write they make is fenced with ``ctx.lease.guard(cur)`` (or
-:data:`leasectl.FENCE_SQL`), and they call ``ctx.check()`` between items so a lost lease or a
-shutdown stops side effects promptly.
+``ctx.lease``; every database write they make is fenced — ``with ctx.transaction() as cur:``
+checks the epoch inside the transaction it commits (or use ``ctx.lease.guard(cur)`` /
+:data:`leasectl.FENCE_SQL` by hand) — and they call ``ctx.check()`` between items so a lost
+lease or a shutdown stops side effects promptly.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from leasectl.errors import LeasectlError, LeaseLost
+import psycopg
+
+from leasectl.errors import TickCancelled
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -37,12 +41,6 @@ if TYPE_CHECKING:
 
 Placement = Literal["everywhere", "leased"]
 Misfire = Literal["coalesce", "skip"]
-
-
-class TickCancelled(LeasectlError):
-    """The tick was asked to stop (shutdown grace over, or its timeout passed)."""
-
-    __module__ = "leasectl"
 
 
 @dataclass(frozen=True)
@@ -103,10 +101,27 @@ class TickContext:
 
     @property
     def epoch(self) -> int | None:
+        """The fencing epoch this tick runs under (None for an everywhere loop)."""
         return self.lease.epoch if self.lease is not None else None
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+        """A pool connection in one transaction, fenced for a leased loop.
+
+        For a leased loop the lease row is checked (and share-locked) first, inside the same
+        transaction, so what the block writes commits only while this replica's epoch is the
+        current one; otherwise :class:`~leasectl.FencingRejected` is raised and the block's
+        writes are rolled back. Keep the block short and never make an external call inside
+        it: work connections end transactions idle for more than a few seconds.
+        """
+        with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor()
+            if self.lease is not None:
+                self.lease.guard(cur)
+            yield cur
 
     def count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
 
 
-__all__ = ["LoopSpec", "TickContext", "TickCancelled", "LeaseLost", "Placement", "Misfire"]
+__all__ = ["LoopSpec", "TickContext", "Placement", "Misfire"]

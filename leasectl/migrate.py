@@ -19,7 +19,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from importlib.abc import Traversable
@@ -48,11 +48,48 @@ _LOCKED_AT = re.compile(r"^leasectl-migrate@(\d+)/")
 _NAME = re.compile(r"^(?P<version>\d{4,}_[A-Za-z0-9_]+)\.up\.sql$")
 
 
+#: The ledger's source name for leasectl's own migrations.
+OWN_SOURCE = "leasectl"
+
+
+@dataclass(frozen=True)
+class MigrationSource:
+    """A folder of an application's own migrations, applied after leasectl's.
+
+    Each source is its own version namespace: its files are recorded in the ledger as
+    ``<name>:<version>``, so an application's ``0001_init`` never collides with leasectl's.
+    """
+
+    name: str
+    path: Path
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name == OWN_SOURCE or ":" in self.name:
+            raise MigrationError(
+                f"migration source name {self.name!r} for {self.path}: must be non-empty, "
+                f"not {OWN_SOURCE!r}, and contain no ':'"
+            )
+
+    @staticmethod
+    def default_name(path: Path) -> str:
+        """The folder's name, with its parent's when the folder is just ``migrations``."""
+        resolved = path.resolve()
+        if resolved.name in ("migrations", "sql") and resolved.parent.name:
+            return f"{resolved.parent.name}/{resolved.name}"
+        return resolved.name
+
+
 @dataclass(frozen=True)
 class Migration:
     version: str
     path: str
     text: str
+    source: str = OWN_SOURCE
+
+    @property
+    def key(self) -> str:
+        """The ledger's ``version``: the bare version for leasectl's own files."""
+        return self.version if self.source == OWN_SOURCE else f"{self.source}:{self.version}"
 
     @property
     def checksum(self) -> str:
@@ -80,15 +117,20 @@ def packaged_directory() -> Traversable:
     return resources.files("leasectl.migrations")
 
 
-def discover(directory: Path | Traversable | None = None) -> list[Migration]:
+def discover(
+    directory: Path | Traversable | None = None, source: str = OWN_SOURCE
+) -> list[Migration]:
     """All ``*.up.sql`` files, ordered by their numeric prefix."""
     base: Path | Traversable = directory if directory is not None else packaged_directory()
+    if isinstance(base, Path) and not base.is_dir():
+        raise MigrationError(f"migrations folder {base} does not exist or is not a folder")
     found: list[Migration] = []
     for entry in base.iterdir():
         m = _NAME.match(entry.name)
         if not m:
             continue
-        found.append(Migration(m["version"], str(entry), entry.read_text(encoding="utf-8")))
+        text = entry.read_text(encoding="utf-8")
+        found.append(Migration(m["version"], str(entry), text, source))
     found.sort(key=lambda mig: (int(mig.version.split("_", 1)[0]), mig.version))
     versions = [mig.version.split("_", 1)[0] for mig in found]
     dupes = sorted({v for v in versions if versions.count(v) > 1})
@@ -108,20 +150,20 @@ def status(conn: psycopg.Connection[Any], migrations: Iterable[Migration]) -> Mi
     applied = _applied(conn)
     ok, pending, changed = [], [], []
     for mig in migrations:
-        if mig.version not in applied:
-            pending.append(mig.version)
-        elif applied[mig.version] != mig.checksum:
-            changed.append(mig.version)
+        if mig.key not in applied:
+            pending.append(mig.key)
+        elif applied[mig.key] != mig.checksum:
+            changed.append(mig.key)
         else:
-            ok.append(mig.version)
+            ok.append(mig.key)
     return MigrationStatus(ok, pending, changed)
 
 
 def _check_checksums(applied: dict[str, str], migrations: list[Migration]) -> None:
     for mig in migrations:
-        recorded = applied.get(mig.version)
+        recorded = applied.get(mig.key)
         if recorded is not None and recorded != mig.checksum:
-            raise ChecksumMismatch(mig.version, mig.path, recorded, mig.checksum)
+            raise ChecksumMismatch(mig.key, mig.path, recorded, mig.checksum)
 
 
 def _line_of(text: str, position: int | None) -> int | None:
@@ -160,7 +202,8 @@ def _apply_one(conn: psycopg.Connection[Any], mig: Migration, applied_by: str) -
         conn.execute(
             Q["record"],
             {
-                "version": mig.version,
+                "version": mig.key,
+                "source": mig.source,
                 "checksum": mig.checksum,
                 "duration_ms": int((time.monotonic() - started) * 1000),
                 "applied_by": applied_by,
@@ -207,8 +250,10 @@ def migrate(
     directory: Path | Traversable | None = None,
     applied_by: str | None = None,
     lock_dsn: str | None = None,
+    sources: Sequence[MigrationSource] = (),
 ) -> list[str]:
-    """Apply every pending migration; return the versions this call applied.
+    """Apply every pending migration, leasectl's then each source's in order; return the
+    ledger versions this call applied.
 
     :raises ChecksumMismatch: an applied file changed.
     :raises MigrationFailed: a file failed (rolled back, ledger unchanged).
@@ -216,12 +261,14 @@ def migrate(
     """
     settings = settings or CoreSettings()
     who = applied_by or f"{socket.gethostname()}/{os.getpid()}"
-    migrations = discover(directory if directory is not None else settings.migrations.directory)
+    migrations = _all_migrations(
+        directory if directory is not None else settings.migrations.directory, sources
+    )
     try:
         with psycopg.connect(dsn, connect_timeout=int(settings.database.connect_timeout)) as conn:
             applied = _applied(conn)
             _check_checksums(applied, migrations)
-            if all(m.version in applied for m in migrations):
+            if all(m.key in applied for m in migrations):
                 return []  # fast path: no lock taken
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to run migrations: {exc}") from exc
@@ -248,15 +295,16 @@ def migrate(
         done: list[str] = []
         with psycopg.connect(dsn, connect_timeout=int(settings.database.connect_timeout)) as conn:
             conn.execute(Q["create_ledger"])
+            conn.execute(Q["ledger_source_column"])
             conn.commit()
             applied = _applied(conn)
             conn.commit()
             _check_checksums(applied, migrations)
             for mig in migrations:
-                if mig.version in applied:
+                if mig.key in applied:
                     continue
                 _apply_one(conn, mig, who)
-                done.append(mig.version)
+                done.append(mig.key)
         session.release([MIGRATIONS_LEASE])
         return done
 
@@ -271,11 +319,29 @@ def _describe_migration_holder(holder: Holder | None) -> str:
     return text
 
 
+def _all_migrations(
+    directory: Path | Traversable | None, sources: Sequence[MigrationSource]
+) -> list[Migration]:
+    names = [src.name for src in sources]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise MigrationError(f"migration source(s) given twice: {', '.join(dupes)}")
+    found = discover(directory)
+    for src in sources:
+        found += discover(src.path, src.name)
+    return found
+
+
 def migration_status(
-    dsn: str, settings: CoreSettings | None = None, directory: Path | None = None
+    dsn: str,
+    settings: CoreSettings | None = None,
+    directory: Path | None = None,
+    sources: Sequence[MigrationSource] = (),
 ) -> MigrationStatus:
     settings = settings or CoreSettings()
-    migrations = discover(directory if directory is not None else settings.migrations.directory)
+    migrations = _all_migrations(
+        directory if directory is not None else settings.migrations.directory, sources
+    )
     try:
         with psycopg.connect(dsn, connect_timeout=int(settings.database.connect_timeout)) as conn:
             return status(conn, migrations)

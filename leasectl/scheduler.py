@@ -20,7 +20,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,9 +30,10 @@ import tenacity
 from psycopg_pool import ConnectionPool
 
 from leasectl import metrics, sql
-from leasectl.errors import FencingRejected, LeaseLost
-from leasectl.leases import Lease, LeaseEvent, LeaseManager
-from leasectl.loop import LoopSpec, TickCancelled, TickContext
+from leasectl.errors import FencingRejected, LeaseLost, TickCancelled
+from leasectl.lease_manager import LeaseManager
+from leasectl.leases import Lease, LeaseEvent
+from leasectl.loop import LoopSpec, TickContext
 from leasectl.settings import SchedulerSettings
 
 log = logging.getLogger("leasectl.scheduler")
@@ -122,6 +123,7 @@ class Scheduler:
         replica_id: str,
         pool: ConnectionPool,
         config: Any,
+        configs: Mapping[str, Any] | None = None,
         settings: SchedulerSettings | None = None,
         lease_manager: LeaseManager | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -130,6 +132,7 @@ class Scheduler:
         self.replica_id = replica_id
         self.pool = pool
         self.config = config
+        self.configs = dict(configs or {})  # per-loop ctx.config; ``config`` for the rest
         self.settings = settings or SchedulerSettings()
         self.manager = lease_manager
         self.clock = clock
@@ -301,7 +304,7 @@ class Scheduler:
             loop=spec.name,
             replica_id=self.replica_id,
             pool=self.pool,
-            config=self.config,
+            config=self.configs.get(spec.name, self.config),
             tick_at=datetime.fromtimestamp(tick_at, UTC),
             deadline=started + spec.timeout,
             lease=lease,

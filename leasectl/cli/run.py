@@ -1,20 +1,27 @@
-"""``leasectl run``: parser and handler for the clustered daemon (:mod:`leasectl.daemon`)."""
+"""``leasectl run``: one replica of the clustered daemon.
+
+Without ``--app`` it runs the shipped loops (``scheduler.loops_package``, default ``loops``);
+with ``--app module:attribute`` (or ``$LEASECTL_APP``) it runs that :class:`leasectl.App`
+with every daemon feature: migrations, leases, ``/metrics``, signals, ``--only``,
+``--no-leased``.
+"""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+import os
+import sys
 from typing import Any
 
 from leasectl import logs
+from leasectl.app import App, load_app
 from leasectl.cli.args import add_argument, add_common
-from leasectl.config import load_settings
-from leasectl.daemon import Daemon
 
 
 def add_run_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="run the clustered daemon (one replica)")
     add_common(p)
+    add_app_argument(p)
     add_argument(p, "--replica-id", env="REPLICA_ID", help="replica id (default host-pid-random)")
     add_argument(
         p, "--only", env="ONLY", help="comma-separated loops to run (default: all enabled)"
@@ -31,22 +38,44 @@ def add_run_parser(sub: Any) -> None:
     p.set_defaults(handler=cmd_run)
 
 
+def add_app_argument(parser: argparse.ArgumentParser) -> None:
+    """``--app MODULE:ATTR``: shared by run and the commands that read an App's loops."""
+    add_argument(
+        parser,
+        "--app",
+        env="APP",
+        help="your leasectl.App as MODULE:ATTRIBUTE (default: the shipped loops)",
+    )
+
+
+def app_from_args(args: argparse.Namespace) -> App:
+    """The App the command line names: ``--app``'s, or one that includes the shipped loops.
+
+    ``--config`` and ``--dsn`` apply to either.
+    """
+    target = getattr(args, "app", None)
+    if target:
+        # Like other app servers, resolve the module from the current directory first.
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        app = load_app(target)
+        app.configure(config=args.config, dsn=args.dsn)
+        return app
+    app = App(config=args.config, dsn=args.dsn)
+    app.include(app.settings.scheduler.loops_package)
+    return app
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {}
-    if args.dsn:
-        overrides["database.dsn"] = args.dsn
-    settings = load_settings(args.config, overrides=overrides)
-    if args.replica_id:
-        settings = replace(settings, replica=replace(settings.replica, id=args.replica_id))
-    if args.only:
-        only = tuple(x.strip() for x in args.only.split(",") if x.strip())
-        settings = replace(settings, scheduler=replace(settings.scheduler, only=only))
-    if args.log_format:
-        settings = replace(settings, logging=replace(settings.logging, format=args.log_format))
-    if args.metrics_listen is not None:
-        settings = replace(settings, metrics=replace(settings.metrics, listen=args.metrics_listen))
-    level = "DEBUG" if args.verbose else settings.logging.level
-    logs.setup(settings.logging.format, level)
-    daemon = Daemon(settings, no_leased=bool(args.no_leased))
-    daemon.install_signals()
-    return daemon.run()
+    app = app_from_args(args)
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    app.configure(
+        replica_id=args.replica_id,
+        only=only,
+        no_leased=bool(args.no_leased),
+        metrics_listen=args.metrics_listen,
+        log_format=args.log_format,
+    )
+    settings = app.settings
+    logs.setup(settings.logging.format, "DEBUG" if args.verbose else settings.logging.level)
+    return app.run()

@@ -11,12 +11,16 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_by  text NOT NULL
 )
 
+-- name: ledger_source_column
+-- Which migration folder a row came from: leasectl's own, or an application's (App(migrations=)).
+ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT 'leasectl'
+
 -- name: applied
 SELECT version, checksum, applied_at FROM schema_migrations ORDER BY version
 
 -- name: record
-INSERT INTO schema_migrations (version, checksum, duration_ms, applied_by)
-VALUES (%(version)s, %(checksum)s, %(duration_ms)s, %(applied_by)s)
+INSERT INTO schema_migrations (version, source, checksum, duration_ms, applied_by)
+VALUES (%(version)s, %(source)s, %(checksum)s, %(duration_ms)s, %(applied_by)s)
 
 -- name: mark_holder
 -- Advertise when we took the migration lock, so a waiter's timeout can say for how long.

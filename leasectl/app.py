@@ -1,0 +1,417 @@
+"""The App: the one composition root of a leasectl replica.
+
+An :class:`App` is a set of loop declarations plus the settings to run them with. Declaring
+is cheap and touches nothing; :meth:`App.start` builds the running parts (migrations, the lock
+connection and its lease manager, the work pool, one thread per loop, the HTTP endpoint) and
+:meth:`App.stop` takes them down in reverse. ``leasectl run`` is an App that includes the
+shipped certificate loops; ``leasectl run --app mymodule:app`` runs yours.
+
+Example::
+
+    from leasectl import App, TickContext
+
+    app = App()
+
+    @app.loop(every=60, leased=True)
+    def nightly_report(ctx: TickContext) -> None:
+        with ctx.transaction() as cur:        # fenced: commits only under the current epoch
+            cur.execute("INSERT INTO reports (day, epoch) VALUES (current_date, %s)", (ctx.epoch,))
+
+    if __name__ == "__main__":
+        app.run()                             # blocks; SIGTERM drains, releases, exits 0
+
+Settings are found as ``leasectl run`` finds them: ``config=`` or ``$LEASECTL_CONFIG`` or the
+packaged defaults, then ``LEASECTL_*`` variables, then ``dsn=`` / ``$LEASECTL_DSN``; with no
+DSN anywhere, the embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Self
+
+from leasectl import logs
+from leasectl.config import load_settings
+from leasectl.daemon import EXIT_FORCED, Daemon
+from leasectl.errors import ConfigError, LeasectlError
+from leasectl.loop import LoopSpec, Misfire, TickContext
+from leasectl.migrate import MigrationSource
+from leasectl.settings import Settings
+
+log = logging.getLogger("leasectl.app")
+
+LoopFunction = Callable[[TickContext], None]
+MigrationsArg = Iterable[str | Path | MigrationSource | tuple[str, str | Path]]
+
+
+class App:
+    """Loops to run on every replica of a service, and how to run them.
+
+    :param dsn: the database; default ``database.dsn`` from the config, ``$LEASECTL_DSN``, or
+        the embedded server.
+    :param config: a YAML file; default ``$LEASECTL_CONFIG``, else the packaged defaults.
+    :param settings: already-built :class:`~leasectl.settings.Settings` (tests, embedding);
+        replaces ``config``.
+    :param migrations: folders of your own ``NNNN_name.up.sql`` files, applied after
+        leasectl's under the same lock and ledger. Each folder is its own version namespace
+        (named by the folder, or give ``(source, path)``), so numbers never collide.
+    :param replica_id: this replica's id; default ``replica.id`` or host-pid-random.
+    """
+
+    def __init__(
+        self,
+        *,
+        dsn: str | None = None,
+        config: str | Path | None = None,
+        settings: Settings | None = None,
+        migrations: MigrationsArg = (),
+        replica_id: str | None = None,
+    ) -> None:
+        self._dsn = dsn
+        self._config = str(config) if config is not None else None
+        self._settings = settings
+        self._overrides: dict[str, Any] = {}
+        self._migrations = [_migration_source(m) for m in migrations]
+        self._replica_id = replica_id
+        self._no_leased = False
+        self._own: dict[str, LoopSpec] = {}
+        self._included: list[str] = []
+        self._daemon: Daemon | None = None
+        self._lock = threading.Lock()
+        self._stop_early = threading.Event()  # a signal that came while start() was running
+
+    # -- declaring -------------------------------------------------------------------------
+
+    def loop(
+        self,
+        every: float | timedelta,
+        *,
+        leased: bool = True,
+        name: str | None = None,
+        timeout: float | timedelta = 60.0,
+        run_on_start: bool = True,
+        misfire: Misfire = "coalesce",
+        jitter: float = 0.1,
+        description: str = "",
+    ) -> Callable[[LoopFunction], LoopFunction]:
+        """Declare a periodic loop; the decorated function runs once per tick.
+
+        :param every: seconds (or a timedelta) between ticks. Leased loops run on UTC-aligned
+            slots recorded in the tick ledger, so a slot runs once across the cluster.
+        :param leased: True: only on the replica holding the lease named ``name``, fenced by
+            its epoch. False: on every replica at once (the tick must be safe for that).
+        :param name: the loop's (and its lease's) name; default the function's name.
+        :param timeout: the tick's cooperative deadline (``ctx.check()`` raises past it).
+        :param run_on_start: run at once on start / on first acquiring the lease.
+        :param misfire: after missed slots, ``coalesce`` runs once, ``skip`` waits for the next.
+        :param jitter: fraction of ``every`` by which starts are randomly spread.
+        """
+
+        def decorate(fn: LoopFunction) -> LoopFunction:
+            self.add(
+                LoopSpec(
+                    name=name or fn.__name__,
+                    interval=_seconds(every, "every"),
+                    placement="leased" if leased else "everywhere",
+                    run=fn,
+                    jitter=jitter,
+                    timeout=_seconds(timeout, "timeout"),
+                    run_on_start=run_on_start,
+                    misfire=misfire,
+                    description=description or (fn.__doc__ or "").strip().split("\n")[0],
+                )
+            )
+            return fn
+
+        return decorate
+
+    def add(self, spec: LoopSpec) -> None:
+        """Add an already-built :class:`LoopSpec` (what ``@app.loop`` does)."""
+        self._refuse_if_started("add a loop")
+        if spec.name in self._own:
+            raise ConfigError(f"loop {spec.name!r} is declared twice in this App")
+        self._own[spec.name] = spec
+
+    def include(self, package: str) -> None:
+        """Add the loops of a loops package (``"loops"``: the shipped certificate loops).
+
+        The package has a ``registry`` module with ``SETTINGS_CLASS`` and
+        ``build_loops(settings)``; its settings come from the config's ``loops:`` section when
+        the package is ``scheduler.loops_package`` (the default, ``loops``).
+        """
+        self._refuse_if_started("include a package")
+        if package not in self._included:
+            self._included.append(package)
+
+    def configure(
+        self,
+        *,
+        config: str | None = None,
+        dsn: str | None = None,
+        replica_id: str | None = None,
+        only: Sequence[str] | None = None,
+        no_leased: bool | None = None,
+        metrics_listen: str | None = None,
+        log_format: str | None = None,
+    ) -> None:
+        """Command-line overrides (``leasectl run`` applies its flags through this)."""
+        self._refuse_if_started("configure")
+        if config is not None:
+            self._config, self._settings = config, None
+        if dsn:
+            self._dsn = dsn
+        if replica_id:
+            self._replica_id = replica_id
+        if only is not None:
+            self._overrides["scheduler.only"] = list(only)
+        if no_leased is not None:
+            self._no_leased = no_leased
+        if metrics_listen is not None:
+            self._overrides["metrics.listen"] = metrics_listen
+        if log_format is not None:
+            self._overrides["logging.format"] = log_format
+        if self._settings is not None:
+            self._settings = None  # rebuilt with the overrides on next access
+
+    # -- what it would run -----------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        """The effective settings (loaded on first use; :class:`ConfigError` if invalid)."""
+        if self._settings is None:
+            overrides = dict(self._overrides)
+            if self._dsn:
+                overrides["database.dsn"] = self._dsn
+            settings = load_settings(self._config, overrides=overrides)
+            if self._replica_id:
+                settings = replace(settings, replica=replace(settings.replica, id=self._replica_id))
+            self._settings = settings
+        return self._settings
+
+    def loops(self) -> list[LoopSpec]:
+        """Every loop this App declares or includes, enabled ones only, before ``only``."""
+        return [spec for spec, _ in self._all_loops()]
+
+    def _all_loops(self) -> list[tuple[LoopSpec, Any]]:
+        """(spec, the settings object its ticks see as ``ctx.config``)."""
+        out: list[tuple[LoopSpec, Any]] = []
+        seen: dict[str, str] = {name: "this App" for name in self._own}
+        for package in self._included:
+            specs, config = _package_loops(package, self.settings)
+            for spec in specs:
+                if spec.name in seen:
+                    raise ConfigError(
+                        f"loop {spec.name!r} from {package} clashes with one from {seen[spec.name]}"
+                    )
+                seen[spec.name] = package
+                out.append((spec, config))
+        return [(spec, None) for spec in self._own.values()] + out
+
+    def _selected(self) -> list[tuple[LoopSpec, Any]]:
+        loops = self._all_loops()
+        only = self.settings.scheduler.only
+        if only:
+            known = {spec.name for spec, _ in loops} | self._known_names()
+            unknown = sorted(set(only) - known)
+            if unknown:
+                raise ConfigError(
+                    f"--only / scheduler.only: unknown loop(s) {', '.join(unknown)}; "
+                    f"known: {', '.join(sorted(known))}"
+                )
+            loops = [(s, c) for s, c in loops if s.name in only]
+        if self._no_leased:
+            loops = [(s, c) for s, c in loops if s.placement != "leased"]
+        return loops
+
+    def _known_names(self) -> set[str]:
+        """Names of disabled loops too, so ``only`` may name a loop the config turned off."""
+        names: set[str] = set()
+        for package in self._included:
+            registry = _registry(package)
+            names |= set(getattr(registry, "LOOP_MODULES", ()))
+        return names
+
+    # -- running ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start in background threads and return once campaigning has begun.
+
+        Everything that can fail at start-up (configuration, the database, migrations, the
+        metrics port) fails here, with a :class:`LeasectlError`, before any lease is taken.
+        """
+        with self._lock:
+            if self._daemon is not None:
+                raise LeasectlError("this App is already running; stop() it first")
+            settings = self.settings
+            selected = self._selected()
+            daemon = Daemon(
+                settings,
+                [spec for spec, _ in selected],
+                configs={spec.name: config for spec, config in selected},
+                migrations=self._migrations,
+                no_leased=self._no_leased,
+            )
+            daemon.start()
+            self._daemon = daemon
+
+    def stop(self, grace: float | None = None) -> int:
+        """Drain running ticks (up to ``grace``, default ``scheduler.shutdown_grace``),
+        release every lease with NOTIFY, stop. Returns the exit code ``run`` would."""
+        with self._lock:
+            daemon, self._daemon = self._daemon, None
+        if daemon is None:
+            return 0
+        return daemon.stop(grace)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the App must stop (a stop request or a fatal failure); the exit code,
+        or None on timeout."""
+        daemon = self._daemon
+        if daemon is None:
+            return 0
+        return daemon.wait(timeout)
+
+    def request_stop(self) -> None:
+        """Ask a running App to stop (safe from a signal handler or another thread)."""
+        daemon = self._daemon
+        if daemon is not None:
+            daemon.request_stop()
+
+    @property
+    def replica_id(self) -> str | None:
+        """This replica's id once started."""
+        return self._daemon.replica_id if self._daemon is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._daemon is not None
+
+    def run(self) -> int:
+        """``start()``, wait for SIGTERM/SIGINT (or a fatal failure), ``stop()``; the exit code.
+
+        A second signal exits at once with 130. Must be called from the main thread.
+        """
+        settings = self.settings
+        if not logging.getLogger().handlers:
+            logs.setup(settings.logging.format, settings.logging.level)
+        previous = self._install_signals()
+        try:
+            self.start()
+            if self._stop_early.is_set():
+                self.request_stop()
+            code = self.wait()
+            return self.stop() if code is None else max(code, self.stop())
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _install_signals(self) -> dict[int, Any]:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            daemon = self._daemon
+            if daemon is not None and daemon.stop_requested.is_set():
+                log.warning("second signal: exiting now", extra={"action": "forced_exit"})
+                os._exit(EXIT_FORCED)
+            log.info(
+                "signal %s: graceful stop",
+                signal.Signals(signum).name,
+                extra={"action": "signal"},
+            )
+            self._stop_early.set()
+            if daemon is not None:
+                daemon.request_stop()
+
+        previous: dict[int, Any] = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, handler)
+        return previous
+
+    def _refuse_if_started(self, what: str) -> None:
+        if self._daemon is not None:
+            raise LeasectlError(f"cannot {what} while the App is running")
+
+    def __repr__(self) -> str:
+        return f"App(loops={sorted(self._own)}, include={self._included})"
+
+
+def load_app(target: str) -> App:
+    """The App named by ``module:attribute`` (``leasectl run --app``, ``$LEASECTL_APP``).
+
+    :raises ConfigError: the module cannot be imported or the attribute is not an App.
+    """
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(
+            f"--app: expected MODULE:ATTRIBUTE (e.g. myservice.jobs:app), got {target!r}"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--app {target}: cannot import {module_name}: {exc}") from exc
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise ConfigError(
+            f"--app {target}: {module_name}.{attr} is "
+            f"{'missing' if app is None else type(app).__name__}, expected a leasectl.App"
+        )
+    return app
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _seconds(value: float | timedelta, what: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds <= 0:
+        raise ConfigError(f"{what} must be > 0 seconds, got {value!r}")
+    return seconds
+
+
+def _migration_source(
+    item: str | Path | MigrationSource | tuple[str, str | Path],
+) -> MigrationSource:
+    if isinstance(item, MigrationSource):
+        return item
+    if isinstance(item, tuple):
+        source, path = item
+        return MigrationSource(source, Path(path))
+    path = Path(item)
+    return MigrationSource(MigrationSource.default_name(path), path)
+
+
+def _registry(package: str) -> Any:
+    try:
+        return importlib.import_module(package + ".registry")
+    except ImportError as exc:
+        raise ConfigError(f"include({package!r}): cannot import {package}.registry: {exc}") from exc
+
+
+def _package_loops(package: str, settings: Settings) -> tuple[list[LoopSpec], Any]:
+    """A loops package's enabled specs and the settings object its ticks see."""
+    registry = _registry(package)
+    if package == settings.scheduler.loops_package and settings.loops is not None:
+        config = settings.loops
+    else:
+        config = registry.SETTINGS_CLASS()
+    specs: list[LoopSpec] = registry.build_loops(config)
+    return specs, config

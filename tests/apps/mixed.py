@@ -1,0 +1,19 @@
+"""An App with loops of its own plus an included loops package (the fixture loops)."""
+
+from __future__ import annotations
+
+from leasectl import App, TickContext
+
+app = App()
+app.include("tests.fixture_loops")
+
+
+@app.loop(every=0.5, leased=True, jitter=0.0)
+def user_leased(ctx: TickContext) -> None:
+    with ctx.transaction() as cur:
+        cur.execute("SELECT 1")
+
+
+@app.loop(every=0.5, leased=False)
+def user_everywhere(ctx: TickContext) -> None:
+    ctx.check()
