@@ -124,9 +124,7 @@ class AwsDiscovery:
         lease = ctx.lease
         if lease is None:
             raise LeasectlError(f"{ctx.loop} is a leased loop and was run without a lease")
-        with ctx.pool.connection() as conn, conn.transaction():
-            cur = conn.cursor()
-            lease.guard(cur)
+        with ctx.transaction() as cur:
             cur.execute(Q["ensure_agent"], {"agent_id": AGENT_ID})
         # A boto3 Session is not thread-safe; one per tick keeps ticks independent.
         session = boto3.session.Session()
@@ -218,9 +216,7 @@ class AwsDiscovery:
         assert ctx.lease is not None
         base = {**ctx.lease.fence_params(), "agent_id": AGENT_ID, "replica": ctx.replica_id}
         new = 0
-        with ctx.pool.connection() as conn, conn.transaction():
-            cur = conn.cursor()
-            ctx.lease.guard(cur)
+        with ctx.transaction() as cur:
             row = cur.execute(
                 Q["start_scan"],
                 base
