@@ -41,7 +41,7 @@ from typing import Any, Self
 
 from leasectl import logs
 from leasectl.config import load_settings
-from leasectl.daemon import EXIT_FORCED, Daemon
+from leasectl.daemon import EXIT_FORCED, EXIT_START, Daemon
 from leasectl.errors import ConfigError, LeasectlError
 from leasectl.loop import LoopSpec, Misfire, TickContext
 from leasectl.migrate import MigrationSource
@@ -295,17 +295,27 @@ class App:
     def running(self) -> bool:
         return self._daemon is not None
 
-    def run(self) -> int:
+    def run(self, *, report_errors: bool = True) -> int:
         """``start()``, wait for SIGTERM/SIGINT (or a fatal failure), ``stop()``; the exit code.
 
         A second signal exits at once with 130. Must be called from the main thread.
+
+        :param report_errors: a start-up failure is logged in one line and returns 2 (the
+            default, for scripts); False re-raises it (``leasectl run`` reports it itself).
         """
         settings = self.settings
         if not logging.getLogger().handlers:
             logs.setup(settings.logging.format, settings.logging.level)
         previous = self._install_signals()
         try:
-            self.start()
+            try:
+                self.start()
+            except LeasectlError as exc:
+                if not report_errors:
+                    raise
+                # A user's own script gets the CLI's manners: one line, no traceback.
+                log.error("cannot start: %s", _cause_chain(exc), extra={"action": "start_failed"})
+                return EXIT_START
             if self._stop_early.is_set():
                 self.request_stop()
             code = self.wait()
@@ -378,6 +388,15 @@ def load_app(target: str) -> App:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _cause_chain(exc: BaseException) -> str:
+    parts = [str(exc)]
+    cause = exc.__cause__
+    while cause is not None:
+        parts.append(f"caused by {type(cause).__name__}: {str(cause).strip()}")
+        cause = cause.__cause__
+    return "; ".join(parts)
 
 
 def _seconds(value: float | timedelta, what: str) -> float:

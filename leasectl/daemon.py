@@ -8,7 +8,8 @@ peer takes over at once.
 
 Exit codes (see ``leasectl.cli.exit_codes``): 0 clean stop; 1 a runtime failure stopped the
 replica (lease manager or a loop thread died: we stop rather than run without leases);
-130 a second signal forced an immediate exit.
+2 it could not start (configuration, database, migrations, metrics port); 130 a second signal
+forced an immediate exit.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from leasectl.settings import Settings
 
 log = logging.getLogger("leasectl.daemon")
 
-EXIT_OK, EXIT_RUNTIME, EXIT_FORCED = 0, 1, 130
+EXIT_OK, EXIT_RUNTIME, EXIT_START, EXIT_FORCED = 0, 1, 2, 130
 
 _SUPERVISE_EVERY = 0.2  # seconds between checks that the lease manager and loop threads live
 

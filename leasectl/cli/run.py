@@ -78,4 +78,4 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     settings = app.settings
     logs.setup(settings.logging.format, "DEBUG" if args.verbose else settings.logging.level)
-    return app.run()
+    return app.run(report_errors=False)
