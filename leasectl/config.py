@@ -52,14 +52,18 @@ PACKAGED = "packaged default leasectl.yaml"
 ENV_ALIASES = {"LEASECTL_DSN": "database.dsn", "LEASECTL_LOCK_DSN": "database.lock_dsn"}
 
 
-def load_settings(path: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+def load_settings(
+    path: str | None = None, overrides: dict[str, Any] | None = None, *, loops: bool = True
+) -> Settings:
     """Load, merge and validate the configuration.
 
     :param path: the YAML file (``--config``); None: ``$LEASECTL_CONFIG`` or the packaged one.
     :param overrides: dotted key path → value, applied last (command-line flags).
+    :param loops: False skips the ``loops:`` section (``settings.loops`` stays None), for
+        commands that only read lease state and must not need the loops' secrets.
     :raises ConfigError: listing every problem found.
     """
-    return load(path, overrides, environ=os.environ)
+    return load(path, overrides, environ=os.environ, loops=loops)
 
 
 def load(
@@ -67,6 +71,7 @@ def load(
     overrides: Mapping[str, Any] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    loops: bool = True,
 ) -> Settings:
     """:func:`load_settings` with an explicit environment (tests)."""
     env = dict(os.environ if environ is None else environ)
@@ -91,7 +96,10 @@ def load(
     for key, value in (overrides or {}).items():
         if value is not None:
             _set(data, key, value, "command line", origins, problems)
-    return from_mapping(data, source, origins=origins, environ=env, problems=problems)
+    if not loops and isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k != "loops"}
+        problems = [p for p in problems if not p.startswith("loops.")]
+    return from_mapping(data, source, origins=origins, environ=env, problems=problems, loops=loops)
 
 
 def from_mapping(
@@ -101,6 +109,7 @@ def from_mapping(
     origins: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
     problems: list[str] | None = None,
+    loops: bool = True,
 ) -> Settings:
     """Validate already-parsed data (a mapping) into :class:`Settings`."""
     ctx = Problems(origins or {}, source, list(problems or []))
@@ -120,12 +129,14 @@ def from_mapping(
     elif isinstance(core.get("scheduler"), Mapping):
         candidate = core["scheduler"].get("loops_package")
         package = candidate if isinstance(candidate, str) and candidate else "loops"
-    loops_cls = loops_settings_class(package, ctx)
-    loops = build(loops_cls, loops_data, "loops", ctx) if loops_cls is not None else BAD
+    loops_obj: Any = None
+    if loops:
+        loops_cls = loops_settings_class(package, ctx)
+        loops_obj = build(loops_cls, loops_data, "loops", ctx) if loops_cls is not None else BAD
     _cross_checks(settings if settings is not BAD else _sections(core, ctx), ctx)
     if ctx.items:
         raise ConfigError(ctx.items, source)
-    result: Settings = dataclasses.replace(settings, loops=loops)
+    result: Settings = dataclasses.replace(settings, loops=loops_obj)
     return result
 
 

@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from leasectl import metrics
-from leasectl.db import make_pool, resolve_dsn, resolve_lock_dsn
+from leasectl.config import redact_dsn
+from leasectl.db import configured_dsn, make_pool, resolve_dsn, resolve_lock_dsn
 from leasectl.httpserver import HttpEndpoint
 from leasectl.lease_manager import LeaseManager, make_replica_id
 from leasectl.leases import LeaseEvent
@@ -108,6 +109,8 @@ class Daemon:
         ok, why = self.health()
         if not ok:
             return False, why
+        if not self.may_lead:
+            return True, "ready; not leading (--no-leased / replica.may_lead: false)"
         held = sorted(self.manager.held()) if self.manager else []
         return True, f"ready; campaigning; holding {', '.join(held) or 'no leases'}"
 
@@ -121,8 +124,10 @@ class Daemon:
         """Migrate, connect, start campaigning and the loop threads; raise if any part fails
         (everything started so far is stopped again)."""
         s = self.settings
+        embedded = configured_dsn(s.database) is None
         dsn = resolve_dsn(s.database)
         lock_dsn = resolve_lock_dsn(s.database, dsn)
+        self._announce_database(dsn, lock_dsn, embedded)
         try:
             if s.metrics.enabled and s.metrics.listen:
                 # Bound before anything else: a port clash must fail before we campaign.
@@ -176,6 +181,27 @@ class Daemon:
             target=self._supervise, name="leasectl-supervisor", daemon=True
         )
         self._supervisor.start()
+
+    def _announce_database(self, dsn: str, lock_dsn: str, embedded: bool) -> None:
+        """Say which database this replica leads on: a host that forgot its DSN must not
+        silently lead every loop alone on a private server."""
+        if embedded:
+            log.warning(
+                "NO DSN CONFIGURED: using the embedded PostgreSQL in %s (%s). It is for trying "
+                "leasectl on one machine, runs with fsync off, and no replica on another host "
+                "can see it. Set database.dsn / LEASECTL_DSN for a cluster; stop the embedded "
+                "server with `leasectl embedded stop`.",
+                self.settings.database.data_dir,
+                redact_dsn(dsn),
+                extra={"action": "database_embedded", "replica": self.replica_id},
+            )
+            return
+        log.info(
+            "database: %s%s",
+            redact_dsn(dsn),
+            f" (lock connection: {redact_dsn(lock_dsn)})" if lock_dsn != dsn else "",
+            extra={"action": "database", "replica": self.replica_id},
+        )
 
     def request_stop(self) -> None:
         self.stop_requested.set()

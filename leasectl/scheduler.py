@@ -30,7 +30,7 @@ import tenacity
 from psycopg_pool import ConnectionPool
 
 from leasectl import metrics, sql
-from leasectl.errors import FencingRejected, LeaseLost, TickCancelled
+from leasectl.errors import DatabaseUnavailable, FencingRejected, LeaseLost, TickCancelled
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import Lease, LeaseEvent
 from leasectl.loop import LoopSpec, TickContext
@@ -332,11 +332,15 @@ class Scheduler:
             outcome, error = "cancelled", str(exc)
         except Exception as exc:
             outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+            # A database outage fails every tick the same way: one line each, no traceback
+            # (the cause is the connection, not the loop's code). Anything else is a bug in
+            # the loop and gets its traceback.
+            outage = isinstance(exc, psycopg.OperationalError | DatabaseUnavailable)
             log.error(
                 "tick %s failed: %s",
                 spec.name,
-                error,
-                exc_info=True,
+                error.strip(),
+                exc_info=not outage or log.isEnabledFor(logging.DEBUG),
                 extra={"action": "tick_failed", **extra},
             )
         finally:
