@@ -39,7 +39,8 @@ from psycopg import conninfo  # noqa: E402
 from leasectl.drill.cluster import Cluster, LogLine  # noqa: E402
 from leasectl.drill.stats import percentile  # noqa: E402
 from leasectl.embedded import EmbeddedPostgres  # noqa: E402
-from leasectl.leases import LeaseEvent, LeaseManager  # noqa: E402
+from leasectl.lease_manager import LeaseManager  # noqa: E402
+from leasectl.leases import LeaseEvent  # noqa: E402
 from leasectl.migrate import migrate  # noqa: E402
 from leasectl.settings import CoreSettings  # noqa: E402
 

@@ -18,14 +18,18 @@ from leasectl.errors import DatabaseUnavailable
 from leasectl.settings import DatabaseSettings
 
 
+def configured_dsn(db: DatabaseSettings) -> str | None:
+    """The DSN the operator gave: ``database.dsn``, else ``$LEASECTL_DSN``; None for neither.
+
+    The one place the environment fallback is read, so the daemon and the status commands
+    can never disagree about which database they talk to.
+    """
+    return db.dsn or os.environ.get("LEASECTL_DSN", "") or None
+
+
 def resolve_dsn(db: DatabaseSettings) -> str:
     """The configured DSN, ``$LEASECTL_DSN``, or the embedded server's."""
-    if db.dsn:
-        return db.dsn
-    env = os.environ.get("LEASECTL_DSN", "")
-    if env:
-        return env
-    return EmbeddedPostgres(db.data_dir).dsn()
+    return configured_dsn(db) or EmbeddedPostgres(db.data_dir).dsn()
 
 
 def resolve_lock_dsn(db: DatabaseSettings, work_dsn: str) -> str:

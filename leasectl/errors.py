@@ -5,7 +5,10 @@
     LeasectlError
      ├── ConfigError              fix the configuration; nothing was started
      ├── DatabaseUnavailable      transient: retry with backoff
+     │    ├── NotMigrated         the leasectl tables do not exist yet: migrate first
+     │    └── RowLockTimeout      a statement waited past lock_timeout for a row lock
      ├── UnsupportedTopology      the connection path cannot carry session locks
+     ├── TickCancelled            a tick was asked to stop (shutdown, or its timeout)
      ├── LeaseError
      │    ├── LeaseLost           stop side effects now; the lease is gone
      │    ├── FencingRejected     a write carried an epoch that is no longer current
@@ -44,6 +47,28 @@ class ConfigError(LeasectlError):
 
 class DatabaseUnavailable(LeasectlError):
     """The database could not be reached or dropped the connection; retry with backoff."""
+
+    __module__ = "leasectl"
+
+
+class NotMigrated(DatabaseUnavailable):
+    """The database has no leasectl tables yet: run ``leasectl migrate`` (or start a replica)."""
+
+    __module__ = "leasectl"
+
+
+class RowLockTimeout(DatabaseUnavailable):
+    """A statement waited longer than ``lock_timeout`` for a row lock; retry later.
+
+    On the lock connection this is an epoch bump stuck behind the previous holder's fenced
+    transactions: the new holder gives the locks back and campaigns again, rather than wait.
+    """
+
+    __module__ = "leasectl"
+
+
+class TickCancelled(LeasectlError):
+    """The tick was asked to stop (shutdown grace over, or its timeout passed)."""
 
     __module__ = "leasectl"
 

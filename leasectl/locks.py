@@ -10,6 +10,11 @@ Session advisory locks survive the transaction that took them and vanish with th
 That is exactly the property a lease needs: when the holder's process or link dies, the
 server frees its locks, and nothing else does.
 
+Every statement on the lock connection is a named method of :class:`LockSession`, and every
+psycopg error it raises is translated here, once (:func:`translate_error`): the lease manager
+deals in :class:`DatabaseUnavailable` and its subclasses only. :class:`LeaseSession` is the
+interface the manager needs; tests drive the manager with an in-memory implementation of it.
+
 Example::
 
     with LockSession.connect(dsn, settings.database, "leasectl/replica-a") as session:
@@ -23,19 +28,27 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, NamedTuple, Protocol, Self
 
 import psycopg
 
 from leasectl import sql
 from leasectl.db import is_unix_socket, lock_connect
-from leasectl.errors import DatabaseUnavailable, LeaseTimeout, UnsupportedTopology
+from leasectl.errors import (
+    DatabaseUnavailable,
+    LeasectlError,
+    LeaseTimeout,
+    NotMigrated,
+    RowLockTimeout,
+    UnsupportedTopology,
+)
 from leasectl.keys import KeyRegistry, as_oid, from_oid, namespace_for
 from leasectl.settings import DatabaseSettings
 
 Q = sql.load("locks")
+L = sql.load("leases")  # the lease-table statements, run on the lock connection
 
 _POOLER = "the lock connection goes through a transaction-mode pooler: "
 _POOLER_FIX = (
@@ -86,6 +99,76 @@ class TcpBound:
         if self.user_timeout_ms > 0:
             return max(self.user_timeout_ms / 1000.0, float(self.idle + self.interval))
         return float(self.idle + self.interval * self.count)
+
+
+class Contender(NamedTuple):
+    """One wanted lease after a campaign: got it, or who holds it and how stale they are."""
+
+    name: str
+    got: bool
+    renewed_age_s: float | None  # the holder's last renewal, DB clock (None: never)
+    holder_pid: int | None  # the backend holding the lock (None: free again, or ours)
+    row_pid: int | None  # the lock session the lease row names
+    row_holder: str | None  # the replica the lease row names
+
+
+class Heartbeat(NamedTuple):
+    """What one heartbeat proved."""
+
+    in_recovery: bool
+    unproven: list[str]  # held names whose lock or epoch is no longer ours
+
+
+class LeaseSession(Protocol):
+    """The lock connection as the lease manager uses it: one method per statement.
+
+    Implementations raise only :class:`DatabaseUnavailable` (and subclasses) for database
+    trouble. ``leasectl.locks.LockSession`` is the real one.
+    """
+
+    @property
+    def tcp(self) -> TcpBound | None: ...
+    @property
+    def via_pooler(self) -> bool: ...
+    @property
+    def backend_pid(self) -> int: ...
+
+    def listen(self) -> None: ...
+    def listen_control(self) -> None: ...
+    def register_replica(
+        self, replica: str, *, host: str, pid: int, version: str, may_lead: bool, loops: list[str]
+    ) -> None: ...
+    def replica_stopped(self, replica: str) -> None: ...
+    def wait_notify(self, timeout: float) -> list[str]: ...
+    def campaign(self, names: Sequence[str]) -> list[Contender]: ...
+    def bump_epoch(
+        self, names: Sequence[str], replica: str, reason: str
+    ) -> list[tuple[str, int]]: ...
+    def heartbeat(self, names: Sequence[str], epochs: Sequence[int], replica: str) -> Heartbeat: ...
+    def hand_over(
+        self, names: Sequence[str], epochs: Sequence[int], replica: str, reason: str
+    ) -> set[str]: ...
+    def release(self, names: Iterable[str], *, notify: bool = True) -> set[str]: ...
+    def evict(self, lease: str, pid: int, *, replica: str, reason: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def translate_error(exc: psycopg.Error, what: str = "lock connection") -> LeasectlError:
+    """The leasectl error for a psycopg error on ``what``; the one place this mapping lives.
+
+    A lock wait past ``lock_timeout`` is :class:`RowLockTimeout`; a missing leasectl table is
+    :class:`NotMigrated`; anything else (connection lost, server shutting down, a standby
+    refusing writes) is :class:`DatabaseUnavailable`: the manager drops its leases and
+    reconnects, as it must for any failure it cannot prove harmless.
+    """
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return RowLockTimeout(f"{what}: waited too long for a row lock: {first}")
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return NotMigrated(f"{what}: the leasectl tables do not exist ({first}); run migrations")
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseUnavailable(f"{what} lost: {exc}")
+    return DatabaseUnavailable(f"{what}: statement failed: {first}")
 
 
 class LockSession:
@@ -155,6 +238,8 @@ class LockSession:
             row = self.conn.execute(Q["session_readback"]).fetchone()
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"lock connection setup failed: {exc}") from exc
+        except psycopg.Error as exc:
+            raise translate_error(exc, "lock connection setup") from exc
         assert setup is not None and row is not None
         # The pid the client was told at connect time is a pooler's invention when one sits
         # in between; the server's own pg_backend_pid() is the truth.
@@ -193,6 +278,8 @@ class LockSession:
             other.rollback()
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"lock connection setup failed: {exc}") from exc
+        except psycopg.Error as exc:
+            raise translate_error(exc, "lock connection setup") from exc
         finally:
             other.close()
         assert row is not None and mine is not None
@@ -234,14 +321,9 @@ class LockSession:
         names = list(names)
         if not names:
             return set()
-        keys = [self.key(n) for n in names]
-        by_key = dict(zip(keys, names, strict=True))
-        rows = self._exec(Q["release"], {"ns": self.namespace, "keys": keys}).fetchall()
-        released = {by_key[r[0]] for r in rows}
-        if notify:
-            for name in released:
-                self._exec(Q["notify_released"], {"name": name})
-        return released
+        params = {"ns": self.namespace, "names": names, "keys": [self.key(n) for n in names]}
+        rows = self._exec(Q["release"], {**params, "notify": notify}).fetchall()
+        return {r[0] for r in rows}
 
     def held(self) -> set[str]:
         """Names whose locks this backend really holds, according to ``pg_locks``."""
@@ -299,11 +381,105 @@ class LockSession:
             wait = min(remaining, poll * random.uniform(1 - jitter, 1 + jitter))
             self.wait_notify(wait)
 
+    # -- the lease tables (statements in leases.sql) -----------------------------------------
+
+    def listen_control(self) -> None:
+        """Subscribe to operator commands (``leasectl step-down``), also via :meth:`wait_notify`."""
+        self._exec(L["listen_control"], None)
+
+    def register_replica(
+        self, replica: str, *, host: str, pid: int, version: str, may_lead: bool, loops: list[str]
+    ) -> None:
+        """Announce this replica (and this lock session's backend pid) in ``leasectl_replicas``."""
+        params = {
+            "id": replica,
+            "host": host,
+            "pid": pid,
+            "version": version,
+            "may_lead": may_lead,
+            "loops": loops,
+        }
+        self._exec(L["register_replica"], params)
+
+    def replica_stopped(self, replica: str) -> None:
+        self._exec(L["replica_stopped"], {"id": replica})
+
+    def campaign(self, names: Sequence[str]) -> list[Contender]:
+        """Try-lock every name and report, in the same round trip, who holds the others.
+
+        The try-lock is locks.sql's ``try_acquire`` (one definition); leases.sql's
+        ``contenders`` runs right after it in one pipeline. Callers must not pass names they
+        hold (see :meth:`try_acquire`).
+        """
+        names = list(names)
+        if not names:
+            return []
+        keys = [self.key(n) for n in names]
+        try:
+            with self.conn.pipeline():
+                tried = self.conn.execute(Q["try_acquire"], {"ns": self.namespace, "keys": keys})
+                report = self.conn.execute(
+                    L["contenders"], {"ns": self.namespace, "names": names, "keys": keys}
+                )
+            by_key = dict(zip(keys, names, strict=True))
+            got = {by_key[key] for key, ok in tried.fetchall() if ok}
+            rows = report.fetchall()
+        except psycopg.Error as exc:
+            raise translate_error(exc) from exc
+        return [
+            Contender(name, name in got, age, None if name in got else pid, row_pid, holder)
+            for name, age, pid, row_pid, holder in rows
+        ]
+
+    def bump_epoch(self, names: Sequence[str], replica: str, reason: str) -> list[tuple[str, int]]:
+        """Fence off every older holder of the (just locked) names: epoch + 1, recorded.
+
+        :raises RowLockTimeout: the previous holder's fenced transactions kept the rows
+            locked past ``lock_timeout``.
+        """
+        params = {
+            "names": list(names),
+            "keys": [self.key(n) for n in names],
+            "replica": replica,
+            "reason": reason,
+        }
+        return [(name, int(epoch)) for name, epoch in self._exec(L["bump_epoch"], params)]
+
+    def heartbeat(self, names: Sequence[str], epochs: Sequence[int], replica: str) -> Heartbeat:
+        """Prove the locks and epochs of ``names`` are ours and stamp the replica row."""
+        params = {"ns": self.namespace, "names": list(names), "epochs": list(epochs)}
+        row = self._exec(L["heartbeat"], {**params, "replica": replica}).fetchone()
+        assert row is not None
+        return Heartbeat(bool(row[0]), list(row[1]))
+
+    def hand_over(
+        self, names: Sequence[str], epochs: Sequence[int], replica: str, reason: str
+    ) -> set[str]:
+        """Release held leases gracefully: record it, unlock, NOTIFY; one round trip."""
+        names = list(names)
+        if not names:
+            return set()
+        record = {"names": names, "epochs": list(epochs), "replica": replica, "reason": reason}
+        unlock = {"ns": self.namespace, "names": names, "keys": [self.key(n) for n in names]}
+        try:
+            with self.conn.pipeline():
+                self.conn.execute(L["record_release"], record)
+                released = self.conn.execute(Q["release"], {**unlock, "notify": True})
+            return {r[0] for r in released.fetchall()}
+        except psycopg.Error as exc:
+            raise translate_error(exc) from exc
+
+    def evict(self, lease: str, pid: int, *, replica: str, reason: str) -> None:
+        """Terminate backend ``pid`` (a hung holder's lock session) and record why."""
+        self._exec(L["evict"], {"pid": pid})
+        event = {"lease": lease, "epoch": None, "replica": replica, "event": "evicted"}
+        self._exec(L["record_event"], {**event, "reason": reason})
+
     def _exec(self, query: Any, params: Any) -> psycopg.Cursor[Any]:
         try:
             return self.conn.execute(query, params)
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(f"lock connection lost: {exc}") from exc
+        except psycopg.Error as exc:
+            raise translate_error(exc) from exc
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -320,3 +496,11 @@ class LockSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def notify_control(conn: psycopg.Connection[Any], payload: str) -> None:
+    """Send an operator command to every lock session (they LISTEN via ``listen_control``)."""
+    try:
+        conn.execute(L["notify_control"], {"payload": payload})
+    except psycopg.Error as exc:
+        raise translate_error(exc, "control channel") from exc

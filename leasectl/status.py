@@ -16,7 +16,6 @@ from __future__ import annotations
 import getpass
 import importlib
 import math
-import os
 import socket
 import time
 from collections.abc import Iterable, Sequence
@@ -27,20 +26,15 @@ from typing import Any
 import psycopg
 
 from leasectl import sql
+from leasectl.db import configured_dsn
 from leasectl.embedded import EmbeddedPostgres
-from leasectl.errors import DatabaseUnavailable, LeasectlError
+from leasectl.errors import DatabaseUnavailable, NotMigrated
 from leasectl.keys import int4_hash, namespace_for
-from leasectl.leases import request_step_down
+from leasectl.lease_manager import request_step_down
 from leasectl.settings import Settings
 
 Q = sql.load("status")
 APP_PREFIX = "leasectl/"
-
-
-class NotMigrated(DatabaseUnavailable):
-    """The database has no leasectl tables yet: run ``leasectl migrate`` (or start a replica)."""
-
-    __module__ = "leasectl"
 
 
 @dataclass(frozen=True)
@@ -122,11 +116,9 @@ class ClusterStatus:
 
 def status_dsn(settings: Settings) -> str:
     """The configured DSN; with none, the embedded server's, but never start one to look."""
-    if settings.database.dsn:
-        return settings.database.dsn
-    env = os.environ.get("LEASECTL_DSN", "")
-    if env:
-        return env
+    dsn = configured_dsn(settings.database)
+    if dsn:
+        return dsn
     info = EmbeddedPostgres(settings.database.data_dir).info()
     if info is None:
         raise DatabaseUnavailable(
@@ -364,12 +356,6 @@ def request_step_down_and_wait(
 
 def _moved(before: LeaseStatus, after: LeaseStatus) -> bool:
     return after.state == "held" and (after.holder != before.holder or after.epoch != before.epoch)
-
-
-class EvictRefused(LeasectlError):
-    """The lease is not held (or changed hands) so there is nothing to evict."""
-
-    __module__ = "leasectl"
 
 
 def evict(

@@ -29,13 +29,12 @@ from psycopg.rows import dict_row
 
 from leasectl import sql
 from leasectl.errors import ConfigError, FencingRejected, LeasectlError
-from leasectl.leases import FENCE_SQL
 from leasectl.loop import LoopSpec, TickContext
 from loops.ca import CAError, load_issuer_ca
 from loops.settings import LoopsSettings
 
 Q = sql.load("crl_generation", package="loops.sql")
-NEXT_CRL_NUMBER = Q["next_crl_number"].replace("__FENCE__", FENCE_SQL)
+NEXT_CRL_NUMBER = Q["next_crl_number"]
 
 #: RFC 5280 reason names (any case, ``_``/``-``/spaces ignored) → cryptography's flags.
 REASONS: dict[str, x509.ReasonFlags] = {flag.value.lower(): flag for flag in x509.ReasonFlags}

@@ -31,8 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from psycopg.types.json import Jsonb
 
-from leasectl.errors import LeaseLost
-from leasectl.loop import LoopSpec, TickCancelled, TickContext
+from leasectl.errors import LeaseLost, TickCancelled
+from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
 from loops import ca, metrics
 from loops._common import actor, everywhere, transaction

@@ -1,3 +1,7 @@
+-- Statements about the lease tables. The ones run on the lock connection are executed only
+-- by leasectl.locks.LockSession (which translates their errors); `fence` and `current_epoch`
+-- run in the caller's own transaction (Lease.guard).
+
 -- name: register_replica
 -- Announce this replica; `leasectl status` joins it with pg_locks to show who is alive.
 INSERT INTO leasectl_replicas
@@ -12,15 +16,12 @@ SET host = excluded.host, pid = excluded.pid, version = excluded.version,
 -- name: replica_stopped
 UPDATE leasectl_replicas SET stopped_at = now(), last_seen = now() WHERE id = %(id)s
 
--- name: campaign
--- One round trip per campaign: try-lock every wanted lease not held, and for the ones that
--- are taken report how stale the holder's renewal is (DB clock) and which backend holds them,
--- so a hung holder can be evicted.
-WITH tried AS MATERIALIZED (
-    SELECT w.name, w.key, pg_try_advisory_lock(%(ns)s::integer, w.key) AS got
-    FROM unnest(%(names)s::text[], %(keys)s::integer[]) AS w(name, key)
-)
-SELECT t.name, t.got,
+-- name: contenders
+-- The second half of a campaign, sent in the same pipeline (one round trip) right after
+-- locks.sql's try_acquire: for each wanted lease, how stale its holder's renewal is (DB clock)
+-- and which other backend holds its lock, so a hung holder can be evicted. Rows for the leases
+-- this session just got are ignored by the caller (their holder is us, hence excluded).
+SELECT w.name,
        -- last renewal: the lease's own stamp (acquisition) or its holder's last heartbeat,
        -- the latter only if made on the very session that holds the lock
        extract(epoch FROM now() - greatest(
@@ -29,15 +30,16 @@ SELECT t.name, t.got,
        h.pid AS holder_pid,
        l.holder_backend_pid,
        l.holder
-FROM tried t
-LEFT JOIN leasectl_leases l ON l.name = t.name
+FROM unnest(%(names)s::text[], %(keys)s::integer[]) AS w(name, key)
+LEFT JOIN leasectl_leases l ON l.name = w.name
 LEFT JOIN leasectl_replicas r ON r.id = l.holder
 LEFT JOIN pg_locks h
-       ON NOT t.got AND h.locktype = 'advisory' AND h.granted AND h.objsubid = 2
+       ON h.locktype = 'advisory' AND h.granted AND h.objsubid = 2
+      AND h.pid <> pg_backend_pid()
       -- advisory locks are per database: another database's holder of the same key is not ours
       AND h.database = (SELECT oid FROM pg_database WHERE datname = current_database())
       AND h.classid = (%(ns)s::bigint & 4294967295)::oid
-      AND h.objid = (t.key::bigint & 4294967295)::oid
+      AND h.objid = (w.key::bigint & 4294967295)::oid
 
 -- name: bump_epoch
 -- The fencing token: run right after the lock is ours. `locked` takes the existing lease rows
@@ -90,20 +92,21 @@ WITH mine AS (
 )
 SELECT pg_is_in_recovery(), ARRAY(SELECT name FROM unproven)
 
--- name: release
--- Graceful hand-over: unlock, record, and NOTIFY so a waiting replica takes over at once.
+-- name: record_release
+-- Graceful hand-over, first half: mark the rows released and record it. The same pipeline then
+-- runs locks.sql's release (unlock + NOTIFY), so a waiting replica takes over at once; its
+-- epoch bump waits for this statement's row locks, so the 'released' event always precedes
+-- the next 'acquired' one.
 WITH rel AS (
     SELECT w.name, w.epoch
-    FROM unnest(%(names)s::text[], %(keys)s::integer[], %(epochs)s::bigint[]) AS w(name, key, epoch)
-    WHERE pg_advisory_unlock(%(ns)s::integer, w.key)
+    FROM unnest(%(names)s::text[], %(epochs)s::bigint[]) AS w(name, epoch)
 ), upd AS (
-    UPDATE leasectl_leases SET released_at = now()
-    WHERE name IN (SELECT name FROM rel) AND holder = %(replica)s
-), ev AS (
-    INSERT INTO leasectl_lease_events (lease, epoch, replica, event, reason)
-    SELECT name, epoch, %(replica)s, 'released', %(reason)s FROM rel
+    UPDATE leasectl_leases l SET released_at = now()
+    FROM rel
+    WHERE l.name = rel.name AND l.epoch = rel.epoch AND l.holder = %(replica)s
 )
-SELECT name, pg_notify('leasectl_released', name) FROM rel
+INSERT INTO leasectl_lease_events (lease, epoch, replica, event, reason)
+SELECT name, epoch, %(replica)s, 'released', %(reason)s FROM rel
 
 -- name: record_event
 INSERT INTO leasectl_lease_events (lease, epoch, replica, event, reason)
@@ -120,8 +123,10 @@ LISTEN leasectl_control
 SELECT pg_notify('leasectl_control', %(payload)s)
 
 -- name: fence
--- Take the lease row FOR KEY SHARE inside the caller's transaction: the write that follows
--- commits only if the epoch is still ours, and a new holder's epoch bump (FOR UPDATE) waits
--- for it. KEY SHARE, not SHARE: the holder's own heartbeat (UPDATE renewed_at, a no-key
--- update) must never wait for its guarded work, or a long transaction would stall it.
-SELECT epoch FROM leasectl_leases WHERE name = %(lease_name)s FOR KEY SHARE
+-- Lease.guard: leasectl_fence (migration 0007) takes the lease row FOR KEY SHARE inside the
+-- caller's transaction and is true only while the epoch is still ours.
+SELECT leasectl_fence(%(lease_name)s, %(lease_epoch)s)
+
+-- name: current_epoch
+-- For the message of a refused fence only; takes no lock.
+SELECT epoch FROM leasectl_leases WHERE name = %(lease_name)s

@@ -6,9 +6,10 @@ SELECT w.key,
 FROM unnest(%(keys)s::integer[]) AS w(key)
 
 -- name: release
--- Release keys held by this session; returns the keys that were actually held.
-SELECT w.key
-FROM unnest(%(keys)s::integer[]) AS w(key)
+-- Release keys held by this session; returns the names whose keys were actually held and,
+-- when asked, NOTIFYs their release so waiters take over at once (same round trip).
+SELECT w.name, CASE WHEN %(notify)s THEN pg_notify('leasectl_released', w.name) END
+FROM unnest(%(names)s::text[], %(keys)s::integer[]) AS w(name, key)
 WHERE pg_advisory_unlock(%(ns)s::integer, w.key)
 
 -- name: held
@@ -64,9 +65,6 @@ SELECT pg_backend_pid() AS pid,
        current_setting('tcp_keepalives_count')::integer AS count,
        current_setting('tcp_user_timeout')::integer AS user_timeout,
        pg_is_in_recovery() AS in_recovery
-
--- name: notify_released
-SELECT pg_notify('leasectl_released', %(name)s)
 
 -- name: listen_released
 LISTEN leasectl_released

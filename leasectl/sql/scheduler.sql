@@ -5,10 +5,7 @@
 -- or still 'running' under an older epoch, i.e. its holder died mid-tick).
 INSERT INTO leasectl_ticks AS t (loop, tick_at, epoch, replica, started_at, outcome, attempts)
 SELECT %(loop)s, %(tick_at)s, %(lease_epoch)s, %(replica)s, now(), 'running', 1
-WHERE EXISTS (
-    SELECT 1 FROM leasectl_leases
-    WHERE name = %(lease_name)s AND epoch = %(lease_epoch)s FOR KEY SHARE
-)
+WHERE (SELECT leasectl_fence(%(lease_name)s, %(lease_epoch)s))
 ON CONFLICT (loop, tick_at) DO UPDATE
 SET epoch = excluded.epoch, replica = excluded.replica, started_at = now(),
     finished_at = NULL, outcome = 'running', attempts = t.attempts + 1, error = NULL
@@ -21,10 +18,7 @@ RETURNING attempts
 UPDATE leasectl_ticks
 SET finished_at = now(), outcome = %(outcome)s, error = %(error)s
 WHERE loop = %(loop)s AND tick_at = %(tick_at)s AND epoch = %(lease_epoch)s
-  AND EXISTS (
-    SELECT 1 FROM leasectl_leases
-    WHERE name = %(lease_name)s AND epoch = %(lease_epoch)s FOR KEY SHARE
-  )
+  AND (SELECT leasectl_fence(%(lease_name)s, %(lease_epoch)s))
 
 -- name: last_done
 -- The latest slot this loop completed, whoever ran it: how a restart or failover knows

@@ -20,11 +20,11 @@ ORDER BY r.revoked_at, r.serial_number
 
 -- name: next_crl_number
 -- The CRL number: a per-issuer counter bumped in the fenced transaction that publishes the
--- CRL, never a timestamp. __FENCE__ is replaced by leasectl.FENCE_SQL when the module loads
--- (one definition of the fence): a superseded holder's bump matches no row, and the issuer
--- row lock orders concurrent bumps, so numbers only go up.
+-- CRL, never a timestamp. Fenced by leasectl_fence (the one definition of the fence, as in
+-- leasectl.FENCE_SQL): a superseded holder's bump matches no row, and the issuer row lock
+-- orders concurrent bumps, so numbers only go up.
 UPDATE issuers SET crl_number = crl_number + 1
-WHERE id = %(issuer_id)s AND __FENCE__
+WHERE id = %(issuer_id)s AND (SELECT leasectl_fence(%(lease_name)s, %(lease_epoch)s))
 RETURNING crl_number
 
 -- name: store_crl

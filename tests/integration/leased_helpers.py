@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from psycopg_pool import ConnectionPool
 
-from leasectl.leases import Lease, LeaseManager
+from leasectl.lease_manager import LeaseManager
+from leasectl.leases import Lease
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.settings import CoreSettings
 

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from leasectl.keys import int4_hash, namespace_for
-from leasectl.leases import LeaseManager
+from leasectl.lease_manager import LeaseManager
 from leasectl.settings import CoreSettings, LeaseSettings
 from tests.conftest import wait_until
 

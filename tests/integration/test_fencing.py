@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from leasectl.errors import FencingRejected, LeaseLost
-from leasectl.leases import FENCE_SQL, LeaseEvent, LeaseManager, request_step_down
+from leasectl.lease_manager import LeaseManager, request_step_down
+from leasectl.leases import FENCE_SQL, LeaseEvent
 from leasectl.settings import CoreSettings, LeaseSettings
 from tests.conftest import wait_until
 from tests.integration.conftest import lock_holders

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from leasectl.leases import LeaseManager
+from leasectl.lease_manager import LeaseManager
 from leasectl.migrate import migrate
 from leasectl.settings import CoreSettings, LeaseSettings
 from tests.conftest import _create_db, _drop_db
@@ -70,8 +70,6 @@ def test_same_lease_names_in_two_databases_do_not_evict_each_other(
 
 def test_campaign_and_holders_see_only_this_databases_holder(dsn: str, second_dsn: str) -> None:
     """One campaign row per wanted lease, naming this database's holder only."""
-    from leasectl import sql
-    from leasectl.keys import int4_hash, namespace_for
     from leasectl.locks import LockSession
 
     managers: list[LeaseManager] = []
@@ -86,10 +84,7 @@ def test_campaign_and_holders_see_only_this_databases_holder(dsn: str, second_ds
         c.wait_for("x", 5)
         with LockSession.connect(second_dsn, QUICK.database, "probe") as probe:
             c_pid = probe.holders(["x"])["x"].pid
-            rows = probe.conn.execute(
-                sql.load("leases")["campaign"],
-                {"ns": namespace_for("leasectl"), "names": ["x"], "keys": [int4_hash("x")]},
-            ).fetchall()
+            rows = probe.campaign(["x"])
             a_pid = a._session.backend_pid if a._session else None
         assert len(rows) == 1, rows
         name, got, _age, holder_pid, row_pid, holder = rows[0]

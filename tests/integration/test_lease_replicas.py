@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from leasectl.leases import request_step_down
+from leasectl.lease_manager import request_step_down
 from tests.conftest import wait_until
 from tests.integration.conftest import db_epochs, lock_holders
 from tests.replica_proc import ReplicaProcess

@@ -11,7 +11,8 @@ import pytest
 from cryptography import x509
 
 from leasectl.errors import ConfigError, FencingRejected
-from leasectl.leases import FENCE_SQL, Lease, LeaseManager
+from leasectl.lease_manager import LeaseManager
+from leasectl.leases import FENCE_SQL, Lease
 from leasectl.settings import CoreSettings
 from loops import crl_generation
 from loops.ca import create_ca

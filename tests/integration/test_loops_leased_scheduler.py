@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from leasectl.leases import LeaseManager
+from leasectl.lease_manager import LeaseManager
 from leasectl.loop import LoopSpec
 from leasectl.scheduler import Scheduler
 from leasectl.settings import CoreSettings

@@ -15,7 +15,8 @@ import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from leasectl.errors import ConfigError, FencingRejected, LeaseLost
-from leasectl.leases import Lease, LeaseManager
+from leasectl.lease_manager import LeaseManager
+from leasectl.leases import Lease
 from leasectl.settings import CoreSettings
 from loops import notification_retry, notification_send
 from loops.metrics import NOTIFICATIONS

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from leasectl.loop import TickCancelled
+from leasectl.errors import TickCancelled
 from loops import health_check, network_scan
 from tests.integration.everywhere_helpers import (
     closed_port,

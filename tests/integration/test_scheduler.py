@@ -15,7 +15,8 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from leasectl.leases import FENCE_SQL, LeaseManager
+from leasectl.lease_manager import LeaseManager
+from leasectl.leases import FENCE_SQL
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.scheduler import Scheduler
 from leasectl.settings import CoreSettings, LeaseSettings, SchedulerSettings

@@ -10,7 +10,7 @@ import pytest
 from psycopg import conninfo
 
 from leasectl.errors import DatabaseUnavailable, SafetyInequalityViolated, UnsupportedTopology
-from leasectl.leases import LeaseManager
+from leasectl.lease_manager import LeaseManager
 from leasectl.locks import LockSession
 from leasectl.settings import CoreSettings, DatabaseSettings, LeaseSettings
 from tests.integration.conftest import lock_holders

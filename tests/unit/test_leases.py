@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from leasectl import sql
 from leasectl.errors import LeaseLost
-from leasectl.leases import FENCE_SQL, Lease, make_replica_id
+from leasectl.lease_manager import make_replica_id
+from leasectl.leases import FENCE_SQL, Lease
+
+_FENCE_FUNCTION = Path(__file__).resolve().parents[2] / "migrations/0007_fence_function.up.sql"
 
 
 class FakeClock:
@@ -69,7 +75,21 @@ def test_fence_params_match_the_fence_sql_placeholders() -> None:
     assert params == {"lease_name": "a", "lease_epoch": 9}
     for key in params:
         assert f"%({key})s" in FENCE_SQL
-    assert "FOR KEY SHARE" in FENCE_SQL
+    # The predicate lives in one SQL function (migration 0007); FENCE_SQL calls it.
+    assert "leasectl_fence(" in FENCE_SQL
+    assert "FOR KEY SHARE" in _FENCE_FUNCTION.read_text(encoding="utf-8")
+
+
+def test_every_fenced_query_calls_the_one_fence_function() -> None:
+    """No query spells the fence predicate by hand: it is written once, in leasectl_fence."""
+    root = Path(__file__).resolve().parents[2]
+    queries = sorted((root / "leasectl").rglob("*.sql")) + sorted((root / "loops").rglob("*.sql"))
+    for path in queries:
+        for name, query in sql.parse(path.read_text(encoding="utf-8")).items():
+            code = "\n".join(line.split("--")[0] for line in query.splitlines())
+            if "FOR KEY SHARE" in code:
+                raise AssertionError(f"{path.name}:{name} fences by hand; call leasectl_fence")
+    assert "__FENCE__" not in "".join(p.read_text(encoding="utf-8") for p in queries)
 
 
 def test_replica_ids_are_unique_per_call_unless_configured() -> None:
