@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any
 
 #: Field names whose values are secrets: never printed, may come from ``<name>_env`` / ``_file``.
-SECRET_FIELDS = frozenset({"dsn", "lock_dsn", "password", "hmac_key"})
+SECRET_FIELDS = frozenset(
+    {"dsn", "lock_dsn", "password", "hmac_key", "webhook_url", "routing_key", "api_key", "kek"}
+)
 SECRET_SUFFIXES = ("_env", "_file")
 REDACTED = "<redacted>"
 
 #: Allowed values of string fields that are really enumerations, by key path.
 CHOICES: dict[str, tuple[str, ...]] = {
     "logging.format": ("text", "json"),
+    "replica.on_wedged": ("release", "exit"),
     "logging.level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     "loops.notifications.smtp.tls": ("none", "starttls", "implicit"),
 }

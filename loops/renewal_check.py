@@ -42,7 +42,7 @@ BATCH = 1000
 MAX_ALERT_BATCHES = 100
 
 #: Channels notification_events accepts (and the notification loops can deliver).
-CHANNELS = ("Email", "Webhook")
+CHANNELS = ("Email", "Webhook", "Slack", "Teams", "PagerDuty", "OpsGenie")
 DEFAULT_SEVERITY = {30: "informational", 14: "warning", 7: "warning", 0: "critical"}
 
 

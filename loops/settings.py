@@ -1,7 +1,8 @@
 """Settings of the fifteen loops: the ``loops:`` section of leasectl.yaml.
 
 Each loop has ``enabled`` and ``interval`` (seconds); channel and source settings sit beside.
-Secrets (SMTP password, webhook HMAC key) are plain fields here; the config loader resolves
+Secrets (SMTP password, webhook HMAC key, chat webhook URLs, PagerDuty routing key, OpsGenie
+API key, the CA key-encryption key) are plain fields here; the config loader resolves
 ``*_env`` / ``*_file`` indirections before building these objects and redacts them on output.
 """
 
@@ -23,6 +24,8 @@ class JobsSettings:
     timeout: LoopToggle = field(default_factory=lambda: LoopToggle(interval=600.0))
     claim_batch: int = 100
     concurrency: int = 4
+    complete_batch: int = 100  # finished jobs completed together by one guarded statement
+    complete_flush_interval: float = 0.05  # seconds a finished job may wait for its batch
     retry_backoff_base: float = 60.0  # seconds; doubled per attempt
     retry_backoff_max: float = 3600.0
     awaiting_csr_timeout: float = 86400.0
@@ -68,6 +71,47 @@ class WebhookSettings:
     ca_file: str = ""
 
 
+@dataclass(frozen=True)
+class SlackSettings:
+    # Slack incoming-webhook URL; its path is the credential, so the whole URL is a secret
+    # (webhook_url_env / webhook_url_file). Empty: Slack rows are dead-lettered as unconfigured.
+    webhook_url: str = ""
+    timeout: float = 10.0  # POST timeout (seconds)
+    ca_file: str = ""  # trust this CA for the server's certificate (tests, private CAs)
+
+
+@dataclass(frozen=True)
+class TeamsSettings:
+    # Microsoft Teams incoming-webhook (or Workflows) URL; a secret like Slack's
+    # (webhook_url_env / webhook_url_file). Empty: Teams rows are dead-lettered as unconfigured.
+    webhook_url: str = ""
+    card: str = "adaptive"  # adaptive (Adaptive Card) | messagecard (legacy connector card)
+    timeout: float = 10.0  # POST timeout (seconds)
+    ca_file: str = ""  # trust this CA for the server's certificate (tests, private CAs)
+
+
+@dataclass(frozen=True)
+class PagerDutySettings:
+    url: str = "https://events.pagerduty.com/v2/enqueue"  # Events API v2 endpoint
+    # Integration (routing) key of the Events API v2 integration. Secret: routing_key_env /
+    # routing_key_file. Empty: PagerDuty rows are dead-lettered as unconfigured.
+    routing_key: str = ""
+    source: str = "leasectl"  # payload.source of every event
+    timeout: float = 10.0  # POST timeout (seconds)
+    ca_file: str = ""  # trust this CA for the server's certificate (tests, private CAs)
+
+
+@dataclass(frozen=True)
+class OpsGenieSettings:
+    url: str = "https://api.opsgenie.com/v2/alerts"  # Alert API (EU: api.eu.opsgenie.com)
+    # API key of an OpsGenie API integration (sent as Authorization: GenieKey). Secret:
+    # api_key_env / api_key_file. Empty: OpsGenie rows are dead-lettered as unconfigured.
+    api_key: str = ""
+    tags: tuple[str, ...] = ("leasectl",)  # tags of every alert
+    timeout: float = 10.0  # POST timeout (seconds)
+    ca_file: str = ""  # trust this CA for the server's certificate (tests, private CAs)
+
+
 # The leased loops' toggles carry their own defaults as classes, not as
 # ``field(default_factory=lambda: LoopToggle(interval=...))``: a config that sets only
 # ``loop: {enabled: true}`` is built as ``<annotated class>(enabled=True)``, and with a plain
@@ -110,6 +154,15 @@ class NotificationSettings:
     backoff_minutes: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)  # after failed attempt 1, 2, ...
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    slack: SlackSettings = field(default_factory=SlackSettings)  # Slack channel
+    teams: TeamsSettings = field(default_factory=TeamsSettings)  # Microsoft Teams channel
+    # PagerDuty channel (Events API v2; dedup_key = the notification id)
+    pagerduty: PagerDutySettings = field(default_factory=PagerDutySettings)
+    # OpsGenie channel (Alert API; alias = the notification id)
+    opsgenie: OpsGenieSettings = field(default_factory=OpsGenieSettings)
+    # CIDRs that webhook and chat URLs may resolve to although they are loopback, private,
+    # link-local (cloud metadata), multicast or reserved; every other such address is refused.
+    allow_private_networks: tuple[str, ...] = ()
     templates_dir: str = ""  # empty: the packaged loops/templates
     # A row left 'sending' by this same epoch longer than this is re-delivered (a tick that
     # died between the external call and the mark); older epochs' claims are re-delivered at once.
@@ -177,6 +230,15 @@ class GcSettings:
 
 
 @dataclass(frozen=True)
+class CaSettings:
+    # Key-encryption key of the local CAs' private keys (issuers.ca_key_pem is PKCS#8,
+    # encrypted with it). Secret: kek_env / kek_file. Rotate with `leasectl ca rotate-kek`.
+    kek: str = ""
+    # Accept CA keys stored in plaintext (and store new ones in plaintext when kek is empty).
+    allow_plaintext_ca_keys: bool = False
+
+
+@dataclass(frozen=True)
 class LoopsSettings:
     jobs: JobsSettings = field(default_factory=JobsSettings)
     renewal: RenewalSettings = field(default_factory=RenewalSettings)
@@ -188,3 +250,4 @@ class LoopsSettings:
     network_scan: NetworkScanSettings = field(default_factory=NetworkScanSettings)
     health_check: HealthCheckSettings = field(default_factory=HealthCheckSettings)
     gc: GcSettings = field(default_factory=GcSettings)
+    ca: CaSettings = field(default_factory=CaSettings)  # local CA keys at rest

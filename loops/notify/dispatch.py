@@ -21,15 +21,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import jinja2
 from psycopg.rows import dict_row
 
 from leasectl import sql
 from leasectl.errors import ConfigError, LeasectlError
 from leasectl.loop import TickContext
 from loops.metrics import NOTIFICATIONS
+from loops.notify.chat import (
+    Alert,
+    OpsGenieSender,
+    PagerDutySender,
+    SlackSender,
+    TeamsSender,
+)
 from loops.notify.email import SmtpSender
 from loops.notify.errors import DeliveryError
+from loops.notify.outbound import parse_networks
 from loops.notify.templates import Templates
 from loops.notify.webhook import WebhookSender
 from loops.settings import NotificationSettings
@@ -46,6 +53,10 @@ class Channels:
     templates: Templates
     email: SmtpSender
     webhook: WebhookSender
+    slack: SlackSender
+    teams: TeamsSender
+    pagerduty: PagerDutySender
+    opsgenie: OpsGenieSender
 
     @classmethod
     def from_settings(cls, settings: NotificationSettings) -> Channels:
@@ -59,10 +70,17 @@ class Channels:
             problems.append("loops.notifications.backoff_minutes must be positive minutes")
         if problems:
             raise ConfigError(problems)
+        allow = parse_networks(
+            settings.allow_private_networks, "loops.notifications.allow_private_networks"
+        )
         return cls(
             Templates(settings.templates_dir),
             SmtpSender(settings.smtp),
-            WebhookSender(settings.webhook),
+            WebhookSender(settings.webhook, allow),
+            SlackSender(settings.slack, allow),
+            TeamsSender(settings.teams, allow),
+            PagerDutySender(settings.pagerduty, allow),
+            OpsGenieSender(settings.opsgenie, allow),
         )
 
 
@@ -190,12 +208,19 @@ class Dispatcher:
 
     def _deliver(self, ctx: TickContext, row: dict[str, Any]) -> None:
         assert ctx.lease is not None
-        try:
-            subject, text = self.channels.templates.notification(render_context(row))
-        except jinja2.TemplateError as exc:
-            raise DeliveryError(f"template rendering failed: {exc}", permanent=True) from exc
+        # TemplateRenderError (a DeliveryError, permanent) for any rendering failure.
+        subject, text = self.channels.templates.notification(render_context(row))
         channel = row["channel"]
         budget = call_budget(ctx)
+        chat = {
+            "Slack": self.channels.slack,
+            "Teams": self.channels.teams,
+            "PagerDuty": self.channels.pagerduty,
+            "OpsGenie": self.channels.opsgenie,
+        }.get(channel)
+        if chat is not None:
+            chat.send(Alert.from_row(row, subject, text), budget=budget)
+            return
         if channel == "Email":
             self.channels.email.send(
                 to=row["recipient"],

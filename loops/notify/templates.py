@@ -6,6 +6,13 @@ turns a misspelt variable into a render error (a permanent delivery failure with
 in ``last_error``) instead of an empty string in an alert. Names containing ``.html`` are
 autoescaped: certificate CNs and owner names come from users.
 
+Templates run in jinja2's ``SandboxedEnvironment``: an operator-supplied template directory
+is configuration, not code, and must not reach Python internals through the objects it is
+given (``{{ ''.__class__.__mro__ }}`` and friends raise ``SecurityError``). Any failure while
+rendering, the sandbox's refusal included, is a :class:`TemplateRenderError` for that one
+notification (permanent: the row goes to ``dead`` with the message), never a crashed tick.
+The message names the template and the error class, not the values it was rendering.
+
 Notification bodies: ``notify_<snake_case_type>.txt.j2`` when it exists (e.g.
 ``notify_expiration_warning.txt.j2``), else ``notify_generic.txt.j2``.
 """
@@ -18,10 +25,31 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 
 from leasectl.errors import ConfigError
+from loops.notify.errors import DeliveryError
 
 REQUIRED = ("notify_generic.txt.j2", "notify_subject.txt.j2", "digest.html.j2")
+
+
+class TemplateRenderError(DeliveryError):
+    """A template failed to render (undefined name, sandbox refusal, runtime error).
+
+    Permanent: the same template and row fail the same way on every retry.
+    """
+
+    def __init__(self, name: str, exc: Exception) -> None:
+        self.template = name
+        if isinstance(exc, jinja2.exceptions.SecurityError):
+            what = f"refused by the template sandbox: {exc}"
+        elif isinstance(exc, jinja2.TemplateError):
+            what = f"{type(exc).__name__}: {exc}"
+        else:
+            # A runtime error inside the template (1/0, a bad filter argument): its message
+            # can embed rendered values, so only the class is shown.
+            what = f"{type(exc).__name__} while rendering"
+        super().__init__(f"template {name} failed: {what}", permanent=True)
 
 
 def _autoescape(name: str | None) -> bool:
@@ -44,7 +72,7 @@ class Templates:
             loader = jinja2.FileSystemLoader(directory)
         else:
             loader = jinja2.PackageLoader("loops", "templates")
-        self.env = jinja2.Environment(
+        self.env = jinja2.sandbox.SandboxedEnvironment(
             loader=loader,
             autoescape=_autoescape,
             undefined=jinja2.StrictUndefined,
@@ -68,8 +96,14 @@ class Templates:
             raise ConfigError(problems, source=directory or "loops/templates")
 
     def render(self, name: str, context: Mapping[str, Any]) -> str:
-        """Render a compiled template. Raises ``jinja2.TemplateError`` (undefined names too)."""
-        return self.compiled[name].render(context)
+        """Render a compiled template.
+
+        :raises TemplateRenderError: any failure, sandbox refusals and undefined names included.
+        """
+        try:
+            return self.compiled[name].render(context)
+        except Exception as exc:  # noqa: BLE001 - a template's failure is the template's error
+            raise TemplateRenderError(name, exc) from exc
 
     def notification(self, context: Mapping[str, Any]) -> tuple[str, str]:
         """``(subject, text)`` of a notification; ``context["n"]`` is the row."""

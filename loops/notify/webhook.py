@@ -7,22 +7,27 @@ body bytes with the shared key, so the receiver can authenticate the sender; the
 replica headers let it see (and log) which lease holder sent a copy.
 
 Redirects are not followed (a 3xx is a failure): following a redirect would resend a signed
-body to a host nobody configured.
+body to a host nobody configured. The POST goes through :mod:`loops.notify.outbound`: a URL
+that resolves to a loopback, private, link-local or metadata address is refused unless its
+network is in ``loops.notifications.allow_private_networks``, and the connection goes to the
+address that was checked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import http.client
-import ssl
-from urllib.parse import urlsplit
+from collections.abc import Sequence
 
 from leasectl import __version__
 from leasectl.errors import ConfigError
 from loops.notify.email import check_header
 from loops.notify.errors import DeliveryError
+from loops.notify.outbound import IPNetwork, Resolver, Target, post, system_resolver
 from loops.settings import WebhookSettings
+
+
+HEADER = "X-Leasectl-Signature"
 
 
 def sign(key: str, body: bytes) -> str:
@@ -31,29 +36,32 @@ def sign(key: str, body: bytes) -> str:
 
 
 class WebhookSender:
-    def __init__(self, settings: WebhookSettings) -> None:
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        allow: Sequence[IPNetwork] = (),
+        resolver: Resolver = system_resolver,
+    ) -> None:
         self.settings = settings
-        self._parts = urlsplit(settings.url) if settings.url else None
-        if self._parts is not None:
-            if self._parts.scheme not in ("http", "https") or not self._parts.hostname:
-                raise ConfigError(
-                    "loops.notifications.webhook.url must be an http(s) URL with a host"
-                )
-            if not settings.hmac_key:
-                raise ConfigError(
-                    "loops.notifications.webhook.hmac_key is required when a webhook url is set: "
-                    "receivers authenticate deliveries by the X-Leasectl-Signature HMAC"
-                )
+        self.allow = tuple(allow)
+        self.resolver = resolver
+        self._target = (
+            Target.parse(settings.url, "loops.notifications.webhook.url") if settings.url else None
+        )
+        if self._target is not None and not settings.hmac_key:
+            raise ConfigError(
+                "loops.notifications.webhook.hmac_key is required when a webhook url is set: "
+                "receivers authenticate deliveries by the X-Leasectl-Signature HMAC"
+            )
 
     @property
     def configured(self) -> bool:
-        return self._parts is not None
+        return self._target is not None
 
     @property
     def safe_url(self) -> str:
         """The URL without query or credentials, for logs and errors (queries carry tokens)."""
-        p = self._parts
-        return f"{p.scheme}://{p.hostname}:{p.port or ''}{p.path}" if p else "<unset>"
+        return self._target.safe() if self._target is not None else "<unset>"
 
     def post(
         self,
@@ -70,10 +78,12 @@ class WebhookSender:
         caller passes the lease's remaining validity, so no request of ours is still in flight
         long after the lease may have moved to another replica.
 
-        :raises DeliveryError: non-2xx, network error, or an unsafe header value (permanent).
+        :raises DeliveryError: non-2xx, network error, or an unsafe header value (permanent);
+            :class:`~loops.notify.outbound.DestinationRefused` (permanent) for a URL that
+            resolves to an address notifications may not reach.
         """
-        p = self._parts
-        if p is None:
+        target = self._target
+        if target is None:
             raise DeliveryError(
                 "no webhook URL configured (loops.notifications.webhook.url)", permanent=True
             )
@@ -83,29 +93,22 @@ class WebhookSender:
             "Idempotency-Key": check_header("Idempotency-Key", idempotency_key),
             "X-Leasectl-Epoch": str(epoch),
             "X-Leasectl-Replica": check_header("X-Leasectl-Replica", replica),
-            "X-Leasectl-Signature": sign(self.settings.hmac_key, body),
+            HEADER: sign(self.settings.hmac_key, body),
         }
-        path = (p.path or "/") + (f"?{p.query}" if p.query else "")
         timeout = self.settings.timeout if budget is None else min(self.settings.timeout, budget)
-        conn: http.client.HTTPConnection
-        if p.scheme == "https":
-            context = ssl.create_default_context(cafile=self.settings.ca_file or None)
-            conn = http.client.HTTPSConnection(
-                p.hostname or "", p.port, timeout=timeout, context=context
-            )
-        else:
-            conn = http.client.HTTPConnection(p.hostname or "", p.port, timeout=timeout)
-        try:
-            conn.request("POST", path, body=body, headers=headers)
-            resp = conn.getresponse()
-            snippet = resp.read(300)
-        except (OSError, http.client.HTTPException) as exc:
-            raise DeliveryError(f"webhook POST {self.safe_url}: {exc!r}") from exc
-        finally:
-            conn.close()
+        resp = post(
+            target,
+            body,
+            headers,
+            timeout=timeout,
+            allow=self.allow,
+            ca_file=self.settings.ca_file,
+            resolver=self.resolver,
+            what="webhook",
+        )
         if not 200 <= resp.status < 300:
             raise DeliveryError(
                 f"webhook POST {self.safe_url} returned HTTP {resp.status}: "
-                f"{snippet.decode('utf-8', 'replace')!r}"
+                f"{resp.body.decode('utf-8', 'replace')!r}"
             )
         return resp.status

@@ -186,6 +186,7 @@ def test_expiry_wording_at_send_time(hours: int, expect: str) -> None:
 
 def test_webhook_call_is_bounded_by_the_budget() -> None:
     """A receiver that accepts and never answers cannot hold a delivery past the lease."""
+    import ipaddress
     import socket
     import time
 
@@ -194,7 +195,8 @@ def test_webhook_call_is_bounded_by_the_budget() -> None:
         listener.listen(1)
         port = listener.getsockname()[1]
         sender = WebhookSender(
-            WebhookSettings(url=f"http://127.0.0.1:{port}/h", hmac_key="k", timeout=30.0)
+            WebhookSettings(url=f"http://127.0.0.1:{port}/h", hmac_key="k", timeout=30.0),
+            (ipaddress.ip_network("127.0.0.0/8"),),  # the SSRF guard refuses loopback otherwise
         )
         started = time.monotonic()
         with pytest.raises(DeliveryError, match="timed out"):
