@@ -98,3 +98,14 @@ SET status = CASE WHEN next_retry_at IS NULL THEN 'pending' ELSE 'failed' END,
     claimed_epoch = NULL, claimed_by = NULL, claimed_lease = NULL, claimed_at = NULL
 WHERE id = ANY(%(ids)s) AND status = 'sending'
   AND claimed_lease = %(lease_name)s AND claimed_epoch = %(lease_epoch)s
+
+-- name: requeue
+-- An operator's requeue of dead (or failed) rows: back to 'pending' with a fresh attempt
+-- budget and no stale claim, so notification_send picks it up on its next tick under its
+-- own epoch. Not fenced: it is not a lease holder's write, and a row being delivered right
+-- now ('sending') is left alone.
+UPDATE notification_events
+SET status = 'pending', retry_count = 0, next_retry_at = NULL, last_error = NULL,
+    claimed_epoch = NULL, claimed_by = NULL, claimed_lease = NULL, claimed_at = NULL
+WHERE id = ANY(%(ids)s) AND status IN ('dead', 'failed')
+RETURNING id
