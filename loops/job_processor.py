@@ -1,30 +1,45 @@
 """job_processor: claim due Pending jobs and run them; Issuance/Renewal sign through the local CA.
 
-One tick claims up to ``jobs.claim_batch`` jobs in a single ``UPDATE ... FROM (SELECT ... FOR
+A tick claims up to ``jobs.claim_batch`` jobs in a single ``UPDATE ... FROM (SELECT ... FOR
 UPDATE SKIP LOCKED LIMIT n)`` statement that sets them Running, stamps ``started_at``,
-increments ``attempts`` and records ``claimed_by``; then it runs them on at most
-``jobs.concurrency`` threads:
+increments ``attempts`` and records ``claimed_by``; then it runs them on ``jobs.concurrency``
+threads:
 
 - Issuance / Renewal: issue a real X.509 certificate with the issuer's local CA (created on
-  first use), and in ONE transaction complete the job, store the version (unique per job) and
-  make the certificate Active with its new ``expires_at``.
+  first use); the job's completion stores the version (unique per job) and makes the
+  certificate Active with its new ``expires_at``, in the transaction that completes the job.
 - Validation: failed with a clear error (leasectl has no validation step).
 - Deployment without an agent: failed with a clear error. Deployment jobs routed to an agent are
   never claimed: they belong to the agent's own claim (certctl defect #3).
 
+Pipelined and batched, because a job's own round trips and commit were its cost (issue 11):
+while batch n runs on the workers, the tick's thread already claims batch n+1, so the workers
+never wait for a claim; and finished jobs are not committed one by one but buffered and
+completed together by one guarded statement (``complete_batch``: the jobs, their audit rows,
+and in the same transaction their certificate versions), flushed when ``jobs.complete_batch``
+are waiting, when the oldest has waited ``jobs.complete_flush_interval``, and when the tick
+ends or is stopped. A failed job (its handler raised) is failed at once, one by one, as before.
+
 Why ``everywhere`` is safe: SKIP LOCKED hands every job to exactly one claimer, and every
-later write is guarded by ``status = 'Running' AND claimed_by = me AND attempts = <claimed
-attempt>``. If job_timeout reaped the job meanwhile (or another replica re-claimed it after a
-retry), the guard matches nothing and the transaction that would store a certificate is rolled
-back, so a job is never completed twice. A replica that crashes mid-job leaves it Running;
-job_timeout fails it after ``jobs.running_timeout`` and job_retry puts it back, so no job is lost.
+later write is guarded per job by ``status = 'Running' AND claimed_by = me AND attempts =
+<claimed attempt>``. If job_timeout reaped the job meanwhile, or it was re-claimed after a
+retry (by another replica, or by this replica id after a restart: only the attempt tells those
+apart), the guard matches nothing, that job is counted ``lost`` and its certificate is not
+stored, so a job is never completed twice. A replica that crashes mid-job, or with completions
+still in its buffer, leaves those jobs Running in the database; job_timeout fails them after
+``jobs.running_timeout`` and job_retry puts them back, so no job is lost (its signed
+certificate, never stored, is simply signed again).
 """
 
 from __future__ import annotations
 
 import functools
+import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from cryptography import x509
@@ -48,8 +63,32 @@ class JobError(Exception):
     """The job cannot succeed as it stands; it is failed with this message as ``last_error``."""
 
 
-class _ClaimLost(Exception):
-    """The guarded completion matched nothing: the job is no longer ours."""
+@dataclass(frozen=True)
+class Version:
+    """The certificate version an Issuance/Renewal job stores when its completion commits."""
+
+    certificate_id: str
+    serial: str
+    not_before: Any  # datetime
+    not_after: Any  # datetime
+    fingerprint: str
+    pem_chain: str
+    key_algorithm: str | None
+    key_size: int | None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A claimed job whose work is done, waiting for its batched, guarded commit.
+
+    ``details`` is its ``job_completed`` audit row's details; ``version`` the certificate it
+    stores (None for a job that stores nothing). Both are written only if the job's guard still
+    matches, in the transaction that completes it.
+    """
+
+    job: dict[str, Any]
+    details: dict[str, Any]
+    version: Version | None = None
 
 
 @functools.lru_cache(maxsize=64)
@@ -86,7 +125,7 @@ def _validity(subject: dict[str, Any], default_days: int) -> tuple[float, int | 
     return default_days, None
 
 
-def _issue(ctx: TickContext, job: dict[str, Any], settings: LoopsSettings) -> None:
+def _issue(ctx: TickContext, job: dict[str, Any], settings: LoopsSettings) -> Completion:
     if job["certificate_id"] is None:
         raise JobError(f"{job['type']} job has no certificate_id")
     with transaction(ctx) as cur:
@@ -121,46 +160,26 @@ def _issue(ctx: TickContext, job: dict[str, Any], settings: LoopsSettings) -> No
         ttl_seconds=ttl,
         key_type=key_type,
     )
-    guard = {"id": job["id"], "replica": ctx.replica_id, "attempts": job["attempts"]}
-    with transaction(ctx) as cur:
-        cur.execute(Q["complete"], guard)
-        if cur.fetchone() is None:
-            raise _ClaimLost(job["id"])
-        cur.execute(
-            Q["store_version"],
-            {
-                "certificate_id": subject["id"],
-                "serial": issued.serial_hex,
-                "not_before": issued.not_before,
-                "not_after": issued.not_after,
-                "fingerprint": issued.fingerprint_sha256,
-                "pem_chain": issued.chain_pem,
-                "key_algorithm": issued.key_algorithm,
-                "key_size": issued.key_size,
-                "job_id": job["id"],
-            },
-        )
-        cur.execute(
-            Q["activate_certificate"],
-            {"certificate_id": subject["id"], "not_after": issued.not_after},
-        )
-        cur.execute(
-            Q["audit"],
-            {
-                "actor": actor(ctx),
-                "action": "job_completed",
-                "job_id": job["id"],
-                "details": Jsonb(
-                    {
-                        "type": job["type"],
-                        "certificate_id": subject["id"],
-                        "serial_number": issued.serial_hex,
-                        "not_after": issued.not_after.isoformat(),
-                        "attempts": job["attempts"],
-                    }
-                ),
-            },
-        )
+    return Completion(
+        job,
+        {
+            "type": job["type"],
+            "certificate_id": subject["id"],
+            "serial_number": issued.serial_hex,
+            "not_after": issued.not_after.isoformat(),
+            "attempts": job["attempts"],
+        },
+        Version(
+            certificate_id=subject["id"],
+            serial=issued.serial_hex,
+            not_before=issued.not_before,
+            not_after=issued.not_after,
+            fingerprint=issued.fingerprint_sha256,
+            pem_chain=issued.chain_pem,
+            key_algorithm=issued.key_algorithm,
+            key_size=issued.key_size,
+        ),
+    )
 
 
 def _fail(ctx: TickContext, job: dict[str, Any], error: str) -> bool:
@@ -188,10 +207,11 @@ def _fail(ctx: TickContext, job: dict[str, Any], error: str) -> bool:
     return True
 
 
-#: The work of a claimed job, by type: do it and complete the job under the claim guard (raise
-#: ``JobError`` to fail it). Types not listed are failed by ``_run_one``. bench/jobs.py replaces
-#: one entry with a no-op in its own process; nothing else changes this table.
-Handler = Callable[[TickContext, dict[str, Any], LoopsSettings], None]
+#: The work of a claimed job, by type: do it and return its :class:`Completion`, which is then
+#: committed under the claim guard with the next batch (raise ``JobError`` to fail the job).
+#: Types not listed are failed by ``_run_one``. bench/jobs.py replaces one entry with a no-op in
+#: its own process; nothing else changes this table.
+Handler = Callable[[TickContext, dict[str, Any], LoopsSettings], Completion]
 HANDLERS: dict[str, Handler] = {"Issuance": _issue, "Renewal": _issue}
 
 
@@ -203,34 +223,215 @@ def _stopping(ctx: TickContext) -> bool:
     return False
 
 
-def _run_one(ctx: TickContext, job: dict[str, Any], settings: LoopsSettings) -> str:
-    """Run one claimed job; returns the outcome counted in the tick's stats."""
-    if _stopping(ctx):
-        with transaction(ctx) as cur:
+def _count(ctx: TickContext, **outcomes: int) -> None:
+    for outcome, n in outcomes.items():
+        if n:
+            ctx.count(outcome, n)
+
+
+def _guard_arrays(ctx: TickContext, jobs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "ids": [job["id"] for job in jobs],
+        "attempts": [job["attempts"] for job in jobs],
+        "replica": ctx.replica_id,
+    }
+
+
+def release(ctx: TickContext, jobs: Sequence[dict[str, Any]]) -> int:
+    """Hand claimed, unstarted jobs back (Pending, attempt not counted); returns how many."""
+    if not jobs:
+        return 0
+    with transaction(ctx) as cur:
+        cur.execute(Q["release"], _guard_arrays(ctx, jobs))
+        return cur.rowcount
+
+
+def commit_completions(ctx: TickContext, batch: Sequence[Completion]) -> set[str]:
+    """Complete ``batch`` in one transaction under each job's claim guard; the ids completed.
+
+    A job missing from the result is no longer ours (reaped, or re-claimed at a later attempt):
+    nothing of it was written. Versions are stored only for completed jobs.
+    """
+    with transaction(ctx) as cur:
+        cur.execute(
+            Q["complete_batch"],
+            {
+                **_guard_arrays(ctx, [c.job for c in batch]),
+                "details": [Jsonb(c.details) for c in batch],
+                "actor": actor(ctx),
+            },
+        )
+        done = {row["id"] for row in cur.fetchall()}
+        stored = [c for c in batch if c.version is not None and c.job["id"] in done]
+        if stored:
+            versions = [c.version for c in stored if c.version is not None]
             cur.execute(
-                Q["release"],
-                {"id": job["id"], "replica": ctx.replica_id, "attempts": job["attempts"]},
+                Q["store_versions"],
+                {
+                    "job_ids": [c.job["id"] for c in stored],
+                    "certificate_ids": [v.certificate_id for v in versions],
+                    "serials": [v.serial for v in versions],
+                    "not_befores": [v.not_before for v in versions],
+                    "not_afters": [v.not_after for v in versions],
+                    "fingerprints": [v.fingerprint for v in versions],
+                    "pem_chains": [v.pem_chain for v in versions],
+                    "key_algorithms": [v.key_algorithm for v in versions],
+                    "key_sizes": [v.key_size for v in versions],
+                },
             )
-        return "released"
+    return done
+
+
+class _Completions:
+    """Finished jobs buffered for :func:`commit_completions`, flushed by size or age.
+
+    The worker that fills the buffer to ``size`` flushes it; the tick's thread flushes what has
+    waited ``interval`` (:meth:`due_in` tells it when) and everything at the end. Until a flush
+    commits, its jobs are Running and claimed by us in the database, so losing the buffer in a
+    crash loses no job. Outcomes are counted here under the lock (flushes run on several
+    threads) and handed to the tick's stats by the tick's thread.
+    """
+
+    def __init__(self, ctx: TickContext, size: int, interval: float) -> None:
+        self._ctx = ctx
+        self._size = max(1, size)
+        self._interval = max(0.001, interval)
+        self._lock = threading.Lock()
+        self._buffer: list[Completion] = []
+        self._oldest = 0.0
+        self.counts: Counter[str] = Counter()
+
+    def add(self, completion: Completion) -> None:
+        with self._lock:
+            if not self._buffer:
+                self._oldest = self._ctx.clock()
+            self._buffer.append(completion)
+            full = len(self._buffer) >= self._size
+            batch = self._take() if full else []
+        self._commit(batch)
+
+    def due_in(self) -> float:
+        """Seconds until the buffer must be flushed (``interval`` while it is empty)."""
+        with self._lock:
+            if not self._buffer:
+                return self._interval
+            return max(0.0, self._oldest + self._interval - self._ctx.clock())
+
+    def flush(self, *, only_due: bool = False) -> None:
+        with self._lock:
+            due = self._buffer and self._ctx.clock() >= self._oldest + self._interval
+            batch = self._take() if due or not only_due else []
+        self._commit(batch)
+
+    def _take(self) -> list[Completion]:
+        batch, self._buffer = self._buffer, []
+        return batch
+
+    def _commit(self, batch: list[Completion]) -> None:
+        if not batch:
+            return
+        try:
+            done = commit_completions(self._ctx, batch)
+        except Exception:
+            if len(batch) == 1:
+                raise
+            # One bad row (a constraint) must not fail the others: commit them one by one.
+            self._ctx.log.exception("batched completion failed; completing one by one")
+            for completion in batch:
+                self._commit_one(completion)
+            return
+        lost = [c.job["id"] for c in batch if c.job["id"] not in done]
+        for job_id in lost:
+            self._ctx.log.warning("job %s is no longer claimed by this replica", job_id)
+        with self._lock:
+            self.counts["completed"] += len(done)
+            self.counts["lost"] += len(lost)
+
+    def _commit_one(self, completion: Completion) -> None:
+        try:
+            self._commit([completion])
+        except Exception as exc:  # noqa: BLE001 - failed like a job whose handler raised
+            ok = _fail(self._ctx, completion.job, f"{type(exc).__name__}: {exc}")
+            with self._lock:
+                self.counts["failed" if ok else "lost"] += 1
+
+
+def _run_one(
+    ctx: TickContext, job: dict[str, Any], settings: LoopsSettings, done: _Completions
+) -> str:
+    """Run one claimed job; returns its outcome, ``done`` once its completion is buffered."""
+    if _stopping(ctx):
+        return "released" if release(ctx, [job]) else "lost"
     try:
         handler = HANDLERS.get(job["type"])
         if handler is not None:
-            handler(ctx, job, settings)
-            return "completed"
-        if job["type"] == "Validation":
+            completion = handler(ctx, job, settings)
+        elif job["type"] == "Validation":
             raise JobError("Validation jobs are not supported by leasectl's job processor")
-        raise JobError(
-            "Deployment job has no agent_id: leasectl does not deploy from the server; "
-            "set agent_id so the target's agent claims it"
-        )
-    except _ClaimLost:
-        ctx.log.warning("job %s is no longer claimed by this replica", job["id"])
-        return "lost"
+        else:
+            raise JobError(
+                "Deployment job has no agent_id: leasectl does not deploy from the server; "
+                "set agent_id so the target's agent claims it"
+            )
     except JobError as exc:
         return "failed" if _fail(ctx, job, str(exc)) else "lost"
     except Exception as exc:  # noqa: BLE001 - one bad job must not take the batch down
         ctx.log.exception("job %s failed unexpectedly", job["id"])
         return "failed" if _fail(ctx, job, f"{type(exc).__name__}: {exc}") else "lost"
+    done.add(completion)  # outside the try: a failed flush is the tick's error, not this job's
+    return "done"
+
+
+class _Runner:
+    """The workers and the completion buffer of one tick; leaving it flushes every completion."""
+
+    def __init__(self, ctx: TickContext, settings: LoopsSettings) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        jobs = settings.jobs
+        self.done = _Completions(ctx, jobs.complete_batch, jobs.complete_flush_interval)
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, jobs.concurrency), thread_name_prefix=NAME
+        )
+        self._outstanding: set[Future[str]] = set()
+
+    def start(self, jobs: Sequence[dict[str, Any]]) -> list[Future[str]]:
+        """Queue claimed jobs on the workers; returns their futures."""
+        futures = [
+            self._pool.submit(_run_one, self.ctx, job, self.settings, self.done) for job in jobs
+        ]
+        self._outstanding.update(futures)
+        return futures
+
+    def finish(self, futures: Sequence[Future[str]]) -> None:
+        """Wait for ``futures``, flushing completions that come due meanwhile; count outcomes."""
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=self.done.due_in())
+            self.done.flush(only_due=True)
+        self._outstanding.difference_update(futures)
+        for future in futures:
+            outcome = future.result()  # a worker's error (a failed flush) fails the tick
+            if outcome != "done":
+                self.ctx.count(outcome)
+
+    def __enter__(self) -> _Runner:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            try:
+                self.finish(list(self._outstanding))
+            finally:
+                self._pool.shutdown(wait=True)
+                self.done.flush()  # on stop, on error, at the end: what is done is kept
+        finally:
+            _count(self.ctx, **self.done.counts)
 
 
 def claim(ctx: TickContext, limit: int) -> list[dict[str, Any]]:
@@ -245,28 +446,35 @@ def claim(ctx: TickContext, limit: int) -> list[dict[str, Any]]:
 
 
 def process(ctx: TickContext, jobs: Sequence[dict[str, Any]], settings: LoopsSettings) -> None:
-    """Run claimed jobs with bounded concurrency; outcomes go to ``ctx.stats``."""
-    workers = max(1, min(settings.jobs.concurrency, len(jobs)))
-    if workers == 1:
-        outcomes = [_run_one(ctx, job, settings) for job in jobs]
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=NAME) as pool:
-            outcomes = list(pool.map(lambda job: _run_one(ctx, job, settings), jobs))
-    for outcome in outcomes:
-        ctx.count(outcome)
+    """Run claimed jobs on the workers and complete them in batches; outcomes in ``ctx.stats``."""
+    with _Runner(ctx, settings) as runner:
+        runner.finish(runner.start(jobs))
 
 
 def run(ctx: TickContext) -> None:
-    """One tick: claim a batch, process it, repeat while full batches keep coming."""
+    """One tick: claim and run batches while full batches keep coming, one claim ahead."""
     settings: LoopsSettings = ctx.config
-    while True:
+    limit = settings.jobs.claim_batch
+    stopped = False
+    with _Runner(ctx, settings) as runner:
         ctx.check()
-        jobs = claim(ctx, settings.jobs.claim_batch)
-        if not jobs:
-            return
-        process(ctx, jobs, settings)
-        if len(jobs) < settings.jobs.claim_batch:
-            return
+        batch = claim(ctx, limit)
+        while batch:
+            if _stopping(ctx):  # a claimed batch nobody started goes back in one statement
+                released = release(ctx, batch)
+                _count(ctx, released=released, lost=len(batch) - released)
+                stopped = True
+                break
+            running = runner.start(batch)
+            following: list[dict[str, Any]] = []
+            if len(batch) == limit:
+                # Pipelined: claim batch n+1 now, while the workers run batch n.
+                stopped = _stopping(ctx)
+                following = [] if stopped else claim(ctx, limit)
+            runner.finish(running)
+            batch = following
+    if stopped:
+        ctx.check()  # raises: the tick was cut short (its unstarted jobs were released)
 
 
 def build(settings: LoopsSettings) -> LoopSpec | None:

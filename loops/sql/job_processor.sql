@@ -47,33 +47,53 @@ WHERE id = %(issuer_id)s AND type = 'local' AND ca_key_pem IS NULL
 -- name: issuer_ca
 SELECT ca_cert_pem, ca_key_pem FROM issuers WHERE id = %(issuer_id)s
 
--- name: complete
--- Finish a job only if this claim still owns it: Running, claimed by this replica, and the
--- attempt it claimed. A job reaped by job_timeout (or re-claimed later) matches nothing, and
--- the transaction that would store its certificate is rolled back.
-UPDATE jobs
-SET status = 'Completed', completed_at = now(), status_changed_at = now(), last_error = NULL
-WHERE id = %(id)s AND status = 'Running' AND claimed_by = %(replica)s
-  AND attempts = %(attempts)s
-RETURNING id
+-- name: complete_batch
+-- Complete a batch of jobs in one statement, each only if this claim still owns it: Running,
+-- claimed by this replica, and the attempt it claimed (ids, attempts and audit details are
+-- parallel arrays). A job reaped by job_timeout or re-claimed since - by another replica, or by
+-- this same replica id after a restart, which only the attempt tells apart - matches nothing and
+-- is left alone, and only matched jobs get their job_completed audit row. Returns the ids it
+-- completed; the caller stores certificate versions for those ids only, in the same transaction.
+WITH done AS (
+    UPDATE jobs AS j
+    SET status = 'Completed', completed_at = now(), status_changed_at = now(), last_error = NULL
+    FROM unnest(%(ids)s::text[], %(attempts)s::integer[], %(details)s::jsonb[])
+        AS c(id, attempts, details)
+    WHERE j.id = ANY(%(ids)s::text[]) AND j.id = c.id AND j.attempts = c.attempts
+      AND j.status = 'Running' AND j.claimed_by = %(replica)s
+    RETURNING j.id, c.details
+), audited AS (
+    INSERT INTO audit_events (actor, actor_type, action, resource_type, resource_id, details)
+    SELECT %(actor)s, 'System', 'job_completed', 'job', done.id, done.details
+    FROM done
+)
+SELECT id FROM done
 
--- name: store_version
--- One version per job (unique index on job_id): a re-run of the same job cannot store twice.
-INSERT INTO certificate_versions
-    (certificate_id, serial_number, not_before, not_after, fingerprint_sha256, pem_chain,
-     key_algorithm, key_size, job_id)
-VALUES
-    (%(certificate_id)s, %(serial)s, %(not_before)s, %(not_after)s, %(fingerprint)s,
-     %(pem_chain)s, %(key_algorithm)s, %(key_size)s, %(job_id)s)
-RETURNING id
-
--- name: activate_certificate
-UPDATE managed_certificates
-SET expires_at = %(not_after)s, status = 'Active', last_renewal_at = now(), updated_at = now()
-WHERE id = %(certificate_id)s
+-- name: store_versions
+-- The certificate versions of the jobs complete_batch just completed (the caller passes only
+-- those), and each certificate made Active with its new expiry, in one statement. One version
+-- per job (unique index on job_id): a re-run of the same job cannot store twice.
+WITH stored AS (
+    INSERT INTO certificate_versions
+        (certificate_id, serial_number, not_before, not_after, fingerprint_sha256, pem_chain,
+         key_algorithm, key_size, job_id)
+    SELECT v.certificate_id, v.serial, v.not_before, v.not_after, v.fingerprint, v.pem_chain,
+           v.key_algorithm, v.key_size, v.job_id
+    FROM unnest(%(certificate_ids)s::text[], %(serials)s::text[],
+                %(not_befores)s::timestamptz[], %(not_afters)s::timestamptz[],
+                %(fingerprints)s::text[], %(pem_chains)s::text[], %(key_algorithms)s::text[],
+                %(key_sizes)s::integer[], %(job_ids)s::text[])
+        AS v(certificate_id, serial, not_before, not_after, fingerprint, pem_chain,
+             key_algorithm, key_size, job_id)
+    RETURNING certificate_id, not_after
+)
+UPDATE managed_certificates AS c
+SET expires_at = stored.not_after, status = 'Active', last_renewal_at = now(), updated_at = now()
+FROM stored
+WHERE c.id = stored.certificate_id
 
 -- name: fail
--- Fail a job under the same ownership guard as complete.
+-- Fail a job under the same ownership guard as complete_batch (one job: the retry path).
 UPDATE jobs
 SET status = 'Failed', completed_at = now(), status_changed_at = now(), last_error = %(error)s
 WHERE id = %(id)s AND status = 'Running' AND claimed_by = %(replica)s
@@ -82,12 +102,13 @@ RETURNING id
 
 -- name: release
 -- A tick told to stop hands back the jobs it claimed but never started: Pending again, and
--- the attempt it did not make is not counted.
-UPDATE jobs
+-- the attempt it did not make is not counted. Guarded per job like complete_batch.
+UPDATE jobs AS j
 SET status = 'Pending', started_at = NULL, status_changed_at = now(), claimed_by = NULL,
-    attempts = attempts - 1
-WHERE id = %(id)s AND status = 'Running' AND claimed_by = %(replica)s
-  AND attempts = %(attempts)s
+    attempts = j.attempts - 1
+FROM unnest(%(ids)s::text[], %(attempts)s::integer[]) AS c(id, attempts)
+WHERE j.id = ANY(%(ids)s::text[]) AND j.id = c.id AND j.attempts = c.attempts
+  AND j.status = 'Running' AND j.claimed_by = %(replica)s
 
 -- name: audit
 INSERT INTO audit_events (actor, actor_type, action, resource_type, resource_id, details)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -13,8 +17,10 @@ import pytest
 from cryptography import x509
 from psycopg_pool import ConnectionPool
 
+from leasectl.loop import TickContext
 from loops import job_processor, job_retry, job_timeout
 from loops.settings import JobsSettings, LoopsSettings
+from tests.conftest import wait_until
 from tests.integration.everywhere_helpers import (
     add_certificate,
     add_issuer,
@@ -155,6 +161,212 @@ def test_a_reaped_claim_cannot_complete_or_store(
     row = job_row(conn, "j1")
     assert (row["status"], row["attempts"], row["claimed_by"]) == ("Completed", 2, "replica-b")
     assert scalar(conn, "SELECT count(*) FROM certificate_versions") == 1
+
+
+def test_a_stale_batched_completion_leaves_reclaimed_jobs_alone(
+    conn: psycopg.Connection[Any], pool: ConnectionPool
+) -> None:
+    add_issuer(conn)
+    for i in range(1, 4):
+        add_certificate(conn, f"c{i}", status="Pending", expires_in=None)
+        add_job(conn, f"j{i}", certificate_id=f"c{i}")
+    ctx_a = make_ctx(pool, replica="replica-a")
+    claimed = job_processor.claim(ctx_a, 10)
+    assert sorted(j["id"] for j in claimed) == ["j1", "j2", "j3"]
+    # replica-a stalls past the claim timeout on j1 and j2: reaped, retried, claimed again -
+    # j1 by replica-a itself (restarted under the same id: only the attempt differs), j2 by b.
+    conn.execute("UPDATE jobs SET started_at = now() - interval '2 hours' WHERE id <> 'j3'")
+    job_timeout.run(make_ctx(pool, loop="job_timeout"))
+    job_retry.run(make_ctx(pool, settings(retry_backoff_base=0.0), loop="job_retry"))
+    assert [j["id"] for j in job_processor.claim(make_ctx(pool, replica="replica-a"), 1)] == ["j1"]
+    assert [j["id"] for j in job_processor.claim(make_ctx(pool, replica="replica-b"), 1)] == ["j2"]
+
+    # The stale claimer wakes up and completes all three in one batched flush.
+    job_processor.process(ctx_a, claimed, settings(complete_batch=100))
+
+    assert ctx_a.stats == {"claimed": 3, "completed": 1, "lost": 2}
+    rows = {r[0]: r[1:] for r in conn.execute("SELECT id, status, attempts, claimed_by FROM jobs")}
+    assert rows == {
+        "j1": ("Running", 2, "replica-a"),
+        "j2": ("Running", 2, "replica-b"),
+        "j3": ("Completed", 1, "replica-a"),
+    }
+    assert [r[0] for r in conn.execute("SELECT job_id FROM certificate_versions")] == ["j3"]
+    completed = conn.execute(
+        "SELECT resource_id FROM audit_events WHERE action = 'job_completed'"
+    ).fetchall()
+    assert completed == [("j3",)]
+    assert scalar(conn, "SELECT status FROM managed_certificates WHERE id = 'c1'") == "Pending"
+
+
+def _count_completed(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return int(scalar(c, "SELECT count(*) FROM jobs WHERE status = 'Completed'"))
+
+
+def test_completions_flush_at_size_and_at_age(
+    conn: psycopg.Connection[Any], pool: ConnectionPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_issuer(conn)
+    for i in range(8):
+        add_certificate(conn, f"c{i}", status="Pending", expires_in=None)
+        add_job(conn, f"j{i}", certificate_id=f"c{i}")
+    seen: list[int] = []
+    issue = job_processor.HANDLERS["Issuance"]
+
+    def observe(
+        ctx: TickContext, job: dict[str, Any], cfg: LoopsSettings
+    ) -> job_processor.Completion:
+        # One worker runs the jobs in order: before job k, the size-3 flushes of the k - 1
+        # finished ones are committed; nothing ever comes due by age (an hour).
+        seen.append(_count_completed(conn.info.dsn))
+        return issue(ctx, job, cfg)
+
+    monkeypatch.setitem(job_processor.HANDLERS, "Issuance", observe)
+    cfg = settings(concurrency=1, complete_batch=3, complete_flush_interval=3600.0)
+    ctx = make_ctx(pool, cfg)
+    job_processor.run(ctx)
+    assert seen == [0, 0, 0, 3, 3, 3, 6, 6]
+    assert _count_completed(conn.info.dsn) == 8  # the last two at the tick's end
+    assert ctx.stats == {"claimed": 8, "completed": 8}
+
+    # By age: a lone finished job is committed within the flush interval, while its tick runs.
+    add_certificate(conn, "d0", status="Pending", expires_in=None)
+    add_certificate(conn, "d1", status="Pending", expires_in=None)
+    add_job(conn, "k0", certificate_id="d0")
+    add_job(conn, "k1", certificate_id="d1")
+
+    def wait_for_the_first(
+        ctx: TickContext, job: dict[str, Any], cfg: LoopsSettings
+    ) -> job_processor.Completion:
+        if job["id"] == "k1":
+            wait_until(lambda: job_row(conn, "k0")["status"] == "Completed", timeout=10)
+        return issue(ctx, job, cfg)
+
+    monkeypatch.setitem(job_processor.HANDLERS, "Issuance", wait_for_the_first)
+    cfg = settings(concurrency=1, complete_batch=1000, complete_flush_interval=0.05)
+    ctx = make_ctx(pool, cfg)
+    job_processor.run(ctx)
+    assert ctx.stats == {"claimed": 2, "completed": 2}
+
+
+def test_a_stop_flushes_finished_jobs_and_releases_the_rest(
+    conn: psycopg.Connection[Any], pool: ConnectionPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_issuer(conn)
+    for i in range(10):
+        add_certificate(conn, f"c{i}", status="Pending", expires_in=None)
+        add_job(conn, f"j{i}", certificate_id=f"c{i}")
+    issue = job_processor.HANDLERS["Issuance"]
+    finished: list[str] = []
+
+    def stop_after_four(
+        ctx: TickContext, job: dict[str, Any], cfg: LoopsSettings
+    ) -> job_processor.Completion:
+        done = issue(ctx, job, cfg)
+        finished.append(job["id"])
+        if len(finished) == 4:
+            ctx.stop.set()  # SIGTERM arrives while the fourth job finishes
+        return done
+
+    monkeypatch.setitem(job_processor.HANDLERS, "Issuance", stop_after_four)
+    # Nothing would flush by size or age: only the stop (the tick's end) commits them.
+    cfg = settings(
+        claim_batch=20, concurrency=1, complete_batch=1000, complete_flush_interval=3600.0
+    )
+    ctx = make_ctx(pool, cfg)
+    job_processor.run(ctx)
+
+    assert ctx.stats == {"claimed": 10, "completed": 4, "released": 6}
+    rows = {r[0]: r[1:] for r in conn.execute("SELECT id, status, attempts FROM jobs")}
+    assert {j: rows[j] for j in finished} == {j: ("Completed", 1) for j in finished}
+    assert sorted(v for j, v in rows.items() if j not in finished) == [("Pending", 0)] * 6
+    assert scalar(conn, "SELECT count(*) FROM certificate_versions") == 4
+
+
+_VICTIM = """
+import dataclasses, datetime as dt, sys, time
+from psycopg_pool import ConnectionPool
+from leasectl.loop import TickContext
+from loops import job_processor
+from loops.settings import JobsSettings, LoopsSettings
+
+pool = ConnectionPool(sys.argv[1], min_size=1, max_size=4, open=True)
+cfg = LoopsSettings(jobs=dataclasses.replace(
+    JobsSettings(), claim_batch=10, concurrency=2, complete_batch=5,
+    complete_flush_interval=3600.0))
+issue = job_processor.HANDLERS["Issuance"]
+
+def paced(ctx, job, settings):
+    time.sleep(0.005)  # paces the worker so that the test can kill it mid-batch
+    return issue(ctx, job, settings)
+
+job_processor.HANDLERS["Issuance"] = paced
+while True:
+    job_processor.run(TickContext(
+        loop="job_processor", replica_id="victim", pool=pool, config=cfg,
+        tick_at=dt.datetime.now(dt.UTC), deadline=time.monotonic() + 600))
+"""
+
+
+def test_sigkill_mid_batch_loses_no_job_and_completes_each_once(
+    conn: psycopg.Connection[Any], pool: ConnectionPool
+) -> None:
+    add_issuer(conn)
+    n = 300
+    for i in range(n):
+        add_certificate(conn, f"c{i}", status="Pending", expires_in=None)
+        add_job(conn, f"j{i:03d}", certificate_id=f"c{i}")
+    repo = Path(__file__).resolve().parents[2]
+    victim = subprocess.Popen([sys.executable, "-c", _VICTIM, conn.info.dsn], cwd=repo)
+    try:
+
+        def mid_batch() -> bool:
+            done, running = conn.execute(
+                "SELECT count(*) FILTER (WHERE status = 'Completed'),"
+                " count(*) FILTER (WHERE status = 'Running') FROM jobs"
+            ).fetchone() or (0, 0)
+            return done >= 20 and running > 0
+
+        wait_until(mid_batch, timeout=60, what="the victim has completed some jobs")
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+    assert victim.returncode == -signal.SIGKILL
+    before = dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+    assert before.get("Running", 0) > 0 and 0 < before.get("Completed", 0) < n
+    status = dict(conn.execute("SELECT id, status FROM jobs").fetchall())
+    killed_done = {j for j, st in status.items() if st == "Completed"}
+    in_flight = {j for j, st in status.items() if st == "Running"}  # claimed, never committed
+    # Every committed completion came with its version and audit row; nothing else did.
+    assert {r[0] for r in conn.execute("SELECT job_id FROM certificate_versions")} == killed_done
+
+    # The claim timeout passes: job_timeout fails the dead claimer's jobs, job_retry puts them
+    # back and another replica runs everything that is left.
+    cfg = settings(running_timeout=0.0, retry_backoff_base=0.0)
+    job_timeout.run(make_ctx(pool, cfg, loop="job_timeout"))
+    job_retry.run(make_ctx(pool, cfg, loop="job_retry"))
+    job_processor.run(make_ctx(pool, cfg, replica="survivor"))
+
+    rows = conn.execute("SELECT id, status, attempts, claimed_by FROM jobs").fetchall()
+    assert {r[1] for r in rows} == {"Completed"}
+    expected = {
+        j: (1, "victim")
+        if j in killed_done
+        else (2, "survivor")
+        if j in in_flight
+        else (1, "survivor")
+        for j in status
+    }
+    assert {r[0]: r[2:] for r in rows} == expected
+    versions = conn.execute("SELECT job_id, count(*) FROM certificate_versions GROUP BY job_id")
+    assert dict(versions.fetchall()) == {r[0]: 1 for r in rows}
+    audits = conn.execute(
+        "SELECT resource_id, count(*) FROM audit_events WHERE action = 'job_completed'"
+        " GROUP BY resource_id"
+    )
+    assert dict(audits.fetchall()) == {r[0]: 1 for r in rows}
+    assert scalar(conn, "SELECT count(*) FROM managed_certificates WHERE status <> 'Active'") == 0
 
 
 def test_a_stopped_tick_releases_unstarted_jobs(
