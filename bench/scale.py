@@ -36,13 +36,13 @@ sys.path.insert(0, str(REPO))
 import psycopg  # noqa: E402
 from psycopg import conninfo  # noqa: E402
 
-from leasectl.drill.cluster import Cluster, LogLine  # noqa: E402
-from leasectl.drill.stats import percentile  # noqa: E402
 from leasectl.embedded import EmbeddedPostgres  # noqa: E402
 from leasectl.lease_manager import LeaseManager  # noqa: E402
 from leasectl.leases import LeaseEvent  # noqa: E402
 from leasectl.migrate import migrate  # noqa: E402
 from leasectl.settings import CoreSettings  # noqa: E402
+from leasectl.tools.drill.cluster import Cluster, LogLine  # noqa: E402
+from leasectl.tools.drill.stats import percentile  # noqa: E402
 
 LEASED = ("notification_send", "notification_retry", "crl_generation")
 CLK_TCK = os.sysconf("SC_CLK_TCK")

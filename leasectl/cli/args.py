@@ -11,6 +11,9 @@ import argparse
 import os
 from typing import Any
 
+from leasectl.config import load_settings
+from leasectl.settings import Settings
+
 
 def env_default(name: str, default: Any = None) -> Any:
     """``LEASECTL_<name>`` from the environment, or ``default``."""
@@ -40,3 +43,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def dsn_override(args: argparse.Namespace) -> dict[str, Any]:
     """The ``database.dsn`` override ``--dsn`` asks for (empty when not given)."""
     return {"database.dsn": args.dsn} if getattr(args, "dsn", None) else {}
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The settings ``--config`` / ``--dsn`` (and the environment) describe."""
+    return load_settings(args.config, overrides=dsn_override(args) or None)

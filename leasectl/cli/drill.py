@@ -1,22 +1,27 @@
-"""``leasectl drill``: parser and handler (thin; the work is in :mod:`leasectl.drill.runner`)."""
+"""``leasectl drill``: parser and handler (the work is in :mod:`leasectl.tools.drill.runner`)."""
 
 from __future__ import annotations
 
 import argparse
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-EXIT_INVARIANT_FAILED = 3
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from leasectl.cli import exit_codes
+from leasectl.cli.args import add_argument, add_common
+from leasectl.errors import ConfigError
+from leasectl.tools.drill.faults import KINDS, parse_kinds
+from leasectl.tools.drill.report import checks_table, ms, summary_table, write_html, write_json
+from leasectl.tools.drill.rounds import RoundResult
+from leasectl.tools.drill.runner import Drill, DrillOptions
 
 
-def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    from leasectl.cli.args import add_argument
-    from leasectl.drill.faults import KINDS
-
+def add_drill_parser(sub: Any) -> None:
     p = sub.add_parser(
         "drill",
         help="failover drills: inject faults into lease holders, measure, check invariants",
@@ -26,7 +31,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
             "Exit 0: all invariants hold; 3: an invariant failed; 2: could not start."
         ),
     )
-    common(p)
+    add_common(p)
     add_argument(
         p, "--replicas", env="DRILL_REPLICAS", type=int, default=3, help="replica processes"
     )
@@ -82,15 +87,6 @@ def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from leasectl.drill.faults import parse_kinds
-    from leasectl.drill.report import checks_table, ms, summary_table, write_html, write_json
-    from leasectl.drill.rounds import RoundResult
-    from leasectl.drill.runner import Drill, DrillOptions
-    from leasectl.errors import ConfigError
-
     console = Console(stderr=True)
     try:
         kinds = parse_kinds(args.faults)
@@ -161,5 +157,5 @@ def cmd_drill(args: argparse.Namespace) -> int:
         console.print(f"wrote {args.report}")
     sys.stdout.flush()
     if not result.analysis.ok:
-        return EXIT_INVARIANT_FAILED
-    return 130 if result.interrupted else 0
+        return exit_codes.INVARIANT_FAILED
+    return exit_codes.INTERRUPTED if result.interrupted else exit_codes.OK

@@ -15,8 +15,6 @@ address that was checked.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Sequence
 
 from leasectl import __version__
@@ -24,15 +22,8 @@ from leasectl.errors import ConfigError
 from loops.notify.email import check_header
 from loops.notify.errors import DeliveryError
 from loops.notify.outbound import IPNetwork, Resolver, Target, post, system_resolver
+from loops.notify.signing import HEADER, sign
 from loops.settings import WebhookSettings
-
-
-HEADER = "X-Leasectl-Signature"
-
-
-def sign(key: str, body: bytes) -> str:
-    """The ``X-Leasectl-Signature`` value for ``body``."""
-    return "sha256=" + hmac.new(key.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
 class WebhookSender:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from leasectl.drill import netns
+from leasectl.tools.drill import netns
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from leasectl.drill import netns
+from leasectl.tools.drill import netns
 
 ok, why = netns.available()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(not ok, reason=why or "netns unavailable")]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from leasectl.drill.faults import KINDS, parse_kinds, schedule
-from leasectl.drill.netns import NetNamespace, pick_subnet, stale_namespaces
+from leasectl.tools.drill.faults import KINDS, parse_kinds, schedule
+from leasectl.tools.drill.netns import NetNamespace, pick_subnet, stale_namespaces
 
 
 def test_parse_kinds() -> None:
@@ -42,7 +42,7 @@ def test_stale_namespaces_only_of_dead_drills() -> None:
 
 
 def test_replica_config_keeps_base_but_not_its_dsn() -> None:
-    from leasectl.drill.runner import replica_config
+    from leasectl.tools.drill.runner import replica_config
 
     base = {
         "database": {"dsn": "host=elsewhere", "tcp_user_timeout_ms": 12000},

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from leasectl.drill.invariants import classify_duplicates, summarize_rounds
-from leasectl.drill.rounds import RoundResult
-from leasectl.drill.sink import Delivery
-from leasectl.drill.stats import Holding
+from leasectl.tools.drill.invariants import classify_duplicates, summarize_rounds
+from leasectl.tools.drill.rounds import RoundResult
+from leasectl.tools.drill.stats import Holding
+from leasectl.tools.webhook_sink import Delivery
 
 
 def d(key: str, replica: str, epoch: int, at: float) -> Delivery:
@@ -71,8 +71,8 @@ def test_zombie_call_after_sigcont_is_in_the_window() -> None:
 
 
 def test_rerun_after_a_lost_lease_is_not_a_second_completion() -> None:
-    from leasectl.drill.cluster import LogLine
-    from leasectl.drill.invariants import unique_slots
+    from leasectl.tools.drill.cluster import LogLine
+    from leasectl.tools.drill.invariants import unique_slots
 
     hs = [
         Holding("crl", "a", 210, 0.0, 5.0, "lost: connection_lost"),

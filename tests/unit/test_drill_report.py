@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from leasectl.drill.invariants import Analysis, Check, summarize_rounds
-from leasectl.drill.report import render_html, summary_table, timeline, to_json
-from leasectl.drill.rounds import RoundResult
-from leasectl.drill.runner import DrillOptions, DrillResult
-from leasectl.drill.stats import Holding
+from leasectl.tools.drill.invariants import Analysis, Check, summarize_rounds
+from leasectl.tools.drill.report import render_html, summary_table, timeline, to_json
+from leasectl.tools.drill.rounds import RoundResult
+from leasectl.tools.drill.runner import DrillOptions, DrillResult
+from leasectl.tools.drill.stats import Holding
 
 
 def result(ok: bool = True) -> DrillResult:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from leasectl.drill.stats import Cap, LeaseLogEvent, holdings, overlaps, percentile, summarize
+from leasectl.tools.drill.stats import Cap, LeaseLogEvent, holdings, overlaps, percentile, summarize
 
 
 def ev(ts: float, replica: str, action: str, epoch: int, lease: str = "L") -> LeaseLogEvent:

@@ -21,8 +21,9 @@ from loops.digest import message_id
 from loops.notify.dispatch import render_context, webhook_body
 from loops.notify.email import check_header
 from loops.notify.errors import DeliveryError
+from loops.notify.signing import sign
 from loops.notify.templates import Templates, snake
-from loops.notify.webhook import WebhookSender, sign
+from loops.notify.webhook import WebhookSender
 from loops.settings import WebhookSettings
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)

@@ -15,16 +15,14 @@ itself dies (``PR_SET_PDEATHSIG``), so nothing is left behind even after ``kill 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -35,16 +33,19 @@ import yaml
 from rich.console import Console, Group
 from rich.text import Text
 
-from leasectl import _demo_view, sql
+from leasectl import sql
 from leasectl import status as st
-from leasectl._demo_seed import seed
-from leasectl._demo_sinks import SmtpSink, WebhookSink
 from leasectl.config import load as load_config
 from leasectl.embedded import EmbeddedPostgres
 from leasectl.migrate import migrate
 from leasectl.settings import Settings
+from leasectl.tools.demo import view as screen
+from leasectl.tools.demo.seed import seed
+from leasectl.tools.demo.smtp_sink import SmtpSink
+from leasectl.tools.replicas import ReplicaProcess, free_port, pid_alive, run_command, spawn
+from leasectl.tools.webhook_sink import WebhookSink
 
-Q = sql.load("demo")
+Q = sql.load("demo", package="leasectl.tools.demo")
 DB_NAME = "leasectl_demo"
 KEY_ENV = "LEASECTL_DEMO_WEBHOOK_KEY"
 SHUTDOWN_GRACE = 5.0
@@ -67,47 +68,12 @@ LOOPS_CONFIG: dict[str, Any] = {
 }
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the demo process dies (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is not alive: it only waits for its parent to read the exit status.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 @dataclass
-class Replica:
-    id: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log: Path
+class DemoReplica(ReplicaProcess):
+    """One demo replica: its metrics port and its log file."""
 
-    @property
-    def state(self) -> str:
-        rc = self.proc.poll()
-        return "running" if rc is None else f"exited ({rc})"
+    port: int = 0
+    log: Path = Path()
 
 
 class Demo:
@@ -131,7 +97,7 @@ class Demo:
         self.interactive = self.console.is_terminal if interactive is None else interactive
         self.server = EmbeddedPostgres(self.workdir / "pgdata")
         self.started_server = False
-        self.replicas: list[Replica] = []
+        self.replicas: list[DemoReplica] = []
         self.config_path = self.workdir / "leasectl.yaml"
         self.key = secrets.token_hex(16)
         self.smtp: SmtpSink | None = None
@@ -192,8 +158,9 @@ class Demo:
         # Bound and listening now; served from start_replicas() on, after the forks:
         # preexec_fn (PR_SET_PDEATHSIG) is only safe while the demo has no other threads.
         self.smtp = SmtpSink()
-        self.webhook = WebhookSink(self.key)
-        say(f"  SMTP sink on 127.0.0.1:{self.smtp.port}, webhook receiver on {self.webhook.url}")
+        self.webhook = WebhookSink(self.key.encode(), reject_unverified=True)
+        self.webhook.bind()
+        say(f"  SMTP sink on 127.0.0.1:{self.smtp.port}, webhook receiver on {self.webhook.url()}")
         self.write_config()
         self.settings = load_config(self.config_path, environ=self.replica_env())
         say(f"  configuration: {self.config_path}")
@@ -209,7 +176,7 @@ class Demo:
                 "tls": "none",
                 "from_address": "leasectl-demo@example.test",
             },
-            "webhook": {"url": self.webhook.url, "hmac_key_env": KEY_ENV},
+            "webhook": {"url": self.webhook.url(), "hmac_key_env": KEY_ENV},
         }
         data = {
             "database": {"dsn": self.dsn},
@@ -235,24 +202,13 @@ class Demo:
         assert self.smtp is not None and self.webhook is not None
         env = self.replica_env()
         for i in range(1, self.n + 1):
-            rid, port = f"demo-{i}", _free_port()
+            rid, port = f"demo-{i}", free_port()
             log = self.workdir / f"{rid}.log"
-            cmd = [
-                sys.executable, "-m", "leasectl.cli", "run", "--config", str(self.config_path),
-                "--replica-id", rid, "--log-format", "json",
-                "--metrics-listen", f"127.0.0.1:{port}",
-            ]  # fmt: skip
+            cmd = run_command(self.config_path, rid, metrics_listen=f"127.0.0.1:{port}")
             with open(log, "wb") as out:
-                proc = subprocess.Popen(
-                    cmd,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group: the terminal's Ctrl-C
-                    preexec_fn=_die_with_parent,  # reaches the demo only, which stops them
-                )
-            self.replicas.append(Replica(rid, port, proc, log))
+                # SIGTERM if the demo dies: a graceful hand-over even then.
+                proc = spawn(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            self.replicas.append(DemoReplica(rid, proc, port=port, log=log))
             self.console.print(
                 f"  started {rid}: pid {proc.pid}, metrics http://127.0.0.1:{port}/metrics, "
                 f"log {log}"
@@ -271,13 +227,13 @@ class Demo:
             try:
                 r.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                say(f"  {r.id} did not stop in time: SIGKILL")
+                say(f"  {r.replica_id} did not stop in time: SIGKILL")
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(r.proc.pid, signal.SIGKILL)  # anything left in its group
             if r.proc.poll() is None:
                 r.proc.wait(5)
         if self.replicas:
-            codes = ", ".join(f"{r.id} {r.proc.returncode}" for r in self.replicas)
+            codes = ", ".join(f"{r.replica_id} {r.proc.returncode}" for r in self.replicas)
             say(f"  replicas stopped (exit codes: {codes})")
         for sink in (self.smtp, self.webhook):
             if sink is not None:
@@ -287,11 +243,11 @@ class Demo:
             self.server.stop("fast")
             if info is not None:
                 for _ in range(100):
-                    if not _alive(info.pid):
+                    if not pid_alive(info.pid):
                         break
                     time.sleep(0.05)
             say("  embedded PostgreSQL stopped")
-        left = [r.id for r in self.replicas if _alive(r.proc.pid)]
+        left = [r.replica_id for r in self.replicas if pid_alive(r.proc.pid)]
         say("demo stopped; no process left behind" if not left else f"still alive: {left}")
 
     # -- watching -------------------------------------------------------------------------
@@ -352,55 +308,22 @@ class Demo:
     def view(self, status: st.ClusterStatus, counters: Any, events: list[Any]) -> Group:
         assert self.smtp is not None and self.webhook is not None
         exited = [
-            f"{r.id} (pid {r.proc.pid}) {r.state}"
+            f"{r.replica_id} (pid {r.proc.pid}) {r.state}"
             for r in self.replicas
             if r.proc.poll() is not None
         ]
-        return _demo_view.view(
+        return screen.view(
             status, counters, events, self.smtp.inbox, self.webhook.inbox, exited,
             self.config_path,
         )  # fmt: skip
 
     def instructions(self, status: st.ClusterStatus | None) -> Text:
-        return _demo_view.instructions(status, self.config_path)
+        return screen.instructions(status, self.config_path)
 
     def summary_line(self, elapsed: float) -> str:
         assert self.smtp is not None and self.webhook is not None
-        return _demo_view.summary_line(self._status, elapsed, self.smtp.inbox, self.webhook.inbox)
+        return screen.summary_line(self._status, elapsed, self.smtp.inbox, self.webhook.inbox)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
-
-
-# -- CLI ----------------------------------------------------------------------------------
-
-
-def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    from leasectl.cli.args import add_argument
-
-    p = sub.add_parser("demo", help="run a local N-replica cluster on the embedded PostgreSQL")
-    add_argument(p, "--replicas", env="DEMO_REPLICAS", type=int, default=3, help="replicas")
-    add_argument(
-        p, "--duration", env="DEMO_DURATION", type=float,
-        help="stop after this many seconds (default: until Ctrl-C)",
-    )  # fmt: skip
-    add_argument(
-        p, "--workdir", env="DEMO_WORKDIR", default=".leasectl/demo",
-        help="data directory, config and replica logs",
-    )  # fmt: skip
-    add_argument(
-        p, "--keep-server", env="DEMO_KEEP_SERVER", action="store_true",
-        help="leave the embedded PostgreSQL running afterwards",
-    )  # fmt: skip
-    add_argument(p, "-v", "--verbose", env="VERBOSE", action="store_true", help="debug logs")
-    p.set_defaults(handler=cmd_demo)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    if not 1 <= args.replicas <= 9:
-        print("leasectl demo: --replicas must be between 1 and 9", file=sys.stderr)
-        return 2
-    return Demo(
-        args.replicas, Path(args.workdir), duration=args.duration, keep_server=args.keep_server
-    ).run()

@@ -1,6 +1,6 @@
 """The demo's dataset: a local CA, owners, a renewal policy and certificates near expiry.
 
-Private to :mod:`leasectl.demo`. Real certificates: every version row holds a leaf signed by
+Private to :mod:`leasectl.tools.demo`. Real certificates: every version row holds a leaf signed by
 the demo CA (``loops.ca``), so job_processor renews them for real and crl_generation signs a
 CRL listing the two revoked ones. Expiries are spread over the alert thresholds (30/14/7/0
 days), so renewal_check queues alerts and renewal jobs within its first tick.
@@ -15,7 +15,7 @@ import psycopg
 
 from leasectl import sql
 
-Q = sql.load("demo")
+Q = sql.load("demo", package="leasectl.tools.demo")
 
 OWNERS = (
     ("alice", "Alice (payments)", "alice@payments.example.test"),

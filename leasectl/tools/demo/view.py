@@ -1,6 +1,6 @@
 """What ``leasectl demo`` shows: the status tables, what the loops did, how to break things.
 
-Private to :mod:`leasectl.demo`; pure rendering of data the demo collected.
+Private to :mod:`leasectl.tools.demo`; pure rendering of data the demo collected.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from leasectl import status as st
-from leasectl._demo_sinks import Inbox
+from leasectl.tools.status_view import render
+from leasectl.tools.webhook_sink import Inbox
 
 
 def view(
@@ -27,8 +28,6 @@ def view(
     config_path: Path,
 ) -> Group:
     """The live view: leases and replicas, work done, exited replicas, what to try, events."""
-    from leasectl.cli_status import render
-
     jobs_done, jobs_total, versions, sent, notes, crl = counters or (0,) * 6
     work = Text(
         f"loops: jobs {jobs_done}/{jobs_total} completed, {versions} certificate versions, "

@@ -1,15 +1,10 @@
 """Failover drills: ``leasectl drill`` injects faults into lease holders and measures recovery.
 
-Modules: :mod:`~leasectl.drill.cli` (the subcommand), :mod:`~leasectl.drill.runner` (set-up,
-rounds, clean-up), :mod:`~leasectl.drill.rounds` (one round), :mod:`~leasectl.drill.faults`,
-:mod:`~leasectl.drill.netns` (real partitions), :mod:`~leasectl.drill.cluster` (replica
-processes and their JSON logs), :mod:`~leasectl.drill.sink` (webhook receiver),
-:mod:`~leasectl.drill.feed`, :mod:`~leasectl.drill.invariants`, :mod:`~leasectl.drill.stats`
-and :mod:`~leasectl.drill.report`. See docs/failover-drills.md.
+Modules: :mod:`~leasectl.tools.drill.runner` (set-up, rounds, clean-up),
+:mod:`~leasectl.tools.drill.rounds` (one round), :mod:`~leasectl.tools.drill.faults`,
+:mod:`~leasectl.tools.drill.netns` (real partitions), :mod:`~leasectl.tools.drill.cluster`
+(replica processes and their JSON logs), :mod:`~leasectl.tools.drill.feed`,
+:mod:`~leasectl.tools.drill.invariants`, :mod:`~leasectl.tools.drill.stats` and
+:mod:`~leasectl.tools.drill.report`. The subcommand is :mod:`leasectl.cli.drill`; the webhook
+receiver is the tools' shared :mod:`leasectl.tools.webhook_sink`. See docs/failover-drills.md.
 """
-
-from __future__ import annotations
-
-from leasectl.drill.cli import register
-
-__all__ = ["register"]

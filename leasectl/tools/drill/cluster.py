@@ -8,12 +8,10 @@ that are not JSON (a traceback at start) are kept as text for the error message.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,19 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leasectl.drill.netns import NetNamespace
-
-_PR_SET_PDEATHSIG = 1
-try:  # loaded in the parent: the child of fork() must not import anything
-    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
-except OSError:
-    _LIBC = None
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGKILL it if the drill dies (even SIGKILLed), so no replica outlives it."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+from leasectl.tools.drill.netns import NetNamespace
+from leasectl.tools.replicas import ReplicaProcess, run_command, spawn
 
 
 @dataclass(frozen=True)
@@ -75,28 +62,15 @@ class LogLine:
 
 
 @dataclass
-class Replica:
-    """One ``leasectl run`` process."""
+class Replica(ReplicaProcess):
+    """One ``leasectl run`` process of the drill, in its slot (and network namespace)."""
 
-    slot: int
-    replica_id: str
-    proc: subprocess.Popen[bytes]
-    netns: NetNamespace | None
-    started: float
+    slot: int = 0
+    netns: NetNamespace | None = None
+    started: float = 0.0
     ended: float | None = None
     stopped_by_drill: str = ""  # graceful | kill | ... when the drill ended it on purpose
     raw_tail: list[str] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            os.kill(self.proc.pid, sig)
 
 
 class Cluster:
@@ -131,24 +105,9 @@ class Cluster:
     # -- processes --------------------------------------------------------------------------
 
     def command(self, slot: int, replica_id: str) -> list[str]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "leasectl.cli",
-            "run",
-            "--config",
-            str(self.config_for(slot)),
-            "--dsn",
-            self.dsn_for(slot),
-            "--replica-id",
-            replica_id,
-            "--only",
-            ",".join(self.loops),
-            "--log-format",
-            "json",
-            "--metrics-listen",
-            "",
-        ]
+        cmd = run_command(
+            self.config_for(slot), replica_id, dsn=self.dsn_for(slot), only=self.loops
+        )
         if self.namespaces is not None:
             cmd = self.namespaces[slot].exec_prefix() + cmd
         return cmd
@@ -161,15 +120,13 @@ class Cluster:
         for key in ("LEASECTL_DSN", "LEASECTL_LOCK_DSN", "LEASECTL_CONFIG"):
             env.pop(key, None)
         env["PYTHONUNBUFFERED"] = "1"
-        proc = subprocess.Popen(
+        proc = spawn(
             self.command(slot, replica_id),
-            stdin=subprocess.DEVNULL,
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            cwd=str(self.workdir),
-            env=env,
-            start_new_session=True,  # Ctrl-C of the drill must not reach the replicas first
-            preexec_fn=_die_with_parent,
+            death_signal=signal.SIGKILL,  # no replica outlives the drill, even SIGKILLed
+            cwd=self.workdir,
         )
         rep = Replica(
             slot=slot,

@@ -22,9 +22,9 @@ from typing import Any
 import psycopg
 
 from leasectl import sql
-from leasectl.drill.cluster import Replica
+from leasectl.tools.drill.cluster import Replica
 
-Q = sql.load("drill", package="leasectl.drill")
+Q = sql.load("drill", package="leasectl.tools.drill")
 
 KINDS = ("graceful", "kill", "stop", "terminate", "partition", "db-restart")
 

@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 
 from leasectl import sql
 
-Q = sql.load("drill", package="leasectl.drill")
+Q = sql.load("drill", package="leasectl.tools.drill")
 
 
 class Feed:

@@ -26,13 +26,21 @@ from typing import Any
 import psycopg
 
 from leasectl import sql
-from leasectl.drill.cluster import LogLine
-from leasectl.drill.feed import Feed
-from leasectl.drill.rounds import RoundResult
-from leasectl.drill.sink import Delivery
-from leasectl.drill.stats import Cap, Holding, LeaseLogEvent, Overlap, holdings, overlaps, summarize
+from leasectl.tools.drill.cluster import LogLine
+from leasectl.tools.drill.feed import Feed
+from leasectl.tools.drill.rounds import RoundResult
+from leasectl.tools.drill.stats import (
+    Cap,
+    Holding,
+    LeaseLogEvent,
+    Overlap,
+    holdings,
+    overlaps,
+    summarize,
+)
+from leasectl.tools.webhook_sink import Delivery
 
-Q = sql.load("drill", package="leasectl.drill")
+Q = sql.load("drill", package="leasectl.tools.drill")
 
 
 @dataclass

@@ -27,6 +27,8 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from leasectl.tools.replicas import pid_alive
+
 PREFIX = "lcd"
 _NAME = re.compile(rf"^{PREFIX}(?P<pid>\d+)n(?P<i>\d+)$")
 _SUBNET_BASE = "10.213"
@@ -184,22 +186,12 @@ class NetnsSet:
         self.destroy()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stale_namespaces(names: Sequence[str]) -> list[str]:
     """Drill namespaces whose creating process is gone (pure: takes the listing)."""
     stale = []
     for name in names:
         m = _NAME.match(name)
-        if m and not _pid_alive(int(m.group("pid"))):
+        if m and not pid_alive(int(m.group("pid"))):
             stale.append(name)
     return stale
 

@@ -16,7 +16,7 @@ import jinja2
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from leasectl.drill.runner import DrillResult
+    from leasectl.tools.drill.runner import DrillResult
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 FAULT_COLOURS = {
@@ -209,4 +209,4 @@ def write_html(result: DrillResult, path: str) -> None:
 
 
 def template_text() -> str:
-    return resources.files("leasectl.drill").joinpath("report.html.j2").read_text()
+    return resources.files("leasectl.tools.drill").joinpath("report.html.j2").read_text()

@@ -15,11 +15,11 @@ from typing import Any
 import psycopg
 
 from leasectl import sql
-from leasectl.drill import faults
-from leasectl.drill.cluster import Cluster, LogLine, Replica
-from leasectl.drill.stats import Cap
+from leasectl.tools.drill import faults
+from leasectl.tools.drill.cluster import Cluster, LogLine, Replica
+from leasectl.tools.drill.stats import Cap
 
-Q = sql.load("drill", package="leasectl.drill")
+Q = sql.load("drill", package="leasectl.tools.drill")
 
 DEADLINES = {
     "graceful": 20.0,

@@ -1,7 +1,7 @@
 """A whole drill: database, sink, replicas, feed, rounds, drain, analysis, clean-up.
 
-Set-up and tear-down live here; one round's logic is in :mod:`leasectl.drill.rounds`, the
-checks in :mod:`leasectl.drill.invariants`. Clean-up runs whatever happened (Ctrl-C too):
+Set-up and tear-down live here; one round's logic is in :mod:`leasectl.tools.drill.rounds`, the
+checks in :mod:`leasectl.tools.drill.invariants`. Clean-up runs whatever happened (Ctrl-C too):
 replicas are SIGCONTed and stopped, the sink closed, namespaces deleted, and an embedded
 server the drill started is stopped.
 """
@@ -22,16 +22,16 @@ import psycopg
 import yaml
 from psycopg import conninfo
 
-from leasectl.drill import faults, netns
-from leasectl.drill.cluster import Cluster, LogLine
-from leasectl.drill.feed import Feed
-from leasectl.drill.invariants import Analysis, analyze
-from leasectl.drill.rounds import RoundResult, RoundRunner, Timing
-from leasectl.drill.sink import Delivery, WebhookSink
 from leasectl.embedded import EmbeddedPostgres
 from leasectl.locks import TcpBound
 from leasectl.migrate import migrate
 from leasectl.settings import DatabaseSettings, LeaseSettings
+from leasectl.tools.drill import faults, netns
+from leasectl.tools.drill.cluster import Cluster, LogLine
+from leasectl.tools.drill.feed import Feed
+from leasectl.tools.drill.invariants import Analysis, analyze
+from leasectl.tools.drill.rounds import RoundResult, RoundRunner, Timing
+from leasectl.tools.webhook_sink import Delivery, WebhookSink
 
 #: Loops the replicas run. The leased ones are the side effects under test; job_* run
 #: everywhere (jobs must not be lost when a replica dies mid-job).
@@ -380,7 +380,7 @@ class Drill:
         time.sleep(self.opts.settle_s)
 
     def _drain(self, admin: str, timeout: float) -> None:
-        from leasectl.drill.invariants import open_counts
+        from leasectl.tools.drill.invariants import open_counts
 
         assert self._feed is not None
         deadline = time.monotonic() + timeout

@@ -1,0 +1,49 @@
+"""``leasectl evict``: terminate a lease holder's lock session, after confirmation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from leasectl import status as st
+from leasectl.cli import exit_codes
+from leasectl.cli.args import add_argument, add_common, settings_from
+
+
+def add_evict_parser(sub: Any) -> None:
+    p = sub.add_parser("evict", help="terminate a lease holder's lock session (after confirmation)")
+    add_common(p)
+    p.add_argument("--lease", required=True, help="the lease whose holder to evict")
+    add_argument(p, "--yes", env="EVICT_YES", action="store_true", help="do not ask")
+    p.set_defaults(handler=cmd_evict)
+
+
+def cmd_evict(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    ns = settings.leases.namespace
+    with st.connect(st.status_dsn(settings), settings, "evict") as conn:
+        current = st.lease_holder(conn, args.lease, ns)
+        if current.backend_pid is None:
+            print(f"lease {args.lease} is not held; nothing to evict", file=sys.stderr)
+            return exit_codes.CHECK_FAILED
+        who = (
+            f"replica {current.holder or '?'} (backend pid {current.backend_pid}, "
+            f"epoch {current.epoch}, state {current.state})"
+        )
+        if not args.yes:
+            print(
+                f"Evict the holder of lease {args.lease}: {who}?\n"
+                "Its lock session is terminated; the replica self-fences and a peer takes over.",
+                file=sys.stderr,
+            )
+            print("Type 'yes' to evict: ", end="", file=sys.stderr, flush=True)
+            answer = sys.stdin.readline().strip().lower()
+            if answer not in ("y", "yes"):
+                print("not evicted", file=sys.stderr)
+                return exit_codes.CHECK_FAILED
+        if not st.evict(conn, args.lease, namespace=ns, backend_pid=current.backend_pid):
+            print(f"{who} no longer holds {args.lease}; nothing evicted", file=sys.stderr)
+            return exit_codes.CHECK_FAILED
+    print(f"evicted {who} from lease {args.lease}")
+    return exit_codes.OK

@@ -1,0 +1,37 @@
+"""``leasectl migrate``: apply pending schema migrations under the migration lock."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from leasectl.cli import exit_codes
+from leasectl.cli.args import add_argument, add_common, settings_from
+from leasectl.db import resolve_dsn, resolve_lock_dsn
+from leasectl.migrate import migrate, migration_status
+
+
+def add_migrate_parser(sub: Any) -> None:
+    p = sub.add_parser("migrate", help="apply pending schema migrations (under the lock)")
+    add_common(p)
+    add_argument(
+        p, "--status", env="MIGRATE_STATUS", action="store_true", help="only show the state"
+    )
+    p.set_defaults(handler=cmd_migrate)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    dsn = resolve_dsn(settings.database)
+    if args.status:
+        st = migration_status(dsn, settings.core)
+        for v in st.applied:
+            print(f"applied  {v}")
+        for v in st.pending:
+            print(f"pending  {v}")
+        for v in st.changed:
+            print(f"CHANGED  {v}")
+        return exit_codes.OK if not st.changed else exit_codes.CHECK_FAILED
+    done = migrate(dsn, settings.core, lock_dsn=resolve_lock_dsn(settings.database, dsn))
+    print(f"applied {len(done)} migration(s)" + (": " + ", ".join(done) if done else ""))
+    return exit_codes.OK

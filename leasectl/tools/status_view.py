@@ -1,0 +1,102 @@
+"""The lease and replica tables: one rendering for ``leasectl status`` and the demo's view.
+
+Pure: :class:`leasectl.status.ClusterStatus` (read by the core) in, a rich renderable out.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from leasectl import status as st
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None or math.isinf(seconds):
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m{seconds % 60:02.0f}s"
+    if seconds < 86400:
+        return f"{seconds / 3600:.0f}h{seconds % 3600 / 60:02.0f}m"
+    return f"{seconds / 86400:.1f}d"
+
+
+_STATE_STYLE = {"held": "green", "stale": "bold yellow", "free": "bold red"}
+
+
+def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
+    """The two tables (and the reasons of unhealthy leases) as one renderable."""
+    leases = Table(title="leases", title_justify="left", expand=False)
+    for col in (
+        "lease",
+        "state",
+        "holder",
+        "host",
+        "pid",
+        "backend",
+        "epoch",
+        "held for",
+        "renewed",
+        "waiting",
+    ):
+        leases.add_column(col, no_wrap=col in ("lease", "state", "holder"))
+    for le in status.leases:
+        name = le.name if le.expected else f"{le.name} (not configured)"
+        leases.add_row(
+            name,
+            Text(le.state, style=_STATE_STYLE.get(le.state, "")),
+            le.holder or "-",
+            le.host or "-",
+            str(le.pid or "-"),
+            str(le.backend_pid or "-"),
+            str(le.epoch if le.epoch is not None else "-"),
+            _age(le.held_for_s),
+            _age(le.renewed_age_s) + " ago" if le.renewed_age_s is not None else "-",
+            ", ".join(le.waiting) or "-",
+        )
+    replicas = Table(title="replicas", title_justify="left")
+    for col in (
+        "replica",
+        "host",
+        "pid",
+        "version",
+        "started",
+        "last seen",
+        "alive",
+        "leases",
+        "loops",
+        "may lead",
+    ):
+        replicas.add_column(col, no_wrap=col in ("replica", "started"))
+    for r in status.replicas:
+        alive = (
+            Text("yes", style="green")
+            if r.alive
+            else Text("stopped" if r.stopped else ("hung" if r.connected else "no"), style="red")
+        )
+        replicas.add_row(
+            r.id,
+            r.host,
+            str(r.pid),
+            r.version,
+            r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            _age(r.last_seen_age_s) + " ago",
+            alive,
+            ", ".join(r.leases) or "-",
+            str(len(r.loops)),
+            "yes" if r.may_lead else "no",
+        )
+    parts: list[Any] = [leases, replicas]
+    for le in status.unheld(max_unheld):
+        parts.append(Text(f"! {le.name}: {le.state} — {le.reason}", style="yellow"))
+    if not status.leases:
+        parts.append(Text("no leases expected or recorded yet", style="dim"))
+    if status.expected_source:
+        parts.append(Text(f"expected leases from {status.expected_source}", style="dim"))
+    return Group(*parts)
