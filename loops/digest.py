@@ -26,7 +26,7 @@ from loops.metrics import NOTIFICATIONS
 from loops.notify.dispatch import call_budget
 from loops.notify.email import SmtpSender
 from loops.notify.errors import DeliveryError
-from loops.notify.templates import Templates
+from loops.notify.templates import TemplateRenderError, Templates
 from loops.settings import DigestSettings, LoopsSettings
 
 Q = sql.load("digest", package="loops.sql")
@@ -61,9 +61,21 @@ class Digest:
             )
             return
         subject = f"{self.settings.subject} — {period:%Y-%m-%d}"
-        html = self.templates.render(
-            "digest.html.j2", data | {"subject": subject, "period": period}
-        )
+        render_error: TemplateRenderError | None = None
+        try:
+            html = self.templates.render(
+                "digest.html.j2", data | {"subject": subject, "period": period}
+            )
+        except TemplateRenderError as exc:
+            # A broken (or sandbox-refused) template is this period's named, permanent error:
+            # recorded per recipient below, logged, and not retried (it would fail the same).
+            html, render_error = "", exc
+            ctx.log.error(
+                "digest for %s not rendered: %s",
+                period.isoformat(),
+                exc,
+                extra={"action": "digest_template_failed"},
+            )
         failed: list[str] = []
         for recipient in recipients:
             ctx.check()
@@ -85,6 +97,8 @@ class Digest:
                 ctx.count("already_sent")
                 continue
             try:
+                if render_error is not None:
+                    raise render_error
                 self.smtp.send(
                     to=recipient,
                     subject=subject,
