@@ -18,7 +18,8 @@ UPDATE leasectl_replicas SET stopped_at = now(), last_seen = now() WHERE id = %(
 
 -- name: contenders
 -- The second half of a campaign, sent in the same pipeline (one round trip) right after
--- locks.sql's try_acquire: for each wanted lease, how stale its holder's renewal is (DB clock)
+-- locks.sql's try_acquire (pg_try_advisory_lock), so pg_stat_activity shows a campaign as this
+-- statement: for each wanted lease, how stale its holder's renewal is (DB clock)
 -- and which other backend holds its lock, so a hung holder can be evicted. Rows for the leases
 -- this session just got are ignored by the caller (their holder is us, hence excluded).
 SELECT w.name,
