@@ -1,0 +1,131 @@
+"""The import graph of ``leasectl/``: no cycle, and imports run one way.
+
+leasectl/cli -> leasectl/tools -> core; loops -> core. The core (every module of leasectl/
+outside cli/ and tools/) imports none of cli, tools or loops; the tools never import the CLI.
+Imports inside functions count; those under ``if TYPE_CHECKING:`` do not (never executed).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PKG = ROOT / "leasectl"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(path: Path, name: str, known: set[str]) -> set[str]:
+    """The modules ``name`` imports; ``from a import b`` counts as ``a.b`` when that is a module."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in known else base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    known = set(mods)
+    return {
+        name: {m for m in _imports(path, name, known) if m in known and m != name}
+        | {m for m in _imports(path, name, known) if m == "loops" or m.startswith("loops.")}
+        for name, path in mods.items()
+    }
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in graph:
+                continue
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := dfs(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := dfs(node)):
+            return cycle
+    return None
+
+
+def _is_front_end(name: str) -> bool:
+    return name.startswith(("leasectl.cli", "leasectl.tools"))
+
+
+def test_the_graph_sees_the_front_ends() -> None:
+    graph = _graph()
+    assert "leasectl.cli.run" in graph["leasectl.cli.main"]
+    assert "leasectl.tools.drill.runner" in graph["leasectl.cli.drill"]
+
+
+def test_no_import_cycle_in_leasectl() -> None:
+    cycle = _find_cycle(_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_core_imports_no_front_end_and_no_loops() -> None:
+    bad = [
+        f"{name} imports {dep}"
+        for name, deps in sorted(_graph().items())
+        if not _is_front_end(name)
+        for dep in sorted(deps)
+        if _is_front_end(dep) or dep == "loops" or dep.startswith("loops.")
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_tools_never_import_the_cli() -> None:
+    bad = [
+        f"{name} imports {dep}"
+        for name, deps in sorted(_graph().items())
+        if name.startswith("leasectl.tools")
+        for dep in sorted(deps)
+        if dep.startswith("leasectl.cli")
+    ]
+    assert not bad, "\n".join(bad)
