@@ -5,9 +5,9 @@ This module only re-exports; the names in ``__all__`` are the canonical import p
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from leasectl.errors import (  # noqa: E402
+from leasectl._version import __version__
+from leasectl.app import App
+from leasectl.errors import (
     ChecksumMismatch,
     ConfigError,
     DatabaseUnavailable,
@@ -26,12 +26,11 @@ from leasectl.errors import (  # noqa: E402
     TickCancelled,
     UnsupportedTopology,
 )
-from leasectl.leases import FENCE_SQL, Lease, LeaseEvent  # noqa: E402
-from leasectl.lease_manager import LeaseManager  # noqa: E402
-from leasectl.locks import LockSession  # noqa: E402
-from leasectl.loop import LoopSpec, TickContext  # noqa: E402
-from leasectl.migrate import MigrationSource  # noqa: E402
-from leasectl.app import App  # noqa: E402  (last: it composes everything above)
+from leasectl.lease_manager import LeaseManager
+from leasectl.leases import FENCE_SQL, Lease, LeaseEvent
+from leasectl.locks import LockSession
+from leasectl.loop import LoopSpec, TickContext
+from leasectl.migrate import MigrationSource
 
 __all__ = [
     "__version__",

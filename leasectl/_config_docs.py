@@ -102,12 +102,19 @@ DESCRIPTIONS: dict[str, str] = {
     "migrations.directory": "directory of NNNN_*.up.sql files; null: the packaged migrations",
     "replica.id": "replica id shown in status and logs; empty: host-pid-random",
     "replica.may_lead": "false: never campaign for leases (web-only nodes)",
+    "replica.labels": "labels of this replica (e.g. zone-a, has-hsm); loops' requires_labels "
+    "and preferred_holder match them",
+    "replica.on_wedged": "a tick running past its timeout + scheduler.wedge_grace: release "
+    "(give up the loop's lease, report it, /healthz unhealthy) or exit (stop with exit code 4 "
+    "for the supervisor to restart)",
     "scheduler.shutdown_grace": "on SIGTERM, seconds to let running ticks finish before "
     "leases are released",
     "scheduler.loops_package": "Python package declaring the loops (its .registry module)",
     "scheduler.only": "run only these loops (names); empty: every enabled loop",
     "scheduler.error_backoff_initial": "first delay after a failed tick (seconds)",
     "scheduler.error_backoff_max": "cap of the failed-tick backoff (seconds)",
+    "scheduler.wedge_grace": "seconds past a loop's timeout after which a still-running tick "
+    "is wedged (it ignored ctx.check() and cancellation)",
     "metrics.listen": "HOST:PORT of /metrics, /healthz, /readyz; empty disables the server",
     "metrics.enabled": "record and serve metrics",
     "logging.format": "text (human) or json (one object per line)",

@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from leasectl import __version__
+from leasectl._version import __version__
 from leasectl.errors import (
     DatabaseUnavailable,
     LeasectlError,

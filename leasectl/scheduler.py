@@ -103,6 +103,7 @@ class LoopState:
     thread: threading.Thread | None = None
     wake: threading.Event = field(default_factory=threading.Event)
     running_ctx: TickContext | None = None
+    tick_started: float | None = None  # monotonic start of the running tick
     failures: int = 0
     last_done: float | None = None
     ledger_known: bool = False
@@ -165,6 +166,21 @@ class Scheduler:
         return [
             n for n, st in self.loops.items() if st.thread is not None and not st.thread.is_alive()
         ]
+
+    def wedged(self, grace: float) -> list[str]:
+        """Loops whose running tick has outlived ``timeout + grace``.
+
+        Such a tick ignored ``ctx.check()`` and its cancellation (a call that never returns):
+        its thread cannot be killed, so the replica must at least stop holding the loop's
+        lease and say so. A loop leaves this list when its tick finally returns.
+        """
+        now = self.clock()
+        out = []
+        for name, st in self.loops.items():
+            started = st.tick_started
+            if started is not None and now - started > st.spec.timeout + grace:
+                out.append(name)
+        return out
 
     def stop(self, grace: float | None = None) -> bool:
         """No new ticks; wait for running ticks up to ``grace`` s, then cancel them.
@@ -314,6 +330,7 @@ class Scheduler:
         if self._cancel.is_set():
             ctx.stop.set()
         state.running_ctx = ctx
+        state.tick_started = started
         extra: dict[str, Any] = {
             "loop": spec.name,
             "replica": self.replica_id,
@@ -345,6 +362,7 @@ class Scheduler:
             )
         finally:
             state.running_ctx = None
+            state.tick_started = None
         seconds = self.clock() - started
         recorded = ledger_params is None or self._finish(ledger_params, outcome, error)
         if not recorded and outcome == "ok":

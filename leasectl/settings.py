@@ -75,6 +75,8 @@ class ReplicaSettings:
 
     id: str = ""  # empty: host-pid-random
     may_lead: bool = True  # false: never campaigns (web-only nodes)
+    labels: tuple[str, ...] = ()  # for loops' requires_labels / preferred_holder
+    on_wedged: str = "release"  # release | exit: what a replica does with a wedged tick
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class SchedulerSettings:
     only: tuple[str, ...] = ()  # empty: every enabled loop
     error_backoff_initial: float = 1.0
     error_backoff_max: float = 300.0
+    wedge_grace: float = 30.0  # a tick running past timeout + this is wedged
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from leasectl import __version__
+from leasectl._version import __version__
 from leasectl.cli import exit_codes
 from leasectl.cli.config import add_config_parser
 from leasectl.cli.demo import add_demo_parser
 from leasectl.cli.drill import add_drill_parser
+from leasectl.cli.embedded import add_embedded_parser
 from leasectl.cli.evict import add_evict_parser
 from leasectl.cli.migrate import add_migrate_parser
 from leasectl.cli.run import add_run_parser
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_parser,
         add_demo_parser,
         add_drill_parser,
+        add_embedded_parser,
     ):
         add_parser(sub)
     return parser

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from leasectl import __version__
+from leasectl._version import __version__
 from leasectl.errors import ConfigError
 from loops.notify.email import check_header
 from loops.notify.errors import DeliveryError

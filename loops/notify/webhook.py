@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from leasectl import __version__
+from leasectl._version import __version__
 from leasectl.errors import ConfigError
 from loops.notify.email import check_header
 from loops.notify.errors import DeliveryError
