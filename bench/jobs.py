@@ -52,7 +52,10 @@ import logging
 import multiprocessing as mp
 import os
 import platform
+import re
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,15 +67,16 @@ sys.path.insert(0, str(REPO))
 
 import psycopg  # noqa: E402
 from psycopg import conninfo  # noqa: E402
-from psycopg.types.json import Jsonb  # noqa: E402
 
-from leasectl.embedded import EmbeddedPostgres  # noqa: E402
+from leasectl.embedded import EmbeddedPostgres, bin_dir  # noqa: E402
 from leasectl.migrate import migrate  # noqa: E402
 
 CONCURRENCY = 4  # leasectl's JobsSettings.concurrency default; procrastinate gets the same
 CLAIM_BATCH = 100  # leasectl's JobsSettings.claim_batch default
 POLL = 0.05  # procrastinate fetch_job_polling_interval (only used if a worker would wait)
-GOAL = 3.0
+GOAL = 10.0  # leasectl jobs/s over procrastinate jobs/s (median of pairs)
+CEILING_GOAL = 0.5  # leasectl jobs/s over the pgbench ceiling (median of pairs)
+PGBENCH_SCRIPT = Path(__file__).with_name("pgbench_jobs.sql")
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -153,35 +157,25 @@ def leasectl_replica(
         from leasectl.loop import TickContext
         from leasectl.settings import DatabaseSettings
         from loops import job_processor
-        from loops._common import actor, transaction
         from loops.settings import LoopsSettings
 
-        Q = job_processor.Q
-
-        def noop_issue(ctx: TickContext, job: dict[str, Any], settings: LoopsSettings) -> None:
-            # No work at all; then the same guarded completion transaction as _issue.
-            guard = {"id": job["id"], "replica": ctx.replica_id, "attempts": job["attempts"]}
-            with transaction(ctx) as cur:
-                cur.execute(Q["complete"], guard)
-                if cur.fetchone() is None:
-                    raise job_processor._ClaimLost(job["id"])
-                cur.execute(
-                    Q["audit"],
-                    {
-                        "actor": actor(ctx),
-                        "action": "job_completed",
-                        "job_id": job["id"],
-                        "details": Jsonb({"type": job["type"], "attempts": job["attempts"]}),
-                    },
-                )
+        def noop_issue(
+            ctx: TickContext, job: dict[str, Any], settings: LoopsSettings
+        ) -> job_processor.Completion:
+            # No work at all; the job is then completed as a real one is: buffered, and
+            # committed with its batch by the guarded complete_batch (with its audit row).
+            return job_processor.Completion(job, {"type": job["type"], "attempts": job["attempts"]})
 
         job_processor.HANDLERS["Issuance"] = noop_issue  # this bench process only
         settings = LoopsSettings(
             jobs=dataclasses.replace(
-                LoopsSettings().jobs, concurrency=concurrency, claim_batch=batch
+                LoopsSettings().jobs,
+                concurrency=concurrency,
+                claim_batch=batch,
+                complete_batch=batch,
             )
         )
-        size = settings.jobs.concurrency + 1
+        size = settings.jobs.concurrency + 1  # the workers and the tick's claim ahead
         db = dataclasses.replace(DatabaseSettings(), pool_min_size=size, pool_max_size=size)
         pool = make_pool(dsn, db, f"leasectl/{replica}")
         pool.wait(timeout=30)  # all connections open before the clock starts
@@ -317,6 +311,89 @@ def procrastinate_round(dsn: str, n: int, jobs: int, concurrency: int) -> tuple[
     return wall, sum(r["cpu"] for r in results)
 
 
+# -- the ceiling: pgbench --------------------------------------------------------------------
+
+
+def _statement(named_query: str) -> str:
+    """A named query as pgbench spells it: comments dropped, ``%(name)s`` written ``:name``."""
+    lines = [ln for ln in named_query.strip().splitlines() if not ln.lstrip().startswith("--")]
+    return re.sub(r"%\((\w+)\)s", r":\1", "\n".join(lines)).strip()
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def check_pgbench_script() -> None:
+    """Refuse to measure a ceiling of other SQL: both statements must be the named queries."""
+    from loops.job_processor import Q
+
+    script = _squash(PGBENCH_SCRIPT.read_text())
+    for name in ("claim", "complete_batch"):
+        if _squash(_statement(Q[name])) not in script:
+            raise SystemExit(
+                f"{PGBENCH_SCRIPT.name} no longer runs loops/sql/job_processor.sql's {name!r}: "
+                "copy the named query into it (%(x)s written :x)"
+            )
+
+
+def pgbench_round(dsn: str, n: int, jobs: int, batch: int) -> tuple[float, float]:
+    """N pgbench clients drain ``jobs`` with the claim + complete_batch script; (wall s, CPU s).
+
+    Each client runs a fixed number of script transactions, enough for its share and some
+    spare (a client that finds the queue empty runs cheap empty ones); the wall time is
+    pgbench's own (transactions / tps, without connection time).
+    """
+    leasectl_prepare(dsn, jobs)
+    params = conninfo.conninfo_to_dict(dsn)
+    per_client = -(-jobs // (batch * n))  # ceil
+    cmd = [
+        str(bin_dir() / "pgbench"),
+        "-n",  # no vacuum of pgbench's own tables (there are none)
+        "-M",
+        "prepared",  # as psycopg does after prepare_threshold executions
+        "-c",
+        str(n),
+        "-j",
+        str(n),
+        "-t",
+        str(per_client + per_client // 4 + 2),
+        "-f",
+        str(PGBENCH_SCRIPT),
+        "-D",
+        f"limit={batch}",
+        "-D",
+        "replica=pgbench",
+        "-D",
+        "actor=leasectl:job_processor@pgbench",
+        "-D",
+        "versions=[]",
+        "-h",
+        str(params.get("host", "127.0.0.1")),
+        "-p",
+        str(params.get("port", 5432)),
+        "-U",
+        str(params.get("user", "postgres")),
+        str(params["dbname"]),
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode != 0:
+        raise RuntimeError(f"pgbench exited {out.returncode}: {out.stderr.strip()[-2000:]}")
+    processed = re.search(r"number of transactions actually processed: (\d+)", out.stdout)
+    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
+    if processed is None or tps is None:
+        raise RuntimeError(f"cannot read pgbench's output:\n{out.stdout}")
+    wall = int(processed.group(1)) / float(tps.group(1))
+    rows = scalar(dsn, "SELECT count(*) FROM jobs WHERE status = 'Completed' AND attempts = 1")
+    audits = scalar(dsn, "SELECT count(*) FROM audit_events WHERE action = 'job_completed'")
+    if not rows == audits == jobs:
+        raise RuntimeError(f"pgbench: completed rows={rows} audits={audits} expected={jobs}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -333,22 +410,42 @@ def machine() -> str:
     return f"{os.cpu_count()} vCPU {model}, Python {platform.python_version()}, load avg {load}"
 
 
+SYSTEMS = ("leasectl", "procrastinate", "pgbench")
+
+
+def spread(values: list[float], fmt: str = ",.0f", unit: str = "") -> str:
+    """``median (min-max)`` of a cell's rounds."""
+    med, lo, hi = statistics.median(values), min(values), max(values)
+    return f"{med:{fmt}}{unit} ({lo:{fmt}}-{hi:{fmt}}{unit})"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--replicas", default="1,2,4", help="comma-separated N (default 1,2,4)")
     p.add_argument("--jobs", type=int, default=20_000, help="no-op jobs per run (M)")
-    p.add_argument("--rounds", type=int, default=1, help="runs per system and N (median)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per N (median and spread)")
     p.add_argument("--concurrency", type=int, default=CONCURRENCY, help="leasectl jobs.concurrency")
-    p.add_argument("--claim-batch", type=int, default=CLAIM_BATCH, help="leasectl jobs.claim_batch")
+    p.add_argument(
+        "--claim-batch",
+        type=int,
+        default=CLAIM_BATCH,
+        help="leasectl jobs.claim_batch and jobs.complete_batch; pgbench's batch",
+    )
     p.add_argument(
         "--procrastinate-concurrency",
         type=int,
         default=CONCURRENCY,
         help="procrastinate worker concurrency",
     )
+    p.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help="comma-separated subset of leasectl,procrastinate,pgbench (default: all three)",
+    )
     p.add_argument("--dsn", help="server DSN (default: a throwaway embedded server)")
     args = p.parse_args(argv)
-    if importlib.util.find_spec("procrastinate") is None:
+    systems = [x for x in SYSTEMS if x in args.systems.split(",")]
+    if "procrastinate" in systems and importlib.util.find_spec("procrastinate") is None:
         print(
             "procrastinate is not installed here; it is not a leasectl dependency. Run:\n"
             "  python3 -m venv .venv-bench && .venv-bench/bin/pip install -e . procrastinate\n"
@@ -356,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if "pgbench" in systems:
+        check_pgbench_script()
     from importlib.metadata import version
 
     replicas = [int(x) for x in args.replicas.split(",")]
@@ -367,58 +466,85 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="leasectl-bench-jobs-")
         server = EmbeddedPostgres(Path(tmp.name) / "pgdata")
         server_dsn = server.ensure_running().dsn()
-    rows: list[tuple[int, tuple[float, float], tuple[float, float], list[float]]] = []
+    m = args.jobs
+    # results[n][system] = [(wall s, client CPU s) per round]
+    results: dict[int, dict[str, list[tuple[float, float]]]] = {}
+    loads: list[float] = []
+    started = time.monotonic()
     try:
         pg_version = scalar(server_dsn, "SHOW server_version")
         ldsn = create_database(server_dsn, "bench_leasectl")
         migrate(ldsn)
-        pdsn = create_database(server_dsn, "bench_procrastinate")
-        procrastinate_schema(pdsn)
+        rounds: dict[str, Any] = {
+            "leasectl": lambda n: leasectl_round(ldsn, n, m, args.concurrency, args.claim_batch),
+            "pgbench": lambda n: pgbench_round(ldsn, n, m, args.claim_batch),
+        }
+        if "procrastinate" in systems:
+            pdsn = create_database(server_dsn, "bench_procrastinate")
+            procrastinate_schema(pdsn)
+            rounds["procrastinate"] = lambda n: procrastinate_round(
+                pdsn, n, m, args.procrastinate_concurrency
+            )
         for n in replicas:
-            lr, pr = [], []
+            results[n] = {s: [] for s in systems}
             for r in range(args.rounds):
-                lr.append(leasectl_round(ldsn, n, args.jobs, args.concurrency, args.claim_batch))
-                pr.append(procrastinate_round(pdsn, n, args.jobs, args.procrastinate_concurrency))
+                # The systems run back to back within a round, so each round's ratios compare
+                # runs made under the same background load.
+                for system in systems:
+                    loads.append(os.getloadavg()[0])
+                    results[n][system].append(rounds[system](n))
                 print(
-                    f"N={n} round {r + 1}: leasectl {args.jobs / lr[-1][0]:.0f} jobs/s"
-                    f" ({lr[-1][0]:.2f} s), procrastinate {args.jobs / pr[-1][0]:.0f} jobs/s"
-                    f" ({pr[-1][0]:.2f} s)",
+                    f"N={n} round {r + 1}: "
+                    + ", ".join(f"{s} {m / results[n][s][-1][0]:,.0f} jobs/s" for s in systems),
                     file=sys.stderr,
                     flush=True,
                 )
-            # Each system's median round by wall time (upper median for an even count), and
-            # the ratio of every back-to-back pair: both ran under the same background load.
-            ratios = sorted(p[0] / r[0] for r, p in zip(lr, pr, strict=True))
-            rows.append((n, sorted(lr)[len(lr) // 2], sorted(pr)[len(pr) // 2], ratios))
     finally:
         if server is not None:
             server.stop("immediate")
         if tmp is not None:
             tmp.cleanup()
 
-    print(
-        f"\n{machine()}, PostgreSQL {pg_version}, psycopg {version('psycopg')}, "
-        f"procrastinate {version('procrastinate')}; "
-        f"M = {args.jobs} jobs, {args.rounds} round(s) per cell (median); leasectl"
-        f" claim_batch {args.claim_batch}, concurrency {args.concurrency}; procrastinate"
-        f" concurrency {args.procrastinate_concurrency}\n"
+    procrastinate_version = (
+        f", procrastinate {version('procrastinate')}" if "procrastinate" in systems else ""
     )
     print(
-        "| N | leasectl jobs/s (wall) | procrastinate jobs/s (wall) | ratio (median of pairs)"
-        " | ratio per pair | client CPU per job, leasectl / procrastinate | goal (>= 3x) |"
+        f"\n{machine()}, PostgreSQL {pg_version}, psycopg {version('psycopg')}"
+        f"{procrastinate_version}; M = {m:,} jobs, {args.rounds} round(s) per N, "
+        f"{(time.monotonic() - started) / 60:.1f} min; 1-min load average at each run's start "
+        f"{min(loads):.1f}-{max(loads):.1f}; leasectl claim_batch = complete_batch = "
+        f"{args.claim_batch}, concurrency {args.concurrency}; procrastinate concurrency "
+        f"{args.procrastinate_concurrency}; pgbench batch {args.claim_batch}, one client per "
+        "replica\n"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("Each cell: median of the rounds (min-max).\n")
+    header = ["N"] + [f"{s} jobs/s" for s in systems]
+    if "procrastinate" in systems and "leasectl" in systems:
+        header.append(f"leasectl / procrastinate (goal >= {GOAL:g}x)")
+    if "pgbench" in systems and "leasectl" in systems:
+        header.append(f"leasectl / ceiling (goal >= {CEILING_GOAL:.0%})")
+    header.append("client CPU per job (ms): " + " / ".join(systems))
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     met = True
-    m = args.jobs
-    for n, (lw, lcpu), (pw, pcpu), ratios in rows:
-        ratio = statistics.median(ratios)
-        met = met and ratio >= GOAL
-        print(
-            f"| {n} | {m / lw:,.0f} ({lw:.2f} s) | {m / pw:,.0f} ({pw:.2f} s) | {ratio:.2f}x"
-            f" | {', '.join(f'{x:.2f}x' for x in ratios)}"
-            f" | {lcpu / m * 1000:.2f} ms / {pcpu / m * 1000:.2f} ms"
-            f" | {'met' if ratio >= GOAL else 'missed'} |"
-        )
+    for n, cells in results.items():
+        rate = {s: [m / wall for wall, _ in cells[s]] for s in systems}
+        row = [str(n)] + [spread(rate[s]) for s in systems]
+        if "procrastinate" in rate and "leasectl" in rate:
+            ratios = [a / b for a, b in zip(rate["leasectl"], rate["procrastinate"], strict=True)]
+            ok = statistics.median(ratios) >= GOAL
+            met = met and ok
+            row.append(f"{spread(ratios, '.1f', 'x')} {'met' if ok else 'MISSED'}")
+        if "pgbench" in rate and "leasectl" in rate:
+            fractions = [a / b for a, b in zip(rate["leasectl"], rate["pgbench"], strict=True)]
+            ok = statistics.median(fractions) >= CEILING_GOAL
+            met = met and ok
+            row.append(
+                f"{spread([f * 100 for f in fractions], '.0f', '%')} {'met' if ok else 'MISSED'}"
+            )
+        cpu = [statistics.median(c / m * 1000 for _, c in cells[s]) for s in systems]
+        row.append(" / ".join(f"{c:.3f}" for c in cpu))
+        print("| " + " | ".join(row) + " |")
     return 0 if met else 1
 
 

@@ -49,48 +49,44 @@ SELECT ca_cert_pem, ca_key_pem FROM issuers WHERE id = %(issuer_id)s
 
 -- name: complete_batch
 -- Complete a batch of jobs in one statement, each only if this claim still owns it: Running,
--- claimed by this replica, and the attempt it claimed (ids, attempts and audit details are
--- parallel arrays). A job reaped by job_timeout or re-claimed since - by another replica, or by
--- this same replica id after a restart, which only the attempt tells apart - matches nothing and
--- is left alone, and only matched jobs get their job_completed audit row. Returns the ids it
--- completed; the caller stores certificate versions for those ids only, in the same transaction.
+-- claimed by this replica, and the attempt it claimed (ids and attempts are parallel arrays).
+-- A job reaped by job_timeout or re-claimed since - by another replica, or by this same replica
+-- id after a restart, which only the attempt tells apart - matches nothing and is left alone.
+-- Only matched jobs get their job_completed audit row (details: one JSON object by job id) and
+-- their certificate version (versions: a JSON array, one object per Issuance/Renewal job; one
+-- version per job by the unique index on job_id), and each stored version makes its
+-- certificate Active with the new expiry. One statement: atomic in autocommit, one round trip.
 WITH done AS (
     UPDATE jobs AS j
     SET status = 'Completed', completed_at = now(), status_changed_at = now(), last_error = NULL
-    FROM unnest(%(ids)s::text[], %(attempts)s::integer[], %(details)s::jsonb[])
-        AS c(id, attempts, details)
+    FROM unnest(%(ids)s::text[], %(attempts)s::integer[]) AS c(id, attempts)
     WHERE j.id = ANY(%(ids)s::text[]) AND j.id = c.id AND j.attempts = c.attempts
       AND j.status = 'Running' AND j.claimed_by = %(replica)s
-    RETURNING j.id, c.details
+    RETURNING j.id
 ), audited AS (
     INSERT INTO audit_events (actor, actor_type, action, resource_type, resource_id, details)
-    SELECT %(actor)s, 'System', 'job_completed', 'job', done.id, done.details
+    SELECT %(actor)s, 'System', 'job_completed', 'job', done.id, %(details)s::jsonb -> done.id
     FROM done
-)
-SELECT id FROM done
-
--- name: store_versions
--- The certificate versions of the jobs complete_batch just completed (the caller passes only
--- those), and each certificate made Active with its new expiry, in one statement. One version
--- per job (unique index on job_id): a re-run of the same job cannot store twice.
-WITH stored AS (
+), stored AS (
     INSERT INTO certificate_versions
         (certificate_id, serial_number, not_before, not_after, fingerprint_sha256, pem_chain,
          key_algorithm, key_size, job_id)
     SELECT v.certificate_id, v.serial, v.not_before, v.not_after, v.fingerprint, v.pem_chain,
            v.key_algorithm, v.key_size, v.job_id
-    FROM unnest(%(certificate_ids)s::text[], %(serials)s::text[],
-                %(not_befores)s::timestamptz[], %(not_afters)s::timestamptz[],
-                %(fingerprints)s::text[], %(pem_chains)s::text[], %(key_algorithms)s::text[],
-                %(key_sizes)s::integer[], %(job_ids)s::text[])
-        AS v(certificate_id, serial, not_before, not_after, fingerprint, pem_chain,
-             key_algorithm, key_size, job_id)
+    FROM jsonb_to_recordset(%(versions)s::jsonb)
+        AS v(job_id text, certificate_id text, serial text, not_before timestamptz,
+             not_after timestamptz, fingerprint text, pem_chain text, key_algorithm text,
+             key_size integer)
+    JOIN done ON done.id = v.job_id
     RETURNING certificate_id, not_after
+), activated AS (
+    UPDATE managed_certificates AS c
+    SET expires_at = stored.not_after, status = 'Active', last_renewal_at = now(),
+        updated_at = now()
+    FROM stored
+    WHERE c.id = stored.certificate_id
 )
-UPDATE managed_certificates AS c
-SET expires_at = stored.not_after, status = 'Active', last_renewal_at = now(), updated_at = now()
-FROM stored
-WHERE c.id = stored.certificate_id
+SELECT id FROM done
 
 -- name: fail
 -- Fail a job under the same ownership guard as complete_batch (one job: the retry path).
