@@ -53,6 +53,13 @@ LOOP_LAST_SUCCESS = Gauge(
     registry=REGISTRY,
 )
 
+LOOP_WEDGED = Gauge(
+    "leasectl_loop_wedged",
+    "1 while a tick of this loop has outlived timeout + scheduler.wedge_grace",
+    ["loop"],
+    registry=REGISTRY,
+)
+
 
 def reason_class(reason: str) -> str:
     """Collapse free-text reasons into a small label set (bounded cardinality)."""
