@@ -87,7 +87,7 @@ class App:
         self._included: list[str] = []
         self._daemon: Daemon | None = None
         self._lock = threading.Lock()
-        self._stop_early = threading.Event()  # a signal that came while start() was running
+        self._stop_early = threading.Event()  # a stop signal came (maybe during start())
 
     # -- declaring -------------------------------------------------------------------------
 
@@ -339,7 +339,7 @@ class App:
     def _install_signals(self) -> dict[int, Any]:
         def handler(signum: int, frame: FrameType | None) -> None:
             daemon = self._daemon
-            if daemon is not None and daemon.stop_requested.is_set():
+            if self._stop_early.is_set():
                 log.warning("second signal: exiting now", extra={"action": "forced_exit"})
                 os._exit(EXIT_FORCED)
             log.info(

@@ -8,8 +8,8 @@ peer takes over at once.
 
 Exit codes (see ``leasectl.cli.exit_codes``): 0 clean stop; 1 a runtime failure stopped the
 replica (lease manager or a loop thread died: we stop rather than run without leases);
-2 it could not start (configuration, database, migrations, metrics port); 130 a second signal
-forced an immediate exit.
+2 it could not start (configuration, database, migrations, metrics port); 4 a tick wedged and
+``replica.on_wedged`` is ``exit``; 130 a second signal forced an immediate exit.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from leasectl.settings import Settings
 
 log = logging.getLogger("leasectl.daemon")
 
-EXIT_OK, EXIT_RUNTIME, EXIT_START, EXIT_FORCED = 0, 1, 2, 130
+EXIT_OK, EXIT_RUNTIME, EXIT_START, EXIT_WEDGED, EXIT_FORCED = 0, 1, 2, 4, 130
 
 _SUPERVISE_EVERY = 0.2  # seconds between checks that the lease manager and loop threads live
 
@@ -88,10 +88,14 @@ class Daemon:
         self._exit: int | None = None
         self._supervisor: threading.Thread | None = None
         self._stopped = False
+        self.wedged: set[str] = set()
 
     # -- health -----------------------------------------------------------------------------
 
     def health(self) -> tuple[bool, str]:
+        if self.wedged:
+            # A supervisor should restart us: the stuck thread holds a loop that cannot run here.
+            return False, f"wedged tick(s): {', '.join(sorted(self.wedged))}"
         m = self.manager
         if m is None or m.fatal is not None:
             return False, f"lease manager not running: {m.fatal if m else 'not started'}"
@@ -216,6 +220,7 @@ class Daemon:
     def _supervise(self) -> None:
         assert self.manager is not None and self.scheduler is not None
         while not self.stop_requested.wait(_SUPERVISE_EVERY):
+            self._watch_wedged()
             if self.manager.fatal is not None:
                 log.error(
                     "lease manager died (%s); stopping rather than run without leases",
@@ -233,6 +238,41 @@ class Daemon:
                 )
                 self._exit = EXIT_RUNTIME
                 self.stop_requested.set()
+
+    def _watch_wedged(self) -> None:
+        """Give up the leases of ticks that outlived ``timeout + wedge_grace``; report them."""
+        assert self.manager is not None and self.scheduler is not None
+        now = set(self.scheduler.wedged(self.settings.scheduler.wedge_grace))
+        if now == self.wedged:
+            return
+        leased = {sp.name for sp in self.specs if sp.placement == "leased"}
+        for name in sorted(now - self.wedged):
+            metrics.LOOP_WEDGED.labels(name).set(1)
+            action = self.settings.replica.on_wedged
+            log.error(
+                "loop %s is WEDGED: its tick ran past timeout + scheduler.wedge_grace and ignored "
+                "cancellation; %s",
+                name,
+                "giving up its lease so another replica runs it"
+                if name in leased
+                else "it stays stuck on this replica",
+                extra={"action": "loop_wedged", "loop": name, "replica": self.replica_id},
+            )
+            if name in leased:
+                self.manager.abandon(name, "wedged_tick")
+            if action == "exit":
+                self._exit = EXIT_WEDGED
+                self.stop_requested.set()
+        for name in sorted(self.wedged - now):
+            metrics.LOOP_WEDGED.labels(name).set(0)
+            log.warning(
+                "loop %s: its wedged tick returned; campaigning for it again",
+                name,
+                extra={"action": "loop_unwedged", "loop": name, "replica": self.replica_id},
+            )
+            self.manager.resume(name)
+        self.wedged = now
+        self.manager.report_wedged(now)
 
     def stop(self, grace: float | None = None) -> int:
         """Drain, release, stop; the exit code (0 unless a fatal failure stopped us)."""

@@ -58,6 +58,7 @@ class _State:
     held: dict[str, Lease] = field(default_factory=dict)
     cooldown_until: dict[str, float] = field(default_factory=dict)
     mismatch_since: dict[str, float] = field(default_factory=dict)
+    suspended: set[str] = field(default_factory=set)  # not campaigned for: a wedged tick
 
 
 class LeaseManager:
@@ -166,6 +167,36 @@ class LeaseManager:
             with self._lock:
                 self._state.cooldown_until[name] = self.clock() + cd
             self._release(session, [name], "step_down")
+
+        with self._lock:
+            self._commands.append(command)
+
+    def abandon(self, name: str, reason: str) -> None:
+        """Give ``name`` up and stop campaigning for it until :meth:`resume`.
+
+        For a wedged tick: its thread cannot be stopped, but another replica can run the
+        loop; the stuck thread's late writes are refused by the fence once the new holder
+        bumps the epoch.
+        """
+
+        def command(session: LeaseSession) -> None:
+            self._release(session, [name], reason)
+
+        with self._lock:
+            self._state.suspended.add(name)  # at once: no campaign may take it back meanwhile
+            self._commands.append(command)
+
+    def resume(self, name: str) -> None:
+        """Campaign for ``name`` again (its wedged tick returned)."""
+        with self._lock:
+            self._state.suspended.discard(name)
+
+    def report_wedged(self, loops: Iterable[str]) -> None:
+        """Record the loops wedged on this replica in its row, for ``leasectl status``."""
+        names = sorted(loops)
+
+        def command(session: LeaseSession) -> None:
+            session.replica_wedged(self.replica_id, names)
 
         with self._lock:
             self._commands.append(command)
@@ -364,7 +395,9 @@ class LeaseManager:
             todo = [
                 n
                 for n in self.wanted
-                if n not in self._state.held and self._state.cooldown_until.get(n, 0.0) <= now
+                if n not in self._state.held
+                and n not in self._state.suspended
+                and self._state.cooldown_until.get(n, 0.0) <= now
             ]
         if not todo:
             return

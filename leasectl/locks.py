@@ -139,6 +139,7 @@ class LeaseSession(Protocol):
         self, replica: str, *, host: str, pid: int, version: str, may_lead: bool, loops: list[str]
     ) -> None: ...
     def replica_stopped(self, replica: str) -> None: ...
+    def replica_wedged(self, replica: str, loops: Sequence[str]) -> None: ...
     def wait_notify(self, timeout: float) -> list[str]: ...
     def campaign(self, names: Sequence[str]) -> list[Contender]: ...
     def bump_epoch(
@@ -403,6 +404,10 @@ class LockSession:
 
     def replica_stopped(self, replica: str) -> None:
         self._exec(L["replica_stopped"], {"id": replica})
+
+    def replica_wedged(self, replica: str, loops: Sequence[str]) -> None:
+        """Record which loops' ticks are wedged on this replica (for ``leasectl status``)."""
+        self._exec(L["replica_wedged"], {"id": replica, "loops": list(loops)})
 
     def campaign(self, names: Sequence[str]) -> list[Contender]:
         """Try-lock every name and report, in the same round trip, who holds the others.

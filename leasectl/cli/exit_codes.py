@@ -10,6 +10,8 @@ code  meaning
       ``run`` (the lease manager or a loop thread died)
 2     cannot start: bad configuration, database unavailable, not migrated
 3     ``drill``: an invariant failed
+4     ``run`` with ``replica.on_wedged: exit``: a tick outlived its timeout + wedge_grace;
+      the replica released its leases and left for its supervisor to restart it
 130   interrupted (Ctrl-C / SIGTERM before the work was done; ``run``: a second signal)
 ====  =====================================================================================
 
@@ -23,4 +25,5 @@ CHECK_FAILED = 1
 RUNTIME = 1
 CANNOT_START = 2
 INVARIANT_FAILED = 3
+WEDGED = 4
 INTERRUPTED = 130

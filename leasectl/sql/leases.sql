@@ -13,6 +13,10 @@ SET host = excluded.host, pid = excluded.pid, version = excluded.version,
     may_lead = excluded.may_lead, loops = excluded.loops, last_seen = now(), stopped_at = NULL,
     backend_pid = excluded.backend_pid
 
+-- name: replica_wedged
+-- The loops whose ticks are wedged on this replica (empty when none); written on change only.
+UPDATE leasectl_replicas SET wedged = %(loops)s WHERE id = %(id)s
+
 -- name: replica_stopped
 UPDATE leasectl_replicas SET stopped_at = now(), last_seen = now() WHERE id = %(id)s
 

@@ -1,0 +1,130 @@
+"""A tick that never returns must not keep its loop's lease: the watchdog gives it up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import REPO, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def _start(dsn: str, replica: str, port: int, **env: str) -> subprocess.Popen[bytes]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
+    environ.update(
+        LEASECTL_DSN=dsn,
+        LEASECTL_APP="tests.apps.wedge:app",
+        LEASECTL_SCHEDULER__WEDGE_GRACE="1",
+        LEASECTL_SCHEDULER__SHUTDOWN_GRACE="1",
+        PYTHONPATH=str(REPO),
+        **env,
+    )
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "leasectl.cli",
+            "run",
+            "--replica-id",
+            replica,
+            "--metrics-listen",
+            f"127.0.0.1:{port}",
+        ],
+        env=environ,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _q(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return c.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+def _healthz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def test_wedged_tick_gives_up_its_lease_and_its_late_write_is_refused(
+    dsn: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    flag = tmp_path / "wedge"
+    flag.write_text("stuck")
+    port_a, port_b = _free_port(), _free_port()
+    a = _start(dsn, "wedge-a", port_a, WEDGE_FLAG=str(flag))
+    procs.append(a)
+    wait_until(
+        lambda: (
+            _q(dsn, "SELECT holder FROM leasectl_leases WHERE name = 'wedgy'") == [("wedge-a",)]
+        ),
+        timeout=60,
+        what="wedge-a holds wedgy",
+    )
+    wedged_epoch = _q(dsn, "SELECT epoch FROM leasectl_leases WHERE name = 'wedgy'")[0][0]
+    b = _start(dsn, "wedge-b", port_b)
+    procs.append(b)
+    # timeout (1 s) + wedge_grace (1 s) + crash-takeover bound, with room for a loaded machine.
+    wait_until(
+        lambda: (
+            _q(dsn, "SELECT to_regclass('wedge_rows') IS NOT NULL")[0][0]
+            and _q(dsn, "SELECT count(*) FROM wedge_rows WHERE replica = 'wedge-b'")[0][0] >= 1
+        ),
+        timeout=30,
+        what="wedge-b runs the loop's next slot",
+    )
+    assert _q(dsn, "SELECT wedged FROM leasectl_replicas WHERE id = 'wedge-a'") == [(["wedgy"],)]
+    wait_until(lambda: _healthz(port_a) == 503, timeout=10, what="wedge-a /healthz unhealthy")
+    assert _healthz(port_b) == 200
+    new_epoch = _q(dsn, "SELECT epoch FROM leasectl_leases WHERE name = 'wedgy'")[0][0]
+    assert new_epoch > wedged_epoch
+
+    flag.unlink()  # the stuck call returns; its write carries the superseded epoch
+    wait_until(
+        lambda: _q(dsn, "SELECT wedged FROM leasectl_replicas WHERE id = 'wedge-a'") == [([],)],
+        timeout=30,
+        what="wedge-a no longer wedged",
+    )
+    assert _q(dsn, "SELECT count(*) FROM wedge_rows WHERE epoch = %s", wedged_epoch) == [(0,)]
+    slots = _q(dsn, "SELECT slot, count(*) FROM wedge_rows GROUP BY slot HAVING count(*) > 1")
+    assert slots == []
+    for p in (a, b):
+        p.send_signal(signal.SIGTERM)
+    out_a = a.communicate(timeout=60)[0].decode()
+    assert "WEDGED" in out_a and "Traceback" not in out_a, out_a
+    assert b.wait(60) == 0
