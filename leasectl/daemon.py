@@ -136,6 +136,7 @@ class Daemon:
             if s.metrics.enabled and s.metrics.listen:
                 # Bound before anything else: a port clash must fail before we campaign.
                 self.http = HttpEndpoint(s.metrics.listen, self.health, self.ready).start()
+            metrics.declare(self.specs, may_lead=self.may_lead)  # every series from the start
             applied = migrate(
                 dsn,
                 s.core,

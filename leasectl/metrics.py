@@ -2,16 +2,72 @@
 
 Loops register their own domain metrics into :data:`REGISTRY` (see ``loops/metrics.py``), so
 ``/metrics`` serves them all while the core knows nothing about jobs or notifications.
+
+Every series an alert reads exists from the replica's start (:func:`declare`): a gauge that
+appears only once something happened cannot say "nothing happened" (``leasectl_lease_held``
+vanishing with its holder made "lease unheld" unalertable), and a counter whose first sample
+is already 1 hides that first event from ``increase()``.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from leasectl.loop import LoopSpec
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+#: Outcomes of ``leasectl_loop_ticks_total`` (the scheduler's tick results).
+TICK_OUTCOMES: tuple[str, ...] = ("ok", "failed", "lost", "cancelled", "skipped")
+
+#: Reason classes a free-text lease reason collapses to (:func:`reason_class`), in match order.
+REASON_CLASSES: tuple[str, ...] = (
+    "campaign",
+    "shutdown",
+    "step_down",
+    "ttl_expired",
+    "lock_missing_or_superseded",
+    "connection_lost",
+    "server_in_recovery",
+    "fatal",
+    "wedged",
+    "rebalance",
+)
+
+#: ``reason`` values of ``leasectl_lease_transitions_total`` declared at 0 for every lease.
+TRANSITION_REASONS: tuple[str, ...] = (
+    "acquired",
+    "evicted_holder",
+    *(r for r in REASON_CLASSES if r != "campaign"),
+    "other",
+)
+
+#: ``reason`` values of ``leasectl_self_fence_total``: losses without a release.
+SELF_FENCE_REASONS: tuple[str, ...] = (
+    "ttl_expired",
+    "lock_missing_or_superseded",
+    "connection_lost",
+    "server_in_recovery",
+    "fatal",
+    "other",
+)
+
 LEASE_HELD = Gauge(
-    "leasectl_lease_held", "1 while this replica holds the lease", ["lease"], registry=REGISTRY
+    "leasectl_lease_held",
+    "1 while this replica holds the lease; 0 for every other lease it campaigns for",
+    ["lease"],
+    registry=REGISTRY,
+)
+LEASE_WANTED = Gauge(
+    "leasectl_lease_wanted",
+    "1 for every lease this replica campaigns for (may_lead and not --no-leased)",
+    ["lease"],
+    registry=REGISTRY,
 )
 LEASE_EPOCH = Gauge(
     "leasectl_lease_epoch", "Fencing epoch of the lease as last seen", ["lease"], registry=REGISTRY
@@ -46,13 +102,19 @@ LOOP_TICKS = Counter(
 LOOP_TICK_SECONDS = Histogram(
     "leasectl_loop_tick_seconds", "Duration of loop ticks", ["loop"], registry=REGISTRY
 )
+_LAST_SUCCESS = "leasectl_loop_last_success_timestamp_seconds"
 LOOP_LAST_SUCCESS = Gauge(
-    "leasectl_loop_last_success_timestamp",
-    "Unix time of the loop's last successful tick",
+    _LAST_SUCCESS,
+    "Unix time of the loop's last successful tick here (the replica's start before the first)",
     ["loop"],
     registry=REGISTRY,
 )
-
+LOOP_INTERVAL = Gauge(
+    "leasectl_loop_interval_seconds",
+    "The loop's configured interval (for staleness alerts: no success in 3 intervals)",
+    ["loop", "placement"],
+    registry=REGISTRY,
+)
 LOOP_WEDGED = Gauge(
     "leasectl_loop_wedged",
     "1 while a tick of this loop has outlived timeout + scheduler.wedge_grace",
@@ -60,20 +122,55 @@ LOOP_WEDGED = Gauge(
     registry=REGISTRY,
 )
 
+_declare_hooks: list[Callable[[], None]] = []
+
+
+def on_declare(hook: Callable[[], None]) -> Callable[[], None]:
+    """Run ``hook`` at every :func:`declare`: loops (which the core never imports) initialise
+    their own labelled counters this way. Returns ``hook`` so it can be a decorator."""
+    if hook not in _declare_hooks:
+        _declare_hooks.append(hook)
+    return hook
+
+
+def declare(specs: Sequence[LoopSpec], *, may_lead: bool, now: float | None = None) -> None:
+    """Create every series this replica will ever export, before anything happens.
+
+    Called once by the daemon at start, before campaigning. Series that already exist keep
+    their value (several daemons may share this process's registry in tests), so a lease
+    another daemon in this process holds is not reset to 0.
+
+    :param specs: the loops this replica runs.
+    :param may_lead: whether it campaigns for the leased ones; a replica that does not
+        exports no ``lease`` series (it must not count as a candidate in ``lease unheld``).
+    :param now: Unix time standing in for "last success" before a loop's first success
+        (default: now), so "no success for 3 intervals" also fires for a loop that never
+        succeeds on a replica started long enough ago.
+    """
+    started = time.time() if now is None else now
+    for spec in specs:
+        LOOP_INTERVAL.labels(spec.name, spec.placement).set(spec.interval)
+        for outcome in TICK_OUTCOMES:
+            LOOP_TICKS.labels(spec.name, outcome)
+        LOOP_TICK_SECONDS.labels(spec.name)
+        LOOP_WEDGED.labels(spec.name)
+        if REGISTRY.get_sample_value(_LAST_SUCCESS, {"loop": spec.name}) is None:
+            LOOP_LAST_SUCCESS.labels(spec.name).set(started)
+        if spec.placement == "leased" and may_lead:
+            LEASE_WANTED.labels(spec.name).set(1)
+            LEASE_HELD.labels(spec.name)
+            for reason in TRANSITION_REASONS:
+                LEASE_TRANSITIONS.labels(spec.name, reason)
+    for reason in SELF_FENCE_REASONS:
+        SELF_FENCE.labels(reason)
+    for hook in list(_declare_hooks):
+        hook()
+
 
 def reason_class(reason: str) -> str:
     """Collapse free-text reasons into a small label set (bounded cardinality)."""
     head = reason.split(":", 1)[0].strip()
-    for known in (
-        "campaign",
-        "shutdown",
-        "step_down",
-        "ttl_expired",
-        "lock_missing_or_superseded",
-        "connection_lost",
-        "server_in_recovery",
-        "fatal",
-    ):
+    for known in REASON_CLASSES:
         if head.startswith(known):
             return known
     return "other"
