@@ -1,7 +1,9 @@
 """A local certificate authority on ``cryptography``, and X.509 helpers the loops share.
 
 An issuer row of type ``local`` carries its CA as PEM (``issuers.ca_cert_pem`` /
-``ca_key_pem``). :func:`create_ca` makes one, :func:`load_issuer_ca` reads it back,
+``ca_key_pem``, the key encrypted under ``loops.ca.kek``: see :mod:`loops.ca_keys`).
+:func:`create_ca` makes one (the key unencrypted, for the caller to store with
+``ca_keys.stored_form``), :func:`load_issuer_ca` reads it back through the key policy,
 :func:`issue_leaf` signs a real leaf certificate (SANs, random serial, key usages) with it, and
 :func:`describe` turns any certificate (issued here, or seen on the wire by a scan) into the
 columns ``discovered_certificates`` and ``endpoint_health_checks`` store.
@@ -12,8 +14,10 @@ would dominate job throughput), and RSA is available for leaves that need it.
 
 Example::
 
+    keys = CaSettings(kek=ca_keys.generate_kek())
     cert_pem, key_pem = create_ca("Example Issuing CA")
-    ca_cert, ca_key = load_issuer_ca(cert_pem, key_pem)
+    stored = ca_keys.stored_form(key_pem, keys)  # -----BEGIN ENCRYPTED PRIVATE KEY-----
+    ca_cert, ca_key = load_issuer_ca(cert_pem, stored, keys)
     leaf = issue_leaf(ca_cert, ca_key, "www.example.com", ["www.example.com"], days=90)
     assert leaf.chain_pem.startswith(leaf.cert_pem)
 """
@@ -34,6 +38,9 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     PrivateKeyTypes,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from loops.ca_keys import CaKeyError, unseal
+from loops.settings import CaSettings
 
 KeyType = Literal["ec", "rsa"]
 
@@ -135,16 +142,23 @@ def create_ca(common_name: str, *, days: int = 3650, key_type: KeyType = "ec") -
 
 
 def load_issuer_ca(
-    cert_pem: str | None, key_pem: str | None
+    cert_pem: str | None, key_pem: str | None, keys: CaSettings
 ) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
-    """Parse an issuer's CA certificate and key; :class:`CAError` if absent or mismatched."""
+    """Parse an issuer's CA certificate and stored key under the key policy ``keys``.
+
+    :raises CAError: absent, refused (plaintext not allowed, no or wrong KEK), or mismatched.
+        The message never contains key material.
+    """
     if not cert_pem or not key_pem:
         raise CAError("issuer has no local CA certificate and key")
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
-        key = serialization.load_pem_private_key(key_pem.encode("ascii"), password=None)
     except ValueError as exc:
-        raise CAError(f"issuer CA material does not parse: {exc}") from exc
+        raise CAError(f"issuer CA certificate does not parse: {exc}") from exc
+    try:
+        key = unseal(key_pem, keys)
+    except CaKeyError as exc:
+        raise CAError(str(exc)) from None
     if not isinstance(
         key,
         rsa.RSAPrivateKey

@@ -31,7 +31,7 @@ from leasectl import sql
 from leasectl.errors import ConfigError, FencingRejected, LeasectlError
 from leasectl.loop import LoopSpec, TickContext
 from loops.ca import CAError, load_issuer_ca
-from loops.settings import LoopsSettings
+from loops.settings import CaSettings, LoopsSettings
 
 Q = sql.load("crl_generation", package="loops.sql")
 NEXT_CRL_NUMBER = Q["next_crl_number"]
@@ -102,8 +102,9 @@ def build_crl(
 
 
 class CrlGenerator:
-    def __init__(self, next_update: float) -> None:
+    def __init__(self, next_update: float, keys: CaSettings | None = None) -> None:
         self.next_update = next_update
+        self.keys = keys if keys is not None else CaSettings()
 
     def run(self, ctx: TickContext) -> None:
         if ctx.lease is None:
@@ -161,7 +162,9 @@ class CrlGenerator:
     def _generate(
         self, cur: psycopg.Cursor[Any], issuer: dict[str, Any], base: dict[str, Any]
     ) -> tuple[int, int]:
-        ca_cert, ca_key = load_issuer_ca(issuer["ca_cert_pem"], issuer["ca_key_pem"])
+        # The key is decrypted under loops.ca.kek; a refused key (plaintext, wrong KEK) is a
+        # CAError: a failed event for this issuer, the others continue.
+        ca_cert, ca_key = load_issuer_ca(issuer["ca_cert_pem"], issuer["ca_key_pem"], self.keys)
         entries = cur.execute(Q["revoked_entries"], base).fetchall()
         row = cur.execute(NEXT_CRL_NUMBER, base).fetchone()
         if row is None:
@@ -239,7 +242,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
         name="crl_generation",
         interval=crl.loop.interval,
         placement="leased",
-        run=CrlGenerator(crl.next_update).run,
+        run=CrlGenerator(crl.next_update, settings.ca).run,
         timeout=300.0,
         # certctl's loop waited a full interval, but its CRL endpoint generated on a cache
         # miss, so a CRL existed from the first fetch. We do not serve CRLs, so with no ledger

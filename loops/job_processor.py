@@ -53,9 +53,9 @@ from psycopg.types.json import Jsonb
 from leasectl.errors import LeaseLost, TickCancelled
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops import ca, metrics
+from loops import ca, ca_keys, metrics
 from loops._common import actor, everywhere, transaction
-from loops.settings import LoopsSettings
+from loops.settings import CaSettings, LoopsSettings
 
 Q = load("job_processor", package="loops.sql")
 
@@ -97,19 +97,25 @@ class Completion:
 
 @functools.lru_cache(maxsize=64)
 def _issuer_ca(
-    cert_pem: str, key_pem: str
+    cert_pem: str, key_pem: str, keys: CaSettings
 ) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
-    # Parsing a key per job would be wasted work at thousands of jobs per minute.
-    return ca.load_issuer_ca(cert_pem, key_pem)
+    # Parsing (and decrypting) a key per job would be wasted work at thousands of jobs a minute.
+    return ca.load_issuer_ca(cert_pem, key_pem, keys)
 
 
-def ensure_issuer_ca(ctx: TickContext, issuer_id: str, issuer_name: str) -> tuple[str, str]:
+def ensure_issuer_ca(
+    ctx: TickContext, issuer_id: str, issuer_name: str, keys: CaSettings
+) -> tuple[str, str]:
     """The issuer's CA PEMs, creating them once if the local issuer has none yet.
 
     Two replicas may create a CA at the same moment; the guarded UPDATE keeps the first and
     both then read the stored one, so every certificate of an issuer chains to one CA.
     """
     cert_pem, key_pem = ca.create_ca(f"{issuer_name} (leasectl local CA)")
+    try:
+        key_pem = ca_keys.stored_form(key_pem, keys)  # encrypted under loops.ca.kek
+    except ca_keys.CaKeyError as exc:
+        raise JobError(f"issuer {issuer_id}: {exc}") from None
     with transaction(ctx) as cur:
         cur.execute(
             Q["set_issuer_ca"], {"issuer_id": issuer_id, "cert_pem": cert_pem, "key_pem": key_pem}
@@ -148,9 +154,11 @@ def _issue(ctx: TickContext, job: dict[str, Any], settings: LoopsSettings) -> Co
         raise JobError(f"issuer {subject['issuer_id']} is disabled")
     cert_pem, key_pem = subject["ca_cert_pem"], subject["ca_key_pem"]
     if not key_pem:
-        cert_pem, key_pem = ensure_issuer_ca(ctx, subject["issuer_id"], subject["issuer_name"])
+        cert_pem, key_pem = ensure_issuer_ca(
+            ctx, subject["issuer_id"], subject["issuer_name"], settings.ca
+        )
     try:
-        ca_cert, ca_key = _issuer_ca(cert_pem, key_pem)
+        ca_cert, ca_key = _issuer_ca(cert_pem, key_pem, settings.ca)
     except ca.CAError as exc:
         raise JobError(f"issuer {subject['issuer_id']}: {exc}") from exc
     days, ttl = _validity(subject, settings.jobs.cert_validity_days)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from leasectl._version import __version__
 from leasectl.cli import exit_codes
+from leasectl.cli.ca import add_ca_parser
 from leasectl.cli.config import add_config_parser
 from leasectl.cli.demo import add_demo_parser
 from leasectl.cli.drill import add_drill_parser
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_step_down_parser,
         add_evict_parser,
         add_config_parser,
+        add_ca_parser,
         add_demo_parser,
         add_drill_parser,
         add_embedded_parser,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import socket
 import ssl
@@ -22,6 +23,7 @@ from psycopg_pool import ConnectionPool
 from leasectl.loop import TickContext
 from loops import ca
 from loops.settings import LoopsSettings
+from tests.ca_test_keys import PLAINTEXT_OK, TEST_CA_KEYS, seeded_ca
 
 UTC = dt.UTC
 
@@ -50,7 +52,10 @@ def make_ctx(
         loop=loop,
         replica_id=replica,
         pool=pool,
-        config=settings or LoopsSettings(),
+        # Seeded issuers' keys are encrypted under the test KEK (tests/ca_test_keys.py).
+        config=settings
+        if settings is not None and settings.ca.kek
+        else dataclasses.replace(settings or LoopsSettings(), ca=TEST_CA_KEYS),
         tick_at=dt.datetime.now(UTC),
         deadline=time.monotonic() + timeout,
     )
@@ -89,11 +94,11 @@ class Issuer:
 
 
 def add_issuer(conn: psycopg.Connection[Any], issuer_id: str = "iss-local") -> Issuer:
-    cert_pem, key_pem = ca.create_ca(f"Test CA {issuer_id}")
+    cert_pem, stored_key, key_pem = seeded_ca(f"Test CA {issuer_id}")  # stored encrypted
     conn.execute(
         "INSERT INTO issuers (id, name, type, ca_cert_pem, ca_key_pem) "
         "VALUES (%s, %s, 'local', %s, %s)",
-        (issuer_id, issuer_id, cert_pem, key_pem),
+        (issuer_id, issuer_id, cert_pem, stored_key),
     )
     return Issuer(issuer_id, cert_pem, key_pem)
 
@@ -187,7 +192,7 @@ def tls_server(common_name: str = "scan.example.test") -> Iterator[TlsServer]:
     Each connection completes a handshake and is closed; the thread stops on exit.
     """
     ca_cert_pem, ca_key_pem = ca.create_ca("Scan Test CA")
-    ca_cert, ca_key = ca.load_issuer_ca(ca_cert_pem, ca_key_pem)
+    ca_cert, ca_key = ca.load_issuer_ca(ca_cert_pem, ca_key_pem, PLAINTEXT_OK)
     leaf = ca.issue_leaf(ca_cert, ca_key, common_name, ["127.0.0.1"], days=30)
     with tempfile.TemporaryDirectory() as tmp:
         cert_file, key_file = Path(tmp, "cert.pem"), Path(tmp, "key.pem")

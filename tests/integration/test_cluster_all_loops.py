@@ -31,7 +31,7 @@ import pytest
 import yaml
 from aiosmtpd.controller import Controller
 
-from loops.ca import create_ca
+from tests.ca_test_keys import TEST_KEK, seeded_ca
 from tests.conftest import wait_until
 from tests.integration.leased_helpers import free_port
 
@@ -105,7 +105,7 @@ def smtp_port() -> Iterator[int]:
 
 
 def seed(conn: psycopg.Connection[Any]) -> None:
-    cert_pem, key_pem = create_ca("Cluster Test CA")
+    cert_pem, key_pem, _ = seeded_ca("Cluster Test CA")
     conn.execute("INSERT INTO owners (id, name, email) VALUES ('o1', 'Ops', 'ops@example.test')")
     conn.execute(
         "INSERT INTO issuers (id, name, type, ca_cert_pem, ca_key_pem) "
@@ -147,6 +147,7 @@ def write_config(path: Path, dsn: str, hooks: Hooks, smtp_port: int) -> None:
                 "retry": fast,
                 "webhook": {"url": hooks.url, "hmac_key": HMAC_KEY},
                 "smtp": {"host": "127.0.0.1", "port": smtp_port, "tls": "none"},
+                "allow_private_networks": ["127.0.0.0/8"],  # the receiver is local
             },
             "digest": {"loop": {"enabled": True, "interval": 1.0}, "recipients": ["a@x.test"]},
             "cloud_discovery": {
@@ -159,6 +160,7 @@ def write_config(path: Path, dsn: str, hooks: Hooks, smtp_port: int) -> None:
             "network_scan": {"loop": fast},
             "health_check": {"loop": fast},
             "gc": {"short_lived_expiry": fast, "acme": fast, "sessions": fast},
+            "ca": {"kek": TEST_KEK},  # the seeded CA key is stored encrypted under it
         },
     }
     path.write_text(yaml.safe_dump(cfg))

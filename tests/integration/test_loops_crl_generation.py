@@ -15,15 +15,15 @@ from leasectl.lease_manager import LeaseManager
 from leasectl.leases import FENCE_SQL, Lease
 from leasectl.settings import CoreSettings
 from loops import crl_generation
-from loops.ca import create_ca
 from loops.settings import CrlSettings, LoopsSettings
+from tests.ca_test_keys import TEST_CA_KEYS, seeded_ca
 from tests.integration.leased_helpers import leased, pool_for, tick
 
 NAME = "crl_generation"
 
 
 def seed(conn: psycopg.Connection[Any]) -> x509.Certificate:
-    cert_pem, key_pem = create_ca("Leasectl Test Issuing CA")
+    cert_pem, key_pem, _ = seeded_ca("Leasectl Test Issuing CA")  # key stored encrypted
     conn.execute(
         "INSERT INTO issuers (id, name, type, ca_cert_pem, ca_key_pem) VALUES "
         "('local-1', 'Local', 'local', %s, %s), ('acme-1', 'ACME', 'acme', NULL, NULL)",
@@ -65,7 +65,7 @@ def test_crl_signed_parsed_and_numbers_increase_across_handover(
     dsn: str, conn: psycopg.Connection[Any]
 ) -> None:
     ca = seed(conn)
-    settings = LoopsSettings(crl=CrlSettings(next_update=7200.0))
+    settings = LoopsSettings(crl=CrlSettings(next_update=7200.0), ca=TEST_CA_KEYS)
     spec = crl_generation.build(settings)
     assert spec is not None and spec.placement == "leased"
     a = LeaseManager("replica-a", [NAME], CoreSettings(), dsn=dsn)
@@ -140,7 +140,7 @@ def test_bad_serial_fails_that_issuer_only_and_does_not_consume_a_number(
     dsn: str, conn: psycopg.Connection[Any]
 ) -> None:
     seed(conn)
-    cert_pem, key_pem = create_ca("Second CA")
+    cert_pem, key_pem, _ = seeded_ca("Second CA")
     conn.execute(
         "INSERT INTO issuers (id, name, ca_cert_pem, ca_key_pem) VALUES ('local-2', 'L2', %s, %s)",
         (cert_pem, key_pem),
@@ -149,7 +149,7 @@ def test_bad_serial_fails_that_issuer_only_and_does_not_consume_a_number(
         "INSERT INTO certificate_revocations (serial_number, issuer_id) "
         "VALUES ('zz-top', 'local-2')"
     )
-    spec = crl_generation.build(LoopsSettings())
+    spec = crl_generation.build(LoopsSettings(ca=TEST_CA_KEYS))
     assert spec is not None
     with pool_for(dsn) as pool, leased(dsn, NAME) as (_, lease):
         ctx = tick(spec, pool, lease)

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 from leasectl.loop import TickContext
 from loops import job_processor, job_retry, job_timeout
 from loops.settings import JobsSettings, LoopsSettings
+from tests.ca_test_keys import TEST_CA_KEYS, TEST_KEK
 from tests.conftest import wait_until
 from tests.integration.everywhere_helpers import (
     add_certificate,
@@ -36,7 +37,7 @@ __all__ = ["pool"]  # the fixture
 
 
 def settings(**jobs: Any) -> LoopsSettings:
-    return LoopsSettings(jobs=dataclasses.replace(JobsSettings(), **jobs))
+    return LoopsSettings(jobs=dataclasses.replace(JobsSettings(), **jobs), ca=TEST_CA_KEYS)
 
 
 def test_two_replicas_process_every_job_exactly_once(
@@ -155,7 +156,7 @@ def test_a_reaped_claim_cannot_complete_or_store(
     ctx_b = make_ctx(pool, replica="replica-b")
     job_processor.run(ctx_b)
 
-    job_processor.process(ctx_a, claimed, LoopsSettings())  # the stale claim wakes up
+    job_processor.process(ctx_a, claimed, ctx_a.config)  # the stale claim wakes up
 
     assert ctx_a.stats["lost"] == 1 and ctx_b.stats["completed"] == 1
     row = job_row(conn, "j1")
@@ -289,10 +290,10 @@ import dataclasses, datetime as dt, sys, time
 from psycopg_pool import ConnectionPool
 from leasectl.loop import TickContext
 from loops import job_processor
-from loops.settings import JobsSettings, LoopsSettings
+from loops.settings import CaSettings, JobsSettings, LoopsSettings
 
 pool = ConnectionPool(sys.argv[1], min_size=1, max_size=4, open=True)
-cfg = LoopsSettings(jobs=dataclasses.replace(
+cfg = LoopsSettings(ca=CaSettings(kek=sys.argv[2]), jobs=dataclasses.replace(
     JobsSettings(), claim_batch=10, concurrency=2, complete_batch=5,
     complete_flush_interval=3600.0))
 issue = job_processor.HANDLERS["Issuance"]
@@ -318,7 +319,7 @@ def test_sigkill_mid_batch_loses_no_job_and_completes_each_once(
         add_certificate(conn, f"c{i}", status="Pending", expires_in=None)
         add_job(conn, f"j{i:03d}", certificate_id=f"c{i}")
     repo = Path(__file__).resolve().parents[2]
-    victim = subprocess.Popen([sys.executable, "-c", _VICTIM, conn.info.dsn], cwd=repo)
+    victim = subprocess.Popen([sys.executable, "-c", _VICTIM, conn.info.dsn, TEST_KEK], cwd=repo)
     try:
 
         def mid_batch() -> bool:
@@ -380,7 +381,7 @@ def test_a_stopped_tick_releases_unstarted_jobs(
     claimed = job_processor.claim(ctx, 10)
     ctx.stop.set()
 
-    job_processor.process(ctx, claimed, LoopsSettings())
+    job_processor.process(ctx, claimed, ctx.config)
 
     assert ctx.stats["released"] == 3
     rows = conn.execute("SELECT status, attempts, claimed_by FROM jobs").fetchall()

@@ -12,7 +12,6 @@ from leasectl.loop import LoopSpec
 from leasectl.scheduler import Scheduler
 from leasectl.settings import CoreSettings
 from loops import crl_generation, notification_send
-from loops.ca import create_ca
 from loops.settings import (
     CrlLoop,
     CrlSettings,
@@ -21,6 +20,7 @@ from loops.settings import (
     NotificationSettings,
     WebhookSettings,
 )
+from tests.ca_test_keys import TEST_CA_KEYS, seeded_ca
 from tests.conftest import wait_until
 from tests.integration.leased_helpers import Receiver
 
@@ -76,7 +76,7 @@ def crl_events(conn: psycopg.Connection[Any]) -> list[tuple[int, int, str]]:
 def test_two_replicas_one_sender_and_monotonic_crls_across_failover(
     dsn: str, conn: psycopg.Connection[Any]
 ) -> None:
-    cert_pem, key_pem = create_ca("Scheduler CA")
+    cert_pem, key_pem, _ = seeded_ca("Scheduler CA")  # stored encrypted
     conn.execute(
         "INSERT INTO issuers (id, name, ca_cert_pem, ca_key_pem) VALUES ('ca', 'CA', %s, %s)",
         (cert_pem, key_pem),
@@ -87,7 +87,9 @@ def test_two_replicas_one_sender_and_monotonic_crls_across_failover(
             notifications=NotificationSettings(
                 send=NotificationSendLoop(interval=1.0),
                 webhook=WebhookSettings(url=rx.url, hmac_key=KEY),
+                allow_private_networks=("127.0.0.0/8",),
             ),
+            ca=TEST_CA_KEYS,
             crl=CrlSettings(loop=CrlLoop(interval=1.0), next_update=3600.0),
         )
         replicas = {n: Replica(n, dsn, settings) for n in ("replica-a", "replica-b")}

@@ -61,7 +61,7 @@ def seed(conn: psycopg.Connection[Any]) -> None:
     add_policy(conn, "manual", auto_renew=False)
     add_policy(conn, "short-window", window=7)
     add_policy(conn, "multi", channels={"warning": ["Email", "Webhook"], "critical": []})
-    add_policy(conn, "bad", channels={"warning": ["Slack", "Email"]}, thresholds=[14])
+    add_policy(conn, "bad", channels={"warning": ["CarrierPigeon", "Email"]}, thresholds=[14])
     own: dict[str, Any] = {"owner_id": "alice"}
     add_certificate(conn, "due", expires_in=10 * DAY, policy_id="std", **own)
     add_certificate(conn, "manual", expires_in=5 * DAY, policy_id="manual", **own)

@@ -10,11 +10,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from loops import ca
+from loops.settings import CaSettings
+
+#: The pure-crypto tests below store keys in plaintext, which must be allowed explicitly.
+PLAIN = CaSettings(allow_plaintext_ca_keys=True)
 
 
 def test_issued_leaf_verifies_and_carries_sans() -> None:
     cert_pem, key_pem = ca.create_ca("Unit CA")
-    ca_cert, ca_key = ca.load_issuer_ca(cert_pem, key_pem)
+    ca_cert, ca_key = ca.load_issuer_ca(cert_pem, key_pem, PLAIN)
     assert ca.describe(ca_cert).is_ca
     leaf = ca.issue_leaf(ca_cert, ca_key, "www.example.test", ["api.example.test", "10.1.2.3"])
     chain = x509.load_pem_x509_certificates(leaf.chain_pem.encode())
@@ -32,7 +36,7 @@ def test_issued_leaf_verifies_and_carries_sans() -> None:
 
 
 def test_rsa_and_short_ttl() -> None:
-    ca_cert, ca_key = ca.load_issuer_ca(*ca.create_ca("RSA CA", key_type="rsa"))
+    ca_cert, ca_key = ca.load_issuer_ca(*ca.create_ca("RSA CA", key_type="rsa"), PLAIN)
     leaf = ca.issue_leaf(ca_cert, ca_key, "short.example.test", ttl_seconds=600, key_type="rsa")
     assert (leaf.key_algorithm, leaf.key_size) == ("RSA", 2048)
     assert leaf.not_after - leaf.not_before == dt.timedelta(seconds=600)
@@ -40,8 +44,8 @@ def test_rsa_and_short_ttl() -> None:
 
 
 def test_a_leaf_does_not_verify_against_another_ca() -> None:
-    ca_a = ca.load_issuer_ca(*ca.create_ca("A"))
-    ca_b = ca.load_issuer_ca(*ca.create_ca("B"))
+    ca_a = ca.load_issuer_ca(*ca.create_ca("A"), PLAIN)
+    ca_b = ca.load_issuer_ca(*ca.create_ca("B"), PLAIN)
     leaf = ca.issue_leaf(*ca_a, "x.example.test")
     with pytest.raises((InvalidSignature, ValueError)):
         ca.verify_issued_by(x509.load_pem_x509_certificate(leaf.cert_pem.encode()), ca_b[0])
@@ -51,12 +55,12 @@ def test_load_refuses_missing_garbage_and_mismatched_material() -> None:
     cert_pem, key_pem = ca.create_ca("A")
     other_cert, _ = ca.create_ca("B")
     with pytest.raises(ca.CAError, match="no local CA"):
-        ca.load_issuer_ca(cert_pem, None)
+        ca.load_issuer_ca(cert_pem, None, PLAIN)
     with pytest.raises(ca.CAError, match="does not parse"):
-        ca.load_issuer_ca("garbage", key_pem)
+        ca.load_issuer_ca("garbage", key_pem, PLAIN)
     with pytest.raises(ca.CAError, match="does not match"):
-        ca.load_issuer_ca(other_cert, key_pem)
-    assert isinstance(ca.load_issuer_ca(cert_pem, key_pem)[1], ec.EllipticCurvePrivateKey)
+        ca.load_issuer_ca(other_cert, key_pem, PLAIN)
+    assert isinstance(ca.load_issuer_ca(cert_pem, key_pem, PLAIN)[1], ec.EllipticCurvePrivateKey)
 
 
 def test_normalize_fingerprint() -> None:

@@ -25,6 +25,7 @@ from loops.notify.signing import sign
 from loops.notify.templates import Templates, snake
 from loops.notify.webhook import WebhookSender
 from loops.settings import WebhookSettings
+from tests.ca_test_keys import PLAINTEXT_OK
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
@@ -54,7 +55,7 @@ def test_parse_serial_refuses_what_a_crl_cannot_carry(text: str) -> None:
 
 
 def test_build_crl_is_signed_and_carries_the_number() -> None:
-    ca_cert, ca_key = load_issuer_ca(*create_ca("Unit CA"))
+    ca_cert, ca_key = load_issuer_ca(*create_ca("Unit CA"), PLAINTEXT_OK)
     crl = crl_generation.build_crl(
         ca_cert,
         ca_key,
@@ -69,7 +70,7 @@ def test_build_crl_is_signed_and_carries_the_number() -> None:
 
 
 def test_parse_certificates_pem_bundle_json_der_and_base64() -> None:
-    ca_cert, ca_key = load_issuer_ca(*create_ca("Unit CA"))
+    ca_cert, ca_key = load_issuer_ca(*create_ca("Unit CA"), PLAINTEXT_OK)
     leaf = issue_leaf(ca_cert, ca_key, "a.example.com", ["a.example.com"], days=30)
     cert = x509.load_pem_x509_certificate(leaf.cert_pem.encode())
     der = cert.public_bytes(serialization.Encoding.DER)

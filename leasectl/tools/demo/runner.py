@@ -48,6 +48,7 @@ from leasectl.tools.webhook_sink import WebhookSink
 Q = sql.load("demo", package="leasectl.tools.demo")
 DB_NAME = "leasectl_demo"
 KEY_ENV = "LEASECTL_DEMO_WEBHOOK_KEY"
+KEK_ENV = "LEASECTL_DEMO_CA_KEK"  # the demo CA's key-encryption key (loops.ca.kek_env)
 SHUTDOWN_GRACE = 5.0
 
 #: Loop intervals for the demo: seconds, so something happens while you watch.
@@ -100,6 +101,7 @@ class Demo:
         self.replicas: list[DemoReplica] = []
         self.config_path = self.workdir / "leasectl.yaml"
         self.key = secrets.token_hex(16)
+        self.kek = secrets.token_urlsafe(32)  # the seeded CA key is stored encrypted under it
         self.smtp: SmtpSink | None = None
         self.webhook: WebhookSink | None = None
         self.dsn = ""
@@ -150,7 +152,7 @@ class Demo:
         applied = migrate(self.dsn)
         say(f"  database {DB_NAME}: {len(applied)} migrations applied")
         with psycopg.connect(self.dsn) as conn:
-            made = seed(conn)
+            made = seed(conn, self.kek)
         say(
             f"  seeded a local CA, 3 owners, {made['certificates']} certificates "
             f"({made['versions']} signed, {made['revoked']} revoked), {made['jobs']} issuance jobs"
@@ -177,7 +179,10 @@ class Demo:
                 "from_address": "leasectl-demo@example.test",
             },
             "webhook": {"url": self.webhook.url(), "hmac_key_env": KEY_ENV},
+            # The demo's receivers listen on loopback, which the SSRF guard refuses otherwise.
+            "allow_private_networks": ["127.0.0.0/8"],
         }
+        loops["ca"] = {"kek_env": KEK_ENV}
         data = {
             "database": {"dsn": self.dsn},
             "scheduler": {"shutdown_grace": SHUTDOWN_GRACE},
@@ -187,7 +192,8 @@ class Demo:
         }
         header = (
             "# Written by `leasectl demo`: short intervals so the loops act while you watch.\n"
-            f"# The webhook HMAC key is passed to the replicas in ${KEY_ENV}.\n"
+            f"# The webhook HMAC key is passed to the replicas in ${KEY_ENV}, the CA's\n"
+            f"# key-encryption key in ${KEK_ENV}.\n"
         )
         self.config_path.write_text(header + yaml.safe_dump(data, sort_keys=False))
 
@@ -195,6 +201,7 @@ class Demo:
         """The replicas' environment: the demo's config only, no stray LEASECTL_* overrides."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
         env[KEY_ENV] = self.key
+        env[KEK_ENV] = self.kek
         env["PYTHONUNBUFFERED"] = "1"
         return env
 

@@ -37,12 +37,17 @@ CERTIFICATES = (
 )
 
 
-def seed(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    """Insert the dataset in one transaction; return what was created."""
-    from loops import ca  # the demo runs the real loops package; leasectl proper never does
+def seed(conn: psycopg.Connection[Any], kek: str) -> dict[str, int]:
+    """Insert the dataset in one transaction; return what was created.
 
-    cert_pem, key_pem = ca.create_ca("leasectl demo issuing CA")
-    ca_cert, ca_key = ca.load_issuer_ca(cert_pem, key_pem)
+    The CA key is stored encrypted under ``kek`` (the demo's ``loops.ca.kek``).
+    """
+    from loops import ca, ca_keys  # the demo runs the real loops package; leasectl never does
+    from loops.settings import CaSettings
+
+    cert_pem, plain_key = ca.create_ca("leasectl demo issuing CA")
+    key_pem = ca_keys.seal(plain_key, kek)
+    ca_cert, ca_key = ca.load_issuer_ca(cert_pem, key_pem, CaSettings(kek=kek))
     made = {"certificates": 0, "versions": 0, "revoked": 0, "jobs": 0}
     with conn.transaction():
         for oid, name, email in OWNERS:
