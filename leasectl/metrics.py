@@ -154,9 +154,11 @@ def declare(specs: Sequence[LoopSpec], *, may_lead: bool, now: float | None = No
             LOOP_TICKS.labels(spec.name, outcome)
         LOOP_TICK_SECONDS.labels(spec.name)
         LOOP_WEDGED.labels(spec.name)
+        if spec.placement == "leased" and not may_lead:
+            continue  # never runs here: no last success to stand in for, no lease to want
         if REGISTRY.get_sample_value(_LAST_SUCCESS, {"loop": spec.name}) is None:
             LOOP_LAST_SUCCESS.labels(spec.name).set(started)
-        if spec.placement == "leased" and may_lead:
+        if spec.placement == "leased":
             LEASE_WANTED.labels(spec.name).set(1)
             LEASE_HELD.labels(spec.name)
             for reason in TRANSITION_REASONS:
