@@ -136,7 +136,8 @@ DESCRIPTIONS: dict[str, str] = {
     "loops.jobs.cert_validity_days": "validity of certificates the local CA issues",
     "loops.renewal.default_thresholds_days": "days-before-expiry alert thresholds for "
     "certificates without a policy",
-    "loops.renewal.default_channels": "alert channels (Email, Webhook) when the policy names none",
+    "loops.renewal.default_channels": "alert channels when the policy names none: Email, Webhook, "
+    "Slack, Teams, PagerDuty, OpsGenie",
     "loops.agents.offline_after": "an Online agent whose last heartbeat is older than this "
     "(seconds) becomes Offline",
     "loops.notifications.batch": "pending notifications claimed per tick",
