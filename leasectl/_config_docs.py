@@ -3,15 +3,19 @@
 Private to :mod:`leasectl.config`. ``config/leasectl.yaml`` and
 ``docs/operator/configuration.md`` are both rendered here from the settings dataclasses, so
 they cannot drift from the code (tests compare the committed files with a fresh render).
-A setting's description comes from :data:`DESCRIPTIONS`, else from the comment next to the
-field in its dataclass; toggles of the fifteen loops are described from :data:`LOOP_TOGGLES`.
+A core setting's description comes from :data:`DESCRIPTIONS`, else from the comment next to
+the field in its dataclass. The ``loops:`` section is the loops package's domain: its
+descriptions (``DOCS``) and loop toggles (``TOGGLES``) live in that package's
+``settings_docs`` module, which :mod:`leasectl.config` finds by name (:class:`LoopsDocs`), so
+the core never imports ``loops``.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -20,24 +24,17 @@ import yaml
 
 from leasectl._config_schema import SECRET_FIELDS, field_types, iter_fields, type_name
 
-#: Which loop each ``LoopToggle`` in the loops section switches.
-LOOP_TOGGLES: dict[str, str] = {
-    "loops.jobs.processor": "job_processor",
-    "loops.jobs.retry": "job_retry",
-    "loops.jobs.timeout": "job_timeout",
-    "loops.renewal.check": "renewal_check",
-    "loops.agents.check": "agent_health",
-    "loops.notifications.send": "notification_send",
-    "loops.notifications.retry": "notification_retry",
-    "loops.digest.loop": "digest",
-    "loops.cloud_discovery.loop": "cloud_discovery",
-    "loops.crl.loop": "crl_generation",
-    "loops.network_scan.loop": "network_scan",
-    "loops.health_check.loop": "health_check",
-    "loops.gc.short_lived_expiry": "short_lived_expiry",
-    "loops.gc.acme": "acme_gc",
-    "loops.gc.sessions": "session_gc",
-}
+
+@dataclass(frozen=True)
+class LoopsDocs:
+    """What a loops package says about its own settings (its ``settings_docs`` module)."""
+
+    package: str = "loops"
+    #: key path under ``loops`` (settings and sections) -> description
+    docs: Mapping[str, str] = field(default_factory=dict)
+    #: key path of a ``LoopToggle`` (``enabled`` + ``interval``) -> the loop it switches
+    toggles: Mapping[str, str] = field(default_factory=dict)
+
 
 SECTIONS: dict[str, str] = {
     "database": "Where the work pool and the dedicated lock connection go.",
@@ -47,125 +44,97 @@ SECTIONS: dict[str, str] = {
     "scheduler": "The loop scheduler.",
     "metrics": "The HTTP endpoint: /metrics, /healthz, /readyz.",
     "logging": "Log output.",
-    "loops": "Settings of the fifteen loops (the `loops` package's own settings object).",
-    "loops.jobs": "job_processor, job_retry, job_timeout.",
-    "loops.renewal": "renewal_check: expiry statuses, renewal jobs, expiry alerts.",
-    "loops.agents": "agent_health.",
-    "loops.notifications": "notification_send and notification_retry, and their channels.",
-    "loops.notifications.smtp": "E-mail channel.",
-    "loops.notifications.webhook": "Webhook channel (POST, HMAC-SHA256 signed).",
-    "loops.digest": "digest: one e-mail per period per recipient.",
-    "loops.cloud_discovery": "cloud_discovery: certificates in AWS.",
-    "loops.cloud_discovery.aws": "The AWS source.",
-    "loops.crl": "crl_generation.",
-    "loops.network_scan": "network_scan.",
-    "loops.health_check": "health_check.",
-    "loops.gc": "short_lived_expiry, acme_gc, session_gc.",
+    "limits": "Cluster-wide rate limits shared by every replica (stored in PostgreSQL): "
+    "`limits.<name>: {rate, per, burst, per_scope}` allows `rate` events per `per` seconds, "
+    "`burst` at once; `per_scope: true` gives each scope (recipient domain, host, region) its "
+    "own bucket. Used by `ctx.limit(name, scope)`; the shipped loops use `smtp`, `webhook` "
+    "and `aws`. Empty: no limits.",
 }
 
 DESCRIPTIONS: dict[str, str] = {
-    "database.dsn": "libpq DSN of the database; empty: $LEASECTL_DSN, else the embedded server "
-    "in data_dir. Secret: may be given as dsn_env / dsn_file",
-    "database.lock_dsn": "DSN for the lock connection only (must be direct or session-pooled); "
-    "empty: same as dsn. Secret: lock_dsn_env / lock_dsn_file",
+    "database.dsn": (
+        "libpq DSN of the database; empty: $LEASECTL_DSN, else the embedded server in data_dir. "
+        "Secret: may be given as dsn_env / dsn_file"
+    ),
+    "database.lock_dsn": (
+        "DSN for the lock connection only (must be direct or session-pooled); empty: same as dsn."
+        " Secret: lock_dsn_env / lock_dsn_file"
+    ),
     "database.data_dir": "data directory of the embedded PostgreSQL (used when no DSN is set)",
     "database.pool_min_size": "connections kept open in the work pool",
     "database.pool_max_size": "maximum connections of the work pool",
     "database.connect_timeout": "seconds to wait for a new connection",
-    "database.tcp_keepalives_idle": "server-side keepalive idle seconds on the lock "
-    "connection; bounds D_srv",
+    "database.tcp_keepalives_idle": (
+        "server-side keepalive idle seconds on the lock connection; bounds D_srv"
+    ),
     "database.tcp_keepalives_interval": "server-side keepalive probe interval (seconds)",
-    "database.tcp_keepalives_count": "server-side keepalive probes before the server drops a "
-    "silent holder",
-    "database.tcp_user_timeout_ms": "server-side TCP user timeout of the lock connection (ms); "
-    "bounds D_srv",
-    "database.client_tcp_user_timeout_ms": "client-side TCP user timeout: a heartbeat on a dead "
-    "link fails after this instead of hanging",
-    "database.work_idle_in_transaction_timeout_ms": "idle_in_transaction_session_timeout of "
-    "work connections, so a zombie's guarded transaction cannot block a new holder forever",
-    "leases.namespace": "advisory-lock namespace: a seed string (hashed) or an int4; replicas "
-    "that should compete must share it",
-    "leases.acquire_interval": "seconds between campaigns for leases not held (a release "
-    "NOTIFY triggers one at once)",
+    "database.tcp_keepalives_count": (
+        "server-side keepalive probes before the server drops a silent holder"
+    ),
+    "database.tcp_user_timeout_ms": (
+        "server-side TCP user timeout of the lock connection (ms); bounds D_srv"
+    ),
+    "database.client_tcp_user_timeout_ms": (
+        "client-side TCP user timeout: a heartbeat on a dead link fails after this instead of "
+        "hanging"
+    ),
+    "database.work_idle_in_transaction_timeout_ms": (
+        "idle_in_transaction_session_timeout of work connections, so a zombie's guarded "
+        "transaction cannot block a new holder forever"
+    ),
+    "leases.namespace": (
+        "advisory-lock namespace: a seed string (hashed) or an int4; replicas that should compete"
+        " must share it"
+    ),
+    "leases.acquire_interval": (
+        "seconds between campaigns for leases not held (a release NOTIFY triggers one at once)"
+    ),
     "leases.acquire_jitter": "fraction by which each campaign interval is randomized (0 <= x < 1)",
     "leases.heartbeat_interval": "seconds between heartbeats; must be < lease_ttl",
-    "leases.lease_ttl": "a holder stops believing in a lease this long after the start of its "
-    "last successful heartbeat",
-    "leases.safety_margin": "extra time the server must keep a silent holder's lock: "
-    "lease_ttl + safety_margin <= D_srv",
-    "leases.eviction_grace": "a holder whose renewal is older than lease_ttl + eviction_grace "
-    "is evicted; must be >= safety_margin",
-    "leases.step_down_cooldown": "after a step-down, seconds before the replica campaigns for "
-    "that lease again",
+    "leases.lease_ttl": (
+        "a holder stops believing in a lease this long after the start of its last successful "
+        "heartbeat"
+    ),
+    "leases.safety_margin": (
+        "extra time the server must keep a silent holder's lock: lease_ttl + safety_margin <= D_srv"
+    ),
+    "leases.eviction_grace": (
+        "a holder whose renewal is older than lease_ttl + eviction_grace is evicted; must be >= "
+        "safety_margin"
+    ),
+    "leases.step_down_cooldown": (
+        "after a step-down, seconds before the replica campaigns for that lease again"
+    ),
     "leases.reconnect_max_backoff": "cap of the lock connection's reconnect backoff (seconds)",
     "migrations.lock_timeout": "seconds to wait for another replica's migration run",
     "migrations.directory": "directory of NNNN_*.up.sql files; null: the packaged migrations",
     "replica.id": "replica id shown in status and logs; empty: host-pid-random",
     "replica.may_lead": "false: never campaign for leases (web-only nodes)",
-    "replica.labels": "labels of this replica (e.g. zone-a, has-hsm); loops' requires_labels "
-    "and preferred_holder match them",
-    "replica.on_wedged": "a tick running past its timeout + scheduler.wedge_grace: release "
-    "(give up the loop's lease, report it, /healthz unhealthy) or exit (stop with exit code 4 "
-    "for the supervisor to restart)",
-    "scheduler.shutdown_grace": "on SIGTERM, seconds to let running ticks finish before "
-    "leases are released",
+    "replica.labels": (
+        "labels of this replica (e.g. zone-a, has-hsm); loops' requires_labels and "
+        "preferred_holder match them"
+    ),
+    "replica.on_wedged": (
+        "a tick running past its timeout + scheduler.wedge_grace: release (give up the loop's "
+        "lease, report it, /healthz unhealthy) or exit (stop with exit code 4 for the supervisor "
+        "to restart)"
+    ),
+    "scheduler.shutdown_grace": (
+        "on SIGTERM, seconds to let running ticks finish before leases are released"
+    ),
     "scheduler.loops_package": "Python package declaring the loops (its .registry module)",
     "scheduler.only": "run only these loops (names); empty: every enabled loop",
     "scheduler.error_backoff_initial": "first delay after a failed tick (seconds)",
     "scheduler.error_backoff_max": "cap of the failed-tick backoff (seconds)",
-    "scheduler.wedge_grace": "seconds past a loop's timeout after which a still-running tick "
-    "is wedged (it ignored ctx.check() and cancellation)",
+    "scheduler.wedge_grace": (
+        "seconds past a loop's timeout after which a still-running tick is wedged (it ignored "
+        "ctx.check() and cancellation)"
+    ),
     "metrics.listen": "HOST:PORT of /metrics, /healthz, /readyz; empty disables the server",
     "metrics.enabled": "record and serve metrics",
     "logging.format": "text (human) or json (one object per line)",
+    "limits": "name → {rate, per, burst, per_scope}; see the section text",
     "logging.level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
-    "loops.notifications.smtp.password": "SMTP password. Secret: password_env / password_file",
-    "loops.notifications.webhook.hmac_key": "key of the X-Signature HMAC-SHA256 header. "
-    "Secret: hmac_key_env / hmac_key_file",
-    "loops.notifications.webhook.url": "where webhook notifications are POSTed",
-    "loops.notifications.smtp.host": "SMTP server; empty: e-mail notifications fail as "
-    "not configured",
-    "loops.jobs.claim_batch": "jobs claimed per job_processor tick",
-    "loops.jobs.concurrency": "jobs run at once per replica (threads)",
-    "loops.jobs.retry_backoff_max": "cap of the retry backoff (seconds)",
-    "loops.jobs.awaiting_csr_timeout": "seconds a job may wait in AwaitingCSR before it fails",
-    "loops.jobs.awaiting_approval_timeout": "seconds a job may wait in AwaitingApproval before "
-    "it fails",
-    "loops.jobs.agent_offline_ttl": "a Running agent job fails when its agent's last heartbeat "
-    "is older than this (seconds)",
-    "loops.jobs.cert_validity_days": "validity of certificates the local CA issues",
-    "loops.renewal.default_thresholds_days": "days-before-expiry alert thresholds for "
-    "certificates without a policy",
-    "loops.renewal.default_channels": "alert channels when the policy names none: Email, Webhook, "
-    "Slack, Teams, PagerDuty, OpsGenie",
-    "loops.agents.offline_after": "an Online agent whose last heartbeat is older than this "
-    "(seconds) becomes Offline",
-    "loops.notifications.batch": "pending notifications claimed per tick",
-    "loops.notifications.smtp.port": "SMTP port (587 STARTTLS, 465 implicit TLS, 25 none)",
-    "loops.notifications.smtp.username": "SMTP user; set together with password, or neither",
-    "loops.notifications.smtp.from_address": "From: address of notification e-mails",
-    "loops.notifications.smtp.timeout": "SMTP connect/command timeout (seconds)",
-    "loops.notifications.webhook.timeout": "webhook POST timeout (seconds)",
-    "loops.notifications.webhook.ca_file": "trust this CA for the webhook server's certificate",
-    "loops.digest.expiring_days": "certificates expiring within this many days are listed",
-    "loops.digest.subject": "subject of the digest e-mail",
-    "loops.cloud_discovery.aws.regions": "AWS regions to search",
-    "loops.cloud_discovery.aws.acm": "search AWS Certificate Manager",
-    "loops.cloud_discovery.aws.secrets_manager": "search Secrets Manager secrets holding "
-    "certificates",
-    "loops.cloud_discovery.aws.tag_key": "Secrets Manager: only secrets with this tag key",
-    "loops.cloud_discovery.aws.tag_value": "... and this tag value (empty: any value)",
-    "loops.cloud_discovery.aws.name_prefix": "Secrets Manager: only secrets whose name starts "
-    "with this",
-    "loops.cloud_discovery.aws.connect_timeout": "AWS connect timeout (seconds)",
-    "loops.cloud_discovery.aws.read_timeout": "AWS read timeout (seconds)",
-    "loops.crl.next_update": "nextUpdate of each CRL: seconds after its thisUpdate",
-    "loops.network_scan.concurrency": "TLS handshakes in flight per replica",
-    "loops.health_check.concurrency": "endpoints probed at once per replica",
-    "loops.health_check.timeout": "TLS probe timeout (seconds)",
-    "loops.health_check.history_retention_days": "health history older than this is deleted",
-    "loops.gc.pre_login_session_ttl": "abandoned pre-login sessions older than this (seconds) "
-    "are deleted",
 }
 
 _FIELD = re.compile(r"^\s+(?P<name>[a-z_][a-z0-9_]*)\s*:[^#]*(?:#\s*(?P<comment>.*))?$")
@@ -194,30 +163,37 @@ def _source_comments(cls: type) -> dict[str, str]:
     return out
 
 
-def describe(path: str, owner: type | None) -> str:
+def describe(path: str, owner: type | None, loops_docs: LoopsDocs | None = None) -> str:
+    ld = loops_docs or LoopsDocs()
     if path in DESCRIPTIONS:
         return DESCRIPTIONS[path]
     if path in SECTIONS:
         return SECTIONS[path]
+    if path in ld.docs:
+        return ld.docs[path]
     parent, _, name = path.rpartition(".")
-    if parent in LOOP_TOGGLES:
-        loop = LOOP_TOGGLES[parent]
+    if parent in ld.toggles:
+        loop = ld.toggles[parent]
         return f"run the {loop} loop" if name == "enabled" else f"seconds between {loop} ticks"
-    if path in LOOP_TOGGLES:
-        return f"the {LOOP_TOGGLES[path]} loop"
+    if path in ld.toggles:
+        return f"the {ld.toggles[path]} loop"
+    if path == "loops":
+        return f"Settings of the loops package `{ld.package}` (its own settings object)."
     if owner is not None:
         return _source_comments(owner).get(name, "")
     return ""
 
 
-def model(settings_cls: type, loops_cls: type) -> Iterator[tuple[str, Any, Any, bool, str]]:
+def model(
+    settings_cls: type, loops_cls: type, loops_docs: LoopsDocs | None = None
+) -> Iterator[tuple[str, Any, Any, bool, str]]:
     """``(path, type, default, is_section, description)`` for every setting and section."""
     owners: dict[str, type] = {"": settings_cls, "loops": loops_cls}
     for path, tp, default, section in _walk(settings_cls, loops_cls):
         if section:
             owners[path] = tp
         owner = owners.get(path.rpartition(".")[0])
-        yield path, tp, default, section, describe(path, owner)
+        yield path, tp, default, section, describe(path, owner, loops_docs)
 
 
 def _walk(settings_cls: type, loops_cls: type) -> Iterator[tuple[str, Any, Any, bool]]:
@@ -242,7 +218,7 @@ def env_name(path: str) -> str:
     return "LEASECTL_" + "__".join(p.upper() for p in path.split("."))
 
 
-def render_yaml(settings_cls: type, loops_cls: type) -> str:
+def render_yaml(settings_cls: type, loops_cls: type, loops_docs: LoopsDocs | None = None) -> str:
     """The packaged ``leasectl.yaml``: every setting with its default and a comment."""
     out = [
         "# leasectl configuration: every setting with its default value.",
@@ -256,7 +232,7 @@ def render_yaml(settings_cls: type, loops_cls: type) -> str:
         "# an environment variable (<key>_env: NAME) or a file (<key>_file: PATH); they are",
         "# never printed (`leasectl config show` redacts them).",
     ]
-    for path, _tp, default, section, text in model(settings_cls, loops_cls):
+    for path, _tp, default, section, text in model(settings_cls, loops_cls, loops_docs):
         depth = path.count(".")
         indent = "  " * depth
         name = path.rpartition(".")[2]
@@ -276,7 +252,9 @@ def render_yaml(settings_cls: type, loops_cls: type) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_reference(settings_cls: type, loops_cls: type) -> str:
+def render_reference(
+    settings_cls: type, loops_cls: type, loops_docs: LoopsDocs | None = None
+) -> str:
     """``docs/operator/configuration.md``: one table per top-level section."""
     out = [
         "# Configuration reference",
@@ -307,7 +285,7 @@ def render_reference(settings_cls: type, loops_cls: type) -> str:
         "",
     ]
     rows: list[str] = []
-    for path, tp, default, section, text in model(settings_cls, loops_cls):
+    for path, tp, default, section, text in model(settings_cls, loops_cls, loops_docs):
         if section:
             if "." not in path:
                 if rows:

@@ -172,6 +172,8 @@ def _sections(core: Mapping[str, Any], ctx: Problems) -> Settings:
         if f.name == "loops" or not isinstance(core.get(f.name, {}), Mapping):
             continue
         cls = type(getattr(Settings(), f.name))
+        if not dataclasses.is_dataclass(cls):
+            continue  # a mapping of sections (e.g. named entries): validated by build() only
         raw = core.get(f.name) or {}
         known = {
             k
@@ -357,20 +359,36 @@ def to_yaml(settings: Settings, *, redact: bool = True) -> str:
     return yaml.safe_dump(dump(settings, redact=redact), sort_keys=False, width=100)
 
 
-def _loops_class() -> type:
-    cls = loops_settings_class("loops")
+def _loops_model() -> tuple[type, _config_docs.LoopsDocs]:
+    """The configured loops package's settings class and its own descriptions.
+
+    Found by name through ``scheduler.loops_package`` (``loops`` by default): the settings
+    class in ``<package>.registry``, the descriptions in ``<package>.settings_docs`` (``DOCS``
+    and ``TOGGLES``; optional). The core never imports the loops package statically.
+    """
+    package = Settings().scheduler.loops_package
+    cls = loops_settings_class(package)
     assert cls is not None
-    return cls
+    try:
+        module = importlib.import_module(package + ".settings_docs")
+    except ModuleNotFoundError as exc:
+        if exc.name != package + ".settings_docs":
+            raise
+        return cls, _config_docs.LoopsDocs(package)
+    docs = _config_docs.LoopsDocs(
+        package, dict(getattr(module, "DOCS", {})), dict(getattr(module, "TOGGLES", {}))
+    )
+    return cls, docs
 
 
 def reference() -> str:
     """The generated ``docs/operator/configuration.md``."""
-    return _config_docs.render_reference(Settings, _loops_class())
+    return _config_docs.render_reference(Settings, *_loops_model())
 
 
 def default_yaml() -> str:
     """The generated ``config/leasectl.yaml``."""
-    return _config_docs.render_yaml(Settings, _loops_class())
+    return _config_docs.render_yaml(Settings, *_loops_model())
 
 
 def main(argv: list[str] | None = None) -> int:
