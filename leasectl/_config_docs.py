@@ -44,11 +44,6 @@ SECTIONS: dict[str, str] = {
     "scheduler": "The loop scheduler.",
     "metrics": "The HTTP endpoint: /metrics, /healthz, /readyz.",
     "logging": "Log output.",
-    "limits": "Cluster-wide rate limits shared by every replica (stored in PostgreSQL): "
-    "`limits.<name>: {rate, per, burst, per_scope}` allows `rate` events per `per` seconds, "
-    "`burst` at once; `per_scope: true` gives each scope (recipient domain, host, region) its "
-    "own bucket. Used by `ctx.limit(name, scope)`; the shipped loops use `smtp`, `webhook` "
-    "and `aws`. Empty: no limits.",
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -106,6 +101,28 @@ DESCRIPTIONS: dict[str, str] = {
         "after a step-down, seconds before the replica campaigns for that lease again"
     ),
     "leases.reconnect_max_backoff": "cap of the lock connection's reconnect backoff (seconds)",
+    "leases.placement": (
+        "spread: leases spread over the live replicas by rendezvous hashing (a replica that is "
+        "not a lease's best candidate waits before trying it; better replicas get leases handed "
+        "over at a tick boundary); pack: every replica tries at once, the first one wins"
+    ),
+    "leases.placement_step": (
+        "spread: a candidate of rank r waits r * this many seconds after it saw a lease free "
+        "before trying it (rank 0 tries at once)"
+    ),
+    "leases.rebalance_after": (
+        "spread: a better-ranked replica must have been live this long before a holder hands it "
+        "the lease (a replica that keeps restarting never pulls leases)"
+    ),
+    "leases.rebalance_cooldown": (
+        "spread: a lease stays at least this long on the replica that acquired it before a "
+        "rebalance moves it again (no ping-pong)"
+    ),
+    "leases.loops": (
+        "per leased loop: preferred_holder (a replica id or label that ranks first) and "
+        "requires_labels (only replicas with all these labels campaign for it); overrides the "
+        "loop's own declaration, e.g. {digest: {requires_labels: [smtp]}}"
+    ),
     "migrations.lock_timeout": "seconds to wait for another replica's migration run",
     "migrations.directory": "directory of NNNN_*.up.sql files; null: the packaged migrations",
     "replica.id": "replica id shown in status and logs; empty: host-pid-random",
@@ -133,7 +150,10 @@ DESCRIPTIONS: dict[str, str] = {
     "metrics.listen": "HOST:PORT of /metrics, /healthz, /readyz; empty disables the server",
     "metrics.enabled": "record and serve metrics",
     "logging.format": "text (human) or json (one object per line)",
-    "limits": "name → {rate, per, burst, per_scope}; see the section text",
+    "limits": "cluster-wide rate limits shared by every replica (kept in PostgreSQL): "
+    "name → {rate, per, burst, per_scope} allows rate events per `per` seconds, burst at once; "
+    "per_scope: true gives each scope (recipient domain, host, region) its own bucket; used by "
+    "ctx.limit(name, scope); the shipped loops use smtp, webhook and aws; empty: no limits",
     "logging.level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
 }
 

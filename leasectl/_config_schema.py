@@ -30,6 +30,7 @@ REDACTED = "<redacted>"
 CHOICES: dict[str, tuple[str, ...]] = {
     "logging.format": ("text", "json"),
     "replica.on_wedged": ("release", "exit"),
+    "leases.placement": ("spread", "pack"),
     "logging.level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     "loops.notifications.smtp.tls": ("none", "starttls", "implicit"),
 }
@@ -37,12 +38,21 @@ CHOICES: dict[str, tuple[str, ...]] = {
 #: Numeric lower bounds other than the default (``>= 0``), by field name.
 STRICTLY_POSITIVE_WORDS = ("interval", "ttl", "timeout", "backoff")
 AT_LEAST_ONE = frozenset(
-    {"pool_max_size", "concurrency", "claim_batch", "batch", "max_attempts", "max_hosts_per_target"}
+    {"burst", "pool_max_size", "concurrency", "claim_batch", "batch", "max_attempts", "max_hosts_per_target"}
 )
 UPPER_BOUNDS: dict[str, tuple[float, bool]] = {  # name: (bound, inclusive)
     "acquire_jitter": (1.0, False),
     "port": (65535, True),
 }
+
+
+class Unresolved(str):
+    """A secret whose ``<key>_env`` variable is not set (or ``<key>_file`` cannot be read),
+    left unresolved on purpose for a command that does not use it (``status``, ``config
+    show``); its text says where the value would come from, e.g. ``<from env NAME: not set>``.
+    """
+
+    __slots__ = ()
 
 
 class EnvStr(str):
@@ -59,6 +69,9 @@ class Problems:
     default_origin: str
     items: list[str] = field(default_factory=list)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    #: key-path prefix under which an unset secret is left :class:`Unresolved` instead of
+    #: being a problem ("": everywhere; None: nowhere)
+    unset_secrets: str | None = None
 
     def origin(self, path: str) -> str:
         probe = path
@@ -71,6 +84,12 @@ class Problems:
     def add(self, path: str, message: str) -> None:
         where = self.origin(path)
         self.items.append(f"{path or '<top level>'}: {message} ({where})")
+
+    def may_leave_unset(self, path: str) -> bool:
+        prefix = self.unset_secrets
+        if prefix is None:
+            return False
+        return prefix == "" or path == prefix or path.startswith(prefix + ".")
 
 
 class _Bad:
@@ -235,12 +254,16 @@ def _secret(data: Mapping[str, Any], name: str, path: str, ctx: Problems) -> Any
         return BAD
     if key.endswith("_env"):
         if value not in ctx.environ:
+            if ctx.may_leave_unset(path):
+                return Unresolved(f"<from env {value}: not set>")
             ctx.add(ref_path, f"environment variable {value!r} is not set")
             return BAD
         return EnvStr(ctx.environ[value])
     try:
         return Path(value).expanduser().read_text(encoding="utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError, ValueError) as exc:
+        if ctx.may_leave_unset(path):
+            return Unresolved(f"<from file {value}: {type(exc).__name__}>")
         ctx.add(ref_path, f"cannot read secret file {value!r}: {type(exc).__name__}")
         return BAD
 
@@ -253,6 +276,8 @@ def convert(
     special: Mapping[str, Callable[[Any, str, Problems], Any]] | None = None,
 ) -> Any:
     """Convert one value to ``tp`` or record why not (and return BAD)."""
+    if isinstance(value, Unresolved):
+        return value  # a secret deliberately left unset: nothing to check
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return build(tp, _parse_env(value), path, ctx, special)
     origin = typing.get_origin(tp)
@@ -360,7 +385,7 @@ def _bounds(path: str, number: Any, ctx: Problems) -> Any:
             ctx.add(path, f"expected an integer that fits in int4 (±2^31), got {number}")
             return BAD
         return number
-    positive = any(w in name for w in STRICTLY_POSITIVE_WORDS)
+    positive = any(w in name for w in STRICTLY_POSITIVE_WORDS) or name in ("rate", "per")
     if name in AT_LEAST_ONE or name == "port":
         if number < 1:
             ctx.add(path, f"must be >= 1, got {number}")

@@ -43,6 +43,7 @@ from leasectl import logs
 from leasectl.config import load_settings
 from leasectl.daemon import EXIT_FORCED, EXIT_START, Daemon
 from leasectl.errors import ConfigError, LeasectlError
+from leasectl.limits import Decision
 from leasectl.loop import LoopSpec, Misfire, TickContext
 from leasectl.migrate import MigrationSource
 from leasectl.settings import Settings
@@ -102,6 +103,8 @@ class App:
         misfire: Misfire = "coalesce",
         jitter: float = 0.1,
         description: str = "",
+        preferred_holder: str | None = None,
+        requires_labels: Iterable[str] = (),
     ) -> Callable[[LoopFunction], LoopFunction]:
         """Declare a periodic loop; the decorated function runs once per tick.
 
@@ -114,6 +117,9 @@ class App:
         :param run_on_start: run at once on start / on first acquiring the lease.
         :param misfire: after missed slots, ``coalesce`` runs once, ``skip`` waits for the next.
         :param jitter: fraction of ``every`` by which starts are randomly spread.
+        :param preferred_holder: leased loops: a replica id or label (``replica.labels``)
+            whose replicas hold the lease when they are live (placement ranks them first).
+        :param requires_labels: leased loops: only replicas with all these labels may lead it.
         """
 
         def decorate(fn: LoopFunction) -> LoopFunction:
@@ -128,6 +134,12 @@ class App:
                     run_on_start=run_on_start,
                     misfire=misfire,
                     description=description or (fn.__doc__ or "").strip().split("\n")[0],
+                    preferred_holder=preferred_holder,
+                    requires_labels=(
+                        (requires_labels,)
+                        if isinstance(requires_labels, str)
+                        else tuple(requires_labels)
+                    ),
                 )
             )
             return fn
@@ -162,8 +174,13 @@ class App:
         no_leased: bool | None = None,
         metrics_listen: str | None = None,
         log_format: str | None = None,
+        settings: Settings | None = None,
     ) -> None:
-        """Command-line overrides (``leasectl run`` applies its flags through this)."""
+        """Command-line overrides (``leasectl run`` applies its flags through this).
+
+        ``settings``: use these already-loaded settings (``leasectl status --app`` loads them
+        without the loops' secrets, which reading lease state never needs).
+        """
         self._refuse_if_started("configure")
         if config is not None:
             self._config, self._settings = config, None
@@ -181,6 +198,8 @@ class App:
             self._overrides["logging.format"] = log_format
         if self._settings is not None:
             self._settings = None  # rebuilt with the overrides on next access
+        if settings is not None:
+            self._settings = settings
 
     # -- what it would run -----------------------------------------------------------------
 
@@ -230,6 +249,8 @@ class App:
             loops = [(s, c) for s, c in loops if s.name in only]
         if self._no_leased:
             loops = [(s, c) for s, c in loops if s.placement != "leased"]
+        if self.settings.limits:
+            loops.append((RATE_LIMIT_GC, None))
         return loops
 
     def _known_names(self) -> set[str]:
@@ -285,6 +306,18 @@ class App:
         daemon = self._daemon
         if daemon is not None:
             daemon.request_stop()
+
+    def limit(self, name: str, scope: str | None = None, *, wait: float = 0.0) -> Decision:
+        """Take one event from the cluster-wide rate limit ``limits.<name>`` outside a tick
+        (a web handler, say); the same buckets as ``ctx.limit``. The App must be running.
+
+        :raises LeasectlError: the App is not running.
+        :raises DatabaseUnavailable: the limit could not be checked (fail closed).
+        """
+        daemon = self._daemon
+        if daemon is None or daemon.limiter is None:
+            raise LeasectlError("App.limit() needs a running App: call start() first")
+        return daemon.limiter.acquire(name, scope, wait=wait)
 
     @property
     def replica_id(self) -> str | None:
@@ -397,6 +430,24 @@ def _cause_chain(exc: BaseException) -> str:
         parts.append(f"caused by {type(cause).__name__}: {str(cause).strip()}")
         cause = cause.__cause__
     return "; ".join(parts)
+
+
+def _collect_rate_limit_garbage(ctx: TickContext) -> None:
+    """Drop buckets that are full again (idle keys); a missing row means the same."""
+    if ctx.limiter is not None:
+        ctx.count("deleted", ctx.limiter.collect_garbage())
+
+
+#: Runs on every replica when any ``limits:`` are configured (an idempotent DELETE).
+RATE_LIMIT_GC = LoopSpec(
+    name="rate_limit_gc",
+    interval=60.0,
+    placement="everywhere",
+    run=_collect_rate_limit_garbage,
+    run_on_start=False,
+    timeout=30.0,
+    description="delete idle rate-limit buckets",
+)
 
 
 def _seconds(value: float | timedelta, what: str) -> float:

@@ -26,6 +26,7 @@ from leasectl.db import configured_dsn, make_pool, resolve_dsn, resolve_lock_dsn
 from leasectl.httpserver import HttpEndpoint
 from leasectl.lease_manager import LeaseManager, make_replica_id
 from leasectl.leases import LeaseEvent
+from leasectl.limits import RateLimiter
 from leasectl.loop import LoopSpec
 from leasectl.migrate import MigrationSource, migrate
 from leasectl.scheduler import Scheduler
@@ -89,6 +90,7 @@ class Daemon:
         self._supervisor: threading.Thread | None = None
         self._stopped = False
         self.wedged: set[str] = set()
+        self.limiter: RateLimiter | None = None
 
     # -- health -----------------------------------------------------------------------------
 
@@ -149,6 +151,7 @@ class Daemon:
                 log.info("applied migrations: %s", ", ".join(applied), extra={"action": "migrated"})
             leased = [sp.name for sp in self.specs if sp.placement == "leased"]
             self._pool = make_pool(dsn, s.database, f"leasectl-work/{self.replica_id}")
+            self.limiter = RateLimiter(self._pool, s.limits)
             self.manager = LeaseManager(
                 self.replica_id,
                 leased,
@@ -168,6 +171,7 @@ class Daemon:
                 configs=self.configs,
                 settings=s.scheduler,
                 lease_manager=self.manager if self.may_lead else None,
+                limiter=self.limiter,
             )
             self.scheduler.start()
         except BaseException:

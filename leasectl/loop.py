@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import psycopg
 
 from leasectl.errors import TickCancelled
+from leasectl.limits import Decision, RateLimiter
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -53,6 +54,10 @@ class LoopSpec:
     :param run_on_start: run at once on start (everywhere) / on first acquisition (leased).
     :param misfire: for leased loops, ``coalesce`` runs missed slots once; ``skip`` drops them.
     :param settings_key: the key under ``loops:`` in the config holding this loop's settings.
+    :param preferred_holder: leased loops: a replica id or label whose replicas rank first in
+        placement (``leases.loops.<name>`` in the config overrides it).
+    :param requires_labels: leased loops: only replicas carrying all these labels
+        (``replica.labels``) campaign for the lease.
     """
 
     name: str
@@ -64,8 +69,14 @@ class LoopSpec:
     run_on_start: bool = True
     misfire: Misfire = "coalesce"
     description: str = ""
+    preferred_holder: str | None = None
+    requires_labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.requires_labels, str):
+            raise ValueError(
+                f"loop {self.name}: requires_labels must be a tuple of labels, not a string"
+            )
         if self.interval <= 0:
             raise ValueError(f"loop {self.name}: interval must be > 0, got {self.interval}")
         if not 0 <= self.jitter < 1:
@@ -89,6 +100,7 @@ class TickContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("leasectl.loop"))
     clock: Callable[[], float] = time.monotonic
     stats: dict[str, int] = field(default_factory=dict)
+    limiter: RateLimiter | None = None
 
     def check(self) -> None:
         """Raise if the tick must stop now: lease lost, shutdown, or timeout."""
@@ -103,6 +115,22 @@ class TickContext:
     def epoch(self) -> int | None:
         """The fencing epoch this tick runs under (None for an everywhere loop)."""
         return self.lease.epoch if self.lease is not None else None
+
+    def limit(self, name: str, scope: str | None = None, *, wait: float = 0.0) -> Decision:
+        """Take one event from the cluster-wide rate limit ``limits.<name>``.
+
+        Returns a truthy :class:`~leasectl.limits.Decision` when allowed; when refused, defer
+        the side effect (leave the item for the next tick) — never fail it. ``wait`` retries
+        for up to that many seconds (never past this tick's deadline); ``scope`` picks the
+        bucket of a ``per_scope`` limit (a recipient domain, a host, a region). An
+        unconfigured name is unlimited.
+
+        :raises DatabaseUnavailable: the limit could not be checked (fail closed: defer).
+        """
+        if self.limiter is None:
+            return Decision(True, 0.0, name)
+        budget = max(0.0, min(wait, self.deadline - self.clock()))
+        return self.limiter.acquire(name, scope, wait=budget)
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Cursor[Any]]:

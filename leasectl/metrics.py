@@ -176,3 +176,19 @@ def reason_class(reason: str) -> str:
         if head.startswith(known):
             return known
     return "other"
+
+
+# -- rate limits (leasectl.limits) --------------------------------------------------------------
+
+RATE_LIMIT_ALLOWED = Counter(
+    "leasectl_rate_limit_allowed_total",
+    "Events the cluster-wide rate limit allowed, by limit name",
+    ["limit"],
+    registry=REGISTRY,
+)
+RATE_LIMIT_THROTTLED = Counter(
+    "leasectl_rate_limit_throttled_total",
+    "Acquires the cluster-wide rate limit refused (the caller deferred or waited), by limit",
+    ["limit"],
+    registry=REGISTRY,
+)

@@ -33,6 +33,7 @@ from leasectl import metrics, sql
 from leasectl.errors import DatabaseUnavailable, FencingRejected, LeaseLost, TickCancelled
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import Lease, LeaseEvent
+from leasectl.limits import RateLimiter
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.settings import SchedulerSettings
 
@@ -127,6 +128,7 @@ class Scheduler:
         configs: Mapping[str, Any] | None = None,
         settings: SchedulerSettings | None = None,
         lease_manager: LeaseManager | None = None,
+        limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -136,6 +138,7 @@ class Scheduler:
         self.configs = dict(configs or {})  # per-loop ctx.config; ``config`` for the rest
         self.settings = settings or SchedulerSettings()
         self.manager = lease_manager
+        self.limiter = limiter
         self.clock = clock
         self.wall = wall
         self.loops = {s.name: LoopState(s) for s in specs}
@@ -326,6 +329,7 @@ class Scheduler:
             lease=lease,
             log=logging.getLogger(f"loops.{spec.name}"),
             clock=self.clock,
+            limiter=self.limiter,
         )
         if self._cancel.is_set():
             ctx.stop.set()

@@ -40,6 +40,15 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class LoopPlacement:
+    """Placement wishes for one leased loop (``leases.loops.<name>``); null keeps the loop's
+    own declaration (``LoopSpec.preferred_holder`` / ``requires_labels``)."""
+
+    preferred_holder: str | None = None  # a replica id or label: ranks first
+    requires_labels: tuple[str, ...] | None = None  # only replicas with all of these
+
+
+@dataclass(frozen=True)
 class LeaseSettings:
     """Timing of the campaign/heartbeat thread."""
 
@@ -52,6 +61,11 @@ class LeaseSettings:
     eviction_grace: float = 2.0
     step_down_cooldown: float = 10.0
     reconnect_max_backoff: float = 5.0
+    placement: str = "spread"  # spread (HRW over live replicas) | pack (first to try wins)
+    placement_step: float = 0.4  # a candidate of rank r waits r * this before trying
+    rebalance_after: float = 3.0  # a better replica must be live this long to get a lease
+    rebalance_cooldown: float = 5.0  # a lease stays this long where it was acquired
+    loops: dict[str, LoopPlacement] = field(default_factory=dict)  # per-lease wishes
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,20 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    """A cluster-wide rate limit: ``rate`` events per ``per`` seconds, ``burst`` at once.
+
+    ``per_scope``: each scope (``ctx.limit("webhook", scope=host)``) gets its own bucket
+    with these numbers; false: one bucket shared by every scope.
+    """
+
+    rate: float = 1.0
+    per: float = 1.0
+    burst: int = 1
+    per_scope: bool = False
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     format: str = "text"  # text | json
     level: str = "INFO"
@@ -112,6 +140,7 @@ class Settings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    limits: dict[str, LimitSettings] = field(default_factory=dict)
     loops: object = None
 
     @property

@@ -1,0 +1,129 @@
+"""Cluster-wide rate limits: three replicas share one cap, counted in the database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from leasectl import DatabaseUnavailable
+from leasectl.limits import RateLimiter, bucket_key
+from leasectl.settings import LimitSettings
+from tests.conftest import REPO, wait_until
+
+RATE, BURST = 20.0, 5
+# Rows are stamped just after their acquire, in a separate statement: allow this much delay.
+INSERT_SLACK_S = 0.25
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def _q(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return c.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_three_replicas_share_one_cap(dsn: str, procs: list[subprocess.Popen[bytes]]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
+    env.update(
+        LEASECTL_DSN=dsn,
+        LEASECTL_APP="tests.apps.limited:app",
+        LEASECTL_METRICS__LISTEN="",
+        LEASECTL_LIMITS__TEST=f"{{rate: {RATE}, per: 1, burst: {BURST}}}",
+        PYTHONPATH=str(REPO),
+    )
+    for i in range(3):
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "leasectl.cli", "run", "--replica-id", f"lim-{i}"],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
+
+    def events_by_replica() -> dict[str, int]:
+        if not _q(dsn, "SELECT to_regclass('limit_events') IS NOT NULL")[0][0]:
+            return {}
+        return dict(_q(dsn, "SELECT replica, count(*) FROM limit_events GROUP BY replica"))
+
+    # Every replica got some of the budget, and enough events happened to measure a rate.
+    wait_until(
+        lambda: len(events_by_replica()) == 3 and sum(events_by_replica().values()) >= 150,
+        timeout=90,
+        what="150 events from three replicas",
+    )
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        assert p.wait(60) == 0
+    rows = [
+        r[0] for r in _q(dsn, "SELECT extract(epoch FROM at)::float8 FROM limit_events ORDER BY at")
+    ]
+    span = rows[-1] - rows[0]
+    bound = RATE * (span + INSERT_SLACK_S) + BURST
+    assert len(rows) <= bound, f"{len(rows)} events in {span:.2f}s exceed {bound:.1f}"
+    # Any one-second window: at most rate x 1 s + burst (+ the stamping slack).
+    worst, j = 0, 0
+    for i, t in enumerate(rows):
+        while rows[j] < t - 1.0:
+            j += 1
+        worst = max(worst, i - j + 1)
+    assert worst <= RATE * (1.0 + INSERT_SLACK_S) + BURST, worst
+    # The limiter let the budget through (it is a limit, not a stop): well over half of it.
+    assert len(rows) >= 0.5 * RATE * span, (len(rows), span)
+
+
+def test_scoped_buckets_and_unconfigured_names(dsn: str) -> None:
+    limits = {
+        "webhook": LimitSettings(rate=1, per=60, burst=2, per_scope=True),
+        "smtp": LimitSettings(rate=1, per=60, burst=1),
+    }
+    with ConnectionPool(dsn, min_size=1, max_size=2) as pool:
+        limiter = RateLimiter(pool, limits)
+        assert [bool(limiter.try_acquire("webhook", "a.example")) for _ in range(3)] == [
+            True,
+            True,
+            False,
+        ]
+        # Another host has its own bucket; smtp ignores the scope (one shared bucket).
+        assert limiter.try_acquire("webhook", "b.example")
+        assert limiter.try_acquire("smtp", "x.example")
+        refused = limiter.try_acquire("smtp", "y.example")
+        assert not refused and 59 <= refused.retry_after <= 60.5
+        assert limiter.try_acquire("unconfigured")  # no limit, no statement
+        keys = sorted(r[0] for r in _q(dsn, "SELECT key FROM leasectl_rate_limits"))
+        assert keys == ["smtp", "webhook:a.example", "webhook:b.example"]
+        # Nothing is idle yet (every bucket is still draining): the GC keeps them all.
+        assert limiter.collect_garbage(idle_s=0) == 0
+    assert bucket_key("webhook", "h", limits["webhook"]) == "webhook:h"
+
+
+def test_database_unreachable_fails_closed() -> None:
+    with ConnectionPool(
+        "host=127.0.0.1 port=1 dbname=none connect_timeout=1",
+        min_size=0,
+        max_size=1,
+        open=False,
+        timeout=1.0,
+    ) as pool:
+        limiter = RateLimiter(pool, {"smtp": LimitSettings(rate=1)})
+        with pytest.raises(DatabaseUnavailable, match="fail closed"):
+            limiter.try_acquire("smtp")
