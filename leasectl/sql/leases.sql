@@ -50,16 +50,25 @@ LEFT JOIN pg_locks h
 -- The fencing token: run right after the lock is ours. `locked` takes the existing lease rows
 -- FOR UPDATE first, so the bump waits for every in-flight guarded write of the previous holder
 -- (FOR KEY SHARE or FOR SHARE) to commit or roll back; once it returns, old epochs are dead.
-WITH locked AS MATERIALIZED (
+-- Across a failover: the epoch never drops below (timeline - 1) << 32, timeline being the one
+-- this server writes WAL on now. A promoted standby writes on a higher timeline than its old
+-- primary, so its first bump exceeds every epoch the old primary issued, even a bump that never
+-- replicated (docs/safety.md, "Database failover"). On timeline 1 the floor is 0.
+WITH tl AS (
+    SELECT (('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint
+            - 1) << 32 AS floor
+), locked AS MATERIALIZED (
     SELECT name FROM leasectl_leases WHERE name = ANY(%(names)s::text[]) ORDER BY name FOR UPDATE
 ), bumped AS (
     INSERT INTO leasectl_leases AS l
            (name, key, epoch, holder, holder_backend_pid, acquired_at, renewed_at, released_at)
-    SELECT w.name, w.key, 1, %(replica)s, pg_backend_pid(), now(), now(), NULL
+    SELECT w.name, w.key, greatest(1, (SELECT floor FROM tl)), %(replica)s, pg_backend_pid(),
+           now(), now(), NULL
     FROM unnest(%(names)s::text[], %(keys)s::integer[]) AS w(name, key)
     WHERE (SELECT count(*) FROM locked) >= 0  -- forces the row locks before the upsert
     ON CONFLICT (name) DO UPDATE
-    SET epoch = l.epoch + 1, key = excluded.key, holder = excluded.holder,
+    SET epoch = greatest(l.epoch + 1, (SELECT floor FROM tl)), key = excluded.key,
+        holder = excluded.holder,
         holder_backend_pid = excluded.holder_backend_pid,
         acquired_at = now(), renewed_at = now(), released_at = NULL
     RETURNING name, epoch
