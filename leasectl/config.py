@@ -22,8 +22,9 @@ import argparse
 import dataclasses
 import importlib
 import os
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -38,6 +39,7 @@ from leasectl._config_schema import (
     SECRET_FIELDS,
     EnvStr,
     Problems,
+    Unresolved,
     build,
     field_types,
     show,
@@ -53,7 +55,11 @@ ENV_ALIASES = {"LEASECTL_DSN": "database.dsn", "LEASECTL_LOCK_DSN": "database.lo
 
 
 def load_settings(
-    path: str | None = None, overrides: dict[str, Any] | None = None, *, loops: bool = True
+    path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    loops: bool = True,
+    unset_secrets: str | None = None,
 ) -> Settings:
     """Load, merge and validate the configuration.
 
@@ -61,9 +67,14 @@ def load_settings(
     :param overrides: dotted key path → value, applied last (command-line flags).
     :param loops: False skips the ``loops:`` section (``settings.loops`` stays None), for
         commands that only read lease state and must not need the loops' secrets.
+    :param unset_secrets: a key-path prefix (``"loops"``; ``""`` for every section) under
+        which a secret whose ``_env`` variable is not set (or ``_file`` unreadable) is left
+        :class:`~leasectl._config_schema.Unresolved` instead of being a problem: for
+        commands that validate the file but never use those secrets (``status`` reads which
+        loops are enabled; ``config show`` prints where each secret would come from).
     :raises ConfigError: listing every problem found.
     """
-    return load(path, overrides, environ=os.environ, loops=loops)
+    return load(path, overrides, environ=os.environ, loops=loops, unset_secrets=unset_secrets)
 
 
 def load(
@@ -72,8 +83,36 @@ def load(
     *,
     environ: Mapping[str, str] | None = None,
     loops: bool = True,
+    unset_secrets: str | None = None,
 ) -> Settings:
     """:func:`load_settings` with an explicit environment (tests)."""
+    return load_traced(
+        path, overrides, environ=environ, loops=loops, unset_secrets=unset_secrets
+    ).settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """Settings and where each key was set (``config check`` locates late problems)."""
+
+    settings: Settings
+    source: str
+    origins: Mapping[str, str]
+
+    def origin(self, path: str) -> str:
+        """``file:line`` (or ``env NAME``, ``command line``) of ``path`` or its nearest parent."""
+        return Problems(self.origins, self.source).origin(path)
+
+
+def load_traced(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    loops: bool = True,
+    unset_secrets: str | None = None,
+) -> Loaded:
+    """:func:`load` that also returns where each key was set."""
     env = dict(os.environ if environ is None else environ)
     if path is None and env.get("LEASECTL_CONFIG"):
         path = env["LEASECTL_CONFIG"]
@@ -99,7 +138,35 @@ def load(
     if not loops and isinstance(data, dict):
         data = {k: v for k, v in data.items() if k != "loops"}
         problems = [p for p in problems if not p.startswith("loops.")]
-    return from_mapping(data, source, origins=origins, environ=env, problems=problems, loops=loops)
+    settings = from_mapping(
+        data,
+        source,
+        origins=origins,
+        environ=env,
+        problems=problems,
+        loops=loops,
+        unset_secrets=unset_secrets,
+    )
+    return Loaded(settings, source, origins)
+
+
+_WHERE = re.compile(r"\(([^()]*)\)$")
+
+
+def blame(problems: Sequence[str], source: str) -> str:
+    """What a :class:`ConfigError`'s header names: the file, unless every problem was set
+    elsewhere (an environment variable, the command line) - then those, not a file the
+    operator never touched (e.g. the packaged default)."""
+    wheres = []
+    for p in problems:
+        m = _WHERE.search(p)
+        wheres.append(m.group(1) if m else source)
+    if not wheres or any(not (w.startswith("env ") or w == "command line") for w in wheres):
+        return source
+    names = sorted({w.removeprefix("env ") for w in wheres})
+    return ", ".join(
+        "the command line" if n == "command line" else f"environment variable {n}" for n in names
+    )
 
 
 def from_mapping(
@@ -110,16 +177,17 @@ def from_mapping(
     environ: Mapping[str, str] | None = None,
     problems: list[str] | None = None,
     loops: bool = True,
+    unset_secrets: str | None = None,
 ) -> Settings:
     """Validate already-parsed data (a mapping) into :class:`Settings`."""
-    ctx = Problems(origins or {}, source, list(problems or []))
+    ctx = Problems(origins or {}, source, list(problems or []), unset_secrets=unset_secrets)
     if environ is not None:
         ctx.environ = environ
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         ctx.add("", f"expected a mapping of sections at the top level, got {show(data)}")
-        raise ConfigError(ctx.items, source)
+        raise ConfigError(ctx.items, blame(ctx.items, source))
     loops_data = data.get("loops")
     core = {k: v for k, v in data.items() if k != "loops"}
     settings = build(Settings, core, "", ctx)
@@ -135,7 +203,7 @@ def from_mapping(
         loops_obj = build(loops_cls, loops_data, "loops", ctx) if loops_cls is not None else BAD
     _cross_checks(settings if settings is not BAD else _sections(core, ctx), ctx)
     if ctx.items:
-        raise ConfigError(ctx.items, source)
+        raise ConfigError(ctx.items, blame(ctx.items, source))
     result: Settings = dataclasses.replace(settings, loops=loops_obj)
     return result
 
@@ -335,6 +403,8 @@ def dump(settings: Settings, *, redact: bool = True) -> dict[str, Any]:
 
 
 def _plain(value: Any, name: str, redact: bool) -> Any:
+    if isinstance(value, Unresolved):
+        return str(value)  # where it would come from; there is no value to hide
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
             f.name: _plain(getattr(value, f.name), f.name, redact)

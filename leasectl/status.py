@@ -155,8 +155,14 @@ def connect(dsn: str, settings: Settings, purpose: str = "status") -> psycopg.Co
 def expected_leases(settings: Settings) -> tuple[list[str] | None, str]:
     """Names of the enabled leased loops per the configuration, and where they came from.
 
-    None when the loops package cannot be loaded: the caller then checks every lease
-    recorded in the database instead.
+    The configuration decides, not the replicas that happen to be alive: with every replica
+    down, the leases they should hold are still expected (and reported unheld). The loops
+    section is built as loaded; ``leasectl status`` loads it with the loops' secrets left
+    unresolved (which loops are enabled never depends on a secret). Without a loops section
+    (``load_settings(loops=False)``) the package's default settings are used.
+
+    None when the loops package cannot be loaded or a loop cannot be built: the caller then
+    checks every lease recorded in the database instead (and says so).
     """
     package = settings.scheduler.loops_package
     try:

@@ -45,6 +45,18 @@ def dsn_override(args: argparse.Namespace) -> dict[str, Any]:
     return {"database.dsn": args.dsn} if getattr(args, "dsn", None) else {}
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    """The settings ``--config`` / ``--dsn`` (and the environment) describe."""
-    return load_settings(args.config, overrides=dsn_override(args) or None)
+def settings_from(
+    args: argparse.Namespace, *, loops: bool = True, unset_secrets: str | None = None
+) -> Settings:
+    """The settings ``--config`` / ``--dsn`` (and the environment) describe.
+
+    ``loops=False`` skips the ``loops:`` section; ``unset_secrets="loops"`` validates it but
+    leaves secrets whose variable is not set unresolved: only ``run``, ``demo``, ``drill``
+    and ``config check`` need the loops' secrets (see :func:`leasectl.config.load_settings`).
+    """
+    return load_settings(
+        args.config,
+        overrides=dsn_override(args) or None,
+        loops=loops,
+        unset_secrets=unset_secrets,
+    )

@@ -9,6 +9,7 @@ from typing import Any
 
 from leasectl.cli import exit_codes
 from leasectl.cli.args import add_common, settings_from
+from leasectl.cli.timing import add_timing_arguments
 from leasectl.config import to_yaml
 
 
@@ -21,10 +22,15 @@ def add_config_parser(sub: Any) -> None:
     check = actions.add_parser("check", help="validate the configuration; exit 2 if invalid")
     add_common(check)
     check.set_defaults(handler=cmd_config_check)
+    explain = actions.add_parser(
+        "explain-timing", help="the same as `leasectl timing`: bounds and the safety inequality"
+    )
+    add_timing_arguments(explain)
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    sys.stdout.write(to_yaml(settings_from(args), redact=True))
+    # Never fails for a secret that is not set here: it shows where it would come from.
+    sys.stdout.write(to_yaml(settings_from(args, unset_secrets=""), redact=True))
     return exit_codes.OK
 
 

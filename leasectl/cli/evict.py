@@ -20,7 +20,7 @@ def add_evict_parser(sub: Any) -> None:
 
 
 def cmd_evict(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    settings = settings_from(args, loops=False)  # lease state only: no loop secrets
     ns = settings.leases.namespace
     with st.connect(st.status_dsn(settings), settings, "evict") as conn:
         current = st.lease_holder(conn, args.lease, ns)

@@ -2,21 +2,28 @@
 
 Each subcommand lives in its own module with ``add_<cmd>_parser(sub)`` and ``cmd_<cmd>(args)``;
 this module only assembles them. Every flag can also be set through a ``LEASECTL_*``
-environment variable (shown in --help, see :mod:`leasectl.cli.args`). One handler prints the
-cause chain of a :class:`LeasectlError` on one line per cause and exits non-zero; the
-traceback is shown only with ``-v``. Exit codes: :mod:`leasectl.cli.exit_codes`.
+environment variable (shown in --help, see :mod:`leasectl.cli.args`).
+
+One handler turns every failure into one line (a :class:`LeasectlError`'s message, one line
+per configuration problem) and an exit code from :mod:`leasectl.cli.exit_codes`, so that an
+operator reads a cause, not a Python traceback; the traceback is shown only with ``-v``. It
+also covers what is not a leasectl error: an operating-system error (a data directory that
+cannot be written), a closed output pipe (``leasectl migrate --status | head``), SIGTERM or
+Ctrl-C in the middle of a command (the work in progress is rolled back by the server).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 from leasectl._version import __version__
 from leasectl.cli import exit_codes
-from leasectl.cli.ca import add_ca_parser
 from leasectl.cli.config import add_config_parser
 from leasectl.cli.demo import add_demo_parser
 from leasectl.cli.drill import add_drill_parser
@@ -26,7 +33,8 @@ from leasectl.cli.migrate import add_migrate_parser
 from leasectl.cli.run import add_run_parser
 from leasectl.cli.status import add_status_parser
 from leasectl.cli.step_down import add_step_down_parser
-from leasectl.errors import ConfigError, DatabaseUnavailable, LeasectlError
+from leasectl.cli.timing import add_timing_parser
+from leasectl.errors import LeasectlError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,13 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
         add_step_down_parser,
         add_evict_parser,
         add_config_parser,
-        add_ca_parser,
+        add_timing_parser,
         add_demo_parser,
         add_drill_parser,
         add_embedded_parser,
     ):
         add_parser(sub)
     return parser
+
+
+def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,23 +72,74 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.DEBUG if verbose else logging.WARNING,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+    # SIGTERM stops a command like Ctrl-C does (run, demo and drill install their own).
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    command = str(args.command) + (
+        f" {args.config_command}" if getattr(args, "config_command", None) else ""
+    )
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # a closed pipe shows here, not as a message at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _pipe_closed()
     except KeyboardInterrupt:
+        _say(f"leasectl {command}: interrupted; work in progress was rolled back")
         return exit_codes.INTERRUPTED
     except LeasectlError as exc:
-        return report(args.command, exc, verbose)
+        return report(command, exc, verbose)
+    except OSError as exc:
+        if verbose:
+            logging.exception("leasectl failed")
+        _say(f"leasectl {command}: error: {one_line(exc)}")
+        return exit_codes.CANNOT_START
+    except Exception as exc:  # a bug: still one line, the traceback with -v
+        if verbose:
+            logging.exception("leasectl failed")
+        _say(
+            f"leasectl {command}: unexpected error: {type(exc).__name__}: {one_line(exc)} "
+            "(a bug; run again with -v for the traceback and report it)"
+        )
+        return exit_codes.RUNTIME
 
 
 def report(command: str, exc: LeasectlError, verbose: bool) -> int:
-    """The one error handler: the error and its causes, one line each; the exit code."""
+    """The one error handler: the error on one line (one per configuration problem), the
+    causes that add something, and the exit code (2: the command could not do its work)."""
     if verbose:
         logging.exception("leasectl failed")
-    print(f"leasectl {command}: error: {exc}", file=sys.stderr)
+    text = str(exc) if "\n  - " in str(exc) else one_line(exc)
+    _say(f"leasectl {command}: error: {text}")
     cause = exc.__cause__
     while cause is not None:
-        print(f"  caused by: {type(cause).__name__}: {cause}", file=sys.stderr)
+        said = one_line(cause)
+        if said and said not in text:
+            _say(f"  caused by: {type(cause).__name__}: {said}")
+            text += said
         cause = cause.__cause__
-    if isinstance(exc, ConfigError | DatabaseUnavailable):
-        return exit_codes.CANNOT_START
-    return exit_codes.CHECK_FAILED
+    return exit_codes.CANNOT_START
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (libpq's messages span several)."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        return f"{exc.strerror}: {exc.filename}"
+    return " ".join(str(exc).split())
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (BrokenPipeError, ValueError):
+        pass
+
+
+def _pipe_closed() -> int:
+    """Whoever read our output stopped (``| head``): exit quietly, as a Unix tool would."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not fail again
+    except (OSError, ValueError):
+        pass
+    return exit_codes.PIPE_CLOSED

@@ -3,6 +3,11 @@
 Thin: the data comes from :mod:`leasectl.status` as dataclasses and the tables from
 :mod:`leasectl.tools.status_view` (shared with the demo); this module turns flags into calls.
 
+Reading status never needs the loops' secrets: the configuration is validated, but a secret
+whose environment variable is not set stays unresolved (``unset_secrets="loops"``). The
+expected leases are the enabled leased loops of that configuration (``--app``: that App's
+leased loops), after ``scheduler.only``.
+
 Exit codes of ``status``: 0 every expected lease is held; 1 a lease is unheld or stale for
 more than ``--max-unheld`` seconds; 2 cannot connect or the database is not migrated.
 """
@@ -22,6 +27,7 @@ from rich.text import Text
 from leasectl import status as st
 from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument, add_common, settings_from
+from leasectl.cli.run import add_app_argument, app_from_args
 from leasectl.errors import DatabaseUnavailable
 from leasectl.settings import Settings
 from leasectl.tools.status_view import render
@@ -30,6 +36,7 @@ from leasectl.tools.status_view import render
 def add_status_parser(sub: Any) -> None:
     p = sub.add_parser("status", help="lease and replica status, from the database only")
     add_common(p)
+    add_app_argument(p)
     add_argument(p, "--json", env="STATUS_JSON", action="store_true", help="print JSON")
     add_argument(
         p, "--watch", env="STATUS_WATCH", action="store_true",
@@ -61,8 +68,27 @@ def add_status_parser(sub: Any) -> None:
     p.set_defaults(handler=cmd_status)
 
 
-def read(args: argparse.Namespace, settings: Settings) -> st.ClusterStatus:
-    expected, source = st.expected_leases(settings)
+def expected(args: argparse.Namespace, settings: Settings) -> tuple[list[str] | None, str]:
+    """The leases that should be held, and where that list came from."""
+    if not getattr(args, "app", None):
+        return st.expected_leases(settings)
+    app = app_from_args(args)  # a bad --app is a configuration error (exit 2)
+    app.configure(settings=settings)  # the settings loaded without the loops' secrets
+    try:
+        specs = app.loops()
+    except Exception as exc:  # a loop that cannot be built must not break status
+        return None, f"recorded leases only (--app {args.app}: {type(exc).__name__}: {exc})"
+    names = [s.name for s in specs if s.placement == "leased"]
+    only = settings.scheduler.only
+    if only:
+        names = [n for n in names if n in only]
+    return names, f"--app {args.app}"
+
+
+def read(
+    args: argparse.Namespace, settings: Settings, wanted: tuple[list[str] | None, str]
+) -> st.ClusterStatus:
+    expected, source = wanted
     with st.connect(st.status_dsn(settings), settings) as conn:
         return st.read_status(
             conn,
@@ -75,10 +101,11 @@ def read(args: argparse.Namespace, settings: Settings) -> st.ClusterStatus:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    settings = settings_from(args, unset_secrets="loops")
+    wanted = expected(args, settings)
     if args.watch:
-        return _watch(args, settings)
-    status = read(args, settings)
+        return _watch(args, settings, wanted)
+    status = read(args, settings, wanted)
     if args.json:
         print(json.dumps(status.to_json(), indent=2))
     else:
@@ -86,12 +113,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return exit_codes.CHECK_FAILED if status.unheld(args.max_unheld) else exit_codes.OK
 
 
-def _watch(args: argparse.Namespace, settings: Settings) -> int:
+def _watch(
+    args: argparse.Namespace, settings: Settings, wanted: tuple[list[str] | None, str]
+) -> int:
     if args.json:  # one JSON object per line and refresh, for scripts
         code = exit_codes.OK
         try:
             while True:
-                status = read(args, settings)
+                status = read(args, settings, wanted)
                 code = exit_codes.CHECK_FAILED if status.unheld(args.max_unheld) else exit_codes.OK
                 print(json.dumps(status.to_json()), flush=True)
                 time.sleep(args.interval)
@@ -103,7 +132,7 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
         try:
             while True:
                 try:
-                    status = read(args, settings)
+                    status = read(args, settings, wanted)
                     code = (
                         exit_codes.CHECK_FAILED if status.unheld(args.max_unheld) else exit_codes.OK
                     )

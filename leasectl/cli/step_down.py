@@ -38,7 +38,7 @@ def add_step_down_parser(sub: Any) -> None:
 
 
 def cmd_step_down(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    settings = settings_from(args, loops=False)  # lease state only: no loop secrets
     with st.connect(st.status_dsn(settings), settings, "step-down") as conn:
         ns = settings.leases.namespace
         if args.lease is not None:
