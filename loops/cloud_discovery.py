@@ -31,7 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cryptography import x509
 
 from leasectl import sql
-from leasectl.errors import LeasectlError
+from leasectl.errors import DatabaseUnavailable, LeasectlError
 from leasectl.loop import LoopSpec, TickContext
 from loops import discovered
 from loops.ca import CertificateInfo, describe
@@ -86,6 +86,14 @@ def parse_certificates(data: str | bytes) -> list[x509.Certificate]:
         return []
 
 
+#: Seconds an AWS call may wait for the cluster-wide ``aws`` rate limit before deferring.
+_AWS_LIMIT_WAIT = 5.0
+
+
+class _Throttled(Exception):
+    """The ``aws`` rate limit deferred the rest of a source to the next tick."""
+
+
 @dataclass
 class SourceResult:
     """What one source found; ``failed`` when the source itself could not be listed."""
@@ -132,11 +140,40 @@ class AwsDiscovery:
             ctx.check()
             started_at = dt.datetime.now(dt.UTC)
             t0 = time.monotonic()
-            if service == "acm":
-                result = self._acm(session, region, ctx.check)
-            else:
-                result = self._secrets_manager(session, region, ctx.check)
+            gate = self._gate(ctx, region)
+            try:
+                if service == "acm":
+                    result = self._acm(session, region, gate)
+                else:
+                    result = self._secrets_manager(session, region, gate)
+            except _Throttled as exc:
+                # Deferred, not failed: the scan is an idempotent upsert, the next tick redoes it.
+                ctx.count("throttled")
+                ctx.log.info(
+                    "%s %s: %s; the rest waits for the next tick",
+                    service,
+                    region,
+                    exc,
+                    extra={"action": "discovery_throttled", "region": region},
+                )
+                continue
             self._store(ctx, result, started_at, int((time.monotonic() - t0) * 1000))
+
+    @staticmethod
+    def _gate(ctx: TickContext, region: str) -> Callable[[], None]:
+        """Called before every AWS API call: the tick's checks, then one event from the
+        cluster-wide ``aws`` rate limit for this region (waiting up to a few seconds)."""
+
+        def gate() -> None:
+            ctx.check()
+            try:
+                allowed = bool(ctx.limit("aws", region, wait=_AWS_LIMIT_WAIT))
+            except DatabaseUnavailable as exc:  # fail closed: no unmetered calls
+                raise _Throttled(f"rate limit unavailable ({exc})") from exc
+            if not allowed:
+                raise _Throttled("cluster-wide aws rate limit reached")
+
+        return gate
 
     def _acm(
         self, session: boto3.session.Session, region: str, check: Callable[[], None]

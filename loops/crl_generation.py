@@ -123,9 +123,7 @@ class CrlGenerator:
         t0 = time.monotonic()
         base = {**lease.fence_params(), "issuer_id": issuer["id"], "replica": ctx.replica_id}
         try:
-            with ctx.pool.connection() as conn, conn.transaction():
-                cur = conn.cursor()
-                lease.guard(cur)
+            with ctx.transaction() as cur:
                 number, count = self._generate(cur, issuer, base)
                 duration_ms = int((time.monotonic() - t0) * 1000)
                 cur.execute(
@@ -211,9 +209,7 @@ class CrlGenerator:
             exc,
             extra={"action": "crl_failed", "issuer": base["issuer_id"], "epoch": ctx.lease.epoch},
         )
-        with ctx.pool.connection() as conn, conn.transaction():
-            cur = conn.cursor()
-            ctx.lease.guard(cur)
+        with ctx.transaction() as cur:
             cur.execute(
                 Q["record_event"],
                 base

@@ -85,9 +85,7 @@ class Digest:
                 "recipient": recipient,
                 "replica": ctx.replica_id,
             }
-            with ctx.pool.connection() as conn, conn.transaction():
-                cur = conn.cursor()
-                lease.guard(cur)
+            with ctx.transaction() as cur:
                 claimed = cur.execute(
                     Q["claim"],
                     base
@@ -154,9 +152,7 @@ class Digest:
 
     def _mark(self, ctx: TickContext, query: str, params: dict[str, Any]) -> None:
         assert ctx.lease is not None
-        with ctx.pool.connection() as conn, conn.transaction():
-            cur = conn.cursor()
-            ctx.lease.guard(cur)
+        with ctx.transaction() as cur:
             cur.execute(Q[query], params)
 
 

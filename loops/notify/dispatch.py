@@ -24,7 +24,7 @@ from typing import Any, Literal
 from psycopg.rows import dict_row
 
 from leasectl import sql
-from leasectl.errors import ConfigError, LeasectlError
+from leasectl.errors import ConfigError, DatabaseUnavailable, LeasectlError
 from leasectl.loop import TickContext
 from loops.metrics import NOTIFICATIONS
 from loops.notify.chat import (
@@ -162,14 +162,18 @@ class Dispatcher:
             extra={"action": "notifications_claimed", "epoch": lease.epoch, "count": len(rows)},
         )
         pending = [row["id"] for row in rows]
+        deferred: list[str] = []
         try:
             for row in rows:
                 ctx.check()
                 pending.remove(row["id"])
-                self._attempt(ctx, row)
+                if self._admit(ctx, row):
+                    self._attempt(ctx, row)
+                else:
+                    deferred.append(row["id"])
         finally:
-            if pending:
-                self._release(ctx, pending)
+            if pending or deferred:
+                self._release(ctx, pending + deferred)
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -190,6 +194,34 @@ class Dispatcher:
             ctx.lease.guard(conn.cursor())  # guard() reads a tuple row: plain cursor
             return conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
 
+    def _rate_limit(self, row: dict[str, Any]) -> tuple[str, str | None]:
+        """The cluster-wide limit a delivery counts against: ``smtp`` scoped by the
+        recipient's domain, ``webhook`` (every HTTP channel) scoped by the receiver's host."""
+        channel = row["channel"]
+        if channel == "Email":
+            return "smtp", str(row.get("recipient") or "").rpartition("@")[2].lower() or None
+        target = {
+            "Webhook": self.channels.webhook.target,
+            "Slack": self.channels.slack.target,
+            "Teams": self.channels.teams.target,
+            "PagerDuty": self.channels.pagerduty.target,
+            "OpsGenie": self.channels.opsgenie.target,
+        }.get(channel)
+        return "webhook", target.host if target is not None else None
+
+    def _admit(self, ctx: TickContext, row: dict[str, Any]) -> bool:
+        """Whether the rate limit lets this delivery go now. A throttled one is handed back
+        (not failed, no attempt counted) and goes out at a later tick; so is one whose limit
+        cannot be checked because the database is unreachable (fail closed)."""
+        name, scope = self._rate_limit(row)
+        try:
+            allowed = bool(ctx.limit(name, scope))
+        except DatabaseUnavailable:
+            allowed = False
+        if not allowed:
+            ctx.count("throttled")
+        return allowed
+
     def _attempt(self, ctx: TickContext, row: dict[str, Any]) -> None:
         assert ctx.lease is not None
         channel = row["channel"]
@@ -198,9 +230,7 @@ class Dispatcher:
         except DeliveryError as exc:
             self._mark_failed(ctx, row, exc)
             return
-        with ctx.pool.connection() as conn, conn.transaction():
-            cur = conn.cursor()
-            ctx.lease.guard(cur)
+        with ctx.transaction() as cur:
             done = cur.execute(Q["mark_sent"], self._params(ctx) | {"id": row["id"]}).fetchone()
         outcome = "sent" if done else "superseded"
         NOTIFICATIONS.labels(channel, outcome).inc()
@@ -254,9 +284,7 @@ class Dispatcher:
             "wait_s": wait_s,
             "error": str(exc)[:2000],
         }
-        with ctx.pool.connection() as conn, conn.transaction():
-            cur = conn.cursor()
-            ctx.lease.guard(cur)
+        with ctx.transaction() as cur:
             done = cur.execute(Q["mark_failed"], params).fetchone()
         outcome = ("dead" if dead else "failed") if done else "superseded"
         NOTIFICATIONS.labels(row["channel"], outcome).inc()
@@ -279,9 +307,7 @@ class Dispatcher:
         """Best effort: if the lease is gone the next holder re-claims them anyway."""
         assert ctx.lease is not None
         try:
-            with ctx.pool.connection() as conn, conn.transaction():
-                cur = conn.cursor()
-                ctx.lease.guard(cur)
+            with ctx.transaction() as cur:
                 cur.execute(Q["release_claims"], self._params(ctx) | {"ids": ids})
         except Exception as exc:  # noqa: BLE001 - the tick is already failing; keep its error
             ctx.log.info(

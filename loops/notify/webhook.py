@@ -50,6 +50,11 @@ class WebhookSender:
         return self._target is not None
 
     @property
+    def target(self) -> Target | None:
+        """Where deliveries go (its host scopes the ``webhook`` rate limit)."""
+        return self._target
+
+    @property
     def safe_url(self) -> str:
         """The URL without query or credentials, for logs and errors (queries carry tokens)."""
         return self._target.safe() if self._target is not None else "<unset>"

@@ -27,6 +27,7 @@ from psycopg_pool import ConnectionPool
 
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import Lease
+from leasectl.limits import RateLimiter
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.settings import CoreSettings
 
@@ -62,9 +63,11 @@ def tick(
     config: Any = None,
     replica: str = "replica-a",
     tick_at: dt.datetime | None = None,
+    limiter: RateLimiter | None = None,
 ) -> TickContext:
     """Run one tick of ``spec`` directly, as the scheduler would; return its context."""
     ctx = TickContext(
+        limiter=limiter,
         loop=spec.name,
         replica_id=replica,
         pool=pool,

@@ -17,7 +17,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from leasectl.errors import ConfigError, FencingRejected, LeaseLost
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import Lease
-from leasectl.settings import CoreSettings
+from leasectl.limits import RateLimiter
+from leasectl.settings import CoreSettings, LimitSettings
 from loops import notification_retry, notification_send
 from loops.metrics import NOTIFICATIONS
 from loops.settings import LoopsSettings, NotificationSettings, SmtpSettings, WebhookSettings
@@ -343,3 +344,36 @@ def test_superseded_holder_cannot_claim(dsn: str, conn: psycopg.Connection[Any])
             assert row(conn, "n-zombie")["status"] == "pending"
             tick(spec, pool, current, replica="replica-b")
     assert [(x.key, x.epoch) for x in rx.received] == [("n-zombie", current.epoch)]
+
+
+def test_rate_limited_deliveries_are_deferred_not_failed(
+    dsn: str, conn: psycopg.Connection[Any], smtp: Any
+) -> None:
+    """The cluster-wide ``smtp`` limit lets one mail per minute through: the second one is
+    handed back untouched (no attempt counted, no error) and goes out once the bucket refills."""
+    inbox, port = smtp
+    seed_cert(conn)
+    queue(conn, "n-rl-1", "Email", "a@example.com")
+    queue(conn, "n-rl-2", "Email", "b@example.com", threshold=7)
+    spec = notification_send.build(
+        settings(smtp=SmtpSettings(host="127.0.0.1", port=port, tls="none"))
+    )
+    assert spec is not None
+    limits = {"smtp": LimitSettings(rate=1, per=60, burst=1)}
+    with pool_for(dsn) as pool, leased(dsn, "notification_send") as (_, lease):
+        limiter = RateLimiter(pool, limits)
+        ctx = tick(spec, pool, lease, limiter=limiter)
+        assert ctx.stats == {"sent": 1, "throttled": 1}
+        assert len(inbox.messages) == 1
+        sent, deferred = sorted(
+            (row(conn, n) for n in ("n-rl-1", "n-rl-2")), key=lambda r: r["status"] != "sent"
+        )
+        assert sent["status"] == "sent"
+        assert deferred["status"] == "pending" and deferred["retry_count"] == 0
+        assert deferred["last_error"] is None
+        # The bucket refills (simulated by moving its arrival time back a minute).
+        conn.execute("UPDATE leasectl_rate_limits SET tat = tat - interval '61 seconds'")
+        ctx = tick(spec, pool, lease, limiter=limiter)
+        assert ctx.stats == {"sent": 1}
+    assert len(inbox.messages) == 2
+    assert {m["To"] for m in inbox.messages} == {"a@example.com", "b@example.com"}
