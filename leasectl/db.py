@@ -2,15 +2,23 @@
 
 The lock connection is never taken from the pool: a pool may close, reset or hand a
 connection to another thread, and any of those silently drops session advisory locks.
+
+Every connection leasectl opens (lock, work pool, migrations, status) gets its connect
+parameters from :func:`connect_kwargs`: with a multi-host DSN (``host=a,b``) that adds
+``target_session_attrs=read-write``, so libpq walks the host list and keeps the first server
+that accepts writes, which after a failover is the promoted standby. Nothing caches the
+primary: every new connection goes through the host list again.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import weakref
+from typing import Any, Self
 
 import psycopg
 from psycopg import conninfo
+from psycopg.abc import Params, Query
 from psycopg_pool import ConnectionPool
 
 from leasectl.embedded import EmbeddedPostgres
@@ -43,18 +51,53 @@ def is_unix_socket(dsn: str) -> bool:
     return host == "" or host.startswith("/") or host.startswith("@")
 
 
+def is_multi_host(dsn: str) -> bool:
+    """True when the DSN lists several servers (``host=a,b`` or ``hostaddr=…,…``)."""
+    params = conninfo.conninfo_to_dict(dsn)
+    return any("," in str(params.get(key) or "") for key in ("host", "hostaddr"))
+
+
+#: ``target_session_attrs`` values that only ever connect to a server accepting writes.
+_WRITABLE = ("read-write", "primary")
+
+
+def connect_kwargs(
+    dsn: str, db: DatabaseSettings, application_name: str, *, primary_only: bool = False
+) -> dict[str, Any]:
+    """The connect parameters every leasectl connection adds to its DSN (the one place).
+
+    ``target_session_attrs=read-write`` is added for a multi-host DSN, so a standby in the list
+    is skipped and the primary found again after a failover. A single-host DSN is left as the
+    operator wrote it (libpq would apply the attribute to that one host too and simply fail
+    on a standby); ``primary_only`` (the lock connection) adds it for one host as well, since
+    advisory locks on a standby protect nothing. A value in the DSN wins, except that
+    ``primary_only`` accepts only ``read-write`` or ``primary``.
+    """
+    extra: dict[str, Any] = {
+        "application_name": application_name,
+        "connect_timeout": max(1, int(db.connect_timeout)),
+    }
+    given = str(conninfo.conninfo_to_dict(dsn).get("target_session_attrs") or "")
+    if (primary_only and given not in _WRITABLE) or (not given and is_multi_host(dsn)):
+        extra["target_session_attrs"] = "read-write"
+    return extra
+
+
+def connect(
+    dsn: str, db: DatabaseSettings, application_name: str, *, autocommit: bool = False
+) -> psycopg.Connection[Any]:
+    """A plain connection with :func:`connect_kwargs` (migrations, status); errors are psycopg's."""
+    return psycopg.connect(dsn, autocommit=autocommit, **connect_kwargs(dsn, db, application_name))
+
+
 def lock_connect(dsn: str, db: DatabaseSettings, application_name: str) -> psycopg.Connection[Any]:
     """Open the dedicated autocommit lock connection.
 
     ``target_session_attrs=read-write`` refuses a standby at connect time; the client-side
     ``tcp_user_timeout`` makes a heartbeat on a dead link fail instead of hanging for minutes.
     """
-    extra: dict[str, Any] = {
-        "application_name": application_name,
-        "target_session_attrs": "read-write",
-        "connect_timeout": max(1, int(db.connect_timeout)),
-        "autocommit": True,
-    }
+    extra = connect_kwargs(dsn, db, application_name, primary_only=True)
+    extra["autocommit"] = True
     if not is_unix_socket(dsn):
         extra.update(
             keepalives=1,
@@ -69,28 +112,93 @@ def lock_connect(dsn: str, db: DatabaseSettings, application_name: str) -> psyco
         raise DatabaseUnavailable(f"cannot open the lock connection: {exc}") from exc
 
 
+#: Pool connections that met a read-only server (SQLSTATE 25006): dropped at their next checkout.
+_READ_ONLY: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+
+
+class _PrimaryCursor(psycopg.Cursor[Any]):
+    """The work pool's cursor: remembers a ``ReadOnlySqlTransaction`` on its connection.
+
+    A write refused with 25006 means the connection's server is (now) a standby or read-only
+    (a stale DNS name, a demoted primary). The error still reaches the caller; the connection
+    is marked, and :func:`_check_writable` drops it instead of handing it out again.
+    """
+
+    def execute(
+        self,
+        query: Query,
+        params: Params | None = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> Self:
+        base: Any = super()  # execute is overloaded (templates); this passes its arguments on
+        try:
+            return base.execute(query, params, prepare=prepare, binary=binary)  # type: ignore[no-any-return]
+        except psycopg.errors.ReadOnlySqlTransaction:
+            _READ_ONLY.add(self.connection)
+            raise
+
+    def executemany(self, query: Query, params_seq: Any, *, returning: bool = False) -> None:
+        try:
+            super().executemany(query, params_seq, returning=returning)
+        except psycopg.errors.ReadOnlySqlTransaction:
+            _READ_ONLY.add(self.connection)
+            raise
+
+
+def server_read_only(conn: psycopg.Connection[Any]) -> bool:
+    """What the server last reported about itself (PostgreSQL 14+ reports both on change)."""
+    info = conn.info
+    return (
+        info.parameter_status("in_hot_standby") == "on"
+        or info.parameter_status("default_transaction_read_only") == "on"
+    )
+
+
+def _check_writable(conn: psycopg.Connection[Any]) -> None:
+    """The pool's checkout check; sends no query.
+
+    A connection that met 25006 or whose server reports itself in hot standby is closed here,
+    so the pool replaces it with a new one, which goes through the DSN's host list again,
+    rather than retrying against the same server.
+    """
+    if conn in _READ_ONLY or server_read_only(conn):
+        _READ_ONLY.discard(conn)
+        conn.close()
+        raise DatabaseUnavailable("work connection reached a read-only server; reconnecting")
+
+
 def make_pool(
     dsn: str, db: DatabaseSettings, application_name: str, *, open_wait: bool = True
 ) -> ConnectionPool:
-    """The work pool: every query that is not about holding locks goes through it."""
+    """The work pool: every query that is not about holding locks goes through it.
+
+    A new connection that lands on a server in recovery is refused in ``configure`` (the check
+    rides on the one statement it already sends); one that later meets a read-only server is
+    dropped at its next checkout (:func:`_check_writable`).
+    """
 
     def configure(conn: psycopg.Connection[Any]) -> None:
         conn.autocommit = True
-        conn.execute(
-            "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+        row = conn.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, false), "
+            "pg_is_in_recovery()",
             (str(db.work_idle_in_transaction_timeout_ms),),
-        )
+        ).fetchone()
+        if row is not None and row[1]:
+            raise DatabaseUnavailable("work connection reached a server in recovery (a standby)")
         conn.autocommit = False
 
+    kwargs = connect_kwargs(dsn, db, application_name)
+    kwargs["cursor_factory"] = _PrimaryCursor
     pool = ConnectionPool(
         dsn,
         min_size=db.pool_min_size,
         max_size=db.pool_max_size,
-        kwargs={
-            "application_name": application_name,
-            "connect_timeout": max(1, int(db.connect_timeout)),
-        },
+        kwargs=kwargs,
         configure=configure,
+        check=_check_writable,
         open=False,
         name=application_name,
         reconnect_timeout=3600.0,

@@ -30,6 +30,7 @@ import psycopg
 
 from leasectl import sql
 from leasectl._sqlsplit import split as split_statements
+from leasectl.db import connect
 from leasectl.errors import (
     ChecksumMismatch,
     DatabaseUnavailable,
@@ -265,7 +266,7 @@ def migrate(
         directory if directory is not None else settings.migrations.directory, sources
     )
     try:
-        with psycopg.connect(dsn, connect_timeout=int(settings.database.connect_timeout)) as conn:
+        with connect(dsn, settings.database, "leasectl-migrate") as conn:
             applied = _applied(conn)
             _check_checksums(applied, migrations)
             if all(m.key in applied for m in migrations):
@@ -293,7 +294,7 @@ def migrate(
             Q["mark_holder"], {"app": f"leasectl-migrate@{time.time():.0f}/{who}"[:63]}
         )
         done: list[str] = []
-        with psycopg.connect(dsn, connect_timeout=int(settings.database.connect_timeout)) as conn:
+        with connect(dsn, settings.database, "leasectl-migrate") as conn:
             conn.execute(Q["create_ledger"])
             conn.execute(Q["ledger_source_column"])
             conn.commit()
@@ -343,7 +344,7 @@ def migration_status(
         directory if directory is not None else settings.migrations.directory, sources
     )
     try:
-        with psycopg.connect(dsn, connect_timeout=int(settings.database.connect_timeout)) as conn:
+        with connect(dsn, settings.database, "leasectl-migrate") as conn:
             return status(conn, migrations)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect to read migration status: {exc}") from exc

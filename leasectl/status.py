@@ -27,6 +27,7 @@ import psycopg
 
 from leasectl import sql
 from leasectl.db import configured_dsn
+from leasectl.db import connect as db_connect
 from leasectl.embedded import EmbeddedPostgres
 from leasectl.errors import DatabaseUnavailable, NotMigrated
 from leasectl.keys import int4_hash, namespace_for
@@ -135,12 +136,7 @@ def connect(dsn: str, settings: Settings, purpose: str = "status") -> psycopg.Co
     :raises NotMigrated: the leasectl tables do not exist.
     """
     try:
-        conn = psycopg.connect(
-            dsn,
-            autocommit=True,
-            connect_timeout=max(1, int(settings.database.connect_timeout)),
-            application_name=f"leasectl-{purpose}",
-        )
+        conn = db_connect(dsn, settings.database, f"leasectl-{purpose}", autocommit=True)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot connect: {str(exc).strip()}") from exc
     row = conn.execute(Q["migrated"]).fetchone()

