@@ -20,7 +20,7 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from leasectl import sql
-from leasectl.errors import ConfigError, LeasectlError
+from leasectl.errors import ConfigError, DatabaseUnavailable, LeasectlError
 from leasectl.loop import LoopSpec, TickContext
 from loops.metrics import NOTIFICATIONS
 from loops.notify.dispatch import call_budget
@@ -34,6 +34,10 @@ Q = sql.load("digest", package="loops.sql")
 
 class DigestFailed(LeasectlError):
     """Some recipients did not get this period's digest (each is recorded in digest_sends)."""
+
+
+#: Seconds a digest mail may wait for the cluster-wide smtp limit before the slot is retried.
+_LIMIT_WAIT = 10.0
 
 
 def message_id(period: dt.datetime, recipient: str) -> str:
@@ -79,6 +83,12 @@ class Digest:
         failed: list[str] = []
         for recipient in recipients:
             ctx.check()
+            if not self._admit(ctx, recipient):
+                # Deferred by the cluster-wide smtp limit: the slot is retried with backoff
+                # and recipients already sent are skipped then.
+                failed.append(f"{recipient}: deferred by the smtp rate limit")
+                ctx.count("throttled")
+                continue
             base = {
                 **lease.fence_params(),
                 "period": period,
@@ -130,6 +140,14 @@ class Digest:
                 f"digest for {period:%Y-%m-%d %H:%M} not delivered to {len(failed)} of "
                 f"{len(recipients)} recipient(s): " + "; ".join(failed)
             )
+
+    @staticmethod
+    def _admit(ctx: TickContext, recipient: str) -> bool:
+        domain = recipient.rpartition("@")[2].lower() or None
+        try:
+            return bool(ctx.limit("smtp", domain, wait=_LIMIT_WAIT))
+        except DatabaseUnavailable:
+            return False  # fail closed
 
     def _gather(self, ctx: TickContext) -> tuple[dict[str, Any], list[str]]:
         days = {"days": self.settings.expiring_days}
