@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from leasectl import metrics
+from leasectl import metrics, placement
 from leasectl.config import redact_dsn
 from leasectl.db import configured_dsn, make_pool, resolve_dsn, resolve_lock_dsn
 from leasectl.httpserver import HttpEndpoint
@@ -138,6 +138,15 @@ class Daemon:
             if s.metrics.enabled and s.metrics.listen:
                 # Bound before anything else: a port clash must fail before we campaign.
                 self.http = HttpEndpoint(s.metrics.listen, self.health, self.ready).start()
+            self.specs, dropped = placement.runnable(self.specs, s.replica.labels, s.leases.loops)
+            for name, needs in dropped.items():
+                log.info(
+                    "not leading loop %s here: it requires labels %s (replica.labels: %s)",
+                    name,
+                    ", ".join(needs),
+                    ", ".join(s.replica.labels) or "none",
+                    extra={"action": "loop_not_placed", "loop": name, "replica": self.replica_id},
+                )
             metrics.declare(self.specs, may_lead=self.may_lead)  # every series from the start
             applied = migrate(
                 dsn,
@@ -160,6 +169,8 @@ class Daemon:
                 lock_dsn=lock_dsn,
                 may_lead=self.may_lead,
                 loops=[sp.name for sp in self.specs],
+                labels=s.replica.labels,
+                policies=placement.declared(self.specs),
             )
             self.manager.add_listener(metrics_listener)
             self.manager.start()

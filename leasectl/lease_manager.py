@@ -11,6 +11,13 @@ The contract it keeps (what a lease guarantees, and how writes are fenced) is in
 * self-fence: a lease whose validity ran out is dropped (``ttl_expired``);
 * evict a holder whose last renewal is older than ``lease_ttl + eviction_grace`` (DB clock);
 * on any database error drop every lease, close the connection, reconnect with backoff.
+
+Placement (``leases.placement: spread``, :mod:`leasectl.placement`): the heartbeat also
+returns the live replicas; a replica that is not a lease's best-ranked candidate tries it
+only ``rank * placement_step`` after it saw it free, and a holder hands a lease over (release +
+NOTIFY, never while a tick of that loop runs: see :meth:`LeaseManager.tick_begin`) when a
+better candidate has been live for ``rebalance_after`` and the lease has stayed here for
+``rebalance_cooldown``. ``pack`` is the plain race: everyone tries at once.
 """
 
 from __future__ import annotations
@@ -22,12 +29,13 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
+from leasectl import placement
 from leasectl._version import __version__
 from leasectl.errors import (
     DatabaseUnavailable,
@@ -59,6 +67,10 @@ class _State:
     cooldown_until: dict[str, float] = field(default_factory=dict)
     mismatch_since: dict[str, float] = field(default_factory=dict)
     suspended: set[str] = field(default_factory=set)  # not campaigned for: a wedged tick
+    free_since: dict[str, float] = field(default_factory=dict)  # seen free (not ours) since
+    acquired_at: dict[str, float] = field(default_factory=dict)  # monotonic, held leases
+    handing_over: dict[str, str] = field(default_factory=dict)  # lease -> better replica
+    ticking: set[str] = field(default_factory=set)  # leases whose loop is mid-tick here
 
 
 class LeaseManager:
@@ -86,9 +98,14 @@ class LeaseManager:
         clock: Clock = time.monotonic,
         check_pooler: bool = True,
         session_factory: Callable[[], LeaseSession] | None = None,
+        labels: Iterable[str] = (),
+        policies: Mapping[str, placement.LeasePolicy] | None = None,
     ) -> None:
         """``session_factory`` opens the lock connection; the default is
-        :meth:`LockSession.connect` with these settings (tests pass an in-memory one)."""
+        :meth:`LockSession.connect` with these settings (tests pass an in-memory one).
+        ``labels``: this replica's ``replica.labels``; ``policies``: each lease's placement
+        wishes as its loop declares them (``leases.loops`` in ``settings`` overrides them).
+        A lease whose ``requires_labels`` this replica lacks is never campaigned for."""
         self.replica_id = replica_id
         self.settings = settings
         self.dsn = dsn
@@ -99,9 +116,35 @@ class LeaseManager:
         self.check_pooler = check_pooler
         self._session_factory = session_factory or self._open_lock_session
         self.registry = KeyRegistry()
-        self.wanted = [n for n in wanted]
+        self.labels = tuple(labels)
+        self.spread = settings.leases.placement == "spread"
+        names = list(wanted)
+        declared = policies or {}
+        overrides = settings.leases.loops
+        self.policies: dict[str, placement.LeasePolicy] = {}
+        for name in names:
+            own = declared.get(name, placement.LeasePolicy())
+            cfg = overrides.get(name)
+            self.policies[name] = placement.merge_policy(
+                own.preferred_holder,
+                own.requires_labels,
+                cfg.preferred_holder if cfg else None,
+                cfg.requires_labels if cfg else None,
+            )
+        #: leases this replica may not hold (their requires_labels are not all its labels)
+        self.excluded = {
+            n: p.requires_labels for n, p in self.policies.items() if not p.allows(self.labels)
+        }
+        self.wanted = [n for n in names if n not in self.excluded]
+        self.preferred_for = [
+            n for n in self.wanted if self.policies[n].prefers(replica_id, self.labels)
+        ]
         for name in self.wanted:
             self.registry.register(name)
+        self._replicas: list[placement.Replica] | None = None  # live, from the last heartbeat
+        self._published: list[str] | None = None  # campaigns_for as last written
+        self._plan: placement.Placement | None = None
+        self._plan_key: tuple[int, tuple[str, ...]] | None = None
         self._state = _State()
         self._lock = threading.RLock()
         self._listeners: list[Callable[[LeaseEvent], None]] = []
@@ -191,6 +234,33 @@ class LeaseManager:
         with self._lock:
             self._state.suspended.discard(name)
 
+    def tick_begin(self, name: str, lease: Lease) -> bool:
+        """The scheduler is about to run a tick of ``name`` under ``lease``: False refuses it.
+
+        Refused while a rebalance hand-over of ``name`` is pending or once ``lease`` is no
+        longer the held, valid one. Between ``tick_begin`` and :meth:`tick_end` the manager
+        does not hand the lease over, so a rebalance never interrupts a tick (a step-down,
+        a wedged tick, a lost lease or a shutdown still do: they are not placement's).
+        """
+        with self._lock:
+            if (
+                name in self._state.handing_over
+                or self._state.held.get(name) is not lease
+                or not lease.valid()
+            ):
+                return False
+            self._state.ticking.add(name)
+            return True
+
+    def tick_end(self, name: str) -> None:
+        """The tick of ``name`` started with :meth:`tick_begin` returned (its slot recorded)."""
+        with self._lock:
+            self._state.ticking.discard(name)
+
+    def replicas(self) -> list[placement.Replica] | None:
+        """The live replicas as of the last heartbeat (spread placement; None otherwise)."""
+        return self._replicas
+
     def report_wedged(self, loops: Iterable[str]) -> None:
         """Record the loops wedged on this replica in its row, for ``leasectl status``."""
         names = sorted(loops)
@@ -244,6 +314,7 @@ class LeaseManager:
                 )
             session.listen()
             session.listen_control()
+            candidacy = self._candidacy()
             session.register_replica(
                 self.replica_id,
                 host=socket.gethostname(),
@@ -251,7 +322,11 @@ class LeaseManager:
                 version=__version__,
                 may_lead=self.may_lead,
                 loops=self.loops,
+                labels=self.labels,
+                campaigns_for=candidacy,
+                preferred_for=self.preferred_for,
             )
+            self._published = candidacy
         except BaseException:
             session.close()
             raise
@@ -312,12 +387,18 @@ class LeaseManager:
             now = self.clock()
             self._expire(now)
             if now >= next_hb:
+                self._publish_candidacy(session)
                 self._heartbeat(session)
+                self._plan_rebalance()
                 next_hb = now + ls.heartbeat_interval
+            self._hand_over_idle(session)
             if now >= next_campaign:
-                self._campaign(session)
+                self._publish_candidacy(session)
+                due = self._campaign(session)
                 jitter = random.uniform(1 - ls.acquire_jitter, 1 + ls.acquire_jitter)
                 next_campaign = self.clock() + ls.acquire_interval * jitter
+                if due is not None:  # a watched free lease becomes this replica's turn
+                    next_campaign = min(next_campaign, due)
             wait = min(next_hb, next_campaign) - self.clock()
             # Short waits keep stop() and step_down() responsive without extra queries: a wait
             # is a poll() on the socket, and its slice bounds how late a graceful stop starts.
@@ -345,7 +426,12 @@ class LeaseManager:
                 if mine:
                     self._release(session, mine, "step_down")
             return False
-        return payload in self.wanted
+        if payload not in self.wanted:
+            return False
+        with self._lock:
+            if payload not in self._state.held:
+                self._state.free_since.setdefault(payload, self.clock())
+        return True
 
     def _run_commands(self, session: LeaseSession) -> None:
         with self._lock:
@@ -364,10 +450,16 @@ class LeaseManager:
         with self._lock:
             held = list(self._state.held.values())
         started = self.clock()
-        in_recovery, unproven = session.heartbeat(
-            [lease.name for lease in held], [lease.epoch for lease in held], self.replica_id
+        live_s = self.settings.leases.lease_ttl if self.spread and self.may_lead else None
+        in_recovery, unproven, replicas = session.heartbeat(
+            [lease.name for lease in held],
+            [lease.epoch for lease in held],
+            self.replica_id,
+            live_s=live_s,
         )
         elapsed = self.clock() - started
+        if replicas is not None:
+            self._replicas = replicas
         if in_recovery:
             self._lose_all("server_in_recovery")
             raise DatabaseUnavailable("server is in recovery; refusing to hold leases")
@@ -387,9 +479,13 @@ class LeaseManager:
         self.last_heartbeat_ok = self.clock()
         self._emit(LeaseEvent("heartbeat", "*", None, "ok", elapsed))
 
-    def _campaign(self, session: LeaseSession) -> None:
+    def _campaign(self, session: LeaseSession) -> float | None:
+        """Try the leases it is this replica's turn for; watch the others.
+
+        Returns when the next watched free lease becomes this replica's turn (None: none).
+        """
         if not self.may_lead:
-            return
+            return None
         now = self.clock()
         with self._lock:
             todo = [
@@ -400,19 +496,33 @@ class LeaseManager:
                 and self._state.cooldown_until.get(n, 0.0) <= now
             ]
         if not todo:
-            return
+            return None
+        delays = self._try_delays(todo)
+        free_since = self._state.free_since
+        tried = [
+            n
+            for n in todo
+            if delays[n] <= 0 or (n in free_since and now >= free_since[n] + delays[n])
+        ]
+        watched = [n for n in todo if n not in tried]
         started = self.clock()
-        rows = session.campaign(todo)
+        rows = session.campaign(tried, watched)
         got = [r.name for r in rows if r.got]
         if got:
             self._acquired(session, got, started)
+        for r in rows:
+            if r.got or r.holder_pid is not None:
+                free_since.pop(r.name, None)
+            else:
+                free_since.setdefault(r.name, now)
+        due = [free_since[n] + delays[n] for n in watched if n in free_since]
         threshold = self.settings.leases.lease_ttl + self.settings.leases.eviction_grace
         for name, ok, age, holder_pid, row_pid, row_holder in rows:
             if ok:
                 self._state.mismatch_since.pop(name, None)
                 continue
             if holder_pid is None:
-                continue  # freed between the try-lock and the pg_locks read; next round
+                continue  # free: tried next round if it is our turn; nothing to evict
             if row_pid != holder_pid:
                 # The row does not describe the lock's holder (it may be between lock and
                 # epoch bump). Evict only if that persists past the threshold.
@@ -423,6 +533,107 @@ class LeaseManager:
                 stale = age is not None and age > threshold
             if stale:
                 self._evict(session, name, holder_pid, row_holder, age)
+        return min(due) if due else None
+
+    # -- placement ------------------------------------------------------------------------
+
+    def _candidacy(self) -> list[str]:
+        """The leases this replica campaigns for now (published as ``campaigns_for``)."""
+        if not self.may_lead:
+            return []
+        now = self.clock()
+        with self._lock:
+            return sorted(
+                n
+                for n in self.wanted
+                if n not in self._state.suspended and self._state.cooldown_until.get(n, 0.0) <= now
+            )
+
+    def _publish_candidacy(self, session: LeaseSession) -> None:
+        """Rewrite the replica row's ``campaigns_for`` when it changed (a step-down cooldown
+        began or ended, a tick wedged or returned), so peers stop ranking this replica for a
+        lease it will not take: they would otherwise wait for it, or hand it the lease."""
+        if not self.spread:
+            return
+        candidacy = self._candidacy()
+        if candidacy != self._published:
+            session.replica_candidacy(self.replica_id, candidacy, self.preferred_for)
+            self._published = candidacy
+
+    def _placement(self) -> placement.Placement:
+        """Placement over the last heartbeat's live replicas, with this replica's own entry
+        as it knows it now (computed once per heartbeat or candidacy change)."""
+        candidacy = self._candidacy()
+        key = (id(self._replicas), tuple(candidacy))
+        if self._plan is None or self._plan_key != key:
+            view = placement.self_view(
+                self.replica_id, candidacy, self.preferred_for, self._replicas or []
+            )
+            self._plan, self._plan_key = placement.Placement(view), key
+        return self._plan
+
+    def _try_delays(self, names: list[str]) -> dict[str, float]:
+        """Per lease, how long after seeing it free this replica waits (0: try at once)."""
+        if not self.spread or self._replicas is None:
+            return {n: 0.0 for n in names}
+        plan = self._placement()
+        step = self.settings.leases.placement_step
+        return {n: plan.try_delay(n, self.replica_id, step) for n in names}
+
+    def _plan_rebalance(self) -> None:
+        """After a heartbeat: mark held leases a better, settled replica should hold.
+
+        A lease is handed over only once it has stayed here ``rebalance_cooldown`` and the
+        best-ranked candidate has been live ``rebalance_after`` (both: no ping-pong, one move
+        per rebalance); the release itself waits for the loop's running tick to end.
+        """
+        if not self.spread or self._replicas is None:
+            return
+        ls = self.settings.leases
+        plan = self._placement()
+        now = self.clock()
+        with self._lock:
+            held = list(self._state.held)
+            acquired = dict(self._state.acquired_at)
+        for name in held:
+            target = None
+            if now - acquired.get(name, now) >= ls.rebalance_cooldown:
+                target = plan.rebalance_target(name, self.replica_id, settle=ls.rebalance_after)
+            with self._lock:
+                before = self._state.handing_over.get(name)
+                if target is None:
+                    self._state.handing_over.pop(name, None)
+                else:
+                    self._state.handing_over[name] = target
+            if target is not None and target != before:
+                log.info(
+                    "lease %s: %s ranks better and is settled; handing it over at the end of "
+                    "the running tick",
+                    name,
+                    target,
+                    extra={
+                        "action": "lease_rebalance",
+                        "lease": name,
+                        "replica": self.replica_id,
+                        "target": target,
+                    },
+                )
+
+    def _hand_over_idle(self, session: LeaseSession) -> None:
+        """Release the leases marked for hand-over whose loop is not mid-tick."""
+        with self._lock:
+            pending = self._state.handing_over
+            for name in [n for n in pending if n not in self._state.held]:
+                del pending[name]
+            ready = {n: t for n, t in pending.items() if n not in self._state.ticking}
+        if not ready:
+            return
+        for target in sorted(set(ready.values())):
+            names = sorted(n for n, t in ready.items() if t == target)
+            self._release(session, names, f"rebalance: to {target}")
+        with self._lock:
+            for name in ready:
+                self._state.handing_over.pop(name, None)
 
     def _acquired(self, session: LeaseSession, names: list[str], started: float) -> None:
         try:
@@ -451,6 +662,8 @@ class LeaseManager:
             lease = Lease(name, epoch, valid_until, self.clock)
             with self._lock:
                 self._state.held[name] = lease
+                self._state.acquired_at[name] = self.clock()
+                self._state.free_since.pop(name, None)
             log.info(
                 "lease %s acquired (epoch %s)",
                 name,

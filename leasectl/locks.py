@@ -45,6 +45,7 @@ from leasectl.errors import (
     UnsupportedTopology,
 )
 from leasectl.keys import KeyRegistry, as_oid, from_oid, namespace_for
+from leasectl.placement import Replica
 from leasectl.settings import DatabaseSettings
 
 Q = sql.load("locks")
@@ -113,10 +114,11 @@ class Contender(NamedTuple):
 
 
 class Heartbeat(NamedTuple):
-    """What one heartbeat proved."""
+    """What one heartbeat proved (and, with spread placement, who is live)."""
 
     in_recovery: bool
     unproven: list[str]  # held names whose lock or epoch is no longer ours
+    replicas: list[Replica] | None = None  # live replicas; None: not asked (pack placement)
 
 
 class LeaseSession(Protocol):
@@ -136,16 +138,36 @@ class LeaseSession(Protocol):
     def listen(self) -> None: ...
     def listen_control(self) -> None: ...
     def register_replica(
-        self, replica: str, *, host: str, pid: int, version: str, may_lead: bool, loops: list[str]
+        self,
+        replica: str,
+        *,
+        host: str,
+        pid: int,
+        version: str,
+        may_lead: bool,
+        loops: list[str],
+        labels: Sequence[str] = (),
+        campaigns_for: Sequence[str] = (),
+        preferred_for: Sequence[str] = (),
+    ) -> None: ...
+    def replica_candidacy(
+        self, replica: str, campaigns_for: Sequence[str], preferred_for: Sequence[str]
     ) -> None: ...
     def replica_stopped(self, replica: str) -> None: ...
     def replica_wedged(self, replica: str, loops: Sequence[str]) -> None: ...
     def wait_notify(self, timeout: float) -> list[str]: ...
-    def campaign(self, names: Sequence[str]) -> list[Contender]: ...
+    def campaign(self, names: Sequence[str], watch: Sequence[str] = ()) -> list[Contender]: ...
     def bump_epoch(
         self, names: Sequence[str], replica: str, reason: str
     ) -> list[tuple[str, int]]: ...
-    def heartbeat(self, names: Sequence[str], epochs: Sequence[int], replica: str) -> Heartbeat: ...
+    def heartbeat(
+        self,
+        names: Sequence[str],
+        epochs: Sequence[int],
+        replica: str,
+        *,
+        live_s: float | None = None,
+    ) -> Heartbeat: ...
     def hand_over(
         self, names: Sequence[str], epochs: Sequence[int], replica: str, reason: str
     ) -> set[str]: ...
@@ -389,9 +411,20 @@ class LockSession:
         self._exec(L["listen_control"], None)
 
     def register_replica(
-        self, replica: str, *, host: str, pid: int, version: str, may_lead: bool, loops: list[str]
+        self,
+        replica: str,
+        *,
+        host: str,
+        pid: int,
+        version: str,
+        may_lead: bool,
+        loops: list[str],
+        labels: Sequence[str] = (),
+        campaigns_for: Sequence[str] = (),
+        preferred_for: Sequence[str] = (),
     ) -> None:
-        """Announce this replica (and this lock session's backend pid) in ``leasectl_replicas``."""
+        """Announce this replica (and this lock session's backend pid) in ``leasectl_replicas``,
+        with what placement ranks it by (its labels and the leases it campaigns for)."""
         params = {
             "id": replica,
             "host": host,
@@ -399,8 +432,22 @@ class LockSession:
             "version": version,
             "may_lead": may_lead,
             "loops": loops,
+            "labels": list(labels),
+            "campaigns_for": list(campaigns_for),
+            "preferred_for": list(preferred_for),
         }
         self._exec(L["register_replica"], params)
+
+    def replica_candidacy(
+        self, replica: str, campaigns_for: Sequence[str], preferred_for: Sequence[str]
+    ) -> None:
+        """Publish the leases this replica campaigns for (and is preferred for) now."""
+        params = {
+            "id": replica,
+            "campaigns_for": list(campaigns_for),
+            "preferred_for": list(preferred_for),
+        }
+        self._exec(L["replica_candidacy"], params)
 
     def replica_stopped(self, replica: str) -> None:
         self._exec(L["replica_stopped"], {"id": replica})
@@ -409,25 +456,32 @@ class LockSession:
         """Record which loops' ticks are wedged on this replica (for ``leasectl status``)."""
         self._exec(L["replica_wedged"], {"id": replica, "loops": list(loops)})
 
-    def campaign(self, names: Sequence[str]) -> list[Contender]:
+    def campaign(self, names: Sequence[str], watch: Sequence[str] = ()) -> list[Contender]:
         """Try-lock every name and report, in the same round trip, who holds the others.
 
         The try-lock is locks.sql's ``try_acquire`` (one definition); leases.sql's
-        ``contenders`` runs right after it in one pipeline. Callers must not pass names they
-        hold (see :meth:`try_acquire`).
+        ``contenders`` runs right after it in one pipeline. ``watch``: names reported on
+        but not tried (spread placement: not this replica's turn yet). Callers must not pass
+        names they hold (see :meth:`try_acquire`).
         """
         names = list(names)
-        if not names:
+        everything = names + [n for n in watch if n not in names]
+        if not everything:
             return []
         keys = [self.key(n) for n in names]
+        all_keys = [self.key(n) for n in everything]
         try:
             with self.conn.pipeline():
-                tried = self.conn.execute(Q["try_acquire"], {"ns": self.namespace, "keys": keys})
+                tried = (
+                    self.conn.execute(Q["try_acquire"], {"ns": self.namespace, "keys": keys})
+                    if keys
+                    else None
+                )
                 report = self.conn.execute(
-                    L["contenders"], {"ns": self.namespace, "names": names, "keys": keys}
+                    L["contenders"], {"ns": self.namespace, "names": everything, "keys": all_keys}
                 )
             by_key = dict(zip(keys, names, strict=True))
-            got = {by_key[key] for key, ok in tried.fetchall() if ok}
+            got = {by_key[key] for key, ok in tried.fetchall() if ok} if tried else set()
             rows = report.fetchall()
         except psycopg.Error as exc:
             raise translate_error(exc) from exc
@@ -450,12 +504,43 @@ class LockSession:
         }
         return [(name, int(epoch)) for name, epoch in self._exec(L["bump_epoch"], params)]
 
-    def heartbeat(self, names: Sequence[str], epochs: Sequence[int], replica: str) -> Heartbeat:
-        """Prove the locks and epochs of ``names`` are ours and stamp the replica row."""
-        params = {"ns": self.namespace, "names": list(names), "epochs": list(epochs)}
-        row = self._exec(L["heartbeat"], {**params, "replica": replica}).fetchone()
+    def heartbeat(
+        self,
+        names: Sequence[str],
+        epochs: Sequence[int],
+        replica: str,
+        *,
+        live_s: float | None = None,
+    ) -> Heartbeat:
+        """Prove the locks and epochs of ``names`` are ours and stamp the replica row.
+
+        ``live_s``: also return the live replicas (seen within that many seconds) for
+        placement, in the same statement; None skips that part.
+        """
+        params = {
+            "ns": self.namespace,
+            "names": list(names),
+            "epochs": list(epochs),
+            "replica": replica,
+            "placement": live_s is not None,
+            "live_s": live_s if live_s is not None else 0.0,
+        }
+        row = self._exec(L["heartbeat"], params).fetchone()
         assert row is not None
-        return Heartbeat(bool(row[0]), list(row[1]))
+        replicas = None
+        if live_s is not None:
+            replicas = [
+                Replica(
+                    rid,
+                    frozenset(campaigns or ()),
+                    frozenset(preferred or ()),
+                    frozenset(wedged or ()),
+                    float(live_for or 0.0),
+                    tuple(labels or ()),
+                )
+                for rid, campaigns, preferred, wedged, live_for, labels in row[2]
+            ]
+        return Heartbeat(bool(row[0]), list(row[1]), replicas)
 
     def hand_over(
         self, names: Sequence[str], epochs: Sequence[int], replica: str, reason: str

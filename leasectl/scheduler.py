@@ -272,7 +272,14 @@ class Scheduler:
             if plan.slot == state.pending_slot and now < state.pending_start:
                 self._sleep(state, min(state.pending_start - now, 1.0))
                 continue
-            ok = self._leased_tick(state, lease, plan.slot)
+            # The manager hands a lease over (placement rebalance) only between ticks.
+            if not self.manager.tick_begin(spec.name, lease):
+                self._sleep(state, 0.1)
+                continue
+            try:
+                ok = self._leased_tick(state, lease, plan.slot)
+            finally:
+                self.manager.tick_end(spec.name)
             if ok is None:
                 continue  # slot already done elsewhere; ledger refreshed
             if ok:

@@ -3,15 +3,26 @@
 -- run in the caller's own transaction (Lease.guard).
 
 -- name: register_replica
--- Announce this replica; `leasectl status` joins it with pg_locks to show who is alive.
+-- Announce this replica; `leasectl status` joins it with pg_locks to show who is alive. The
+-- placement columns (migration 0010) are what peers rank it by; connected_at restarts with
+-- every lock session, so a replica that keeps reconnecting never looks settled.
 INSERT INTO leasectl_replicas
-       (id, host, pid, version, may_lead, loops, started_at, last_seen, backend_pid)
+       (id, host, pid, version, may_lead, loops, started_at, last_seen, backend_pid,
+        labels, campaigns_for, preferred_for, connected_at)
 VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(may_lead)s, %(loops)s, now(), now(),
-        pg_backend_pid())
+        pg_backend_pid(), %(labels)s, %(campaigns_for)s, %(preferred_for)s, now())
 ON CONFLICT (id) DO UPDATE
 SET host = excluded.host, pid = excluded.pid, version = excluded.version,
     may_lead = excluded.may_lead, loops = excluded.loops, last_seen = now(), stopped_at = NULL,
-    backend_pid = excluded.backend_pid
+    backend_pid = excluded.backend_pid, labels = excluded.labels,
+    campaigns_for = excluded.campaigns_for, preferred_for = excluded.preferred_for,
+    connected_at = now()
+
+-- name: replica_candidacy
+-- The leases this replica campaigns for changed (a step-down cooldown began or ended, a tick
+-- wedged or returned): peers rank it by this row. Written on change only.
+UPDATE leasectl_replicas SET campaigns_for = %(campaigns_for)s, preferred_for = %(preferred_for)s
+WHERE id = %(id)s
 
 -- name: replica_wedged
 -- The loops whose ticks are wedged on this replica (empty when none); written on change only.
@@ -26,6 +37,8 @@ UPDATE leasectl_replicas SET stopped_at = now(), last_seen = now() WHERE id = %(
 -- statement: for each wanted lease, how stale its holder's renewal is (DB clock)
 -- and which other backend holds its lock, so a hung holder can be evicted. Rows for the leases
 -- this session just got are ignored by the caller (their holder is us, hence excluded).
+-- With spread placement `names` also lists leases watched but not tried this round (it is not
+-- yet this replica's turn): a NULL holder_pid says they are free, which starts its wait.
 SELECT w.name,
        -- last renewal: the lease's own stamp (acquisition) or its holder's last heartbeat,
        -- the latter only if made on the very session that holds the lock
@@ -83,6 +96,10 @@ SELECT name, epoch FROM bumped
 -- primary, and that each lease's epoch is still ours. It renews them all at once by stamping
 -- the replica row (last_seen + this lock session's pid): one row written per heartbeat,
 -- whatever the number of leases. Eviction and `leasectl status` read that stamp.
+-- With spread placement (%(placement)s) it also returns the live replicas placement ranks:
+-- not stopped, allowed to lead, seen within live_s, and with their lock session connected
+-- (the stamped backend still exists under the replica's application_name). A crashed
+-- replica drops out as soon as the server has ended its session.
 WITH mine AS (
     SELECT objid::bigint AS key_oid
     FROM pg_locks
@@ -103,8 +120,21 @@ WITH mine AS (
 ), seen AS (
     UPDATE leasectl_replicas SET last_seen = now(), backend_pid = pg_backend_pid()
     WHERE id = %(replica)s
+), live AS (
+    SELECT r.id, r.campaigns_for, r.preferred_for, r.wedged, r.labels,
+           extract(epoch FROM now() - coalesce(r.connected_at, r.started_at))::float8 AS live_for
+    FROM leasectl_replicas r
+    WHERE %(placement)s AND r.stopped_at IS NULL AND r.may_lead
+      AND r.last_seen > now() - make_interval(secs => %(live_s)s)
+      AND (r.id = %(replica)s OR EXISTS (
+          SELECT 1 FROM pg_stat_activity a
+          WHERE a.pid = r.backend_pid AND a.datname = current_database()
+            AND a.application_name = left('leasectl/' || r.id, 63)))
 )
-SELECT pg_is_in_recovery(), ARRAY(SELECT name FROM unproven)
+SELECT pg_is_in_recovery(), ARRAY(SELECT name FROM unproven),
+       (SELECT coalesce(json_agg(json_build_array(
+                   id, campaigns_for, preferred_for, wedged, live_for, labels)), '[]'::json)
+        FROM live)
 
 -- name: record_release
 -- Graceful hand-over, first half: mark the rows released and record it. The same pipeline then

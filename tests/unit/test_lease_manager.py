@@ -25,6 +25,7 @@ from leasectl.errors import (
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import LeaseEvent
 from leasectl.locks import Contender, Heartbeat, LeaseSession, TcpBound, translate_error
+from leasectl.placement import Replica
 from leasectl.settings import CoreSettings, LeaseSettings
 
 TTL, GRACE = 5.0, 2.0
@@ -49,6 +50,17 @@ class Row:
 
 
 @dataclass
+class ReplicaRow:
+    """The placement columns of a ``leasectl_replicas`` row (migration 0010)."""
+
+    campaigns_for: list[str]
+    preferred_for: list[str]
+    connected_at: float
+    labels: list[str]
+    stopped: bool = False
+
+
+@dataclass
 class FakeDatabase:
     """The server side: who holds which lock, the lease and replica rows, the DB clock."""
 
@@ -56,6 +68,7 @@ class FakeDatabase:
     locks: dict[str, int] = field(default_factory=dict)  # lease -> backend pid
     rows: dict[str, Row] = field(default_factory=dict)
     replicas: dict[str, tuple[float, int]] = field(default_factory=dict)  # last_seen, pid
+    placement: dict[str, ReplicaRow] = field(default_factory=dict)
     events: list[tuple[str, str, int | None, str]] = field(default_factory=list)
     sessions: dict[int, FakeSession] = field(default_factory=dict)
     in_recovery: bool = False
@@ -76,6 +89,26 @@ class FakeDatabase:
     def terminate(self, pid: int) -> None:
         self.sessions[pid].close()
 
+    def live(self, live_s: float, me: str) -> list[Replica]:
+        """The heartbeat's `live` part: not stopped, seen recently, lock session connected."""
+        out = []
+        for rid, row in self.placement.items():
+            seen, pid = self.replicas[rid]
+            connected = pid in self.sessions and not self.sessions[pid].closed
+            if row.stopped or seen <= self.now - live_s or not (connected or rid == me):
+                continue
+            out.append(
+                Replica(
+                    rid,
+                    frozenset(row.campaigns_for),
+                    frozenset(row.preferred_for),
+                    frozenset(),
+                    self.now - row.connected_at,
+                    tuple(row.labels),
+                )
+            )
+        return out
+
 
 class FakeSession:
     """An in-memory :class:`LeaseSession`."""
@@ -90,6 +123,7 @@ class FakeSession:
         self.closed = False
         self.broken = False  # the connection died: every statement fails
         self.calls: list[str] = []
+        self.watched: list[str] = []  # names the last campaign reported on without trying
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
@@ -105,23 +139,48 @@ class FakeSession:
         self.listening.add("leasectl_control")
 
     def register_replica(
-        self, replica: str, *, host: str, pid: int, version: str, may_lead: bool, loops: list[str]
+        self,
+        replica: str,
+        *,
+        host: str,
+        pid: int,
+        version: str,
+        may_lead: bool,
+        loops: list[str],
+        labels: Sequence[str] = (),
+        campaigns_for: Sequence[str] = (),
+        preferred_for: Sequence[str] = (),
     ) -> None:
         self._call("register_replica")
         self.db.replicas[replica] = (self.db.now, self.backend_pid)
+        self.db.placement[replica] = ReplicaRow(
+            list(campaigns_for) if may_lead else [], list(preferred_for), self.db.now, list(labels)
+        )
+
+    def replica_candidacy(
+        self, replica: str, campaigns_for: Sequence[str], preferred_for: Sequence[str]
+    ) -> None:
+        self._call("replica_candidacy")
+        row = self.db.placement[replica]
+        row.campaigns_for, row.preferred_for = list(campaigns_for), list(preferred_for)
 
     def replica_stopped(self, replica: str) -> None:
         self._call("replica_stopped")
+        self.db.placement[replica].stopped = True
 
     def wait_notify(self, timeout: float) -> list[str]:
         self._call("wait_notify")
         out, self.inbox = self.inbox, []
         return out
 
-    def campaign(self, names: Sequence[str]) -> list[Contender]:
+    def campaign(self, names: Sequence[str], watch: Sequence[str] = ()) -> list[Contender]:
         self._call("campaign")
+        self.watched = list(watch)
         out = []
-        for name in names:
+        for name in [*names, *watch]:
+            if name not in self.db.locks and name in watch:
+                out.append(Contender(name, False, None, None, None, None))
+                continue
             if name not in self.db.locks:
                 self.db.locks[name] = self.backend_pid
                 out.append(Contender(name, True, None, None, None, None))
@@ -160,10 +219,18 @@ class FakeSession:
             out.append((name, epoch))
         return out
 
-    def heartbeat(self, names: Sequence[str], epochs: Sequence[int], replica: str) -> Heartbeat:
+    def heartbeat(
+        self,
+        names: Sequence[str],
+        epochs: Sequence[int],
+        replica: str,
+        *,
+        live_s: float | None = None,
+    ) -> Heartbeat:
         self._call("heartbeat")
         if self.db.in_recovery:
             return Heartbeat(True, [])
+        live = None if live_s is None else self.db.live(live_s, replica)
         unproven = []
         for name, epoch in zip(names, epochs, strict=True):
             row = self.db.rows.get(name)
@@ -171,7 +238,7 @@ class FakeSession:
             if not (mine and row and row.epoch == epoch and row.holder == replica):
                 unproven.append(name)
         self.db.replicas[replica] = (self.db.now, self.backend_pid)
-        return Heartbeat(False, unproven)
+        return Heartbeat(False, unproven, live)
 
     def hand_over(
         self, names: Sequence[str], epochs: Sequence[int], replica: str, reason: str
@@ -484,3 +551,295 @@ def test_psycopg_errors_are_translated_once(
 ) -> None:
     got = translate_error(exc)
     assert type(got) is kind and text in str(got)
+
+
+# -- placement (leases.placement: spread) -----------------------------------------------------
+
+SIX = [f"loop-{i}" for i in range(6)]
+SPREAD = CoreSettings(
+    leases=replace(
+        SETTINGS.leases,
+        placement="spread",
+        placement_step=0.4,
+        rebalance_after=3.0,
+        rebalance_cooldown=5.0,
+    )
+)
+
+
+def cluster(
+    db: FakeDatabase, clock: FakeClock, ids: list[str], settings: CoreSettings = SPREAD
+) -> dict[str, tuple[LeaseManager, FakeSession, list[LeaseEvent]]]:
+    return {rid: manager(db, rid, SIX, clock, settings) for rid in ids}
+
+
+def beat(*members: tuple[LeaseManager, FakeSession, list[LeaseEvent]]) -> None:
+    """One heartbeat (and rebalance planning) of each member, as the thread does it."""
+    for m, s, _ in members:
+        m._publish_candidacy(s)
+        m._heartbeat(s)
+        m._plan_rebalance()
+
+
+def deliver(*members: tuple[LeaseManager, FakeSession, list[LeaseEvent]]) -> None:
+    """Each member reads its notifications and campaigns if one asks for it."""
+    for m, s, _ in members:
+        if any([m._on_notify(s, p) for p in s.wait_notify(0.0)]):
+            m._campaign(s)
+
+
+def holdings(
+    members: dict[str, tuple[LeaseManager, FakeSession, list[LeaseEvent]]],
+) -> dict[str, set[str]]:
+    return {rid: set(m.held()) for rid, (m, _, _) in members.items()}
+
+
+def test_spread_each_replica_takes_only_what_placement_gives_it() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    members = cluster(db, clock, ["a", "b", "c"])
+    beat(*members.values())
+    for m, s, _ in members.values():
+        m._campaign(s)
+    held = holdings(members)
+    assert [len(h) for h in held.values()] == [2, 2, 2]
+    assert set().union(*held.values()) == set(SIX)
+    a, sa, _ = members["a"]
+    assert sorted(sa.watched) == sorted(set(SIX) - held["a"])  # watched, never tried
+    assert a._state.free_since  # a campaigned first: b's and c's were still free then
+    a._campaign(sa)
+    assert a._state.free_since == {}  # they are held now: nothing to wait for
+
+
+def test_a_non_first_candidate_waits_rank_times_step_after_seeing_a_lease_free() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    members = cluster(db, clock, ["a", "b", "c"])
+    beat(*members.values())
+    lease = SIX[0]
+    plan = members["a"][0]._placement()
+    second, third = (r.id for r in plan.ranking(lease)[1:])
+    m, s, _ = members[third]
+    m._campaign(s)  # rank 2: sees the lease free, does not try it yet
+    assert lease not in m.held() and lease in s.watched
+    assert m._state.free_since[lease] == 100.0
+    clock.now = 100.0 + 0.79
+    assert m._campaign(s) == 100.0 + 0.8  # when its turn comes (the thread campaigns then)
+    assert lease not in m.held()
+    clock.now = 100.0 + 0.8
+    m._campaign(s)
+    assert lease in m.held()  # nobody better took it: it does
+
+
+def test_a_better_replica_joining_gets_its_leases_handed_over_once_settled() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    a = manager(db, "a", SIX, clock, SPREAD)
+    beat(a)
+    a[0]._campaign(a[1])
+    assert set(a[0].held()) == set(SIX)  # alone: everything is its
+    db.now, clock.now = 10.0, 110.0
+    b, c = manager(db, "b", SIX, clock, SPREAD), manager(db, "c", SIX, clock, SPREAD)
+    beat(a, b, c)
+    b[0]._campaign(b[1])
+    c[0]._campaign(c[1])
+    assert b[0].held() == {} and c[0].held() == {}  # no overlap: the locks are a's
+    assert a[0]._state.handing_over == {}  # b and c are not settled yet
+    db.now, clock.now = 12.9, 112.9
+    beat(a, b, c)
+    assert a[0]._state.handing_over == {}
+    db.now, clock.now = 13.0, 113.0  # live for rebalance_after
+    beat(a, b, c)
+    plan = a[0]._placement()
+    moving = {n: t for n, t in plan.assignment.items() if t != "a"}
+    assert len(moving) == 4 and a[0]._state.handing_over == moving
+    a[0]._hand_over_idle(a[1])
+    deliver(a, b, c)
+    held = {"a": set(a[0].held()), "b": set(b[0].held()), "c": set(c[0].held())}
+    assert [len(h) for h in held.values()] == [2, 2, 2]
+    released = [e for e in db.events if e[0] == "released"]
+    assert sorted(e[1] for e in released) == sorted(moving)
+    assert all(e[3] == f"rebalance: to {moving[e[1]]}" for e in released)
+    assert not any(e[0] == "evicted" for e in db.events)
+    # Stable from now on: nobody hands anything on.
+    db.now, clock.now = 60.0, 160.0
+    beat(a, b, c)
+    assert all(m._state.handing_over == {} for m, _, _ in (a, b, c))
+
+
+def test_a_running_tick_delays_the_hand_over_and_no_tick_starts_meanwhile() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    a = manager(db, "a", SIX, clock, SPREAD)
+    beat(a)
+    a[0]._campaign(a[1])
+    b = manager(db, "b", SIX, clock, SPREAD)
+    mine = {n for n, t in placement_of(a, b).items() if t == "b"}
+    busy, idle = sorted(mine)[0], sorted(mine)[1:]
+    busy_lease = a[0].lease(busy)
+    assert busy_lease is not None and a[0].tick_begin(busy, busy_lease)
+    db.now, clock.now = 10.0, 110.0
+    beat(a, b)
+    beat(a, b)  # the first round only stamped rows last seen 10 s ago (heartbeats are 1 s)
+    assert set(a[0]._state.handing_over) == mine
+    idle_lease = a[0].lease(idle[0])
+    assert idle_lease is not None and not a[0].tick_begin(idle[0], idle_lease)  # pending
+    a[0]._hand_over_idle(a[1])
+    assert set(a[0].held()) == set(SIX) - set(idle)  # the busy one stays until its tick ends
+    assert busy_lease.valid()
+    a[0].tick_end(busy)
+    a[0]._hand_over_idle(a[1])
+    assert set(a[0].held()) == set(SIX) - mine and not busy_lease.valid()
+    assert busy_lease.lost_reason == "rebalance: to b"
+    assert not a[0].tick_begin(busy, busy_lease)  # a released lease never starts a tick
+
+
+def placement_of(*members: tuple[LeaseManager, FakeSession, list[LeaseEvent]]) -> dict[str, str]:
+    beat(*members)
+    return members[0][0]._placement().assignment
+
+
+def test_a_lease_received_stays_for_the_cooldown_no_ping_pong() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    a = manager(db, "a", SIX, clock, SPREAD)
+    beat(a)
+    a[0]._campaign(a[1])
+    db.now, clock.now = 10.0, 110.0
+    b = manager(db, "b", SIX, clock, SPREAD)
+    db.now, clock.now = 13.0, 113.0
+    beat(a, b)
+    a[0]._hand_over_idle(a[1])
+    deliver(a, b)
+    got = set(b[0].held())
+    assert len(got) == 3
+    # b's view now says a should hold them back (a's candidacy looks different to b only if
+    # something changed; simulate the worst case: a preferred holder flips to a).
+    db.placement["a"].preferred_for = list(got)
+    db.now, clock.now = 14.0, 114.0
+    beat(b)
+    assert b[0]._state.handing_over == {}  # within rebalance_cooldown of receiving them
+    db.now, clock.now = 18.0, 118.0
+    beat(a, b)
+    assert set(b[0]._state.handing_over) == got  # after it: one deliberate move back
+    moves = [e for e in db.events if e[0] == "released"]
+    assert len(moves) == 3
+
+
+def test_a_crashed_holders_leases_go_to_the_next_ranked_survivor_at_once() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    members = cluster(db, clock, ["a", "b", "c"])
+    beat(*members.values())
+    for m, s, _ in members.values():
+        m._campaign(s)
+    lost = set(members["c"][0].held())
+    db.terminate(members["c"][1].backend_pid)  # kill -9: the server ends its session
+    survivors = [members["a"], members["b"]]
+    db.now, clock.now = 1.0, 101.0
+    beat(*survivors)  # c's session is gone: not live any more, ranks recomputed
+    for m, s, _ in survivors:
+        m._campaign(s)
+    held = set(members["a"][0].held()) | set(members["b"][0].held())
+    assert held == set(SIX) and lost <= held
+
+
+def test_a_crash_seen_before_the_next_heartbeat_costs_one_step_at_most() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    members = cluster(db, clock, ["a", "b", "c"])
+    beat(*members.values())
+    for m, s, _ in members.values():
+        m._campaign(s)
+    lease = sorted(members["c"][0].held())[0]
+    plan = members["a"][0]._placement()
+    nxt = plan.ranking(lease)[1].id  # c is still rank 0 in the survivors' stale view
+    db.terminate(members["c"][1].backend_pid)
+    m, s, _ = members[nxt]
+    m._campaign(s)
+    assert lease not in m.held()
+    clock.now = 100.0 + SPREAD.leases.placement_step
+    m._campaign(s)
+    assert lease in m.held()
+
+
+def test_a_suspended_lease_is_not_campaigned_for_and_peers_stop_ranking_us() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    members = cluster(db, clock, ["a", "b"])
+    beat(*members.values())
+    a, sa, _ = members["a"]
+    a._campaign(sa)
+    lease = sorted(a.held())[0]
+    a.abandon(lease, "wedged_tick")
+    a._run_commands(sa)
+    beat(members["a"])
+    assert lease not in db.placement["a"].campaigns_for and "replica_candidacy" in sa.calls
+    a._campaign(sa)
+    assert lease not in a.held() and lease not in sa.watched
+    b, sb, _ = members["b"]
+    beat(members["b"])
+    assert b._placement().choose(lease) == "b"
+    b._campaign(sb)
+    assert lease in b.held()
+    a.resume(lease)
+    beat(members["a"])
+    assert lease in db.placement["a"].campaigns_for
+
+
+def test_a_step_down_cooldown_takes_the_replica_out_of_the_ranking_meanwhile() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    members = cluster(db, clock, ["a", "b"])
+    beat(*members.values())
+    a, sa, _ = members["a"]
+    a._campaign(sa)
+    lease = sorted(a.held())[0]
+    a.step_down(lease, cooldown=30)
+    a._run_commands(sa)
+    beat(members["a"])
+    assert lease not in db.placement["a"].campaigns_for
+    clock.now = 131.0
+    beat(members["a"])
+    assert lease in db.placement["a"].campaigns_for
+
+
+def test_requires_labels_and_preferred_holder_from_the_configuration() -> None:
+    from leasectl.settings import LoopPlacement
+
+    settings = CoreSettings(
+        leases=replace(
+            SPREAD.leases,
+            loops={
+                "loop-0": LoopPlacement(requires_labels=("hsm",)),
+                "loop-1": LoopPlacement(preferred_holder="zone-b"),
+            },
+        )
+    )
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    s_a, s_b = db.session(), db.session()
+    a = LeaseManager("a", SIX, settings, dsn="fake", clock=clock, session_factory=lambda: s_a)
+    b = LeaseManager(
+        "b",
+        SIX,
+        settings,
+        dsn="fake",
+        clock=clock,
+        session_factory=lambda: s_b,
+        labels=["hsm", "zone-b"],
+    )
+    assert a.excluded == {"loop-0": ("hsm",)} and "loop-0" not in a.wanted
+    assert b.preferred_for == ["loop-1"]
+    a._session, b._session = a._connect(), b._connect()
+    assert "loop-0" not in db.placement["a"].campaigns_for
+    assert db.placement["b"].preferred_for == ["loop-1"]
+    members = [(a, s_a, []), (b, s_b, [])]
+    beat(*members)  # type: ignore[arg-type]
+    a._campaign(s_a)
+    b._campaign(s_b)
+    assert "loop-0" in b.held() and "loop-1" in b.held()
+
+
+def test_pack_placement_is_the_plain_race() -> None:
+    pack = CoreSettings(leases=replace(SPREAD.leases, placement="pack"))
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    members = cluster(db, clock, ["a", "b", "c"], pack)
+    beat(*members.values())
+    a, sa, _ = members["a"]
+    assert a._replicas is None  # the heartbeat did not even ask who is live
+    a._campaign(sa)
+    assert set(a.held()) == set(SIX)
+    db.now, clock.now = 100.0, 200.0
+    beat(*members.values())
+    assert a._state.handing_over == {}
