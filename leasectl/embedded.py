@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from leasectl.errors import DatabaseUnavailable
+from leasectl.errors import ConfigError, DatabaseUnavailable
 
 SYSTEM_USER = "embedded_postgres"
 DEFAULT_DATA_DIR = Path(".leasectl/pgdata")
@@ -89,7 +89,11 @@ class EmbeddedPostgres:
 
     def ensure_running(self) -> ServerInfo:
         """Start the server unless it already runs on this data directory; return its info."""
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            open(self.data_dir.parent / f".{self.data_dir.name}.lock", "a+").close()
+        except OSError as exc:
+            raise self._unusable(exc) from exc
         with self._file_lock():
             info = self.info()
             if info is not None:
@@ -110,6 +114,8 @@ class EmbeddedPostgres:
             lines = pidfile.read_text().splitlines()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise self._unusable(exc) from exc
         if len(lines) < 8 or lines[7].strip() != "ready":
             return None
         pid = int(lines[0])
@@ -131,6 +137,15 @@ class EmbeddedPostgres:
         return self.ensure_running()
 
     # -- internals ------------------------------------------------------------------------
+
+    def _unusable(self, exc: OSError) -> ConfigError:
+        """A data directory that cannot be created or read is a configuration problem."""
+        return ConfigError(
+            f"database.data_dir: cannot use {self.data_dir} for the embedded PostgreSQL: "
+            f"{exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename else "")
+            + "; set database.data_dir to a writable directory, or database.dsn / LEASECTL_DSN"
+        )
 
     @contextmanager
     def _file_lock(self) -> Iterator[None]:

@@ -37,6 +37,7 @@ import psycopg
 from leasectl import sql
 from leasectl.db import is_unix_socket, lock_connect
 from leasectl.errors import (
+    ConfigError,
     DatabaseUnavailable,
     LeasectlError,
     LeaseTimeout,
@@ -422,9 +423,14 @@ class LockSession:
         labels: Sequence[str] = (),
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
+        live_s: float = 5.0,
     ) -> None:
         """Announce this replica (and this lock session's backend pid) in ``leasectl_replicas``,
-        with what placement ranks it by (its labels and the leases it campaigns for)."""
+        with what placement ranks it by (its labels and the leases it campaigns for).
+
+        :raises ConfigError: the id belongs to another process that is live (its lock
+            session exists and it heartbeated within ``live_s``, the default lease_ttl).
+        """
         params = {
             "id": replica,
             "host": host,
@@ -435,8 +441,27 @@ class LockSession:
             "labels": list(labels),
             "campaigns_for": list(campaigns_for),
             "preferred_for": list(preferred_for),
+            "live_s": live_s,
         }
-        self._exec(L["register_replica"], params)
+        # A crashed predecessor's session can outlive it by a moment (or until D_srv after a
+        # partition, while it no longer heartbeats): retry until it is gone or silent for
+        # live_s; a live duplicate keeps heartbeating and is refused.
+        deadline = time.monotonic() + live_s + 1.0
+        while self._exec(L["register_replica"], params).fetchone() is None:
+            if time.monotonic() >= deadline:
+                row = self._exec(L["replica_row"], {"id": replica}).fetchone()
+                who = (
+                    f"host {row[0]}, pid {row[1]}, lock session {row[3]}, last heartbeat "
+                    f"{row[2]:.1f}s ago"
+                    if row
+                    else "another process"
+                )
+                raise ConfigError(
+                    f"replica.id / --replica-id: {replica!r} is already used by a live replica "
+                    f"({who}); give each replica its own id (or leave it empty for "
+                    "host-pid-random)"
+                )
+            time.sleep(0.2)
 
     def replica_candidacy(
         self, replica: str, campaigns_for: Sequence[str], preferred_for: Sequence[str]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from leasectl.cli import exit_codes
-from leasectl.cli.args import add_common, settings_from
+from leasectl.cli.args import add_common, dsn_override, settings_from
 from leasectl.cli.timing import add_timing_arguments
-from leasectl.config import to_yaml
+from leasectl.config import Loaded, blame, load_traced, to_yaml
+from leasectl.errors import ConfigError
+from leasectl.loop import LoopSpec
 
 
 def add_config_parser(sub: Any) -> None:
@@ -35,11 +39,75 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
-    # The loops check what only they know (e.g. the digest needs an SMTP host) when built;
-    # the package is the configured one (scheduler.loops_package), found by name.
-    registry = importlib.import_module(settings.scheduler.loops_package + ".registry")
-    specs = registry.build_loops(settings.loops)
+    """Everything ``run`` would refuse, reported at once, each with where it was set.
+
+    First the file itself (every problem of the schema at once, see leasectl.config); then
+    what only the loops know when they are built (e.g. the digest needs an SMTP host: each
+    loop module is built on its own so that every loop's problems are reported together),
+    and ``scheduler.only`` naming a loop that does not exist.
+    """
+    loaded = load_traced(args.config, overrides=dsn_override(args) or None)
+    settings = loaded.settings
+    package = settings.scheduler.loops_package
+    registry = importlib.import_module(package + ".registry")
+    problems: list[str] = []
+    specs = _build_each(registry, package, settings.loops, loaded, problems)
+    known = {s.name for s in specs} | set(getattr(registry, "LOOP_MODULES", ()))
+    unknown = [n for n in settings.scheduler.only if n not in known]
+    if unknown:
+        problems.append(
+            f"scheduler.only: unknown loop(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(known))} ({loaded.origin('scheduler.only')})"
+        )
+    if problems:
+        raise ConfigError(problems, blame(problems, loaded.source))
     leased = sum(1 for s in specs if s.placement == "leased")
     print(f"configuration is valid: {len(specs)} loops enabled ({leased} leased)")
     return exit_codes.OK
+
+
+_KEY = re.compile(r"\bloops(?:\.[a-z_][a-z0-9_]*)+")
+
+
+def _build_each(
+    registry: Any, package: str, config: Any, loaded: Loaded, problems: list[str]
+) -> list[LoopSpec]:
+    """Build the loops one module at a time when the package lists them (``LOOP_MODULES``
+    naming modules with ``build``), else with ``build_loops``; collect every failure."""
+    builders: list[tuple[str, Callable[[Any], Any]]] = []
+    for name in getattr(registry, "LOOP_MODULES", ()):
+        try:
+            module = importlib.import_module(f"{package}.{name}")
+        except ImportError:
+            builders = []
+            break
+        build = getattr(module, "build", None)
+        if build is None:
+            builders = []
+            break
+        builders.append((name, build))
+    if not builders:
+        builders = [(package, registry.build_loops)]
+    specs: list[LoopSpec] = []
+    for name, build in builders:
+        try:
+            built = build(config)
+        except ConfigError as exc:
+            problems.extend(_located(p, loaded) for p in exc.problems)
+            continue
+        except Exception as exc:  # any failure to build is a problem run would stop on
+            problems.append(f"{name}: cannot be built: {type(exc).__name__}: {exc}")
+            continue
+        if isinstance(built, list):
+            specs.extend(built)
+        elif built is not None:
+            specs.append(built)
+    return specs
+
+
+def _located(problem: str, loaded: Loaded) -> str:
+    """A loop's problem with where the first setting it names was set (file:line)."""
+    m = _KEY.search(problem)
+    if m is None or problem.rstrip().endswith(")"):
+        return problem
+    return f"{problem} ({loaded.origin(m.group(0))})"

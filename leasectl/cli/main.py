@@ -8,8 +8,9 @@ One handler turns every failure into one line (a :class:`LeasectlError`'s messag
 per configuration problem) and an exit code from :mod:`leasectl.cli.exit_codes`, so that an
 operator reads a cause, not a Python traceback; the traceback is shown only with ``-v``. It
 also covers what is not a leasectl error: an operating-system error (a data directory that
-cannot be written), a closed output pipe (``leasectl migrate --status | head``), SIGTERM or
-Ctrl-C in the middle of a command (the work in progress is rolled back by the server).
+cannot be written), an error the server returns (a role without privileges), a closed output
+pipe (``leasectl migrate --status | head``), SIGTERM or Ctrl-C in the middle of a command
+(the work in progress is rolled back by the server).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
+import psycopg
+
 from leasectl._version import __version__
 from leasectl.cli import exit_codes
+from leasectl.cli.ca import add_ca_parser
 from leasectl.cli.config import add_config_parser
 from leasectl.cli.demo import add_demo_parser
 from leasectl.cli.drill import add_drill_parser
@@ -34,7 +38,7 @@ from leasectl.cli.run import add_run_parser
 from leasectl.cli.status import add_status_parser
 from leasectl.cli.step_down import add_step_down_parser
 from leasectl.cli.timing import add_timing_parser
-from leasectl.errors import LeasectlError
+from leasectl.errors import ConfigError, LeasectlError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_step_down_parser,
         add_evict_parser,
         add_config_parser,
+        add_ca_parser,
         add_timing_parser,
         add_demo_parser,
         add_drill_parser,
@@ -89,6 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_codes.INTERRUPTED
     except LeasectlError as exc:
         return report(command, exc, verbose)
+    except psycopg.Error as exc:  # refused by the server (privileges, a bad object): not a bug
+        if verbose:
+            logging.exception("leasectl failed")
+        state = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
+        _say(f"leasectl {command}: error: the database refused: {one_line(exc)}{state}")
+        return exit_codes.CANNOT_START
     except OSError as exc:
         if verbose:
             logging.exception("leasectl failed")
@@ -111,7 +122,8 @@ def report(command: str, exc: LeasectlError, verbose: bool) -> int:
         logging.exception("leasectl failed")
     text = str(exc) if "\n  - " in str(exc) else one_line(exc)
     _say(f"leasectl {command}: error: {text}")
-    cause = exc.__cause__
+    # A configuration problem says everything itself; other errors may add their causes.
+    cause = None if isinstance(exc, ConfigError) else exc.__cause__
     while cause is not None:
         said = one_line(cause)
         if said and said not in text:

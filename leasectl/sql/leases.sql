@@ -16,7 +16,28 @@ SET host = excluded.host, pid = excluded.pid, version = excluded.version,
     may_lead = excluded.may_lead, loops = excluded.loops, last_seen = now(), stopped_at = NULL,
     backend_pid = excluded.backend_pid, labels = excluded.labels,
     campaigns_for = excluded.campaigns_for, preferred_for = excluded.preferred_for,
-    connected_at = now()
+    connected_at = now(),
+    started_at = CASE WHEN (leasectl_replicas.host, leasectl_replicas.pid)
+                           IS DISTINCT FROM (excluded.host, excluded.pid)
+                      THEN now() ELSE leasectl_replicas.started_at END
+-- An id already live in another process is refused (no row returned): its lock session still
+-- exists and it heartbeated within live_s. The same process reconnecting, a stopped or
+-- crashed predecessor (its session gone, or silent for live_s) may take the row over.
+WHERE (leasectl_replicas.host, leasectl_replicas.pid)
+      IS NOT DISTINCT FROM (excluded.host, excluded.pid)
+   OR leasectl_replicas.stopped_at IS NOT NULL
+   OR leasectl_replicas.last_seen < now() - make_interval(secs => %(live_s)s)
+   OR NOT EXISTS (
+       SELECT 1 FROM pg_stat_activity a
+       WHERE a.pid = leasectl_replicas.backend_pid AND a.pid <> pg_backend_pid()
+         AND a.application_name = left('leasectl/' || leasectl_replicas.id, 63))
+RETURNING id
+
+-- name: replica_row
+-- Who holds a replica id (the error message when a live replica already uses it).
+SELECT host, pid, extract(epoch FROM now() - last_seen)::float8 AS last_seen_age_s,
+       backend_pid
+FROM leasectl_replicas WHERE id = %(id)s
 
 -- name: replica_candidacy
 -- The leases this replica campaigns for changed (a step-down cooldown began or ended, a tick
