@@ -421,7 +421,11 @@ class LeaseManager:
                 cooldown = float(msg.get("cooldown") or self.settings.leases.step_down_cooldown)
                 with self._lock:
                     mine = [n for n in names if n in self._state.held]
-                    for n in mine:
+                    # `step-down --replica <this one>` drains the replica: it stays away from
+                    # every lease for the cooldown, not only those it held (with spread
+                    # placement it would otherwise be handed others meanwhile).
+                    away = self.wanted if replica and not lease else mine
+                    for n in away:
                         self._state.cooldown_until[n] = self.clock() + cooldown
                 if mine:
                     self._release(session, mine, "step_down")

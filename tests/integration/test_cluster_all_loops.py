@@ -1,7 +1,8 @@
 """Two real replica processes running all fifteen loops against one PostgreSQL.
 
-The holder is first asked to step down (both replicas alive: the case where a split brain
-would show), then SIGKILLed. Across the whole run:
+A starts alone and takes every leased loop; when B joins, spread placement hands B its share
+(no replica holds more than half, rounded up). A is then asked to step down (both replicas
+alive: the case where a split brain would show), and B is SIGKILLed. Across the whole run:
 
 - each leased loop's slot was completed by one replica only (ledger and logs agree);
 - no webhook Idempotency-Key arrived from two epochs while both epochs were believed valid
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -228,10 +230,20 @@ def test_two_replicas_all_fifteen_loops(
             timeout=30,
             what="A holds every leased loop",
         )
-        b = Proc("B", config, tmp_path)
-        procs.append(b)
         wait_until(
             lambda: loops_ticked(conn, "A") == set(LEASED), timeout=60, what="A ran every loop"
+        )
+        b = Proc("B", config, tmp_path)
+        procs.append(b)
+        share = -(-len(LEASED) // 2)
+        wait_until(
+            lambda: (
+                len(held := holders(conn)) >= len(LEASED)
+                and sorted(set(held.values())) == ["A", "B"]
+                and max(Counter(held.values()).values()) <= share
+            ),
+            timeout=45,
+            what="spread placement: A handed B its share of the leases",
         )
         wait_until(
             lambda: (

@@ -843,3 +843,23 @@ def test_pack_placement_is_the_plain_race() -> None:
     db.now, clock.now = 100.0, 200.0
     beat(*members.values())
     assert a._state.handing_over == {}
+
+
+def test_a_replica_wide_step_down_drains_the_replica_for_the_cooldown() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    members = cluster(db, clock, ["a", "b"])
+    beat(*members.values())
+    a, sa, _ = members["a"]
+    a._campaign(sa)
+    request = '{"action": "step_down", "lease": null, "replica": "a", "cooldown": 8}'
+    a._on_notify(sa, request)
+    assert a.held() == {}
+    beat(members["a"])
+    assert db.placement["a"].campaigns_for == []  # away from every lease, not only its own
+    b, sb, _ = members["b"]
+    beat(members["b"])
+    b._campaign(sb)
+    assert set(b.held()) == set(SIX)
+    clock.now = 108.0
+    beat(members["a"])
+    assert db.placement["a"].campaigns_for == sorted(SIX)
