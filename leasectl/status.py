@@ -19,13 +19,13 @@ import math
 import socket
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
-from leasectl import sql
+from leasectl import placement, sql
 from leasectl.db import configured_dsn
 from leasectl.db import connect as db_connect
 from leasectl.embedded import EmbeddedPostgres
@@ -56,6 +56,9 @@ class LeaseStatus:
     waiting: tuple[str, ...] = ()  # live replicas campaigning for it
     expected: bool = True  # configured as a leased loop (or recorded, if config unknown)
     reason: str = ""  # why stale / free
+    placed_on: str | None = None  # the live replica spread placement would choose
+    preferred: tuple[str, ...] = ()  # live candidates its preferred_holder names
+    away_from_preferred: bool = False  # held, but not by a live preferred holder
 
     @property
     def ok(self) -> bool:
@@ -78,6 +81,11 @@ class ReplicaStatus:
     may_lead: bool
     leases: tuple[str, ...] = ()
     loops: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    campaigns_for: tuple[str, ...] = ()  # leases it is a placement candidate for
+    preferred_for: tuple[str, ...] = ()
+    wedged: tuple[str, ...] = ()
+    live_for_s: float | None = None  # since its lock session registered
 
 
 @dataclass(frozen=True)
@@ -210,11 +218,45 @@ def read_status(
     replicas = [
         ReplicaStatus(**{**asdict(r), "leases": tuple(held_by.get(r.id, ()))}) for r in replicas
     ]
-    return ClusterStatus(leases, replicas, expected_source=expected_source)
+    return ClusterStatus(placed(leases, replicas), replicas, expected_source=expected_source)
+
+
+def placed(leases: Sequence[LeaseStatus], replicas: Sequence[ReplicaStatus]) -> list[LeaseStatus]:
+    """Pure: add, per lease, the replica spread placement would choose among the live
+    candidates (the same computation every replica makes) and whether it is held away from
+    its live preferred holder."""
+    live = [r for r in replicas if r.alive and r.may_lead]
+    plan = placement.Placement(
+        placement.Replica(
+            r.id,
+            frozenset(r.campaigns_for),
+            frozenset(r.preferred_for),
+            frozenset(r.wedged),
+            r.live_for_s or 0.0,
+            r.labels,
+        )
+        for r in live
+    )
+    out = []
+    for le in leases:
+        preferred = tuple(
+            r.id for r in live if le.name in r.preferred_for and le.name in r.campaigns_for
+        )
+        away = bool(preferred) and le.state == "held" and le.holder not in preferred
+        out.append(
+            replace(
+                le,
+                placed_on=plan.choose(le.name),
+                preferred=preferred,
+                away_from_preferred=away,
+            )
+        )
+    return out
 
 
 def _replica(row: Sequence[Any], lease_ttl: float) -> ReplicaStatus:
-    rid, host, pid, version, started, age, may_lead, loops, stopped, lock_pid = row
+    rid, host, pid, version, started, age, may_lead, loops, stopped, lock_pid = row[:10]
+    labels, campaigns_for, preferred_for, wedged, live_for = (list(row[10:]) + [None] * 5)[:5]
     connected = lock_pid is not None
     return ReplicaStatus(
         id=rid,
@@ -228,6 +270,11 @@ def _replica(row: Sequence[Any], lease_ttl: float) -> ReplicaStatus:
         stopped=bool(stopped),
         may_lead=bool(may_lead),
         loops=tuple(loops or ()),
+        labels=tuple(labels or ()),
+        campaigns_for=tuple(campaigns_for or ()),
+        preferred_for=tuple(preferred_for or ()),
+        wedged=tuple(wedged or ()),
+        live_for_s=float(live_for) if live_for is not None else None,
     )
 
 

@@ -46,7 +46,10 @@ ORDER BY w.name
 SELECT r.id, r.host, r.pid, r.version, r.started_at,
        extract(epoch FROM now() - r.last_seen)::float8 AS last_seen_age_s,
        r.may_lead, r.loops, r.stopped_at IS NOT NULL AS stopped,
-       s.pid AS lock_pid
+       s.pid AS lock_pid,
+       -- placement (migration 0010): what peers rank this replica by
+       r.labels, r.campaigns_for, r.preferred_for, r.wedged,
+       extract(epoch FROM now() - coalesce(r.connected_at, r.started_at))::float8 AS live_for_s
 FROM leasectl_replicas r
 LEFT JOIN LATERAL (
     SELECT a.pid FROM pg_stat_activity a

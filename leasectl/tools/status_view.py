@@ -30,6 +30,18 @@ def _age(seconds: float | None) -> str:
 _STATE_STYLE = {"held": "green", "stale": "bold yellow", "free": "bold red"}
 
 
+def _placement(le: st.LeaseStatus) -> Text:
+    """The replica spread placement would choose; flagged when the lease is held elsewhere
+    (a hand-over is due, or pending a running tick) or away from its preferred holder."""
+    if le.placed_on is None:
+        return Text("-")
+    if le.away_from_preferred:
+        return Text(f"{le.placed_on} (preferred)", style="bold yellow")
+    if le.state == "held" and le.holder != le.placed_on:
+        return Text(f"{le.placed_on} (moving)", style="yellow")
+    return Text(le.placed_on, style="green" if le.holder == le.placed_on else "")
+
+
 def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
     """The two tables (and the reasons of unhealthy leases) as one renderable."""
     leases = Table(title="leases", title_justify="left", expand=False)
@@ -44,6 +56,7 @@ def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
         "held for",
         "renewed",
         "waiting",
+        "placement",
     ):
         leases.add_column(col, no_wrap=col in ("lease", "state", "holder"))
     for le in status.leases:
@@ -59,6 +72,7 @@ def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
             _age(le.held_for_s),
             _age(le.renewed_age_s) + " ago" if le.renewed_age_s is not None else "-",
             ", ".join(le.waiting) or "-",
+            _placement(le),
         )
     replicas = Table(title="replicas", title_justify="left")
     for col in (
@@ -72,6 +86,7 @@ def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
         "leases",
         "loops",
         "may lead",
+        "labels",
     ):
         replicas.add_column(col, no_wrap=col in ("replica", "started"))
     for r in status.replicas:
@@ -91,10 +106,23 @@ def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
             ", ".join(r.leases) or "-",
             str(len(r.loops)),
             "yes" if r.may_lead else "no",
+            ", ".join(r.labels) or "-",
         )
     parts: list[Any] = [leases, replicas]
     for le in status.unheld(max_unheld):
         parts.append(Text(f"! {le.name}: {le.state} — {le.reason}", style="yellow"))
+    for le in status.leases:
+        if le.away_from_preferred:
+            parts.append(
+                Text(
+                    f"! {le.name}: held by {le.holder}, away from its preferred holder "
+                    f"({', '.join(le.preferred)}, live); it moves back at a tick boundary",
+                    style="yellow",
+                )
+            )
+    for r in status.replicas:
+        if r.wedged:
+            parts.append(Text(f"! {r.id}: wedged tick(s): {', '.join(r.wedged)}", style="red"))
     if not status.leases:
         parts.append(Text("no leases expected or recorded yet", style="dim"))
     if status.expected_source:

@@ -211,5 +211,12 @@ def test_preferred_holder_and_requires_labels_are_honoured(
     procs["pref-b"] = _start(dsn, "pref-b", labels="zone-b", **env)
     wait_until(lambda: _holders(dsn)["alpha"] == "pref-b", timeout=30, what="alpha back on pref-b")
     assert "pref-b" not in {_holders(dsn)["pinned"]}
+    # `leasectl status` agrees: every lease is where placement puts it, none away from its
+    # preferred holder.
+    with psycopg.connect(dsn, autocommit=True) as c:
+        status = read_status(c, namespace="leasectl", lease_ttl=5.0, expected=LOOPS)
+    by_name = {le.name: le for le in status.leases}
+    assert by_name["alpha"].preferred == ("pref-b",) and by_name["alpha"].placed_on == "pref-b"
+    assert not any(le.away_from_preferred for le in status.leases)
     rows = _q(dsn, "SELECT DISTINCT replica FROM spread_rows WHERE loop = 'pinned'")
     assert rows == [("pref-a",)]

@@ -173,3 +173,35 @@ def test_loops_a_replica_may_not_lead_are_not_run_there() -> None:
         "digest": LeasePolicy(None, ("smtp",)),
         "crl": LeasePolicy("zone-a", ()),
     }
+
+
+def test_status_shows_the_choice_and_flags_a_lease_away_from_its_preferred_holder() -> None:
+    from datetime import UTC, datetime
+
+    from leasectl.status import LeaseStatus, ReplicaStatus, placed
+
+    def replica(rid: str, preferred: tuple[str, ...] = (), alive: bool = True) -> ReplicaStatus:
+        return ReplicaStatus(
+            rid,
+            "h",
+            1,
+            "v",
+            datetime.now(UTC),
+            0.1,
+            alive,
+            alive,
+            False,
+            True,
+            campaigns_for=("x", "y"),
+            preferred_for=preferred,
+            live_for_s=60.0,
+        )
+
+    leases = [LeaseStatus("x", "held", holder="a"), LeaseStatus("y", "free")]
+    out = {le.name: le for le in placed(leases, [replica("a"), replica("b", ("x",))])}
+    assert out["x"].placed_on == "b" and out["x"].preferred == ("b",)
+    assert out["x"].away_from_preferred
+    assert out["y"].placed_on == "a" and not out["y"].away_from_preferred
+    # The preferred holder is not live: nothing to flag, placement picks among the others.
+    out = {le.name: le for le in placed(leases, [replica("a"), replica("b", ("x",), False)])}
+    assert out["x"].placed_on == "a" and not out["x"].away_from_preferred
