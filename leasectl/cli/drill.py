@@ -74,6 +74,31 @@ def add_drill_parser(sub: Any) -> None:
         default=2.0,
         help="issuance jobs the feed inserts per second",
     )
+    add_argument(
+        p,
+        "--replication",
+        env="DRILL_REPLICATION",
+        choices=("async", "sync"),
+        default="async",
+        help="db-failover: the standby streams asynchronously, or synchronously "
+        "(synchronous_standby_names + synchronous_commit=remote_apply)",
+    )
+    add_argument(
+        p,
+        "--storm-seconds",
+        env="DRILL_STORM_SECONDS",
+        type=float,
+        default=5.0,
+        help="backend-kill-storm: how long each storm lasts",
+    )
+    add_argument(
+        p,
+        "--storm-per-s",
+        env="DRILL_STORM_PER_S",
+        type=float,
+        default=5.0,
+        help="backend-kill-storm: work backends terminated per second",
+    )
     add_argument(p, "--report", env="DRILL_REPORT", help="write the HTML report here")
     add_argument(p, "--json", env="DRILL_JSON", help="write every round as JSON here")
     add_argument(
@@ -106,6 +131,9 @@ def cmd_drill(args: argparse.Namespace) -> int:
         notifications_per_s=args.notifications_per_s,
         jobs_per_s=args.jobs_per_s,
         config=Path(args.config) if args.config else None,
+        replication=args.replication,
+        storm_s=args.storm_seconds,
+        storm_per_s=args.storm_per_s,
     )
     # Explicit handlers: a drill started in the background (SIGINT ignored) still stops cleanly.
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
@@ -145,6 +173,13 @@ def cmd_drill(args: argparse.Namespace) -> int:
         f"lost jobs: {totals['lost_jobs']} of {totals['jobs']}; "
         f"webhook deliveries: {totals['deliveries']}"
     )
+    if any(r.kind == "db-failover" for r in result.rounds):
+        out.print(
+            f"{opts.replication} replication lost {totals['replication_lost_commits']} commit(s) "
+            f"of the old primaries: {totals['replication_lost_notifications']} notification(s) "
+            f"and {totals['replication_lost_jobs']} job(s) acknowledged by the feed (the "
+            "replication mode's loss, not leasectl's)"
+        )
     out.print(checks_table(result))
     for c in result.analysis.checks:
         for example in c.examples if not c.ok else []:

@@ -87,3 +87,14 @@ SELECT t.finished_at <= coalesce(
 FROM leasectl_ticks t
 WHERE t.loop = %(loop)s AND t.tick_at = %(tick_at)s::timestamptz AND t.epoch = %(epoch)s
   AND t.outcome = 'ok'
+
+-- name: work_backends
+-- The replicas' work-pool backends (application_name leasectl-work/<replica-id>), never a lock
+-- connection: what a backend-kill storm terminates.
+SELECT pid FROM pg_stat_activity
+WHERE application_name LIKE %(pattern)s AND pid <> pg_backend_pid()
+
+-- name: acquired_epochs
+-- Every acquisition the database kept, in commit order: epochs must strictly increase per lease.
+SELECT lease, epoch, replica FROM leasectl_lease_events
+WHERE event = 'acquired' AND epoch IS NOT NULL ORDER BY id

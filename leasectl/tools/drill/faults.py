@@ -1,4 +1,4 @@
-"""The six fault kinds, as primitives the drill applies to one replica (or the server).
+"""The fault kinds, as primitives the drill applies to one replica (or the server).
 
 =============  ==========================================================================
 ``graceful``   SIGTERM: the daemon drains its ticks and releases with NOTIFY.
@@ -10,11 +10,19 @@
 ``terminate``  ``pg_terminate_backend`` of the holder's lock connection only.
 ``partition``  the holder's veth goes down for longer than ``D_srv``, then up.
 ``db-restart`` the (embedded) server restarts; every lease must come back.
+``db-failover`` the primary crashes (``pg_ctl stop -m immediate``) and its streaming standby
+               is promoted (``pg_ctl promote``); every lease must come back on the new primary
+               at a higher epoch than any the old primary issued (see ``standby.py``).
+``pooler-restart`` the PgBouncer (transaction mode) in front of the work pools restarts;
+               locks go direct, so no lease may flap, and work must resume.
+``backend-kill-storm`` random work-pool backends are terminated several times a second for a
+               while; lock connections are spared: no lease may flap, nothing may be lost.
 =============  ==========================================================================
 """
 
 from __future__ import annotations
 
+import random
 import signal
 import time
 from typing import Any
@@ -26,7 +34,17 @@ from leasectl.tools.drill.cluster import Replica
 
 Q = sql.load("drill", package="leasectl.tools.drill")
 
-KINDS = ("graceful", "kill", "stop", "terminate", "partition", "db-restart")
+KINDS = (
+    "graceful",
+    "kill",
+    "stop",
+    "terminate",
+    "partition",
+    "db-restart",
+    "db-failover",
+    "pooler-restart",
+    "backend-kill-storm",
+)
 
 
 class FaultError(RuntimeError):
@@ -108,3 +126,24 @@ def heal(rep: Replica) -> float:
     t = time.time()
     rep.netns.heal()
     return t
+
+
+def kill_storm(
+    dsn: str, run_prefix: str, *, duration: float, per_s: float, rng: random.Random
+) -> tuple[int, float]:
+    """Terminate a random work backend of this drill's replicas ``per_s`` times a second.
+
+    Returns (backends terminated, instant the storm ended). Lock connections are named
+    ``leasectl/<id>``, work connections ``leasectl-work/<id>``: only the latter are hit.
+    """
+    killed = 0
+    pattern = {"pattern": f"leasectl-work/{run_prefix}%"}
+    end = time.monotonic() + duration
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+        while time.monotonic() < end:
+            pids = [int(r[0]) for r in conn.execute(Q["work_backends"], pattern).fetchall()]
+            if pids:
+                conn.execute(Q["terminate"], {"pid": rng.choice(pids)})
+                killed += 1
+            time.sleep(1.0 / per_s)
+    return killed, time.time()

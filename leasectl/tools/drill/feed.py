@@ -40,6 +40,8 @@ class Feed:
         self.issuer_id = f"drill-{run_id}-issuer"
         self.notifications: list[str] = []
         self.jobs: list[str] = []
+        #: id -> when its insert was acknowledged (a failover may lose acknowledged rows)
+        self.inserted_at: dict[str, float] = {}
         self.errors = 0
         self._seq = 0
         self._stop = threading.Event()
@@ -110,6 +112,7 @@ class Feed:
             },
         )
         self.notifications.append(nid)
+        self.inserted_at[nid] = time.time()
 
     def _job(self, conn: psycopg.Connection[Any]) -> None:
         jid = self._next("j")
@@ -124,6 +127,7 @@ class Feed:
             },
         )
         self.jobs.append(jid)
+        self.inserted_at[jid] = time.time()
 
     def _revocation(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(Q["revoke_one"], {"serial": uuid.uuid4().hex, "issuer_id": self.issuer_id})

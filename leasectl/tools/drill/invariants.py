@@ -15,11 +15,20 @@
 - ``crl_numbers_increase``: per issuer, CRL numbers strictly increase in generation order.
 - ``ticks_unique``: no leased slot ``(loop, tick_at)`` completed twice by holders that each
   still believed they held the lease (a slot re-run after a mid-tick loss is reported only).
+- ``epochs_increase``: per lease, the acquisitions the database kept carry strictly increasing
+  epochs (a failover's re-acquisitions are also checked against every epoch any replica
+  logged, replicated or not, in the round itself).
+
+Lost work after a ``db-failover`` is split in two. With asynchronous replication the old
+primary may have acknowledged commits its standby never received: a feed row acknowledged
+at most :data:`REPLICATION_WINDOW_S` before a crash that lost commits is the replication
+mode's loss, reported but not held against leasectl. Everything else is leasectl's loss. With
+``remote_apply`` nothing acknowledged can be lost, so there every missing row is leasectl's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +37,7 @@ import psycopg
 from leasectl import sql
 from leasectl.tools.drill.cluster import LogLine
 from leasectl.tools.drill.feed import Feed
-from leasectl.tools.drill.rounds import RoundResult
+from leasectl.tools.drill.rounds import NO_FLAP, RoundResult
 from leasectl.tools.drill.stats import (
     Cap,
     Holding,
@@ -41,6 +50,10 @@ from leasectl.tools.drill.stats import (
 from leasectl.tools.webhook_sink import Delivery
 
 Q = sql.load("drill", package="leasectl.tools.drill")
+
+#: How long before an asynchronous failover's crash an acknowledged row may have been lost
+#: with it (the embedded server acknowledges before flushing: synchronous_commit=off).
+REPLICATION_WINDOW_S = 2.0
 
 
 @dataclass
@@ -86,9 +99,19 @@ def lease_events(lines: Sequence[LogLine]) -> list[LeaseLogEvent]:
 
 
 def classify_duplicates(
-    deliveries: Sequence[Delivery], hs: Sequence[Holding], *, lease_ttl: float, window: float
+    deliveries: Sequence[Delivery],
+    hs: Sequence[Holding],
+    *,
+    lease_ttl: float,
+    window: float,
+    work_faults: Sequence[tuple[float, float]] = (),
 ) -> dict[str, Any]:
-    """Keys delivered by more than one (replica, epoch); split into allowed and violations."""
+    """Keys delivered by more than one (replica, epoch); split into allowed and violations.
+
+    ``work_faults`` are intervals in which work connections were cut (a pooler restart, a
+    backend-kill storm): a delivery whose "sent" mark died with its connection is re-delivered
+    by whoever holds the lease next, the same crash window with the lease kept.
+    """
     by_key: dict[str, list[Delivery]] = {}
     for d in deliveries:
         if d.status == 200 and d.key:
@@ -120,7 +143,7 @@ def classify_duplicates(
                 not h.end_reason.startswith("released")
                 and h.end - lease_ttl - window <= d.at <= max(h.end, h.logged_end or 0) + window
                 for h in held
-            )
+            ) or any(a - window <= d.at <= b + window for a, b in work_faults)
             if not in_window:
                 bad.append(f"{d.replica}@{d.epoch} at {d.at:.3f}")
         desc = f"{key}: " + ", ".join(f"{d.replica}@{d.epoch}" for d in ds)
@@ -131,7 +154,10 @@ def classify_duplicates(
 
 
 def unique_slots(
-    lines: Sequence[LogLine], hs: Sequence[Holding], leased_loops: Sequence[str]
+    lines: Sequence[LogLine],
+    hs: Sequence[Holding],
+    leased_loops: Sequence[str],
+    lost_with_primary: Callable[[float], bool] = lambda ts: False,
 ) -> tuple[list[str], list[str], int]:
     """Slots completed twice while each completer believed it held the lease.
 
@@ -139,6 +165,8 @@ def unique_slots(
     update is fenced), so the next holder runs the slot again: that is by design, and the
     old holder's ``tick_finished`` line, written after its belief ended, is not a second
     completion. Two completions of one slot each within its holder's belief are.
+    A completion that an asynchronous failover lost with the old primary
+    (``lost_with_primary``) is run again by design too: the new primary never saw it.
     Returns (violations, re-runs, number of slots).
     """
     belief: dict[tuple[str, str, int | None], list[Holding]] = {}
@@ -149,6 +177,7 @@ def unique_slots(
         if ln.action == "tick_finished" and ln.outcome == "ok" and ln.loop in leased_loops:
             held = belief.get((ln.loop or "", ln.replica, ln.epoch), [])
             believed = any(h.start <= ln.ts <= h.end for h in held)
+            believed = believed and not lost_with_primary(ln.ts)
             slot = slots.setdefault((ln.loop or "", ln.tick_at or ""), {})
             slot[(ln.replica, ln.epoch)] = slot.get((ln.replica, ln.epoch), False) or believed
     twice: list[str] = []
@@ -178,6 +207,7 @@ def analyze(
     crash_window_s: float,
     leased_loops: Sequence[str],
     same_clock: bool,
+    replication: str | None = None,
 ) -> Analysis:
     like = {"prefix": feed.prefix + "%"}
     with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
@@ -185,6 +215,7 @@ def analyze(
         jobs = conn.execute(Q["jobs_state"], like).fetchall()
         crl = conn.execute(Q["crl_events"]).fetchall()
         events = conn.execute(Q["lease_events"]).fetchall()
+        acquired = conn.execute(Q["acquired_epochs"]).fetchall()
     # The database's clock is this machine's only for the embedded server.
     releases = (
         {
@@ -232,14 +263,17 @@ def analyze(
     lost = [row[0] for row in notes if row[1] not in ("sent", "dead")]
     lost += [row[0] for row in notes if row[1] == "dead" and not row[2]]
     lost += [row[0] for row in notes if row[1] == "sent" and row[0] not in delivered]
-    lost += [nid for nid in feed.notifications if nid not in in_db]
+    missing = [nid for nid in feed.notifications if nid not in in_db]
+    repl_lost = replication_losses(missing, feed.inserted_at, rounds, replication)
+    lost += [nid for nid in missing if nid not in repl_lost]
     dead = [row for row in notes if row[1] == "dead"]
     checks.append(
         Check(
             "no_lost_notification",
             not lost,
             f"{len(notes)} notifications: {len(notes) - len(dead) - len(lost)} delivered, "
-            f"{len(dead)} dead-lettered with a reason, {len(lost)} lost",
+            f"{len(dead)} dead-lettered with a reason, {len(lost)} lost"
+            + (f"; {len(repl_lost)} lost by async replication" if repl_lost else ""),
             sorted(lost)[:10],
         )
     )
@@ -250,19 +284,25 @@ def analyze(
         for row in jobs
         if not (row[1] in final or (row[1] == "Failed" and row[3] >= row[4] and row[2]))
     ]
-    lost_jobs += [jid for jid in feed.jobs if jid not in jobs_in_db]
+    missing_jobs = [jid for jid in feed.jobs if jid not in jobs_in_db]
+    repl_lost_jobs = replication_losses(missing_jobs, feed.inserted_at, rounds, replication)
+    lost_jobs += [jid for jid in missing_jobs if jid not in repl_lost_jobs]
     completed = sum(1 for row in jobs if row[1] == "Completed")
     checks.append(
         Check(
             "no_lost_job",
             not lost_jobs,
             f"{len(jobs)} jobs: {completed} completed, {len(jobs) - completed - len(lost_jobs)} "
-            f"failed for good with a reason, {len(lost_jobs)} lost",
+            f"failed for good with a reason, {len(lost_jobs)} lost"
+            + (f"; {len(repl_lost_jobs)} lost by async replication" if repl_lost_jobs else ""),
             sorted(lost_jobs)[:10],
         )
     )
 
-    dups = classify_duplicates(deliveries, hs, lease_ttl=lease_ttl, window=crash_window_s)
+    cut = [(r.t_fault, r.t_lift or r.t_fault) for r in rounds if r.kind in NO_FLAP]
+    dups = classify_duplicates(
+        deliveries, hs, lease_ttl=lease_ttl, window=crash_window_s, work_faults=cut
+    )
     checks.append(
         Check(
             "no_duplicate_outside_crash_window",
@@ -294,7 +334,13 @@ def analyze(
         Check("crl_numbers_increase", not crl_bad, f"{len(crl)} CRLs generated", crl_bad[:10])
     )
 
-    twice, reruns, n_slots = unique_slots(lines, hs, leased_loops)
+    crashes = lossy_failovers(rounds, replication)
+    twice, reruns, n_slots = unique_slots(
+        lines,
+        hs,
+        leased_loops,
+        lambda ts: any(t - REPLICATION_WINDOW_S <= ts <= t for t in crashes),
+    )
     checks.append(
         Check(
             "ticks_unique",
@@ -302,6 +348,20 @@ def analyze(
             f"{n_slots} leased slots completed, {len(twice)} twice under a believed lease; "
             f"{len(reruns)} re-run after the first attempt's holder lost its lease mid-tick",
             twice[:10],
+        )
+    )
+
+    backwards = epoch_regressions(acquired)
+    bad_epoch_rounds = [
+        f"#{r.index} {r.kind}: {n}" for r in rounds for n in r.notes if n.startswith("EPOCH")
+    ]
+    checks.append(
+        Check(
+            "epochs_increase",
+            not backwards and not bad_epoch_rounds,
+            f"{len(acquired)} acquisitions kept by the database, {len(backwards)} out of order; "
+            f"{len(bad_epoch_rounds)} failover re-acquisition(s) not above every issued epoch",
+            (backwards + bad_epoch_rounds)[:10],
         )
     )
 
@@ -318,8 +378,46 @@ def analyze(
             "jobs": len(jobs),
             "lost_notifications": len(lost),
             "lost_jobs": len(lost_jobs),
+            "replication_lost_notifications": len(repl_lost),
+            "replication_lost_jobs": len(repl_lost_jobs),
+            "replication_lost_commits": sum(r.lost_commits or 0 for r in rounds),
         },
     )
+
+
+def replication_losses(
+    missing: Sequence[str],
+    inserted_at: dict[str, float],
+    rounds: Sequence[RoundResult],
+    replication: str | None,
+) -> set[str]:
+    """The missing rows that asynchronous replication lost: acknowledged shortly before a
+    failover whose promotion lacked commits of the old primary. None under ``sync``."""
+    crashes = lossy_failovers(rounds, replication)
+    out = set()
+    for key in missing:
+        at = inserted_at.get(key)
+        if at is not None and any(t - REPLICATION_WINDOW_S <= at <= t for t in crashes):
+            out.add(key)
+    return out
+
+
+def lossy_failovers(rounds: Sequence[RoundResult], replication: str | None) -> list[float]:
+    """Crash instants of asynchronous failovers whose promotion lacked commits."""
+    if replication != "async":
+        return []
+    return [r.t_fault for r in rounds if r.kind == "db-failover" and (r.lost_commits or 0) > 0]
+
+
+def epoch_regressions(acquired: Sequence[tuple[Any, ...]]) -> list[str]:
+    """Acquisitions (in commit order) whose epoch is not above the lease's previous one."""
+    last: dict[str, int] = {}
+    bad = []
+    for lease, epoch, replica in acquired:
+        if lease in last and int(epoch) <= last[lease]:
+            bad.append(f"{lease}: epoch {epoch} ({replica}) after {last[lease]}")
+        last[lease] = max(int(epoch), last.get(lease, int(epoch)))
+    return bad
 
 
 def _attribute(rounds: Sequence[RoundResult], ovs: Sequence[Overlap], dups: dict[str, Any]) -> None:
@@ -356,6 +454,7 @@ def summarize_rounds(rounds: Sequence[RoundResult]) -> list[dict[str, Any]]:
         fence = [r.self_fence_s for r in rs if r.self_fence_s is not None]
         tick = [r.first_tick_s for r in rs if r.first_tick_s is not None]
         back = [r.leases_back_s for r in rs if r.leases_back_s is not None]
+        lost_commits = [r.lost_commits for r in rs if r.lost_commits is not None]
         rows.append(
             {
                 "kind": kind,
@@ -368,6 +467,7 @@ def summarize_rounds(rounds: Sequence[RoundResult]) -> list[dict[str, Any]]:
                 "overlaps": sum(1 for r in rs if r.overlap_s > 0),
                 "overlap_s": sum(r.overlap_s for r in rs),
                 "duplicates": sum(r.duplicates for r in rs),
+                "lost_commits": sum(lost_commits) if lost_commits else None,
             }
         )
     return rows

@@ -26,6 +26,9 @@ FAULT_COLOURS = {
     "terminate": "#ff7f0e",
     "partition": "#8c564b",
     "db-restart": "#1f77b4",
+    "db-failover": "#17becf",
+    "pooler-restart": "#e377c2",
+    "backend-kill-storm": "#7f7f7f",
 }
 
 
@@ -92,7 +95,8 @@ def summary_table(result: DrillResult) -> Table:
         "max",
         "first tick p99",
         "self-fence p99",
-        "leases back max",
+        "leases back p50/p99/max",
+        "repl. lost commits",
         "overlaps",
         "dups",
     )
@@ -110,7 +114,10 @@ def summary_table(result: DrillResult) -> Table:
             ms(t["max"]),
             ms(row["first_tick"]["p99"]),
             ms(row["self_fence"]["p99"]),
-            ms(row["leases_back"]["max"]),
+            "/".join(ms(row["leases_back"][k]) for k in ("p50", "p99", "max"))
+            if row["leases_back"]["max"] is not None
+            else "–",
+            "–" if row.get("lost_commits") is None else str(row["lost_commits"]),
             str(row["overlaps"]),
             str(row["duplicates"]),
         )

@@ -17,6 +17,7 @@ import psycopg
 from leasectl import sql
 from leasectl.tools.drill import faults
 from leasectl.tools.drill.cluster import Cluster, LogLine, Replica
+from leasectl.tools.drill.standby import Failover
 from leasectl.tools.drill.stats import Cap
 
 Q = sql.load("drill", package="leasectl.tools.drill")
@@ -28,7 +29,13 @@ DEADLINES = {
     "terminate": 20.0,
     "partition": 45.0,
     "db-restart": 60.0,
+    "db-failover": 60.0,
+    "pooler-restart": 30.0,
+    "backend-kill-storm": 30.0,
 }
+
+#: Faults that must not move any lease: the lock connections are not touched.
+NO_FLAP = ("pooler-restart", "backend-kill-storm")
 
 
 @dataclass
@@ -48,7 +55,9 @@ class RoundResult:
     self_fence_s: float | None = None
     takeover_s: float | None = None
     first_tick_s: float | None = None
-    leases_back_s: float | None = None  # db-restart: all leases re-held, after t_accept
+    leases_back_s: float | None = None  # db-restart/failover: all leases re-held, after t_accept
+    lost_commits: int | None = None  # db-failover: commits of the old primary not promoted
+    timeline: int | None = None  # db-failover: the new primary's timeline
     recovered: bool = False
     overlap_s: float = 0.0
     duplicates: int = 0
@@ -77,12 +86,20 @@ class RoundRunner:
         timing: Timing,
         admin_dsn: str,
         restart_server: Callable[[], float] | None,
+        failover: Callable[[], Failover] | None = None,
+        after_failover: Callable[[], None] | None = None,
+        restart_pooler: Callable[[], tuple[float, float]] | None = None,
+        storm: Callable[[], tuple[int, float]] | None = None,
     ) -> None:
         self.cluster = cluster
         self.lease = lease
         self.timing = timing
         self.admin_dsn = admin_dsn
         self.restart_server = restart_server
+        self.failover = failover
+        self.after_failover = after_failover
+        self.restart_pooler = restart_pooler
+        self.storm = storm
         self.caps: list[Cap] = []
 
     # -- helpers ----------------------------------------------------------------------------
@@ -176,14 +193,69 @@ class RoundRunner:
                 raise faults.FaultError("db-restart needs the embedded server")
             r.t_fault = time.time()
             r.t_accept = self.restart_server()
+        elif kind == "db-failover":
+            if self.failover is None:
+                raise faults.FaultError("db-failover needs the drill's replicated server pair")
+            fo = self.failover()
+            r.t_fault, r.t_accept = fo.t_stop, fo.t_promoted
+            r.lost_commits, r.timeline = fo.lost_commits, fo.timeline
+            r.notes.append(
+                f"promoted to timeline {fo.timeline} {fo.t_promoted - fo.t_stop:.2f}s after the "
+                f"crash; {fo.lost_commits} commit(s) of the old primary not on the new one"
+            )
+        elif kind == "pooler-restart":
+            if self.restart_pooler is None:
+                raise faults.FaultError("pooler-restart needs the drill's PgBouncer")
+            r.t_fault, r.t_lift = self.restart_pooler()
+        elif kind == "backend-kill-storm":
+            if self.storm is None:
+                raise faults.FaultError("backend-kill-storm needs the drill's database")
+            r.t_fault = time.time()
+            killed, r.t_lift = self.storm()
+            r.notes.append(f"terminated {killed} work backend(s)")
         else:
             raise ValueError(kind)
 
+        if kind in NO_FLAP:
+            self._no_flap(r, deadline)
+            return r
         try:
             self._recover(r, victim, kind, deadline, held_before)
         finally:
             self._lift(r, victim, kind, held_before)
         return r
+
+    def _no_flap(self, r: RoundResult, deadline: float) -> None:
+        """Work must resume after the fault and no lease may have moved meanwhile."""
+        assert r.t_lift is not None
+
+        def ok(line: LogLine) -> bool:
+            return (
+                line.action == "tick_finished" and line.loop == self.lease and line.outcome == "ok"
+            )
+
+        tick = self.cluster.wait_line(ok, since=r.t_lift, timeout=deadline)
+        if tick is None:
+            r.notes.append(f"no {self.lease} tick completed within {deadline}s after the fault")
+        else:
+            r.first_tick_s = tick.ts - r.t_fault
+        # A lease lost or given up for any reason but placement (a rebalancing hand-over or
+        # an operator's step-down) is a flap: the lock connections were never touched.
+        flaps = [
+            f"{ln.replica} {ln.action} {ln.lease}@{ln.epoch} ({ln.reason})"
+            for ln in self.cluster.snapshot()
+            if ln.ts >= r.t_fault
+            and (
+                ln.action == "lease_lost"
+                or (
+                    ln.action == "lease_released"
+                    and not ln.reason.startswith(("rebalance", "step_down"))
+                )
+            )
+        ]
+        if flaps:
+            r.notes.append("LEASE FLAPPED: " + "; ".join(flaps[:5]))
+        r.recovered = tick is not None and not flaps
 
     def _recover(
         self,
@@ -214,18 +286,34 @@ class RoundRunner:
         else:
             r.notes.append("new holder completed no tick within 30s")
         r.recovered = tick is not None
-        if kind == "db-restart":
+        if kind in ("db-restart", "db-failover"):
             assert r.t_accept is not None
             back = []
+            issued = self._max_epochs_before(r.t_fault)
             for lease in held_before:
                 line = self._acquired_after(r.t_fault, None, deadline, lease=lease)
                 if line is None:
                     r.notes.append(f"lease {lease} not back within {deadline}s")
                     r.recovered = False
-                else:
-                    back.append(line.ts)
+                    continue
+                back.append(line.ts)
+                if (line.epoch or 0) <= issued.get(lease, 0):
+                    # Any epoch ever logged counts, a bump the old primary never replicated too.
+                    r.notes.append(
+                        f"EPOCH NOT INCREASED: {lease} re-acquired at {line.epoch}, "
+                        f"{issued[lease]} was issued before the fault"
+                    )
+                    r.recovered = False
             if back:
                 r.leases_back_s = max(back) - r.t_accept
+
+    def _max_epochs_before(self, t: float) -> dict[str, int]:
+        """The highest epoch of each lease any replica logged acquiring before ``t``."""
+        out: dict[str, int] = {}
+        for line in self.cluster.snapshot():
+            if line.action == "lease_acquired" and line.lease and line.ts < t and line.epoch:
+                out[line.lease] = max(out.get(line.lease, 0), line.epoch)
+        return out
 
     def _lift(
         self,
@@ -249,6 +337,8 @@ class RoundRunner:
             end = self._ended(victim, r.old_epoch, r.t_fault, 10.0)
             if end is None:
                 r.notes.append("partitioned holder never reported its lease lost")
+        elif kind == "db-failover" and self.after_failover is not None:
+            self.after_failover()  # the next round needs a standby again
         elif kind in ("graceful", "kill"):
             if not self._wait_exit(victim, 40.0):
                 r.notes.append("victim did not exit within 40s; killed")

@@ -81,22 +81,21 @@ class PgNode:
 
     data_dir: Path
     port: int
+    listen: tuple[str, ...] = ("127.0.0.1",)
 
     @property
     def log_file(self) -> Path:
-        return self.data_dir.parent / f"{self.data_dir.name}.log"
+        return self.data_dir / "server.log"
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
 
     def start(self, timeout: float = 60.0) -> None:
         """Start on this node's port (command-line options beat the copied postgresql.conf)."""
-        sock = self.data_dir.parent / f"s{self.port}"
-        sock.mkdir(exist_ok=True)
-        chown_to_server_user(sock)
-        opts = f"-p {self.port} -k {sock} -c listen_addresses=127.0.0.1"
-        if len(str(sock)) > 90:
-            opts = f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1"
+        sock = self.data_dir if len(str(self.data_dir)) < 90 else Path("/tmp")
+        listen = ",".join(self.listen)
+        opts = f"-p {self.port} -k {sock}"
+        opts += f" -c listen_addresses={listen}"
         run_bin(
             "pg_ctl",
             "-D",
@@ -138,7 +137,9 @@ class PgNode:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def build_standby(primary: PgNode, data_dir: Path, port: int) -> PgNode:
+def build_standby(
+    primary: PgNode, data_dir: Path, port: int, listen: tuple[str, ...] = ("127.0.0.1",)
+) -> PgNode:
     """``pg_basebackup -R`` of ``primary`` into ``data_dir``, started on ``port``.
 
     The standby's ``primary_conninfo`` names it :data:`STANDBY_NAME` (for
@@ -147,8 +148,8 @@ def build_standby(primary: PgNode, data_dir: Path, port: int) -> PgNode:
     ``synchronous_mode_strict``).
     """
     shutil.rmtree(data_dir, ignore_errors=True)
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    chown_to_server_user(data_dir.parent)
+    data_dir.mkdir(parents=True, mode=0o700)  # pg_basebackup fills an empty directory
+    chown_to_server_user(data_dir)
     run_bin(
         "pg_basebackup",
         "-h",
@@ -165,6 +166,9 @@ def build_standby(primary: PgNode, data_dir: Path, port: int) -> PgNode:
         "--no-sync",
         "--checkpoint=fast",  # the default spread checkpoint takes minutes
     )
+    # The primary's socket directory is its data directory: its socket lock files came along.
+    for stale in data_dir.glob(".s.PGSQL.*.lock"):
+        stale.unlink()
     auto = data_dir / "postgresql.auto.conf"
     extra = (
         f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres "
@@ -175,7 +179,7 @@ def build_standby(primary: PgNode, data_dir: Path, port: int) -> PgNode:
     # Appended last: a later line for the same setting wins over -R's primary_conninfo.
     text = auto.read_text() if auto.exists() else ""
     _write_as_server_user(auto, text + extra)
-    node = PgNode(data_dir, port)
+    node = PgNode(data_dir, port, listen)
     node.start()
     return node
 
@@ -194,7 +198,9 @@ def set_synchronous(primary: PgNode, on: bool, timeout: float = 30.0) -> None:
     it, so anything a client saw committed is visible on the standby when it is promoted.
     """
     names = STANDBY_NAME if on else ""
-    commit = "remote_apply" if on else "off"
+    # Off: "local", not the embedded server's "off": a commit is acknowledged once it is in the
+    # primary's WAL, so what a failover loses is exactly what replication had not shipped.
+    commit = "remote_apply" if on else "local"
     with psycopg.connect(primary.dsn(), autocommit=True, connect_timeout=5) as conn:
         conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{names}'")  # constants
         conn.execute(f"ALTER SYSTEM SET synchronous_commit = '{commit}'")
@@ -284,3 +290,78 @@ def current_timeline(node: PgNode) -> int:
     """The timeline the node writes WAL on now (what the epoch bump reads)."""
     rows = node.execute("SELECT substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8)")
     return int(str(rows[0][0]), 16)
+
+
+@dataclass
+class Failover:
+    """What one failover did: when, and what the replication mode lost."""
+
+    t_stop: float  # the old primary crashed (stop -m immediate issued)
+    t_promoted: float  # the standby accepts writes
+    timeline: int  # the new primary's timeline
+    lost_commits: int  # transactions the old primary committed that the new one lacks
+
+
+class ReplicatedPair:
+    """A primary and its streaming standby that trade places at every :meth:`failover`.
+
+    :param synchronous: ``synchronous_standby_names`` + ``synchronous_commit=remote_apply``
+        once the standby streams; a fresh primary runs without it until its own standby is
+        back (what Patroni does without ``synchronous_mode_strict``).
+    """
+
+    def __init__(self, primary: PgNode, workdir: Path, *, synchronous: bool) -> None:
+        self.primary = primary
+        self.workdir = workdir
+        self.synchronous = synchronous
+        standby_dir = workdir / f"{primary.data_dir.name}-standby"
+        from leasectl.embedded import _free_port
+
+        self.standby = build_standby(primary, standby_dir, _free_port(), primary.listen)
+        self._attach()
+
+    def _attach(self) -> None:
+        wait_streaming(self.primary)
+        set_synchronous(self.primary, self.synchronous)
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """The two ports, in a fixed order (the DSN's host list never changes)."""
+        return tuple(sorted((self.primary.port, self.standby.port)))  # type: ignore[return-value]
+
+    def dsn(self, dbname: str, host: str = "127.0.0.1") -> str:
+        """Multi-host DSN over both servers; libpq finds the primary with read-write."""
+        p1, p2 = self.ports
+        return (
+            f"host={host},{host} port={p1},{p2} user=postgres dbname={dbname} "
+            "target_session_attrs=read-write"
+        )
+
+    def failover(self) -> Failover:
+        """Crash the primary, promote the standby; count what the promotion lost."""
+        old, new = self.primary, self.standby
+        t_stop = old.stop("immediate")
+        t_promoted = new.promote()
+        self.primary, self.standby = new, old
+        lost = 0
+        end = replay_end(new)
+        if end is not None:
+            lost = commits_after(old, end)
+        return Failover(t_stop, t_promoted, current_timeline(new), lost)
+
+    def rebuild_standby(self) -> None:
+        """Throw the old primary away and make it the new primary's standby, same port."""
+        old = self.standby
+        old.wipe()
+        self.standby = build_standby(self.primary, old.data_dir, old.port, old.listen)
+        self._attach()
+
+    def restart_primary(self) -> float:
+        """``db-restart`` with replication: restart the current primary (fast), same port."""
+        self.primary.stop("fast")
+        self.primary.start()
+        return time.time()
+
+    def stop(self) -> None:
+        for node in (self.primary, self.standby):
+            node.stop("fast")
