@@ -176,18 +176,24 @@ def make_pool(
 
     A new connection that lands on a server in recovery is refused in ``configure`` (the check
     rides on the one statement it already sends); one that later meets a read-only server is
-    dropped at its next checkout (:func:`_check_writable`).
+    dropped at its next checkout (:func:`_check_writable`). Behind a pooler (the server's pid
+    is not the one the client was told) statements are never prepared.
     """
 
     def configure(conn: psycopg.Connection[Any]) -> None:
         conn.autocommit = True
         row = conn.execute(
             "SELECT set_config('idle_in_transaction_session_timeout', %s, false), "
-            "pg_is_in_recovery()",
+            "pg_is_in_recovery(), pg_backend_pid()",
             (str(db.work_idle_in_transaction_timeout_ms),),
         ).fetchone()
         if row is not None and row[1]:
             raise DatabaseUnavailable("work connection reached a server in recovery (a standby)")
+        if row is not None and row[2] != conn.info.backend_pid:
+            # A pooler answered (PgBouncer invents the pid): in transaction mode the next
+            # statement may run on another server connection, where psycopg's automatically
+            # prepared statements do not exist. Send every statement unprepared.
+            conn.prepare_threshold = None
         conn.autocommit = False
 
     kwargs = connect_kwargs(dsn, db, application_name)

@@ -63,7 +63,6 @@ def pair() -> Iterator[Pair]:
         pytest.skip("needs the embedded server's binaries to build its own primary and standby")
     work = Path(tempfile.mkdtemp(prefix="leasectl-failover-"))
     work.chmod(0o755)
-    sb.chown_to_server_user(work)
     info = EmbeddedPostgres(work / "n1").ensure_running()
     primary = sb.PgNode(work / "n1", info.port)
     primary.execute("CREATE DATABASE app")
