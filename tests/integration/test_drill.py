@@ -1,7 +1,8 @@
 """A short drill through the real CLI: 3 replicas of `leasectl run`, faults, invariants.
 
 2 rounds each of graceful, kill, stop and terminate; partition too when root and `ip netns`
-are available (CI). It must exit 0 (every invariant holds) and its JSON must say why.
+are available (CI); db-failover (a real streaming standby promoted) on the embedded server.
+It must exit 0 (every invariant holds) and its JSON must say why.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def test_short_drill_passes_its_invariants(tmp_path: Path) -> None:
     external = os.environ.get("LEASECTL_TEST_DSN")
     if netns.available()[0] and not external:
         kinds.append("partition")
+    if not external:
+        kinds.append("db-failover")
     out_json, out_html = tmp_path / "drill.json", tmp_path / "drill.html"
     cmd = [
         sys.executable,
@@ -67,11 +70,16 @@ def test_short_drill_passes_its_invariants(tmp_path: Path) -> None:
         "no_duplicate_outside_crash_window",
         "crl_numbers_increase",
         "ticks_unique",
+        "epochs_increase",
     }
     assert all(c["ok"] for c in checks.values()), checks
     assert doc["totals"]["notifications"] > 0 and doc["totals"]["jobs"] > 0
     stop_rounds = [r for r in doc["rounds"] if r["kind"] == "stop"]
     assert all(any("zombie reported lost" in n for n in r["notes"]) for r in stop_rounds)
+    for r in (r for r in doc["rounds"] if r["kind"] == "db-failover"):
+        # every lease back on the promoted standby, above every epoch issued before
+        assert r["leases_back_s"] is not None and r["timeline"] >= 2, r
+        assert r["new_epoch"] >= (r["timeline"] - 1) << 32, r
     by_kind = {row["kind"]: row for row in doc["summary"]}
     assert by_kind["kill"]["takeover"]["max"] < 5.0  # generous: the benchmark has the real goal
     html = out_html.read_text()
