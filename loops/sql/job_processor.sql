@@ -26,8 +26,10 @@ FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.type, j.certificate_id, j.agent_id, j.attempts, j.max_attempts
 
--- name: job_subject
--- What an Issuance/Renewal job needs to issue: the certificate, its issuer's CA, its profile.
+-- name: job_subjects
+-- What Issuance/Renewal jobs need to issue - the certificate, its issuer's CA, its profile -
+-- for a whole claimed batch in one statement (one round trip per batch, not one transaction
+-- per job).
 SELECT c.id, c.common_name, c.sans, c.issuer_id,
        i.name AS issuer_name, i.type AS issuer_type, i.enabled AS issuer_enabled,
        i.ca_cert_pem, i.ca_key_pem,
@@ -35,7 +37,7 @@ SELECT c.id, c.common_name, c.sans, c.issuer_id,
 FROM managed_certificates AS c
 LEFT JOIN issuers AS i ON i.id = c.issuer_id
 LEFT JOIN certificate_profiles AS p ON p.id = c.certificate_profile_id
-WHERE c.id = %(certificate_id)s
+WHERE c.id = ANY(%(certificate_ids)s::text[])
 
 -- name: set_issuer_ca
 -- Give a local issuer its CA once: the guard makes a concurrent second creator a no-op, and
