@@ -46,3 +46,15 @@ FROM leasectl_lease_events
 WHERE left(lease, 9) <> 'leasectl:'
 ORDER BY id DESC
 LIMIT %(n)s
+
+-- name: per_loop
+-- For the leases x replicas table: each leased loop's last completed slot, who ran it, and
+-- the notifications each lease has delivered (claimed_lease is the sending loop's lease).
+SELECT t.loop,
+       extract(epoch FROM clock_timestamp() - max(t.finished_at))::float8 AS last_tick_age_s,
+       (array_agg(t.replica ORDER BY t.tick_at DESC))[1] AS last_replica,
+       (SELECT count(*) FROM notification_events n
+         WHERE n.claimed_lease = t.loop AND n.status = 'sent') AS deliveries
+FROM leasectl_ticks t
+WHERE t.outcome = 'ok'
+GROUP BY t.loop

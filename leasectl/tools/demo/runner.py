@@ -302,7 +302,11 @@ class Demo:
                     )
                     counters = conn.execute(Q["counters"]).fetchone()
                     events = conn.execute(Q["recent_events"], {"n": 6}).fetchall()
-                    self._last = self.view(self._status, counters, events)
+                    per_loop = {
+                        loop: (age, by, int(n))
+                        for loop, age, by, n in conn.execute(Q["per_loop"]).fetchall()
+                    }
+                    self._last = self.view(self._status, counters, events, per_loop)
                 except psycopg.Error as exc:
                     conn = None
                     self._last = Text(f"database unavailable: {exc}", style="red")
@@ -312,7 +316,13 @@ class Demo:
             if conn is not None:
                 conn.close()
 
-    def view(self, status: st.ClusterStatus, counters: Any, events: list[Any]) -> Group:
+    def view(
+        self,
+        status: st.ClusterStatus,
+        counters: Any,
+        events: list[Any],
+        per_loop: dict[str, tuple[float | None, str | None, int]] | None = None,
+    ) -> Group:
         assert self.smtp is not None and self.webhook is not None
         exited = [
             f"{r.replica_id} (pid {r.proc.pid}) {r.state}"
@@ -321,7 +331,7 @@ class Demo:
         ]
         return screen.view(
             status, counters, events, self.smtp.inbox, self.webhook.inbox, exited,
-            self.config_path,
+            self.config_path, per_loop,
         )  # fmt: skip
 
     def instructions(self, status: st.ClusterStatus | None) -> Text:

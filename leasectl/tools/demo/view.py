@@ -14,7 +14,6 @@ from rich.table import Table
 from rich.text import Text
 
 from leasectl import status as st
-from leasectl.tools.status_view import render
 from leasectl.tools.webhook_sink import Inbox
 
 
@@ -26,6 +25,7 @@ def view(
     hooks: Inbox,
     exited: list[str],
     config_path: Path,
+    per_loop: dict[str, tuple[float | None, str | None, int]] | None = None,
 ) -> Group:
     """The live view: leases and replicas, work done, exited replicas, what to try, events."""
     jobs_done, jobs_total, versions, sent, notes, crl = counters or (0,) * 6
@@ -40,10 +40,51 @@ def view(
         ev.add_column(col)
     for row in events:
         ev.add_row(*(str(v) if v is not None else "-" for v in row))
-    parts: list[Any] = [render(status), work]
+    # The full lease/replica tables are `leasectl status`; the demo shows where leases are.
+    parts: list[Any] = [matrix(status, per_loop or {}), work]
+    for le in status.unheld(0.0):
+        parts.append(Text(f"! {le.name}: {le.state} — {le.reason}", style="yellow"))
     if exited:
         parts.append(Text("exited: " + ", ".join(exited), style="red"))
     return Group(*parts, instructions(status, config_path), ev)
+
+
+def matrix(
+    status: st.ClusterStatus, per_loop: dict[str, tuple[float | None, str | None, int]]
+) -> Table:
+    """Leases x replicas: where each lease is (and under which epoch), watched in place.
+
+    A column per replica, live or dead, so a ``kill -9`` shows as a column going red and its
+    leases reappearing under the survivors with a higher epoch.
+    """
+    table = Table(title="leases x replicas", title_justify="left")
+    table.add_column("lease", no_wrap=True)
+    replicas = sorted(status.replicas, key=lambda r: r.id)
+    for r in replicas:
+        style = "green" if r.alive else "red"
+        label = r.id if r.alive else f"{r.id} ({'stopped' if r.stopped else 'dead'})"
+        table.add_column(Text(label, style=style), justify="center")
+    for col in ("epoch", "last tick", "by", "delivered"):
+        table.add_column(col, justify="right" if col != "by" else "left")
+    for le in status.leases:
+        cells: list[Any] = []
+        for r in replicas:
+            if le.state == "held" and le.holder == r.id:
+                cells.append(Text("● holds", style="bold green"))
+            elif le.name in r.leases:
+                cells.append(Text("●", style="yellow"))
+            else:
+                cells.append("")
+        age, by, delivered = per_loop.get(le.name, (None, None, 0))
+        table.add_row(
+            Text(le.name, style="" if le.state == "held" else "bold red"),
+            *cells,
+            str(le.epoch if le.epoch is not None else "-"),
+            f"{age:.1f}s ago" if age is not None else "-",
+            by or "-",
+            str(delivered) if delivered else "-",
+        )
+    return table
 
 
 def instructions(status: st.ClusterStatus | None, config_path: Path) -> Text:
