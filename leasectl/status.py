@@ -94,6 +94,7 @@ class ClusterStatus:
     replicas: list[ReplicaStatus]
     taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     expected_source: str = ""  # where the expected lease names came from
+    rate_limits: list[dict[str, Any]] = field(default_factory=list)  # buckets' fill
 
     def unheld(self, max_unheld: float = 0.0) -> list[LeaseStatus]:
         """Expected leases not held for longer than ``max_unheld`` seconds."""
@@ -116,6 +117,7 @@ class ClusterStatus:
         return {
             "leases": [{k: clean(v) for k, v in asdict(le).items()} for le in self.leases],
             "replicas": [{k: clean(v) for k, v in asdict(r).items()} for r in self.replicas],
+            "rate_limits": self.rate_limits,
             "taken_at": self.taken_at.isoformat(),
         }
 

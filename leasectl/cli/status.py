@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from rich.console import Console
@@ -29,6 +30,7 @@ from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument, add_common, settings_from
 from leasectl.cli.run import add_app_argument, app_from_args
 from leasectl.errors import DatabaseUnavailable
+from leasectl.limits import read_fill
 from leasectl.settings import Settings
 from leasectl.tools.status_view import render
 
@@ -90,7 +92,7 @@ def read(
 ) -> st.ClusterStatus:
     expected, source = wanted
     with st.connect(st.status_dsn(settings), settings) as conn:
-        return st.read_status(
+        status = st.read_status(
             conn,
             namespace=settings.leases.namespace,
             lease_ttl=settings.leases.lease_ttl,
@@ -98,6 +100,7 @@ def read(
             all_replicas=args.all_replicas,
             expected_source=source,
         )
+        return replace(status, rate_limits=read_fill(conn, settings.limits))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

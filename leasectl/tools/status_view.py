@@ -125,6 +125,20 @@ def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
             parts.append(Text(f"! {r.id}: wedged tick(s): {', '.join(r.wedged)}", style="red"))
     if not status.leases:
         parts.append(Text("no leases expected or recorded yet", style="dim"))
+    if status.rate_limits:
+        limits = Table(title="rate limits (shared by the cluster)", title_justify="left")
+        for col in ("bucket", "fill", "backlog", "last used"):
+            limits.add_column(col)
+        for b in status.rate_limits:
+            fill = b["fill"]
+            style = "bold red" if fill is not None and fill >= 1 else ""
+            limits.add_row(
+                b["key"],
+                Text(f"{fill:.0%}" if fill is not None else "not configured", style=style),
+                f"{b['backlog_s']:.2f}s",
+                str(b["updated_at"] or "-")[11:19],
+            )
+        parts.append(limits)
     if status.expected_source:
         parts.append(Text(f"expected leases from {status.expected_source}", style="dim"))
     return Group(*parts)
