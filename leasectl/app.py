@@ -320,6 +320,11 @@ class App:
         return daemon.limiter.acquire(name, scope, wait=wait)
 
     @property
+    def migration_sources(self) -> list[MigrationSource]:
+        """The App's own migration folders (``leasectl migrate --app`` applies them)."""
+        return list(self._migrations)
+
+    @property
     def replica_id(self) -> str | None:
         """This replica's id once started."""
         return self._daemon.replica_id if self._daemon is not None else None

@@ -1,4 +1,8 @@
-"""``leasectl migrate``: apply pending schema migrations under the migration lock."""
+"""``leasectl migrate``: apply pending schema migrations under the migration lock.
+
+With ``--app MODULE:ATTR`` the App's own migration folders (``App(migrations=[...])``) are
+applied after leasectl's, into the same ledger.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 
 from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument, add_common, settings_from
+from leasectl.cli.run import add_app_argument, app_from_args
 from leasectl.db import resolve_dsn, resolve_lock_dsn
 from leasectl.migrate import migrate, migration_status
 
@@ -14,6 +19,7 @@ from leasectl.migrate import migrate, migration_status
 def add_migrate_parser(sub: Any) -> None:
     p = sub.add_parser("migrate", help="apply pending schema migrations (under the lock)")
     add_common(p)
+    add_app_argument(p)
     add_argument(
         p, "--status", env="MIGRATE_STATUS", action="store_true", help="only show the state"
     )
@@ -21,10 +27,11 @@ def add_migrate_parser(sub: Any) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    settings = settings_from(args, loops=False)
+    sources = app_from_args(args).migration_sources if getattr(args, "app", None) else []
     dsn = resolve_dsn(settings.database)
     if args.status:
-        st = migration_status(dsn, settings.core)
+        st = migration_status(dsn, settings.core, sources=sources)
         for v in st.applied:
             print(f"applied  {v}")
         for v in st.pending:
@@ -32,6 +39,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         for v in st.changed:
             print(f"CHANGED  {v}")
         return exit_codes.OK if not st.changed else exit_codes.CHECK_FAILED
-    done = migrate(dsn, settings.core, lock_dsn=resolve_lock_dsn(settings.database, dsn))
+    done = migrate(
+        dsn, settings.core, lock_dsn=resolve_lock_dsn(settings.database, dsn), sources=sources
+    )
     print(f"applied {len(done)} migration(s)" + (": " + ", ".join(done) if done else ""))
     return exit_codes.OK
