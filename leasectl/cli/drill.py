@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument, add_common
+from leasectl.cli.run import add_app_argument
 from leasectl.errors import ConfigError
 from leasectl.tools.drill.faults import KINDS, parse_kinds
 from leasectl.tools.drill.report import checks_table, ms, summary_table, write_html, write_json
@@ -32,6 +33,7 @@ def add_drill_parser(sub: Any) -> None:
         ),
     )
     add_common(p)
+    add_app_argument(p)  # the replicas run that App; generic checks on its leased loops
     add_argument(
         p, "--replicas", env="DRILL_REPLICAS", type=int, default=3, help="replica processes"
     )
@@ -55,8 +57,9 @@ def add_drill_parser(sub: Any) -> None:
         p,
         "--lease",
         env="DRILL_LEASE",
-        default="notification_send",
-        help="the lease whose holder is hit",
+        default=None,
+        help="the lease whose holder is hit (default: notification_send, or with --app the "
+        "App's first leased loop)",
     )
     add_argument(
         p,
@@ -127,13 +130,14 @@ def cmd_drill(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         dsn=args.dsn or None,
         data_dir=Path(args.data_dir) if args.data_dir else None,
-        lease=args.lease,
+        lease=args.lease or "",
         notifications_per_s=args.notifications_per_s,
         jobs_per_s=args.jobs_per_s,
         config=Path(args.config) if args.config else None,
         replication=args.replication,
         storm_s=args.storm_seconds,
         storm_per_s=args.storm_per_s,
+        app=args.app or None,
     )
     # Explicit handlers: a drill started in the background (SIGINT ignored) still stops cleanly.
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)

@@ -112,10 +112,17 @@ class Cluster:
             cmd = self.namespaces[slot].exec_prefix() + cmd
         return cmd
 
-    def start(self, slot: int) -> Replica:
-        gen = self._generation.get(slot, 0) + 1
+    def next_generation(self, slot: int) -> int:
+        return self._generation.get(slot, 0) + 1
+
+    def replica_id(self, slot: int, generation: int) -> str:
+        return f"{self.prefix}-r{slot}-{generation}"
+
+    def start(self, slot: int, generation: int | None = None) -> Replica:
+        """Start slot ``slot`` (its next generation, or ``generation``: a join picks its id)."""
+        gen = max(generation or 0, self.next_generation(slot))
         self._generation[slot] = gen
-        replica_id = f"{self.prefix}-r{slot}-{gen}"
+        replica_id = self.replica_id(slot, gen)
         env = dict(os.environ)
         for key in ("LEASECTL_DSN", "LEASECTL_LOCK_DSN", "LEASECTL_CONFIG"):
             env.pop(key, None)

@@ -17,6 +17,10 @@
                locks go direct, so no lease may flap, and work must resume.
 ``backend-kill-storm`` random work-pool backends are terminated several times a second for a
                while; lock connections are spared: no lease may flap, nothing may be lost.
+``wedge``     one replica's tick of the drill-only loop blocks for ever, deaf to cancellation;
+               the real watchdog must give the lease up (see ``wedge.py``).
+``join``      a replica joins, then leaves: placement hands leases over gracefully
+               (see ``join.py``).
 =============  ==========================================================================
 """
 
@@ -44,6 +48,8 @@ KINDS = (
     "db-failover",
     "pooler-restart",
     "backend-kill-storm",
+    "wedge",
+    "join",
 )
 
 

@@ -72,6 +72,8 @@ class Analysis:
     duplicates: dict[str, Any]
     summary: list[dict[str, Any]]
     totals: dict[str, int]
+    liveness: list[dict[str, Any]] = field(default_factory=list)  # per leased loop (liveness.py)
+    skipped_checks: dict[str, str] = field(default_factory=dict)  # check -> why not run
 
     @property
     def ok(self) -> bool:
@@ -467,6 +469,10 @@ def summarize_rounds(rounds: Sequence[RoundResult]) -> list[dict[str, Any]]:
                 "overlaps": sum(1 for r in rs if r.overlap_s > 0),
                 "overlap_s": sum(r.overlap_s for r in rs),
                 "duplicates": sum(r.duplicates for r in rs),
+                "rebalance": summarize([r.rebalance_s for r in rs if r.rebalance_s is not None]),
+                "rebalance_back": summarize(
+                    [r.rebalance_back_s for r in rs if r.rebalance_back_s is not None]
+                ),
                 "lost_commits": sum(lost_commits) if lost_commits else None,
             }
         )

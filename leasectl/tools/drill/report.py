@@ -29,6 +29,8 @@ FAULT_COLOURS = {
     "db-failover": "#17becf",
     "pooler-restart": "#e377c2",
     "backend-kill-storm": "#7f7f7f",
+    "wedge": "#bcbd22",
+    "join": "#aec7e8",
 }
 
 
@@ -54,6 +56,8 @@ def to_json(result: DrillResult) -> dict[str, Any]:
         "summary": a.summary,
         "totals": a.totals,
         "checks": [asdict(c) for c in a.checks],
+        "skipped_checks": a.skipped_checks,
+        "liveness": a.liveness,
         "rounds": [r.to_json() for r in result.rounds],
         "overlaps": [
             {
@@ -97,6 +101,7 @@ def summary_table(result: DrillResult) -> Table:
         "self-fence p99",
         "leases back p50/p99/max",
         "repl. lost commits",
+        "rebalance join/leave p99",
         "overlaps",
         "dups",
     )
@@ -118,10 +123,19 @@ def summary_table(result: DrillResult) -> Table:
             if row["leases_back"]["max"] is not None
             else "–",
             "–" if row.get("lost_commits") is None else str(row["lost_commits"]),
+            _rebalance(row),
             str(row["overlaps"]),
             str(row["duplicates"]),
         )
     return table
+
+
+def _rebalance(row: dict[str, Any]) -> str:
+    """``join`` rounds: join -> placement stable, and leave -> stable again (p99)."""
+    join, leave = row.get("rebalance") or {}, row.get("rebalance_back") or {}
+    if join.get("p99") is None and leave.get("p99") is None:
+        return "–"
+    return f"{ms(join.get('p99'))} / {ms(leave.get('p99'))}"
 
 
 def checks_table(result: DrillResult) -> Table:
@@ -131,6 +145,8 @@ def checks_table(result: DrillResult) -> Table:
     table.add_column("detail")
     for c in result.analysis.checks:
         table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAILED[/]", c.detail)
+    for name, why in result.analysis.skipped_checks.items():
+        table.add_row(name, "[yellow]skipped[/]", why)
     return table
 
 

@@ -8,7 +8,7 @@ the drill's ``recovered`` invariant) instead of hanging the drill.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,6 +58,9 @@ class RoundResult:
     leases_back_s: float | None = None  # db-restart/failover: all leases re-held, after t_accept
     lost_commits: int | None = None  # db-failover: commits of the old primary not promoted
     timeline: int | None = None  # db-failover: the new primary's timeline
+    rebalance_s: float | None = None  # join: joined -> placement stable (leases handed over)
+    rebalance_back_s: float | None = None  # join: removed -> placement stable again
+    moves: int | None = None  # join: lease moves the join and the removal caused
     recovered: bool = False
     overlap_s: float = 0.0
     duplicates: int = 0
@@ -90,6 +93,7 @@ class RoundRunner:
         after_failover: Callable[[], None] | None = None,
         restart_pooler: Callable[[], tuple[float, float]] | None = None,
         storm: Callable[[], tuple[int, float]] | None = None,
+        custom: Mapping[str, Callable[[RoundRunner, int], RoundResult]] | None = None,
     ) -> None:
         self.cluster = cluster
         self.lease = lease
@@ -100,6 +104,7 @@ class RoundRunner:
         self.after_failover = after_failover
         self.restart_pooler = restart_pooler
         self.storm = storm
+        self.custom = dict(custom or {})  # kinds with rounds of their own (wedge, join)
         self.caps: list[Cap] = []
 
     # -- helpers ----------------------------------------------------------------------------
@@ -164,6 +169,8 @@ class RoundRunner:
     # -- a round ----------------------------------------------------------------------------
 
     def run(self, index: int, kind: str) -> RoundResult:
+        if kind in self.custom:
+            return self.custom[kind](self, index)
         victim, old_epoch = self.current_holder()
         deadline = DEADLINES[kind]
         r = RoundResult(index, kind, self.lease, victim.replica_id, old_epoch, t_fault=0.0)

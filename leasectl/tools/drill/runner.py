@@ -27,10 +27,11 @@ from leasectl.embedded import EmbeddedPostgres
 from leasectl.locks import TcpBound
 from leasectl.migrate import migrate
 from leasectl.settings import DatabaseSettings, LeaseSettings
-from leasectl.tools.drill import faults, netns, pooler
+from leasectl.tools.drill import faults, liveness, netns, pooler, target, wedge
 from leasectl.tools.drill.cluster import Cluster, LogLine
 from leasectl.tools.drill.feed import Feed
 from leasectl.tools.drill.invariants import Analysis, analyze
+from leasectl.tools.drill.join import JoinRounds
 from leasectl.tools.drill.rounds import RoundResult, RoundRunner, Timing
 from leasectl.tools.drill.standby import PgNode, ReplicatedPair
 from leasectl.tools.webhook_sink import Delivery, WebhookSink
@@ -65,6 +66,7 @@ class DrillOptions:
     replication: str = "async"  # db-failover: the standby is "async" or "sync" (remote_apply)
     storm_s: float = 5.0  # backend-kill-storm: how long it lasts
     storm_per_s: float = 5.0  # backend-kill-storm: backends terminated per second
+    app: str | None = None  # MODULE:ATTR: the replicas run this App (None: the shipped loops)
 
 
 @dataclass
@@ -113,6 +115,12 @@ def _skip_reasons(opts: DrillOptions) -> dict[str, str]:
                 "(no target_session_attrs); run it in a drill of its own"
             )
     return skipped
+
+
+def _placement_skip(opts: DrillOptions, placement: str) -> dict[str, str]:
+    if "join" in opts.faults and placement != "spread":
+        return {"join": f"leases.placement is {placement}: a joining replica is given nothing"}
+    return {}
 
 
 def _with_db(dsn: str, dbname: str, host: str | None = None) -> str:
@@ -167,6 +175,10 @@ class Drill:
             unix_socket=False,
         )
         self.d_srv: float = bound.d_srv or 9.0
+        self.skipped.update(_placement_skip(opts, self.lease_settings.placement))
+        self.kinds = [k for k in opts.faults if k not in self.skipped]
+        self._saved_env: dict[str, str | None] = {}
+        self._wedge: wedge.WedgeRounds | None = None
         self.notes: list[str] = []
         self.interrupted = False
         self._tmp: Path | None = None
@@ -225,8 +237,11 @@ class Drill:
     def _config(
         self, work: Path, slot: int, url: str, hmac_key: str, lock_dsn: str | None = None
     ) -> Path:
+        sched: dict[str, Any] = {"shutdown_grace": 10.0}
+        if "wedge" in self.kinds:  # the watchdog's grace, down from 30 s: rounds stay short
+            sched["wedge_grace"] = wedge.WEDGE_GRACE
         doc = {
-            "scheduler": {"shutdown_grace": 10.0},
+            "scheduler": sched,
             "logging": {"format": "json", "level": "INFO"},
             "loops": {
                 "jobs": {
@@ -273,10 +288,13 @@ class Drill:
             work = self._workdir()
             if "partition" in self.kinds:
                 netns.cleanup_stale()
-                self._nets = netns.NetnsSet(self.opts.replicas)
+                self._nets = netns.NetnsSet(self._slots())
                 self._nets.create()
             admin, direct_for = self._database(work)
             migrate(admin)
+            if "wedge" in self.kinds:
+                wedge.prepare(admin)
+                self._wedge = wedge.WedgeRounds(work / "wedge")
             hmac_key = secrets.token_hex(16)
             addrs = ["127.0.0.1"] + (self._nets.host_addrs if self._nets else [])
             dsn_for, lock_for = direct_for, None
@@ -300,14 +318,17 @@ class Drill:
 
             configs = {
                 s: self._config(work, s, url_for(s), hmac_key, lock_for(s) if lock_for else None)
-                for s in range(self.opts.replicas)
+                for s in range(self._slots())
             }
+            tgt = target.resolve(self.opts.app, configs[0], wedge="wedge" in self.kinds)
+            self.opts.lease = tgt.default_lease(self.opts.lease)
+            self._set_env(tgt.replica_env(work / "wedge" if self._wedge else None))
             self._cluster = cluster = Cluster(
                 prefix=f"d{self.run_id}",
                 config_for=lambda s: configs[s],
                 dsn_for=dsn_for,
                 namespaces=self._nets.namespaces if self._nets else None,
-                loops=LOOPS,
+                loops=tgt.only,
                 workdir=work,
             )
             for slot in range(self.opts.replicas):
@@ -315,10 +336,14 @@ class Drill:
             self._feed = Feed(
                 admin,
                 self.run_id,
-                notifications_per_s=self.opts.notifications_per_s,
-                jobs_per_s=self.opts.jobs_per_s,
+                notifications_per_s=self.opts.notifications_per_s
+                if tgt.has("notification_send")
+                else 0.0,
+                jobs_per_s=self.opts.jobs_per_s if tgt.has("job_processor") else 0.0,
+                revocations_per_s=0.5 if tgt.has("crl_generation") else 0.0,
             )
-            self._feed.start()
+            if any(tgt.has(loop) for loop in set(target.DOMAIN_CHECKS.values())):
+                self._feed.start()
             runner = RoundRunner(
                 cluster,
                 lease=self.opts.lease,
@@ -335,6 +360,7 @@ class Drill:
                     per_s=self.opts.storm_per_s,
                     rng=random.Random(),
                 ),
+                custom=self._custom_rounds(tgt),
             )
             self._wait_started(cluster, 90.0)
             plan = faults.schedule(self.kinds, self.opts.rounds)
@@ -376,10 +402,11 @@ class Drill:
                 run_end=finished,
                 lease_ttl=self.lease_settings.lease_ttl,
                 crash_window_s=self.opts.crash_window_s,
-                leased_loops=[lp for lp in LOOPS if not lp.startswith("job_")],
+                leased_loops=tgt.leased,
                 same_clock=self._server is not None,
                 replication=self.opts.replication if self._pair else None,
             )
+            self._liveness(analysis, admin, rounds, tgt, started, finished)
             return DrillResult(
                 options=self.opts,
                 skipped=self.skipped,
@@ -395,6 +422,56 @@ class Drill:
             )
         finally:
             self.cleanup()
+
+    def _slots(self) -> int:
+        """Replica slots to prepare: one more than the cluster for join rounds."""
+        return self.opts.replicas + (1 if "join" in self.kinds else 0)
+
+    def _custom_rounds(self, tgt: target.Target) -> dict[str, Callable[[RoundRunner, int], Any]]:
+        out: dict[str, Callable[[RoundRunner, int], Any]] = {}
+        if self._wedge is not None:
+            out["wedge"] = self._wedge.run
+        if "join" in self.kinds:
+            out["join"] = JoinRounds(
+                self.opts.replicas,
+                tgt.leased,
+                namespace=self.lease_settings.namespace,
+                lease_ttl=self.lease_settings.lease_ttl,
+            ).run
+        return out
+
+    def _set_env(self, env: dict[str, str | None]) -> None:
+        """The replicas inherit the drill's environment: set theirs (restored at clean-up)."""
+        for key, value in list(env.items()):
+            self._saved_env.setdefault(key, os.environ.get(key))
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def _liveness(
+        self,
+        analysis: Analysis,
+        admin: str,
+        rounds: list[RoundResult],
+        tgt: target.Target,
+        started: float,
+        finished: float,
+    ) -> None:
+        """Add the liveness check; drop the domain checks the App's loops cannot back."""
+        check, per_loop = liveness.check(
+            admin_dsn=admin,
+            rounds=rounds,
+            holdings=analysis.holdings,
+            policies=tgt.policies(),
+            since=started,
+            run_end=finished,
+            backoff_max=300.0,
+        )
+        analysis.checks.append(check)
+        analysis.liveness = liveness.to_json(per_loop)
+        analysis.skipped_checks = dict(tgt.skipped_checks)
+        analysis.checks = [c for c in analysis.checks if c.name not in tgt.skipped_checks]
 
     def _restart_server(self) -> float:
         assert self._server is not None
@@ -486,6 +563,8 @@ class Drill:
             self._cleanup()
 
     def _cleanup(self) -> None:
+        if self._wedge is not None:
+            self._wedge.lift_all()  # a stuck tick would hold its replica's drain up
         if self._feed is not None:
             self._feed.stop()
         if self._cluster is not None:
@@ -502,3 +581,4 @@ class Drill:
             self._server.stop("fast")
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+        self._set_env(self._saved_env)
