@@ -2,7 +2,9 @@
 
 2 rounds each of graceful, kill, stop and terminate; partition too when root and `ip netns`
 are available (CI); db-failover (a real streaming standby promoted) on the embedded server.
-It must exit 0 (every invariant holds) and its JSON must say why.
+It must exit 0 (every invariant holds) and its JSON must say why. A second short drill runs
+one round each of wedge and join (a tick that never returns; a replica joining and leaving),
+and a third drills a tiny App of the tests' own (``--app``).
 """
 
 from __future__ import annotations
@@ -12,12 +14,38 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from leasectl.tools.drill import netns
 
 pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _drill(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """Run `leasectl drill ARGS` on its own embedded server (or $LEASECTL_TEST_DSN); its JSON."""
+    out_json = tmp_path / "drill.json"
+    cmd = [sys.executable, "-m", "leasectl.cli", "drill", "--replicas", "3", "--no-progress"]
+    cmd += ["--json", str(out_json), *args]
+    external = os.environ.get("LEASECTL_TEST_DSN")
+    if external:
+        cmd += ["--dsn", external]
+    else:
+        data = tmp_path / "drill"
+        data.mkdir()
+        data.chmod(0o755)
+        cmd += ["--data-dir", str(data / "pgdata")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    doc: dict[str, Any] = json.loads(out_json.read_text())
+    assert doc["ok"] is True
+    assert all(c["ok"] for c in doc["checks"]), doc["checks"]
+    return doc
 
 
 def test_short_drill_passes_its_invariants(tmp_path: Path) -> None:
@@ -89,3 +117,49 @@ def test_short_drill_passes_its_invariants(tmp_path: Path) -> None:
     assert not any(r["netns"] and r["netns"] in listed for r in doc["replicas"])
     for r in doc["replicas"]:
         assert r["exit"] is not None, r
+
+
+def test_short_drill_wedge_and_join(tmp_path: Path) -> None:
+    """One round each: a wedged tick's lease moves and its late write is refused; a joining
+    replica gets its lease by a graceful hand-over and gives it back when it leaves."""
+    doc = _drill(tmp_path, "--faults", "wedge,join", "--rounds", "1")
+    wedge, join = doc["rounds"]
+    assert wedge["kind"] == "wedge" and wedge["recovered"], wedge
+    assert wedge["lease"] == "drill_wedge" and wedge["new_holder"] != wedge["victim"], wedge
+    # another replica completed the next slot within timeout + wedge_grace + takeover
+    assert wedge["first_tick_s"] is not None and wedge["first_tick_s"] < 20.0, wedge
+    notes = " ".join(wedge["notes"])
+    assert "late write was refused" in notes and "lists drill_wedge" in notes, notes
+    assert join["kind"] == "join" and join["recovered"], join
+    assert join["rebalance_s"] is not None and join["rebalance_back_s"] is not None, join
+    assert any(n.startswith("graceful:") for n in join["notes"]), join["notes"]
+    assert doc["overlaps"] == []
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert checks["liveness"]["ok"], checks["liveness"]
+    assert {lv["loop"] for lv in doc["liveness"]} >= {"notification_send", "drill_wedge"}
+    assert doc["skipped_checks"] == {}
+
+
+def test_drill_of_a_users_app(tmp_path: Path) -> None:
+    """--app: the replicas run the App; generic checks on its leased loops, domain ones
+    skipped and named."""
+    doc = _drill(
+        tmp_path, "--app", "tests.apps.drill_tiny:app", "--faults", "kill,wedge", "--rounds", "1"
+    )
+    assert [r["kind"] for r in doc["rounds"]] == ["kill", "wedge"]
+    assert all(r["recovered"] for r in doc["rounds"]), doc["rounds"]
+    assert doc["rounds"][0]["lease"] == "sweep"  # the App's first leased loop
+    checks = {c["name"] for c in doc["checks"]}
+    assert checks >= {"recovered", "no_overlap", "ticks_unique", "epochs_increase", "liveness"}
+    assert set(doc["skipped_checks"]) == {
+        "no_lost_notification",
+        "no_duplicate_outside_crash_window",
+        "signatures",
+        "no_lost_job",
+        "crl_numbers_increase",
+    }
+    assert checks.isdisjoint(doc["skipped_checks"])
+    live = {lv["loop"]: lv for lv in doc["liveness"]}
+    assert set(live) == {"tally", "sweep", "drill_wedge"}
+    assert live["sweep"]["misfire"] == "skip" and live["tally"]["done"] > 0
+    assert doc["totals"]["notifications"] == 0 and doc["totals"]["jobs"] == 0

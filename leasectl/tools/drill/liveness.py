@@ -174,9 +174,10 @@ def _window_of(s: float, step: float, windows: Sequence[Window]) -> Window | Non
 
 
 def _busy_at(s: float, rows: Sequence[LedgerRow]) -> bool:
-    """Was a tick of the loop running when slot ``s`` began (so the misfire policy decides)?"""
+    """Was a tick of an earlier slot still running when slot ``s`` began (so the loop's misfire
+    policy decided what became of ``s``)?"""
     for r in rows:
-        if r.started_at is None or r.finished_at is None:
+        if r.tick_at >= s - SLACK_S or r.started_at is None or r.finished_at is None:
             continue
         if r.started_at <= s + SLACK_S and r.finished_at >= s - SLACK_S:
             return True
