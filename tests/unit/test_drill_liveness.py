@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from leasectl.tools.drill.invariants import REPLICATION_WINDOW_S
 from leasectl.tools.drill.liveness import (
     WINDOW_CAP_MIN_S,
     LedgerRow,
@@ -98,7 +99,7 @@ def test_slots_of_a_slower_loop_are_its_interval_apart() -> None:
     assert lv.slots == 5 and lv.undone == [T0 + 4.0]
 
 
-def _round(kind: str, victim: str = "r1", **kw: float | None) -> RoundResult:
+def _round(kind: str, victim: str = "r1", **kw: float | int | None) -> RoundResult:
     r = RoundResult(0, kind, "send", victim, 1, T0 + 4.2)
     for k, v in kw.items():
         setattr(r, k, v)
@@ -148,3 +149,13 @@ def test_a_join_tolerates_only_its_hand_over_gaps() -> None:
         Window("send", T0 + 8.0, T0 + 8.01, "#0 join hand-over"),
         Window("send", T0 + 12.0, T0 + 12.02, "#0 join hand-over"),
     ]
+
+
+def test_a_lossy_async_failover_also_tolerates_the_slots_just_before_the_crash() -> None:
+    lossy = _round("db-failover", t_accept=T0 + 6.0, lost_commits=3)
+    (w,) = fault_windows([lossy], [], {"send": SEND}, [], T0 + 30)
+    assert w.start == pytest.approx(T0 + 4.2 - REPLICATION_WINDOW_S)
+    (w,) = fault_windows(
+        [_round("db-failover", t_accept=T0 + 6.0)], [], {"send": SEND}, [], T0 + 30
+    )
+    assert w.start == T0 + 4.2

@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 
 from leasectl import sql
-from leasectl.tools.drill.invariants import Check
+from leasectl.tools.drill.invariants import REPLICATION_WINDOW_S, Check
 from leasectl.tools.drill.rounds import RoundResult
 from leasectl.tools.drill.stats import Holding
 
@@ -198,7 +198,9 @@ def fault_windows(
     loop's first completed tick after the lease was held again (its first holding begun after
     the fault; for faults that move no lease, after the fault was lifted), capped at
     :data:`WINDOW_CAP_INTERVALS` intervals (at least :data:`WINDOW_CAP_MIN_S`) past that point.
-    ``join`` rounds tolerate only their hand-over gaps.
+    ``join`` rounds tolerate only their hand-over gaps. An asynchronous ``db-failover`` that
+    lost commits also tolerates the slots of the :data:`REPLICATION_WINDOW_S` before the
+    crash, whose completions may have been lost with the old primary.
     """
     out: list[Window] = []
     for r in rounds:
@@ -234,7 +236,12 @@ def fault_windows(
                 and x.started_at >= lifted - SLACK_S
             ]
             end = min([*done, cap, run_end])
-            out.append(Window(lease, r.t_fault, max(end, lifted), label))
+            start = r.t_fault
+            if r.kind == "db-failover" and (r.lost_commits or 0) > 0:
+                # Asynchronous replication lost the old primary's last commits: slots it had
+                # recorded done just before the crash are gone with them (invariants.py).
+                start -= REPLICATION_WINDOW_S
+            out.append(Window(lease, start, max(end, lifted), label))
     return out
 
 
