@@ -221,13 +221,20 @@ def set_synchronous(primary: PgNode, on: bool, timeout: float = 30.0) -> None:
 
 
 def wait_streaming(primary: PgNode, timeout: float = 60.0) -> None:
-    """Until the primary has a standby streaming and caught up (replay = current LSN)."""
+    """Until the primary has a standby streaming that replayed everything inserted so far.
+
+    The insert position, not the write position: with ``synchronous_commit=off`` a commit
+    acknowledged a moment ago may still be in the WAL buffers.
+    """
     deadline = time.monotonic() + timeout
     with psycopg.connect(primary.dsn(), autocommit=True, connect_timeout=5) as conn:
+        target = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+        assert target is not None
         while time.monotonic() < deadline:
             row = conn.execute(
                 "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' "
-                "AND replay_lsn >= pg_current_wal_lsn()"
+                "AND replay_lsn >= %s::pg_lsn",
+                (str(target[0]),),
             ).fetchone()
             if row and row[0]:
                 return
