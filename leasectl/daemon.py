@@ -36,7 +36,10 @@ log = logging.getLogger("leasectl.daemon")
 
 EXIT_OK, EXIT_RUNTIME, EXIT_START, EXIT_WEDGED, EXIT_FORCED = 0, 1, 2, 4, 130
 
-_SUPERVISE_EVERY = 0.2  # seconds between checks that the lease manager and loop threads live
+#: The supervisor's slow safety poll (loop threads that died; a tick that returned from a
+#: wedge). A lease manager that ends wakes it at once, and it also wakes when the earliest
+#: running tick would become wedged, so nothing it watches waits for this poll but those two.
+_SUPERVISE_EVERY = 5.0
 
 
 def metrics_listener(event: LeaseEvent) -> None:
@@ -81,6 +84,7 @@ class Daemon:
         self.no_leased = no_leased
         self.replica_id = make_replica_id(settings.replica.id or None)
         self.stop_requested = threading.Event()
+        self._attention = threading.Event()  # wakes the supervisor: a stop, a manager exit
         self.migrated = False
         self.manager: LeaseManager | None = None
         self.scheduler: Scheduler | None = None
@@ -173,6 +177,7 @@ class Daemon:
                 policies=placement.declared(self.specs),
             )
             self.manager.add_listener(metrics_listener)
+            self.manager.add_exit_listener(self._attention.set)
             self.manager.start()
             self.scheduler = Scheduler(
                 self.specs,
@@ -225,6 +230,7 @@ class Daemon:
 
     def request_stop(self) -> None:
         self.stop_requested.set()
+        self._attention.set()
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until a stop is requested or a fatal failure happened; the exit code so far
@@ -233,9 +239,31 @@ class Daemon:
             return None
         return self._exit if self._exit is not None else EXIT_OK
 
+    def _next_check(self) -> float:
+        """Seconds until the supervisor must look again: when the earliest running tick would
+        become wedged, no later than a tick starting now could (its ``timeout +
+        wedge_grace``), and at most the slow safety poll."""
+        scheduler = self.scheduler
+        if scheduler is None:
+            return _SUPERVISE_EVERY
+        grace = self.settings.scheduler.wedge_grace
+        now = scheduler.clock()
+        delay = _SUPERVISE_EVERY
+        for name, st in scheduler.loops.items():
+            started = st.tick_started
+            if name in self.wedged:
+                continue  # already wedged: its return is seen by the safety poll
+            limit = st.spec.timeout + grace
+            delay = min(delay, limit if started is None else started + limit - now)
+        return max(delay, 0.0) + 0.01  # just past the limit: wedged() is strict
+
     def _supervise(self) -> None:
         assert self.manager is not None and self.scheduler is not None
-        while not self.stop_requested.wait(_SUPERVISE_EVERY):
+        while not self.stop_requested.is_set():
+            self._attention.wait(self._next_check())
+            self._attention.clear()
+            if self.stop_requested.is_set() or self.scheduler is None:
+                return
             self._watch_wedged()
             if self.manager.fatal is not None:
                 log.error(
@@ -292,7 +320,7 @@ class Daemon:
 
     def stop(self, grace: float | None = None) -> int:
         """Drain, release, stop; the exit code (0 unless a fatal failure stopped us)."""
-        self.stop_requested.set()
+        self.request_stop()
         if self._stopped:
             return self._exit or EXIT_OK
         log.info("replica %s stopping", self.replica_id, extra={"action": "daemon_stopping"})
@@ -319,7 +347,7 @@ class Daemon:
         if self.scheduler is not None and not self._stopped:
             self.scheduler.stop(0)  # a failed start: nothing to drain for
         self._stopped = True
-        self.stop_requested.set()
+        self.request_stop()
         if self.manager is not None:
             self.manager.stop(release=True)
         if self.http is not None:

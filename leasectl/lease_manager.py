@@ -10,7 +10,20 @@ The contract it keeps (what a lease guarantees, and how writes are fenced) is in
   each lease is then valid until the heartbeat's start + ``lease_ttl`` (monotonic clock);
 * self-fence: a lease whose validity ran out is dropped (``ttl_expired``);
 * evict a holder whose last renewal is older than ``lease_ttl + eviction_grace`` (DB clock);
-* on any database error drop every lease, close the connection, reconnect with backoff.
+* on any database error drop every lease, close the connection, reconnect with backoff;
+* between those deadlines it sleeps in one ``select`` on the lock connection's socket and a
+  wake-up pipe (:class:`Waker`): a NOTIFY, a command (step-down, abandon, a tick's end) or
+  :meth:`LeaseManager.stop` wakes it at once, and an idle replica costs no CPU in between.
+
+Crash takeover (spread placement): every replica holds a *liveness lock* on its lock
+connection and watches one peer's, its successor in the sorted ring of live replicas, from a
+second connection (:class:`leasectl.locks.WatchSession`, on the ``leasectl-watch`` thread).
+The server wakes the watcher the instant the peer's session ends (a crash, a kill, an
+eviction, a partition dropped at D_srv) and the same transaction NOTIFYs ``replica_gone`` to
+every replica: each drops the peer from its placement view and campaigns at once, so the
+next-ranked candidate of each of its leases takes it within milliseconds while the others keep
+their placement delay. One wait per replica covers every lease of the watched peer; the
+campaign poll stays as the fallback (docs/safety.md, "The watch connection").
 
 Placement (``leases.placement: spread``, :mod:`leasectl.placement`): the heartbeat also
 returns the live replicas; a replica that is not a lease's best-ranked candidate tries it
@@ -29,6 +42,7 @@ import random
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,12 +60,56 @@ from leasectl.errors import (
 )
 from leasectl.keys import KeyRegistry
 from leasectl.leases import Clock, Lease, LeaseEvent
-from leasectl.locks import LeaseSession, LockSession, notify_control
+from leasectl.locks import LeaseSession, LockSession, WatchSession, notify_control
 from leasectl.settings import CoreSettings
 
 log = logging.getLogger("leasectl.leases")
 
-_WAIT_SLICE = 0.02  # seconds between checks of stop()/commands while idle on the socket
+#: The watch connection's lock_timeout: how long one server-side wait lasts before it is
+#: re-issued. It bounds what the wait can cost others (a snapshot held, a CREATE INDEX
+#: CONCURRENTLY kept waiting) and costs one statement per period: 0.5 statements/s.
+WATCH_LOCK_TIMEOUT = 2.0
+
+
+class Waker:
+    """A self-pipe: :meth:`wake` (any thread) makes :attr:`fd` readable until :meth:`drain`.
+
+    The manager thread selects on it together with the lock connection's socket, so commands
+    and stop requests end its wait at once instead of at the next poll.
+    """
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        # Closed when the owner is collected, never earlier: a late wake() from another
+        # thread must not write into a descriptor number the process has reused meanwhile.
+        self._close = weakref.finalize(self, _close_fds, self._r, self._w)
+
+    @property
+    def fd(self) -> int:
+        return self._r
+
+    def wake(self) -> None:
+        try:
+            os.write(self._w, b"!")
+        except (BlockingIOError, OSError):
+            pass  # full (already readable) or closed at exit: either way nothing to add
+
+    def drain(self) -> None:
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def make_replica_id(configured: str | None = None) -> str:
@@ -100,6 +158,7 @@ class LeaseManager:
         session_factory: Callable[[], LeaseSession] | None = None,
         labels: Iterable[str] = (),
         policies: Mapping[str, placement.LeasePolicy] | None = None,
+        watch_factory: Callable[[], WatchSession] | None = None,
     ) -> None:
         """``session_factory`` opens the lock connection; the default is
         :meth:`LockSession.connect` with these settings (tests pass an in-memory one).
@@ -115,6 +174,7 @@ class LeaseManager:
         self.clock = clock
         self.check_pooler = check_pooler
         self._session_factory = session_factory or self._open_lock_session
+        self._watch_factory = watch_factory or self._open_watch_session
         self.registry = KeyRegistry()
         self.labels = tuple(labels)
         self.spread = settings.leases.placement == "spread"
@@ -142,9 +202,20 @@ class LeaseManager:
         for name in self.wanted:
             self.registry.register(name)
         self._replicas: list[placement.Replica] | None = None  # live, from the last heartbeat
+        self._view_gen = 0  # bumped whenever _replicas changes
         self._published: list[str] | None = None  # campaigns_for as last written
         self._plan: placement.Placement | None = None
         self._plan_key: tuple[int, tuple[str, ...]] | None = None
+        self._holds_liveness = False  # this lock session holds the replica's liveness lock
+        # the watch thread: which peer to watch, and the session it is waiting on now
+        self._watch_cv = threading.Condition()
+        self._watch_for: str | None = None
+        self._watch_gen = 0  # bumped with every new target or view
+        self._watch_skip: tuple[str, int] | None = None  # (peer, gen): its lock was free
+        self._watching: WatchSession | None = None
+        self._watch_thread: threading.Thread | None = None
+        self._waker = Waker()
+        self._exit_listeners: list[Callable[[], None]] = []
         self._state = _State()
         self._lock = threading.RLock()
         self._listeners: list[Callable[[LeaseEvent], None]] = []
@@ -164,6 +235,11 @@ class LeaseManager:
     def add_listener(self, fn: Callable[[LeaseEvent], None]) -> None:
         self._listeners.append(fn)
 
+    def add_exit_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (on the manager thread) when the thread ends, fatally or not: the
+        daemon's supervisor waits on this instead of polling :attr:`fatal`."""
+        self._exit_listeners.append(fn)
+
     def start(self) -> None:
         """Connect, verify topology and the safety inequality, then start the thread.
 
@@ -172,13 +248,26 @@ class LeaseManager:
         self._session = self._connect()
         self._thread = threading.Thread(target=self._run, name="leasectl-leases", daemon=True)
         self._thread.start()
+        if self.spread and self.may_lead:
+            self._watch_thread = threading.Thread(
+                target=self._watch_run, name="leasectl-watch", daemon=True
+            )
+            self._watch_thread.start()
 
     def stop(self, *, release: bool = True, timeout: float = 10.0) -> None:
-        """Stop campaigning; release held leases with NOTIFY (graceful hand-over)."""
+        """Stop campaigning; release held leases with NOTIFY (graceful hand-over).
+
+        The manager thread is woken at once (its wait ends on the wake pipe), so the release
+        starts within one round trip of this call.
+        """
         self._release_on_stop = release
         self._stop.set()
+        self._waker.wake()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._stop_watching()
+        if self._watch_thread is not None:
+            self._watch_thread.join(timeout)
 
     def lease(self, name: str) -> Lease | None:
         """The valid lease handle for ``name``, or None."""
@@ -213,6 +302,7 @@ class LeaseManager:
 
         with self._lock:
             self._commands.append(command)
+        self._waker.wake()
 
     def abandon(self, name: str, reason: str) -> None:
         """Give ``name`` up and stop campaigning for it until :meth:`resume`.
@@ -228,11 +318,13 @@ class LeaseManager:
         with self._lock:
             self._state.suspended.add(name)  # at once: no campaign may take it back meanwhile
             self._commands.append(command)
+        self._waker.wake()
 
     def resume(self, name: str) -> None:
         """Campaign for ``name`` again (its wedged tick returned)."""
         with self._lock:
             self._state.suspended.discard(name)
+        self._waker.wake()  # publish the candidacy and campaign now, not at the next deadline
 
     def tick_begin(self, name: str, lease: Lease) -> bool:
         """The scheduler is about to run a tick of ``name`` under ``lease``: False refuses it.
@@ -256,6 +348,9 @@ class LeaseManager:
         """The tick of ``name`` started with :meth:`tick_begin` returned (its slot recorded)."""
         with self._lock:
             self._state.ticking.discard(name)
+            pending = name in self._state.handing_over
+        if pending:
+            self._waker.wake()  # the hand-over waited for this tick: do it now
 
     def replicas(self) -> list[placement.Replica] | None:
         """The live replicas as of the last heartbeat (spread placement; None otherwise)."""
@@ -270,6 +365,7 @@ class LeaseManager:
 
         with self._lock:
             self._commands.append(command)
+        self._waker.wake()
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -282,6 +378,16 @@ class LeaseManager:
             namespace=s.leases.namespace,
             registry=self.registry,
             check_pooler=self.check_pooler,
+        )
+
+    def _open_watch_session(self) -> WatchSession:
+        s = self.settings
+        return WatchSession.connect(
+            self.lock_dsn,
+            s.database,
+            f"leasectl/{self.replica_id}/watch",
+            namespace=s.leases.namespace,
+            lock_timeout_ms=int(WATCH_LOCK_TIMEOUT * 1000),
         )
 
     def _connect(self) -> LeaseSession:
@@ -327,6 +433,9 @@ class LeaseManager:
                 preferred_for=self.preferred_for,
             )
             self._published = candidacy
+            self._holds_liveness = False
+            if self.spread and self.may_lead:
+                self._holds_liveness = session.hold_replica(self.replica_id)
         except BaseException:
             session.close()
             raise
@@ -377,6 +486,12 @@ class LeaseManager:
             if self._session is not None and self.fatal is not None:
                 self._session.close()
             self._stopped.set()
+            self._stop_watching()
+            for fn in self._exit_listeners:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("exit listener failed", extra={"action": "listener_error"})
 
     def _serve(self, session: LeaseSession) -> None:
         ls = self.settings.leases
@@ -399,10 +514,15 @@ class LeaseManager:
                 next_campaign = self.clock() + ls.acquire_interval * jitter
                 if due is not None:  # a watched free lease becomes this replica's turn
                     next_campaign = min(next_campaign, due)
+            if self._stop.is_set():
+                break
             wait = min(next_hb, next_campaign) - self.clock()
-            # Short waits keep stop() and step_down() responsive without extra queries: a wait
-            # is a poll() on the socket, and its slice bounds how late a graceful stop starts.
-            for payload in session.wait_notify(min(max(wait, 0.0), _WAIT_SLICE)):
+            # Sleep until the next deadline in one select() on the socket and the wake pipe: a
+            # NOTIFY, a command or stop() ends it at once; nothing polls in between.
+            self._waker.drain()
+            if self._commands or self._stop.is_set():
+                continue  # queued just before the drain: its wake-up was consumed
+            for payload in session.wait_notify(max(wait, 0.0), self._waker.fd):
                 if self._on_notify(session, payload):
                     next_campaign = self.clock()
 
@@ -413,6 +533,8 @@ class LeaseManager:
                 msg = json.loads(payload)
             except ValueError:
                 return False
+            if msg.get("action") == "replica_gone":
+                return self._replica_gone(msg.get("replica"))
             if msg.get("action") == "step_down":
                 lease, replica = msg.get("lease"), msg.get("replica")
                 names = [lease] if lease else list(self._state.held)
@@ -436,6 +558,24 @@ class LeaseManager:
             if payload not in self._state.held:
                 self._state.free_since.setdefault(payload, self.clock())
         return True
+
+    def _replica_gone(self, gone: object) -> bool:
+        """A peer's lock session ended (its watcher said so) or it is stopping (it said so).
+
+        Drop it from the placement view until the next heartbeat confirms it, so the next
+        candidate of each of its leases is rank 0 now and tries at once; True: campaign now.
+        """
+        if not isinstance(gone, str) or gone == self.replica_id:
+            return False
+        view = self._replicas
+        if view is not None and any(r.id == gone for r in view):
+            self._set_view([r for r in view if r.id != gone])
+        log.debug(
+            "replica %s is gone; campaigning for its leases",
+            gone,
+            extra={"action": "replica_gone", "replica": self.replica_id, "holder": gone},
+        )
+        return bool(self.may_lead)
 
     def _run_commands(self, session: LeaseSession) -> None:
         with self._lock:
@@ -463,7 +603,7 @@ class LeaseManager:
         )
         elapsed = self.clock() - started
         if replicas is not None:
-            self._replicas = replicas
+            self._set_view(replicas)
         if in_recovery:
             self._lose_all("server_in_recovery")
             raise DatabaseUnavailable("server is in recovery; refusing to hold leases")
@@ -481,6 +621,10 @@ class LeaseManager:
             # try-lock would otherwise stack a second, re-entrant grant on top of it.
             session.release(gone)
         self.last_heartbeat_ok = self.clock()
+        if self.spread and self.may_lead and not self._holds_liveness:
+            # Another session still held it at connect (a crashed predecessor's, not yet ended
+            # by the server): retry, so this replica's own crash is seen at once again.
+            self._holds_liveness = session.hold_replica(self.replica_id)
         self._emit(LeaseEvent("heartbeat", "*", None, "ok", elapsed))
 
     def _campaign(self, session: LeaseSession) -> float | None:
@@ -568,13 +712,120 @@ class LeaseManager:
         """Placement over the last heartbeat's live replicas, with this replica's own entry
         as it knows it now (computed once per heartbeat or candidacy change)."""
         candidacy = self._candidacy()
-        key = (id(self._replicas), tuple(candidacy))
+        key = (self._view_gen, tuple(candidacy))
         if self._plan is None or self._plan_key != key:
             view = placement.self_view(
                 self.replica_id, candidacy, self.preferred_for, self._replicas or []
             )
             self._plan, self._plan_key = placement.Placement(view), key
         return self._plan
+
+    # -- the watch ring --------------------------------------------------------------------------
+
+    def _set_view(self, replicas: list[placement.Replica]) -> None:
+        """A new view of the live replicas (a heartbeat, or a peer gone): re-aim the watch."""
+        self._replicas = replicas
+        self._view_gen += 1
+        self._set_watch_target(self.watch_target())
+
+    def watch_target(self) -> str | None:
+        """The peer this replica watches: its successor in the sorted ring of live replicas
+        (every live replica is watched by exactly one other; None when alone)."""
+        if not (self.spread and self.may_lead) or self._replicas is None:
+            return None
+        ring = sorted({r.id for r in self._replicas} | {self.replica_id})
+        if len(ring) < 2:
+            return None
+        return ring[(ring.index(self.replica_id) + 1) % len(ring)]
+
+    def _set_watch_target(self, target: str | None) -> None:
+        with self._watch_cv:
+            self._watch_gen += 1  # a new view: a peer whose lock was free is tried again
+            if target == self._watch_for:
+                self._watch_cv.notify_all()
+                return
+            self._watch_for = target
+            busy = self._watching
+            self._watch_cv.notify_all()
+        if busy is not None:
+            busy.cancel()  # waiting on the old peer: re-aim now, not after lock_timeout
+
+    def _stop_watching(self) -> None:
+        with self._watch_cv:
+            self._watch_for = None
+            busy = self._watching
+            self._watch_cv.notify_all()
+        if busy is not None:
+            busy.cancel()
+
+    def _watch_run(self) -> None:
+        """The ``leasectl-watch`` thread: wait on the target peer's liveness lock, re-issued
+        every lock_timeout; the server wakes it when the peer's session ends, and the same
+        statement tells every replica (``replica_gone``)."""
+        backoff = 0.1
+        watch: WatchSession | None = None
+        try:
+            while not self._stop.is_set() and not self._stopped.is_set():
+                with self._watch_cv:
+                    target, gen = self._watch_for, self._watch_gen
+                    if target is None or self._watch_skip == (target, gen):
+                        if target is None and watch is not None:
+                            watch.close()  # alone: no second connection
+                            watch = None
+                        self._watch_cv.wait()
+                        continue
+                if watch is None:
+                    try:
+                        watch = self._watch_factory()
+                        backoff = 0.1
+                    except LeasectlError as exc:
+                        log.warning(
+                            "watch connection unavailable, retrying in %.1fs: %s",
+                            backoff,
+                            str(exc).splitlines()[0],
+                            extra={"action": "watch_reconnect", "replica": self.replica_id},
+                        )
+                        self._stop.wait(backoff * random.uniform(0.8, 1.2))
+                        backoff = min(backoff * 2, self.settings.leases.reconnect_max_backoff)
+                        continue
+                with self._watch_cv:
+                    if self._watch_for != target:
+                        continue
+                    self._watching = watch
+                try:
+                    ended = watch.watch(target)
+                except LeasectlError as exc:
+                    log.warning(
+                        "watch connection lost: %s",
+                        str(exc).splitlines()[0],
+                        extra={"action": "watch_reconnect", "replica": self.replica_id},
+                    )
+                    watch.close()
+                    watch = None
+                    continue
+                finally:
+                    with self._watch_cv:
+                        self._watching = None
+                if ended is False:
+                    with self._watch_cv:
+                        self._watch_skip = (target, gen)  # not held: retry on the next view
+                elif ended:
+                    log.info(
+                        "replica %s's lock session ended; told every replica",
+                        target,
+                        extra={
+                            "action": "replica_gone",
+                            "replica": self.replica_id,
+                            "holder": target,
+                        },
+                    )
+                    with self._watch_cv:
+                        self._watch_skip = (target, gen)  # until a view without it
+        except BaseException:
+            log.exception("watch thread crashed", extra={"action": "watch_crashed"})
+        finally:
+            if watch is not None:
+                watch.close()
 
     def _try_delays(self, names: list[str]) -> dict[str, float]:
         """Per lease, how long after seeing it free this replica waits (0: try at once)."""
@@ -710,10 +961,14 @@ class LeaseManager:
         self._state.mismatch_since.pop(name, None)
         self._emit(LeaseEvent("evicted", name, None, f"holder {holder}"))
 
-    def _release(self, session: LeaseSession, names: list[str], reason: str) -> None:
+    def _release(
+        self, session: LeaseSession, names: list[str], reason: str, *, leaving: bool = False
+    ) -> None:
         with self._lock:
             leases = [self._state.held.pop(n) for n in names if n in self._state.held]
         if not leases:
+            if leaving:
+                session.replica_stopped(self.replica_id)
             return
         for lease in leases:
             lease._lose(reason)  # stop believing before the lock is gone
@@ -722,6 +977,7 @@ class LeaseManager:
             [lease.epoch for lease in leases],
             self.replica_id,
             reason,
+            leaving=leaving,
         )
         for lease in leases:
             log.info(
@@ -770,11 +1026,15 @@ class LeaseManager:
         if session is None:
             return
         try:
+            # Say we are leaving (peers drop us from their placement view) in the same round
+            # trip as the hand-over, before it: the next candidate takes each lease at once,
+            # not a placement step later.
             if self._release_on_stop:
                 with self._lock:
                     names = list(self._state.held)
-                self._release(session, names, "shutdown")
-            session.replica_stopped(self.replica_id)
+                self._release(session, names, "shutdown", leaving=True)
+            else:
+                session.replica_stopped(self.replica_id)
         except DatabaseUnavailable as exc:
             self._lose_all(f"connection_lost_at_shutdown: {exc}")
         finally:

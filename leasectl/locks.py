@@ -3,8 +3,15 @@
 A :class:`LockSession` owns an autocommit connection that is never taken from the work pool.
 Every lease of the replica is a session-level advisory lock on that connection, in the
 two-int form ``(namespace, key)``. Taking many locks costs one round trip; nothing ever blocks
-inside ``pg_advisory_lock``: waiting is try-lock polling with jitter plus a LISTEN wake-up, so
-a waiter cannot deadlock with ``CREATE INDEX CONCURRENTLY`` or die on ``lock_timeout``.
+inside ``pg_advisory_lock`` on it: waiting is try-lock polling with jitter plus a LISTEN
+wake-up, so the lock connection cannot deadlock with ``CREATE INDEX CONCURRENTLY`` or die on
+``lock_timeout``, and it stays free for the heartbeat.
+
+The one server-side wait lives on a second connection, :class:`WatchSession`: it waits for
+one peer's lock session to end (the peer's *liveness lock*, :meth:`LockSession.hold_replica`)
+in a one-statement transaction bounded by its own ``lock_timeout``, and NOTIFYs every replica
+when it ends, so a crashed holder's leases are taken in milliseconds rather than at the next
+poll (docs/safety.md, "The watch connection").
 
 Session advisory locks survive the transaction that took them and vanish with the session.
 That is exactly the property a lease needs: when the holder's process or link dies, the
@@ -25,8 +32,10 @@ Example::
 
 from __future__ import annotations
 
+import json
 import random
 import secrets
+import selectors
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -45,7 +54,7 @@ from leasectl.errors import (
     RowLockTimeout,
     UnsupportedTopology,
 )
-from leasectl.keys import KeyRegistry, as_oid, from_oid, namespace_for
+from leasectl.keys import KeyRegistry, as_oid, from_oid, int4_hash, namespace_for
 from leasectl.placement import Replica
 from leasectl.settings import DatabaseSettings
 
@@ -58,6 +67,22 @@ _POOLER_FIX = (
     "database.lock_dsn (LEASECTL_LOCK_DSN) at PostgreSQL directly or at a "
     "session-mode pool (PgBouncer pool_mode=session)."
 )
+
+
+def replica_namespace(namespace: str | int) -> int:
+    """The key space of the replicas' liveness locks: derived from the lease namespace, so
+    deployments separated by namespace watch only their own replicas, and never a lease key."""
+    return int4_hash(f"leasectl:replicas:{namespace_for(namespace)}")
+
+
+def replica_key(replica: str) -> int:
+    """The liveness-lock key of a replica id (in :func:`replica_namespace`)."""
+    return int4_hash(replica)
+
+
+def gone_payload(replica: str, why: str) -> str:
+    """The control-channel message that says ``replica``'s lock session ended or is ending."""
+    return json.dumps({"action": "replica_gone", "replica": replica, "why": why})
 
 
 @dataclass(frozen=True)
@@ -138,6 +163,7 @@ class LeaseSession(Protocol):
 
     def listen(self) -> None: ...
     def listen_control(self) -> None: ...
+    def hold_replica(self, replica: str) -> bool: ...
     def register_replica(
         self,
         replica: str,
@@ -156,7 +182,7 @@ class LeaseSession(Protocol):
     ) -> None: ...
     def replica_stopped(self, replica: str) -> None: ...
     def replica_wedged(self, replica: str, loops: Sequence[str]) -> None: ...
-    def wait_notify(self, timeout: float) -> list[str]: ...
+    def wait_notify(self, timeout: float, wake: int | None = None) -> list[str]: ...
     def campaign(self, names: Sequence[str], watch: Sequence[str] = ()) -> list[Contender]: ...
     def bump_epoch(
         self, names: Sequence[str], replica: str, reason: str
@@ -170,7 +196,13 @@ class LeaseSession(Protocol):
         live_s: float | None = None,
     ) -> Heartbeat: ...
     def hand_over(
-        self, names: Sequence[str], epochs: Sequence[int], replica: str, reason: str
+        self,
+        names: Sequence[str],
+        epochs: Sequence[int],
+        replica: str,
+        reason: str,
+        *,
+        leaving: bool = False,
     ) -> set[str]: ...
     def release(self, names: Iterable[str], *, notify: bool = True) -> set[str]: ...
     def evict(self, lease: str, pid: int, *, replica: str, reason: str) -> None: ...
@@ -216,6 +248,8 @@ class LockSession:
         #: True when something between us and PostgreSQL (a session-mode pooler) answered the
         #: connection: the server-side TCP settings then bound its link, not ours.
         self.via_pooler = False
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_fd: int | None = None
 
     # -- opening --------------------------------------------------------------------------
 
@@ -376,12 +410,43 @@ class LockSession:
         """Subscribe to release notifications (consumed with :meth:`wait_notify`)."""
         self._exec(Q["listen_released"], None)
 
-    def wait_notify(self, timeout: float) -> list[str]:
-        """Wait up to ``timeout`` seconds for release notifications; return the lease names."""
+    def wait_notify(self, timeout: float, wake: int | None = None) -> list[str]:
+        """Wait up to ``timeout`` seconds for notifications; return their payloads.
+
+        ``wake``: a descriptor that ends the wait when it becomes readable (the caller drains
+        it). The wait is one ``select`` on the connection's socket and ``wake`` together, for
+        the whole ``timeout``: an idle replica sleeps in the kernel until a notification, a
+        command or its next deadline, and a stop request is seen at once.
+        """
         try:
-            return [n.payload for n in self.conn.notifies(timeout=max(0.0, timeout), stop_after=1)]
+            # Notifications that arrived with a query's results wait in psycopg's backlog:
+            # drain them (and anything readable) first; the socket would not show them.
+            got = [n.payload for n in self.conn.notifies(timeout=0.0)]
+            if got or timeout <= 0:
+                return got
+            if wake is None:
+                return [
+                    n.payload for n in self.conn.notifies(timeout=max(0.0, timeout), stop_after=1)
+                ]
+            sel = self._wait_selector(wake)
+            ready = sel.select(timeout)
+            if any(key.data == "conn" for key, _ in ready):
+                return [n.payload for n in self.conn.notifies(timeout=0.0)]
+            return []
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"lock connection lost: {exc}") from exc
+
+    def _wait_selector(self, wake: int) -> selectors.BaseSelector:
+        """One selector per session: the socket and the wake descriptor, registered once."""
+        if self._selector is None:
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self.conn.fileno(), selectors.EVENT_READ, "conn")
+        if self._wake_fd != wake:
+            if self._wake_fd is not None:
+                self._selector.unregister(self._wake_fd)
+            self._selector.register(wake, selectors.EVENT_READ, "wake")
+            self._wake_fd = wake
+        return self._selector
 
     def wait_acquire(
         self,
@@ -408,8 +473,20 @@ class LockSession:
     # -- the lease tables (statements in leases.sql) -----------------------------------------
 
     def listen_control(self) -> None:
-        """Subscribe to operator commands (``leasectl step-down``), also via :meth:`wait_notify`."""
+        """Subscribe to operator commands (``leasectl step-down``) and replica departures,
+        also via :meth:`wait_notify`."""
         self._exec(L["listen_control"], None)
+
+    def hold_replica(self, replica: str) -> bool:
+        """Take this replica's liveness lock on the lock connection (False: another session
+        still holds it, e.g. a crashed predecessor's that the server has not ended yet).
+
+        It lives exactly as long as this session, like the leases: a peer waiting on it
+        (:class:`WatchSession`) learns the instant the session ends.
+        """
+        params = {"ns": replica_namespace(self.namespace), "key": replica_key(replica)}
+        row = self._exec(Q["hold_replica"], params).fetchone()
+        return bool(row and row[0])
 
     def register_replica(
         self,
@@ -475,7 +552,8 @@ class LockSession:
         self._exec(L["replica_candidacy"], params)
 
     def replica_stopped(self, replica: str) -> None:
-        self._exec(L["replica_stopped"], {"id": replica})
+        """Mark the replica stopped and tell the peers it is leaving (one statement)."""
+        self._exec(L["replica_stopped"], {"id": replica, "payload": gone_payload(replica, "stop")})
 
     def replica_wedged(self, replica: str, loops: Sequence[str]) -> None:
         """Record which loops' ticks are wedged on this replica (for ``leasectl status``)."""
@@ -568,16 +646,32 @@ class LockSession:
         return Heartbeat(bool(row[0]), list(row[1]), replicas)
 
     def hand_over(
-        self, names: Sequence[str], epochs: Sequence[int], replica: str, reason: str
+        self,
+        names: Sequence[str],
+        epochs: Sequence[int],
+        replica: str,
+        reason: str,
+        *,
+        leaving: bool = False,
     ) -> set[str]:
-        """Release held leases gracefully: record it, unlock, NOTIFY; one round trip."""
+        """Release held leases gracefully: record it, unlock, NOTIFY; one round trip.
+
+        ``leaving``: the replica is stopping; the same pipeline first runs
+        :meth:`replica_stopped`, so peers read "gone" and the releases in one batch and the
+        next candidate of each lease takes it in its first campaign.
+        """
         names = list(names)
         if not names:
+            if leaving:
+                self.replica_stopped(replica)
             return set()
         record = {"names": names, "epochs": list(epochs), "replica": replica, "reason": reason}
         unlock = {"ns": self.namespace, "names": names, "keys": [self.key(n) for n in names]}
         try:
             with self.conn.pipeline():
+                if leaving:
+                    stopped = {"id": replica, "payload": gone_payload(replica, "stop")}
+                    self.conn.execute(L["replica_stopped"], stopped)
                 self.conn.execute(L["record_release"], record)
                 released = self.conn.execute(Q["release"], {**unlock, "notify": True})
             return {r[0] for r in released.fetchall()}
@@ -604,6 +698,10 @@ class LockSession:
 
     def close(self) -> None:
         """Close the connection: the server frees every lock it held."""
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+            self._wake_fd = None
         self.conn.close()
 
     def __enter__(self) -> Self:
@@ -619,3 +717,76 @@ def notify_control(conn: psycopg.Connection[Any], payload: str) -> None:
         conn.execute(L["notify_control"], {"payload": payload})
     except psycopg.Error as exc:
         raise translate_error(exc, "control channel") from exc
+
+
+class WatchSession:
+    """The watch connection: waits inside the server for one peer's lock session to end.
+
+    A second, dedicated connection per replica (``application_name`` ``leasectl/<id>/watch``),
+    never the lock connection: its statement blocks, and the lock connection must stay free
+    to heartbeat. Each :meth:`watch` is one autocommit statement (``watch_replica`` in
+    locks.sql) that waits on the peer's liveness lock under its own ``lock_timeout`` and, if
+    the peer's session ends meanwhile, NOTIFYs every replica in the same transaction. It holds
+    nothing between statements, and within one only a transaction-level lock and a snapshot,
+    both for at most ``lock_timeout``: see docs/safety.md, "The watch connection".
+    """
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], *, namespace: str | int, lock_timeout_ms: int
+    ) -> None:
+        self.conn = conn
+        self.replica_ns = replica_namespace(namespace)
+        self.lock_timeout_ms = lock_timeout_ms
+
+    @classmethod
+    def connect(
+        cls,
+        dsn: str,
+        db: DatabaseSettings,
+        application_name: str,
+        *,
+        namespace: str | int = "leasectl",
+        lock_timeout_ms: int = 2000,
+    ) -> Self:
+        conn = lock_connect(dsn, db, application_name)
+        try:
+            conn.execute(Q["watch_setup"])
+        except psycopg.Error as exc:
+            conn.close()
+            raise translate_error(exc, "watch connection setup") from exc
+        return cls(conn, namespace=namespace, lock_timeout_ms=lock_timeout_ms)
+
+    @property
+    def backend_pid(self) -> int:
+        return int(self.conn.info.backend_pid)
+
+    def watch(self, replica: str, why: str = "session_ended") -> bool | None:
+        """Wait up to ``lock_timeout`` for ``replica``'s lock session to end.
+
+        True: it ended while we waited, and every replica was told (``replica_gone`` on the
+        control channel). False: its liveness lock was free at once (nobody to watch: not
+        started yet, or already gone). None: the wait timed out or was cancelled (re-issue it).
+        """
+        params = {
+            "lock_timeout": f"{self.lock_timeout_ms}ms",
+            "ns": self.replica_ns,
+            "key": replica_key(replica),
+            "payload": gone_payload(replica, why),
+        }
+        try:
+            row = self.conn.execute(Q["watch_replica"], params).fetchone()
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+            return None
+        except psycopg.Error as exc:
+            raise translate_error(exc, "watch connection") from exc
+        return bool(row and row[0])
+
+    def cancel(self) -> None:
+        """Cancel a running :meth:`watch` (from another thread: a new target, or a stop)."""
+        try:
+            self.conn.cancel_safe(timeout=2.0)
+        except psycopg.Error:
+            pass  # the wait ends by itself within lock_timeout
+
+    def close(self) -> None:
+        self.conn.close()

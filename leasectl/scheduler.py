@@ -38,6 +38,11 @@ from leasectl.loop import LoopSpec, TickContext
 from leasectl.settings import SchedulerSettings
 
 log = logging.getLogger("leasectl.scheduler")
+
+#: Longest single sleep of a loop thread. Wake-ups come from ``LoopState.wake``; this only
+#: re-reads the wall clock now and then (a leased slot is a wall-clock time, and the clock
+#: may be stepped).
+_MAX_SLEEP = 30.0
 Q = sql.load("scheduler")
 
 
@@ -223,8 +228,11 @@ class Scheduler:
             raise
 
     def _sleep(self, state: LoopState, seconds: float) -> None:
+        """Sleep until the loop's next due time; ``state.wake`` ends it early (a lease acquired,
+        lost or released, and :meth:`stop`), so no sleep is sliced to notice those.
+        ``_MAX_SLEEP`` only bounds a wall-clock step (the leased slots are wall-clock times)."""
         if seconds > 0:
-            state.wake.wait(seconds)
+            state.wake.wait(min(seconds, _MAX_SLEEP))
         state.wake.clear()
 
     def _run_everywhere(self, state: LoopState) -> None:
@@ -233,7 +241,7 @@ class Scheduler:
         while not self._stopping.is_set():
             now = self.clock()
             if now < due:
-                self._sleep(state, min(due - now, 1.0))
+                self._sleep(state, due - now)
                 continue
             ok = self._tick(state, tick_at=self.wall(), lease=None)
             end = self.clock()
@@ -253,7 +261,7 @@ class Scheduler:
             lease = self.manager.lease(spec.name)
             if lease is None:
                 state.ledger_known = False
-                self._sleep(state, 0.5)
+                self._sleep(state, _MAX_SLEEP)  # an acquisition sets state.wake
                 continue
             if not state.ledger_known:
                 state.last_done = self._last_done(spec)
@@ -267,10 +275,10 @@ class Scheduler:
                     state.pending_start = plan.wake_at + random.uniform(
                         0, spec.jitter * spec.interval
                     )
-                self._sleep(state, min(max(state.pending_start - now, 0.0), 1.0))
+                self._sleep(state, max(state.pending_start - now, 0.0))
                 continue
             if plan.slot == state.pending_slot and now < state.pending_start:
-                self._sleep(state, min(state.pending_start - now, 1.0))
+                self._sleep(state, state.pending_start - now)
                 continue
             # The manager hands a lease over (placement rebalance) only between ticks.
             if not self.manager.tick_begin(spec.name, lease):

@@ -50,7 +50,13 @@ WHERE id = %(id)s
 UPDATE leasectl_replicas SET wedged = %(loops)s WHERE id = %(id)s
 
 -- name: replica_stopped
-UPDATE leasectl_replicas SET stopped_at = now(), last_seen = now() WHERE id = %(id)s
+-- A graceful stop, sent before the replica hands its leases over. The control NOTIFY tells
+-- the peers at once that it is leaving: they drop it from their placement view, so the next
+-- candidate takes each released lease without waiting a placement step for this replica.
+WITH stopped AS (
+    UPDATE leasectl_replicas SET stopped_at = now(), last_seen = now() WHERE id = %(id)s
+)
+SELECT pg_notify('leasectl_control', %(payload)s)
 
 -- name: contenders
 -- The second half of a campaign, sent in the same pipeline (one round trip) right after

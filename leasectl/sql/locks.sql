@@ -68,3 +68,29 @@ SELECT pg_backend_pid() AS pid,
 
 -- name: listen_released
 LISTEN leasectl_released
+
+-- name: hold_replica
+-- This replica's liveness lock, held by the lock connection for as long as its session lives
+-- (its own key space: the replica namespace, never a lease key). A peer's watch connection
+-- waits on it (watch_replica) and is woken by the server the instant this session ends.
+SELECT pg_try_advisory_lock(%(ns)s::integer, %(key)s::integer)
+
+-- name: watch_replica
+-- The watch connection's one statement: wait, inside the server, until the watched replica's
+-- lock session ends, then tell every replica at once (NOTIFY on the control channel; it is
+-- delivered only if this transaction commits, i.e. only if the wait succeeded). Evaluated in
+-- CASE order: first this transaction's own lock_timeout (local: it bounds this wait, and so
+-- the snapshot it holds, even behind a transaction pooler where a session SET would not stick),
+-- then a try-lock (a free lock: nobody to watch, false, nothing sent), then the wait.
+-- A transaction-level lock: released at the commit right after, never held by the session.
+SELECT CASE
+    WHEN set_config('lock_timeout', %(lock_timeout)s, true) IS NULL THEN NULL
+    WHEN pg_try_advisory_xact_lock(%(ns)s::integer, %(key)s::integer) THEN false
+    ELSE pg_advisory_xact_lock(%(ns)s::integer, %(key)s::integer)::text
+         || pg_notify('leasectl_control', %(payload)s)::text = ''
+END AS ended
+
+-- name: watch_setup
+-- Session settings of the watch connection: a server-wide idle timeout must not end it.
+SELECT set_config('idle_session_timeout', '0', false),
+       set_config('idle_in_transaction_session_timeout', '0', false)

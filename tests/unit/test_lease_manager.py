@@ -10,7 +10,7 @@ replica stamp, events and NOTIFY.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import psycopg
@@ -24,7 +24,14 @@ from leasectl.errors import (
 )
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import LeaseEvent
-from leasectl.locks import Contender, Heartbeat, LeaseSession, TcpBound, translate_error
+from leasectl.locks import (
+    Contender,
+    Heartbeat,
+    LeaseSession,
+    TcpBound,
+    gone_payload,
+    translate_error,
+)
 from leasectl.placement import Replica
 from leasectl.settings import CoreSettings, LeaseSettings
 
@@ -71,6 +78,7 @@ class FakeDatabase:
     placement: dict[str, ReplicaRow] = field(default_factory=dict)
     events: list[tuple[str, str, int | None, str]] = field(default_factory=list)
     sessions: dict[int, FakeSession] = field(default_factory=dict)
+    liveness: dict[str, int] = field(default_factory=dict)  # replica -> pid (hold_replica)
     in_recovery: bool = False
     rows_busy: bool = False  # an old holder's fenced transaction keeps the rows locked
     next_pid: int = 1000
@@ -124,6 +132,8 @@ class FakeSession:
         self.broken = False  # the connection died: every statement fails
         self.calls: list[str] = []
         self.watched: list[str] = []  # names the last campaign reported on without trying
+        self.waits: list[float] = []  # the timeout of every wait_notify
+        self.on_wait: Callable[[], None] | None = None  # run at each wait (tests stop the loop)
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
@@ -167,9 +177,21 @@ class FakeSession:
     def replica_stopped(self, replica: str) -> None:
         self._call("replica_stopped")
         self.db.placement[replica].stopped = True
+        self.db.notify("leasectl_control", gone_payload(replica, "stop"))
 
-    def wait_notify(self, timeout: float) -> list[str]:
+    def hold_replica(self, replica: str) -> bool:
+        self._call("hold_replica")
+        holder = self.db.liveness.get(replica)
+        if holder is not None and holder != self.backend_pid:
+            return False
+        self.db.liveness[replica] = self.backend_pid
+        return True
+
+    def wait_notify(self, timeout: float, wake: int | None = None) -> list[str]:
         self._call("wait_notify")
+        self.waits.append(timeout)
+        if self.on_wait is not None:
+            self.on_wait()
         out, self.inbox = self.inbox, []
         return out
 
@@ -241,9 +263,18 @@ class FakeSession:
         return Heartbeat(False, unproven, live)
 
     def hand_over(
-        self, names: Sequence[str], epochs: Sequence[int], replica: str, reason: str
+        self,
+        names: Sequence[str],
+        epochs: Sequence[int],
+        replica: str,
+        reason: str,
+        *,
+        leaving: bool = False,
     ) -> set[str]:
         self._call("hand_over")
+        if leaving:
+            self.db.placement[replica].stopped = True
+            self.db.notify("leasectl_control", gone_payload(replica, "stop"))
         for name, epoch in zip(names, epochs, strict=True):
             row = self.db.rows.get(name)
             if row and row.epoch == epoch and row.holder == replica:
@@ -272,6 +303,8 @@ class FakeSession:
         self.closed = True
         for name in [n for n, pid in self.db.locks.items() if pid == self.backend_pid]:
             del self.db.locks[name]
+        for rid in [r for r, pid in self.db.liveness.items() if pid == self.backend_pid]:
+            del self.db.liveness[rid]
 
 
 def manager(
@@ -299,7 +332,9 @@ def test_the_fake_implements_the_session_interface() -> None:
 def test_connect_listens_and_registers() -> None:
     db = FakeDatabase(now=3.0)
     _, s, _ = manager(db, "a", ["x"], FakeClock())
-    assert s.calls == ["listen", "listen_control", "register_replica"]
+    # ... and takes its liveness lock, which a peer's watch connection waits on
+    assert s.calls == ["listen", "listen_control", "register_replica", "hold_replica"]
+    assert db.liveness == {"a": s.backend_pid}
     assert s.listening == {"leasectl_released", "leasectl_control"}
     assert db.replicas["a"] == (3.0, s.backend_pid)
 
@@ -499,7 +534,11 @@ def test_shutdown_releases_and_marks_the_replica_stopped() -> None:
     m._campaign(s)
     m._shutdown()
     assert db.locks == {} and s.closed
-    assert s.calls[-2:] == ["hand_over", "replica_stopped"]
+    # It says it is leaving in the hand-over's round trip, before the release NOTIFY, so
+    # peers drop it from their placement view first (the next candidate then takes the
+    # lease without a step).
+    assert s.calls[-1] == "hand_over" and db.placement["a"].stopped
+    assert s.inbox[0] == gone_payload("a", "stop") and s.inbox[1:] == ["x"]
 
 
 def test_connection_loss_at_shutdown_still_drops_belief() -> None:
@@ -863,3 +902,159 @@ def test_a_replica_wide_step_down_drains_the_replica_for_the_cooldown() -> None:
     clock.now = 108.0
     beat(members["a"])
     assert db.placement["a"].campaigns_for == sorted(SIX)
+
+
+# -- crash takeover: the watch ring and replica_gone -------------------------------------------
+
+
+def gone(db: FakeDatabase, replica: str) -> None:
+    """What a watcher's ``watch_replica`` statement sends when ``replica``'s session ends."""
+    db.notify("leasectl_control", gone_payload(replica, "session_ended"))
+
+
+def test_every_live_replica_is_watched_by_its_successor_in_the_ring() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    members = cluster(db, clock, ["a", "b", "c"])
+    assert all(m.watch_target() is None for m, _, _ in members.values())  # no view yet
+    beat(*members.values())
+    targets = {rid: m.watch_target() for rid, (m, _, _) in members.items()}
+    assert targets == {"a": "b", "b": "c", "c": "a"}
+    gone(db, "b")
+    deliver(members["a"])
+    assert members["a"][0].watch_target() == "c"  # b's watcher now watches b's successor
+
+
+def test_a_replica_alone_or_packing_watches_nobody() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    a = manager(db, "a", SIX, clock, SPREAD)
+    beat(a)
+    assert a[0].watch_target() is None
+    pack = CoreSettings(leases=replace(SPREAD.leases, placement="pack"))
+    members = cluster(FakeDatabase(now=0.0), clock, ["p", "q"], pack)
+    beat(*members.values())
+    assert all(m.watch_target() is None for m, _, _ in members.values())
+    assert all("hold_replica" not in s.calls for _, s, _ in members.values())
+
+
+def test_a_crashed_holder_reported_gone_is_taken_by_its_next_candidate_without_a_step() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    members = cluster(db, clock, ["a", "b", "c"])
+    beat(*members.values())
+    for m, s, _ in members.values():
+        m._campaign(s)
+    lost = set(members["c"][0].held())
+    plan = members["a"][0]._placement()
+    heirs = {n: next(r.id for r in plan.ranking(n) if r.id != "c") for n in lost}
+    db.terminate(members["c"][1].backend_pid)  # kill -9: the server ends its session...
+    gone(db, "c")  # ...and c's watcher (b) is woken and tells everyone
+    survivors = [members["a"], members["b"]]
+    deliver(*survivors)  # the clock has not moved: no placement step was waited
+    for name, heir in heirs.items():
+        assert name in members[heir][0].held()
+    assert "c" not in {r.id for r in members["a"][0].replicas() or []}
+
+
+def test_a_lower_ranked_replica_keeps_its_placement_delay_after_a_gone() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    members = cluster(db, clock, ["a", "b", "c", "d"])
+    beat(*members.values())
+    for m, s, _ in members.values():
+        m._campaign(s)
+    lease = sorted(members["d"][0].held())[0]
+    plan = members["a"][0]._placement()
+    rest = [r.id for r in plan.ranking(lease) if r.id != "d"]
+    db.terminate(members["d"][1].backend_pid)
+    gone(db, "d")
+    lm = members[rest[-1]]
+    deliver(lm)  # the lowest-ranked survivor hears first: it only starts its wait
+    assert lease not in lm[0].held() and lm[0]._state.free_since[lease] == clock.now
+    deliver(*(members[r] for r in rest[:-1]))
+    assert lease in members[rest[0]][0].held()
+
+
+def test_a_graceful_stop_hands_over_to_the_next_candidate_without_a_step() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    members = cluster(db, clock, ["a", "b"])
+    beat(*members.values())
+    for m, s, _ in members.values():
+        m._campaign(s)
+    a, sa, _ = members["a"]
+    mine = set(a.held())
+    assert mine  # a ranks first for these: b would wait a step if it still ranked a
+    a._shutdown()
+    deliver(members["b"])
+    assert mine <= set(members["b"][0].held())
+
+
+def test_the_liveness_lock_is_retried_at_each_heartbeat_until_held() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    db.liveness["a"] = 999  # a crashed predecessor's session, not ended yet
+    a = manager(db, "a", SIX, clock, SPREAD)
+    assert not a[0]._holds_liveness
+    beat(a)
+    assert not a[0]._holds_liveness
+    del db.liveness["a"]  # the server ended it
+    beat(a)
+    assert a[0]._holds_liveness and db.liveness["a"] == a[1].backend_pid
+    calls = len(a[1].calls)
+    beat(a)
+    assert "hold_replica" not in a[1].calls[calls:]  # held: not asked again
+
+
+# -- idle cost: one wait until the next deadline, woken by commands -----------------------------
+
+
+def readable(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_the_thread_waits_until_its_next_deadline_in_one_wait() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    m, s, _ = manager(db, "a", ["x"], clock)
+    s.on_wait = m._stop.set
+    m._serve(s)
+    ls = SETTINGS.leases
+    lo, hi = (
+        ls.acquire_interval * (1 - ls.acquire_jitter),
+        ls.acquire_interval * (1 + ls.acquire_jitter),
+    )
+    assert len(s.waits) == 1 and lo <= s.waits[0] <= hi  # the campaign is next, not a slice
+
+
+def test_commands_stop_and_a_pending_hand_over_wake_the_thread() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    m, s, _ = manager(db, "a", ["x", "y"], clock)
+    m._campaign(s)
+    fd = m._waker.fd
+    assert not readable(fd)
+    for command in (
+        lambda: m.step_down("x"),
+        lambda: m.abandon("y", "wedged_tick"),
+        lambda: m.resume("y"),
+        lambda: m.report_wedged(["y"]),
+        m.stop,
+    ):
+        command()
+        assert readable(fd)
+        m._waker.drain()
+        assert not readable(fd)
+    lease = m.lease("x")
+    assert lease is not None and m.tick_begin("x", lease)
+    m.tick_end("x")
+    assert not readable(fd)  # nothing waited for that tick
+    assert m.tick_begin("x", lease)
+    m._state.handing_over["x"] = "b"
+    m.tick_end("x")
+    assert readable(fd)  # the hand-over waited for it: now
+
+
+def test_a_command_queued_before_the_wait_is_not_lost() -> None:
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    m, s, _ = manager(db, "a", ["x"], clock)
+    m._campaign(s)
+    s.on_wait = m._stop.set
+    m.step_down("x")  # queued before the loop runs: executed before any wait
+    m._serve(s)
+    assert "x" not in m.held() and ("released", "x", 1, "step_down") in db.events
