@@ -232,6 +232,7 @@ class Receipt:
     signing_cpu: float = 0.0
     stats: dict[str, int] = field(default_factory=dict)  # pg_stat_database deltas, whole run
     invariants: dict[str, bool] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # behind the invariants
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -269,8 +270,8 @@ def started_replicas(
                 r.proc.wait(10)
 
 
-def check(dsn: str, n: int, sink: WebhookSink) -> dict[str, bool]:
-    """The receipt's invariants, each True when it holds."""
+def check(dsn: str, n: int, sink: WebhookSink, counts: dict[str, int]) -> dict[str, bool]:
+    """The receipt's invariants, each True when it holds; the numbers behind them in ``counts``."""
     versions = scalar(
         dsn,
         "SELECT count(*) FILTER (WHERE k = 1) FROM"
@@ -294,6 +295,17 @@ def check(dsn: str, n: int, sink: WebhookSink) -> dict[str, bool]:
     keys = sink.inbox.keys
     with psycopg.connect(dsn, autocommit=True) as conn:
         ids = {r[0] for r in conn.execute("SELECT id FROM notification_events")}
+    counts.update(
+        certificates_with_one_version=versions,
+        versions=total_versions,
+        renewed=renewed,
+        certificates_with_two_jobs=jobs_twice,
+        jobs_completed=completed,
+        alerts=alerts,
+        alerts_sent=sent,
+        keys_received=len(keys),
+        deliveries=sum(keys.values()),
+    )
     return {
         "one new version per certificate": versions == total_versions == n,
         "every certificate Active with its new version's expiry": renewed == n,
@@ -361,7 +373,7 @@ def run(
             receipt.stats = {k: stats1[k] - stats0[k] for k in STATS}
     finally:
         sink.stop()
-    receipt.invariants = check(dsn, n, sink)
+    receipt.invariants = check(dsn, n, sink, receipt.counts)
     return receipt
 
 
@@ -404,6 +416,7 @@ def report(r: Receipt, machine: str) -> str:
     lines.append("")
     for name, ok in r.invariants.items():
         lines.append(f"- {'ok' if ok else 'FAILED'}: {name}")
+    lines.append("- counts: " + ", ".join(f"{k} {v:,}" for k, v in r.counts.items()))
     for problem in r.problems:
         lines.append(f"- PROBLEM: {problem}")
     return "\n".join(lines)

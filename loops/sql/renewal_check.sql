@@ -39,6 +39,12 @@ WITH due AS (
             AND o.status IN ('Pending', 'Running', 'AwaitingCSR', 'AwaitingApproval'))
     ORDER BY c.expires_at, c.id
     LIMIT %(limit)s
+    -- The index alone misses one race: another replica's job for this certificate can be
+    -- created AND completed (no longer open) after this statement's snapshot, and a second
+    -- job would be created. Locking the row re-checks it at its latest version, where it is
+    -- RenewalInProgress or already renewed out of the window; rows another tick holds are
+    -- skipped (it is handling them).
+    FOR UPDATE OF c SKIP LOCKED
 ),
 created AS (
     INSERT INTO jobs (id, type, certificate_id, status, max_attempts, scheduled_at)
