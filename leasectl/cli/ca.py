@@ -49,7 +49,7 @@ def _secret(env: str | None, file: str | None, what: str) -> str:
         if not value:
             raise ConfigError(f"{what}: environment variable {env!r} is not set or empty")
         return value
-    assert file is not None
+    assert file is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
     try:
         value = Path(file).expanduser().read_text(encoding="utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:

@@ -126,7 +126,7 @@ def read_tcp(settings: Settings) -> tuple[TcpBound, bool]:
         check_pooler=False,
     )
     try:
-        assert session.tcp is not None
+        assert session.tcp is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         return session.tcp, session.via_pooler
     finally:
         session.close()

@@ -65,7 +65,7 @@ def spawn(
     cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in its own session, signalled with ``death_signal`` if we die."""
-    return subprocess.Popen(
+    return subprocess.Popen(  # noqa: S603 - our own leasectl command line, no shell
         list(cmd),
         env=dict(env),
         stdin=subprocess.DEVNULL,

@@ -203,7 +203,7 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
                 return socket.create_connection((str(ip), self.port), self.timeout)
             except OSError as exc:
                 last = exc
-        assert last is not None
+        assert last is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         raise last
 
     def connect(self) -> None:

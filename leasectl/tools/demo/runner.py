@@ -168,7 +168,7 @@ class Demo:
         say(f"  configuration: {self.config_path}")
 
     def write_config(self) -> None:
-        assert self.smtp is not None and self.webhook is not None
+        assert self.smtp is not None and self.webhook is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         loops = {k: dict(v) for k, v in LOOPS_CONFIG.items()}
         loops["notifications"] = {
             **loops["notifications"],
@@ -206,7 +206,7 @@ class Demo:
         return env
 
     def start_replicas(self) -> None:
-        assert self.smtp is not None and self.webhook is not None
+        assert self.smtp is not None and self.webhook is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         env = self.replica_env()
         for i in range(1, self.n + 1):
             rid, port = f"demo-{i}", free_port()
@@ -260,7 +260,7 @@ class Demo:
     # -- watching -------------------------------------------------------------------------
 
     def watch(self) -> None:
-        assert self.settings is not None
+        assert self.settings is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         expected, source = st.expected_leases(self.settings)
         started = time.monotonic()
         end = started + self.duration if self.duration else None
@@ -292,7 +292,7 @@ class Demo:
                 try:
                     if conn is None or conn.closed:
                         conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3)
-                    assert self.settings is not None
+                    assert self.settings is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
                     self._status = st.read_status(
                         conn,
                         namespace=self.settings.leases.namespace,
@@ -323,7 +323,7 @@ class Demo:
         events: list[Any],
         per_loop: dict[str, tuple[float | None, str | None, int]] | None = None,
     ) -> Group:
-        assert self.smtp is not None and self.webhook is not None
+        assert self.smtp is not None and self.webhook is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         exited = [
             f"{r.replica_id} (pid {r.proc.pid}) {r.state}"
             for r in self.replicas
@@ -338,7 +338,7 @@ class Demo:
         return screen.instructions(status, self.config_path)
 
     def summary_line(self, elapsed: float) -> str:
-        assert self.smtp is not None and self.webhook is not None
+        assert self.smtp is not None and self.webhook is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         return screen.summary_line(self._status, elapsed, self.smtp.inbox, self.webhook.inbox)
 
 
