@@ -1,11 +1,11 @@
-"""An App with loops of its own plus an included loops package (the fixture loops)."""
+"""An App with loops of its own plus the shipped certificate loops (``include("loops")``)."""
 
 from __future__ import annotations
 
 from leasectl import App, TickContext
 
 app = App()
-app.include("tests.fixture_loops")
+app.include("loops")
 
 
 @app.loop(every=0.5, leased=True, jitter=0.0)

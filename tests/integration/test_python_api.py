@@ -212,7 +212,7 @@ def test_run_app_with_included_loops_only_and_no_leased(
 ) -> None:
     env = _env(dsn, LEASECTL_APP="tests.apps.mixed:app")
     leader = subprocess.Popen(
-        [sys.executable, "-m", "leasectl.cli", "run", "--only", "user_leased,user_everywhere,beat"],
+        [sys.executable, "-m", "leasectl.cli", "run", "--only", "user_leased,user_everywhere,notification_send,session_gc"],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -237,9 +237,18 @@ def test_run_app_with_included_loops_only_and_no_leased(
 
     loops = wait_until(lambda: len(replica_loops()) == 2 and replica_loops(), timeout=60)
     # --only applies to the App's own loops and the included package's alike.
-    assert loops[str(leader.pid)] == ["beat", "user_everywhere", "user_leased"]
+    assert loops[str(leader.pid)] == [
+        "notification_send",
+        "session_gc",
+        "user_everywhere",
+        "user_leased",
+    ]
     # --no-leased drops leased loops of both kinds: only everywhere loops remain.
-    assert loops[str(web.pid)] == ["sweep", "user_everywhere"]
+    web_loops = loops[str(web.pid)]
+    assert "user_everywhere" in web_loops and "session_gc" in web_loops
+    assert not {"user_leased", "notification_send", "notification_retry", "crl_generation"} & set(
+        web_loops
+    )
 
     def held() -> set[str]:
         with psycopg.connect(dsn, autocommit=True) as c:
@@ -251,11 +260,15 @@ def test_run_app_with_included_loops_only_and_no_leased(
                 ).fetchall()
             }
 
-    wait_until(lambda: {"user_leased", "beat"} <= held(), timeout=60, what="both leases held")
-    status = _leasectl("status", "--json", env=env)
+    wait_until(
+        lambda: {"user_leased", "notification_send"} <= held(), timeout=60, what="both held"
+    )
+    # status checks the App's leased loops after scheduler.only (the leader's --only).
+    only = "[user_leased, user_everywhere, notification_send, session_gc]"
+    status = _leasectl("status", "--json", env={**env, "LEASECTL_SCHEDULER__ONLY": only})
     assert status.returncode == 0, status.stdout + status.stderr
     names = {lease["name"] for lease in json.loads(status.stdout)["leases"]}
-    assert {"user_leased", "beat"} <= names
+    assert {"user_leased", "notification_send"} <= names
     for p in (leader, web):
         p.send_signal(signal.SIGTERM)
     for p in (leader, web):
