@@ -212,7 +212,14 @@ def test_run_app_with_included_loops_only_and_no_leased(
 ) -> None:
     env = _env(dsn, LEASECTL_APP="tests.apps.mixed:app")
     leader = subprocess.Popen(
-        [sys.executable, "-m", "leasectl.cli", "run", "--only", "user_leased,user_everywhere,notification_send,session_gc"],
+        [
+            sys.executable,
+            "-m",
+            "leasectl.cli",
+            "run",
+            "--only",
+            "user_leased,user_everywhere,notification_send,session_gc",
+        ],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -260,9 +267,7 @@ def test_run_app_with_included_loops_only_and_no_leased(
                 ).fetchall()
             }
 
-    wait_until(
-        lambda: {"user_leased", "notification_send"} <= held(), timeout=60, what="both held"
-    )
+    wait_until(lambda: {"user_leased", "notification_send"} <= held(), timeout=60, what="both held")
     # status checks the App's leased loops after scheduler.only (the leader's --only).
     only = "[user_leased, user_everywhere, notification_send, session_gc]"
     status = _leasectl("status", "--json", env={**env, "LEASECTL_SCHEDULER__ONLY": only})
