@@ -7,7 +7,7 @@ threads:
 
 - Issuance / Renewal: issue a real X.509 certificate with the issuer's local CA (created on
   first use); the job's completion stores the version (unique per job) and makes the
-  certificate Active with its new ``expires_at``, in the transaction that completes the job.
+  certificate Active with its new ``expires_at``, in the statement that completes the job.
 - Validation: failed with a clear error (leasectl has no validation step).
 - Deployment without an agent: failed with a clear error. Deployment jobs routed to an agent are
   never claimed: they belong to the agent's own claim (certctl defect #3).
@@ -87,7 +87,7 @@ class Completion:
 
     ``details`` is its ``job_completed`` audit row's details; ``version`` the certificate it
     stores (None for a job that stores nothing). Both are written only if the job's guard still
-    matches, in the transaction that completes it.
+    matches, by the statement that completes it.
     """
 
     job: dict[str, Any]
