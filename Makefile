@@ -30,16 +30,34 @@ demo: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python -m leasectl.config --write
 
-bench: $(STAMP)
-	$(BIN)/python bench/failover.py
+# `make bench`: the quick version of every benchmark (minutes, not the published runs);
+# `make bench-full`: the runs docs/benchmarks.md publishes (about an hour).
+bench: $(STAMP) bench-venv
+	$(BIN)/python bench/failover.py --rounds 50
+	$(BIN)/python bench/placement.py --rounds 5
+	$(BIN)/python bench/scale.py --leases 1,100 --replicas 1,10 --kills 5
+	$(BIN)/python bench/limits.py --n 500 --rounds 1
+	$(BIN)/python bench/bulk_renewal.py --certs 1000
+	.venv-bench/bin/python bench/jobs.py --jobs 5000 --rounds 1
+
+bench-full: $(STAMP) bench-venv
+	$(BIN)/python bench/failover.py --rounds 60
+	$(BIN)/python bench/placement.py --rounds 20
+	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/limits.py
+	$(BIN)/python bench/bulk_renewal.py
+	.venv-bench/bin/python bench/jobs.py
 
 clean:
 	rm -rf $(VENV) .leasectl build dist *.egg-info
 
 # No-op job throughput against procrastinate (docs/benchmarks.md). procrastinate is not a
 # leasectl dependency: it lives only in this separate bench venv.
-.PHONY: bench-jobs
-bench-jobs:
+.PHONY: bench-jobs bench-venv bench-full
+bench-venv:
 	test -x .venv-bench/bin/python || $(PY) -m venv .venv-bench
-	.venv-bench/bin/pip install -q -e . procrastinate
+	test -f .venv-bench/.installed || (.venv-bench/bin/pip install -q -e . procrastinate \
+		&& touch .venv-bench/.installed)
+
+bench-jobs: bench-venv
 	.venv-bench/bin/python bench/jobs.py
