@@ -53,6 +53,7 @@ from leasectl import placement
 from leasectl._version import __version__
 from leasectl.errors import (
     DatabaseUnavailable,
+    KeyCollision,
     LeasectlError,
     LeaseTimeout,
     RowLockTimeout,
@@ -418,6 +419,9 @@ class LeaseManager:
                     "lock connection uses a Unix socket: no partition possible, D_srv check exempt",
                     extra={"action": "safety_check", "replica": self.replica_id},
                 )
+            collision = session.key_collision(self.wanted) if self.wanted else None
+            if collision is not None:
+                raise KeyCollision(*collision)
             session.listen()
             session.listen_control()
             candidacy = self._candidacy()

@@ -182,6 +182,7 @@ class LeaseSession(Protocol):
     ) -> None: ...
     def replica_stopped(self, replica: str) -> None: ...
     def replica_wedged(self, replica: str, loops: Sequence[str]) -> None: ...
+    def key_collision(self, names: Sequence[str]) -> tuple[str, str, int] | None: ...
     def wait_notify(self, timeout: float, wake: int | None = None) -> list[str]: ...
     def campaign(self, names: Sequence[str], watch: Sequence[str] = ()) -> list[Contender]: ...
     def bump_epoch(
@@ -559,6 +560,12 @@ class LockSession:
         """Record which loops' ticks are wedged on this replica (for ``leasectl status``)."""
         self._exec(L["replica_wedged"], {"id": replica, "loops": list(loops)})
 
+    def key_collision(self, names: Sequence[str]) -> tuple[str, str, int] | None:
+        """(a name elsewhere in the cluster, ours, the key) when both share one advisory key."""
+        params = {"names": list(names), "keys": [self.key(n) for n in names]}
+        row = self._exec(L["key_collision"], params).fetchone()
+        return (str(row[0]), str(row[1]), int(row[2])) if row else None
+
     def campaign(self, names: Sequence[str], watch: Sequence[str] = ()) -> list[Contender]:
         """Try-lock every name and report, in the same round trip, who holds the others.
 
@@ -656,9 +663,10 @@ class LockSession:
     ) -> set[str]:
         """Release held leases gracefully: record it, unlock, NOTIFY; one round trip.
 
-        ``leaving``: the replica is stopping; the same pipeline first runs
-        :meth:`replica_stopped`, so peers read "gone" and the releases in one batch and the
-        next candidate of each lease takes it in its first campaign.
+        ``leaving``: the replica is stopping; the unlock then also marks it stopped and
+        NOTIFYs ``replica_gone`` in the same transaction (``release_leaving``), so peers read
+        "gone" and the releases in one batch and the next candidate of each lease takes it in
+        its first campaign.
         """
         names = list(names)
         if not names:
@@ -669,11 +677,12 @@ class LockSession:
         unlock = {"ns": self.namespace, "names": names, "keys": [self.key(n) for n in names]}
         try:
             with self.conn.pipeline():
-                if leaving:
-                    stopped = {"id": replica, "payload": gone_payload(replica, "stop")}
-                    self.conn.execute(L["replica_stopped"], stopped)
                 self.conn.execute(L["record_release"], record)
-                released = self.conn.execute(Q["release"], {**unlock, "notify": True})
+                if leaving:
+                    gone = {"id": replica, "payload": gone_payload(replica, "stop")}
+                    released = self.conn.execute(L["release_leaving"], {**unlock, **gone})
+                else:
+                    released = self.conn.execute(Q["release"], {**unlock, "notify": True})
             return {r[0] for r in released.fetchall()}
         except psycopg.Error as exc:
             raise translate_error(exc) from exc

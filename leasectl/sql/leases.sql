@@ -179,6 +179,20 @@ WITH rel AS (
 INSERT INTO leasectl_lease_events (lease, epoch, replica, event, reason)
 SELECT name, epoch, %(replica)s, 'released', %(reason)s FROM rel
 
+-- name: release_leaving
+-- A stopping replica's hand-over, second half (after record_release): mark it stopped, unlock,
+-- and NOTIFY both "I am gone" (control channel) and each released lease in ONE transaction, so
+-- every peer reads them in one batch: it drops this replica from its placement view and the
+-- next candidate takes each lease in its first campaign (no placement step, no second try).
+WITH stopped AS (
+    UPDATE leasectl_replicas SET stopped_at = now(), last_seen = now() WHERE id = %(id)s
+    RETURNING pg_notify('leasectl_control', %(payload)s)
+)
+SELECT w.name, pg_notify('leasectl_released', w.name)
+FROM unnest(%(names)s::text[], %(keys)s::integer[]) AS w(name, key)
+WHERE (SELECT count(*) FROM stopped) >= 0  -- the row and its NOTIFY first
+  AND pg_advisory_unlock(%(ns)s::integer, w.key)
+
 -- name: record_event
 INSERT INTO leasectl_lease_events (lease, epoch, replica, event, reason)
 VALUES (%(lease)s, %(epoch)s, %(replica)s, %(event)s, %(reason)s)
@@ -201,3 +215,22 @@ SELECT leasectl_fence(%(lease_name)s, %(lease_epoch)s)
 -- name: current_epoch
 -- For the message of a refused fence only; takes no lock.
 SELECT epoch FROM leasectl_leases WHERE name = %(lease_name)s
+
+-- name: key_collision
+-- Two lease names with one 32-bit key would share one advisory lock (and block each other)
+-- without an error. A process refuses that among its own names; this query finds a name
+-- elsewhere in the cluster (in the lease table, or declared by a live replica) whose key is
+-- one of ours. The key is the same sha256 prefix leasectl.keys.int4_hash computes.
+WITH mine AS (
+    SELECT unnest(%(names)s::text[]) AS name, unnest(%(keys)s::int[]) AS key
+), theirs AS (
+    SELECT name, key FROM leasectl_leases
+    UNION
+    SELECT n, ('x' || left(encode(sha256(convert_to(n, 'UTF8')), 'hex'), 8))::bit(32)::int
+    FROM leasectl_replicas r, unnest(r.campaigns_for) AS n
+    WHERE r.stopped_at IS NULL
+)
+SELECT t.name, m.name, m.key
+FROM mine m JOIN theirs t ON t.key = m.key AND t.name <> m.name
+ORDER BY m.name
+LIMIT 1

@@ -18,10 +18,12 @@ import pytest
 
 from leasectl.errors import (
     DatabaseUnavailable,
+    KeyCollision,
     NotMigrated,
     RowLockTimeout,
     SafetyInequalityViolated,
 )
+from leasectl.keys import int4_hash
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import LeaseEvent
 from leasectl.locks import (
@@ -173,6 +175,17 @@ class FakeSession:
         self._call("replica_candidacy")
         row = self.db.placement[replica]
         row.campaigns_for, row.preferred_for = list(campaigns_for), list(preferred_for)
+
+    def key_collision(self, names: Sequence[str]) -> tuple[str, str, int] | None:
+        self._call("key_collision")
+        theirs = set(self.db.rows) | {
+            n for row in self.db.placement.values() if not row.stopped for n in row.campaigns_for
+        }
+        for mine in sorted(names):
+            for other in sorted(theirs - {mine}):
+                if int4_hash(other) == int4_hash(mine):
+                    return other, mine, int4_hash(mine)
+        return None
 
     def replica_stopped(self, replica: str) -> None:
         self._call("replica_stopped")
@@ -333,10 +346,32 @@ def test_connect_listens_and_registers() -> None:
     db = FakeDatabase(now=3.0)
     _, s, _ = manager(db, "a", ["x"], FakeClock())
     # ... and takes its liveness lock, which a peer's watch connection waits on
-    assert s.calls == ["listen", "listen_control", "register_replica", "hold_replica"]
+    assert s.calls == [
+        "key_collision",
+        "listen",
+        "listen_control",
+        "register_replica",
+        "hold_replica",
+    ]
     assert db.liveness == {"a": s.backend_pid}
     assert s.listening == {"leasectl_released", "leasectl_control"}
     assert db.replicas["a"] == (3.0, s.backend_pid)
+
+
+def test_a_name_whose_key_another_replica_uses_is_refused_at_start() -> None:
+    """Two names with one 32-bit key would share one lock; across processes with different
+    loop sets, only the cluster's records can tell. Both names are in the error."""
+    first, second = "loop-38791", "loop-104806"
+    assert int4_hash(first) == int4_hash(second)
+    db, clock = FakeDatabase(), FakeClock(100.0)
+    a, sa, _ = manager(db, "a", [first], clock)
+    a._campaign(sa)
+    assert a.lease(first) is not None
+    with pytest.raises(KeyCollision) as refused:
+        manager(db, "b", [second, "unrelated"], clock)
+    assert set(refused.value.names) == {first, second}
+    # A replica whose names collide with nobody starts as usual.
+    manager(db, "c", ["unrelated"], clock)
 
 
 def test_campaign_acquires_and_bumps_the_epoch_then_a_rival_finds_it_taken() -> None:
