@@ -7,13 +7,15 @@ applied after leasectl's, into the same ledger.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument, add_common, settings_from
 from leasectl.cli.run import add_app_argument, app_from_args
-from leasectl.db import resolve_dsn, resolve_lock_dsn
+from leasectl.db import configured_dsn, resolve_dsn, resolve_lock_dsn
 from leasectl.migrate import migrate, migration_status
+from leasectl.status import status_dsn
 
 
 def add_migrate_parser(sub: Any) -> None:
@@ -29,8 +31,8 @@ def add_migrate_parser(sub: Any) -> None:
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = settings_from(args, loops=False)
     sources = app_from_args(args).migration_sources if getattr(args, "app", None) else []
-    dsn = resolve_dsn(settings.database)
     if args.status:
+        dsn = status_dsn(settings)  # a read-only look never starts the embedded server
         st = migration_status(dsn, settings.core, sources=sources)
         for v in st.applied:
             print(f"applied  {v}")
@@ -39,6 +41,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         for v in st.changed:
             print(f"CHANGED  {v}")
         return exit_codes.OK if not st.changed else exit_codes.CHECK_FAILED
+    if configured_dsn(settings.database) is None:
+        print(
+            f"no DSN configured: using the embedded PostgreSQL in {settings.database.data_dir} "
+            "(for trying leasectl on one machine; stop it with `leasectl embedded stop`)",
+            file=sys.stderr,
+        )
+    dsn = resolve_dsn(settings.database)
     done = migrate(
         dsn, settings.core, lock_dsn=resolve_lock_dsn(settings.database, dsn), sources=sources
     )

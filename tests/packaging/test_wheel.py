@@ -28,16 +28,20 @@ _IGNORE = shutil.ignore_patterns(
 )
 
 
-def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], cwd: Path, timeout: float = 300, expect: int = 0
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEASECTL_", "PYTHON"))}
     proc = subprocess.run(
         args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
-    assert proc.returncode == 0, f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == expect, (
+        f"{args} exited {proc.returncode}, expected {expect}:\n{proc.stdout}\n{proc.stderr}"
+    )
     return proc
 
 
-def test_wheel_installs_and_runs_migrate_status_on_embedded_server(tmp_path: Path) -> None:
+def test_wheel_installs_and_migrates_the_embedded_server(tmp_path: Path) -> None:
     # Build from a copy so the working tree (shared with other builds) stays untouched.
     src = tmp_path / "src"
     shutil.copytree(REPO, src, ignore=_IGNORE)
@@ -67,12 +71,19 @@ def test_wheel_installs_and_runs_migrate_status_on_embedded_server(tmp_path: Pat
     assert configs == sorted(p.name for p in (REPO / "config").glob("*.yaml"))
 
     try:
-        out = _run([str(venv / "bin/leasectl"), "migrate", "--status"], work, timeout=120).stdout
+        leasectl = str(venv / "bin/leasectl")
+        # A read-only look never starts the embedded server: it says how to get one.
+        look = _run([leasectl, "migrate", "--status"], work, timeout=120, expect=2)
+        assert "not running" in look.stderr, look
+        assert "Traceback" not in look.stderr
+        applied = _run([leasectl, "migrate"], work, timeout=120)
+        assert "using the embedded PostgreSQL" in applied.stderr  # said loudly
+        out = _run([leasectl, "migrate", "--status"], work, timeout=120).stdout
         expected = sorted(
             p.name.removesuffix(".up.sql") for p in (REPO / "migrations").glob("*.up.sql")
         )
         assert expected, "no migrations in the source tree?"
-        assert out.split() == [w for v in expected for w in ("pending", v)], out
+        assert out.split() == [w for v in expected for w in ("applied", v)], out
         # The embedded default: a server in ./.leasectl/pgdata of the working directory.
         assert (work / ".leasectl/pgdata/PG_VERSION").exists()
     finally:
