@@ -235,3 +235,20 @@ def standby_dsn(dsn: str) -> Iterator[str]:
             **kwargs,
         )
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts; any still running at the end is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def query(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows of one statement on a fresh autocommit connection (test-side reads)."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return c.execute(sql, params).fetchall()  # type: ignore[arg-type]

@@ -6,10 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from typing import Any
 
-import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
@@ -17,25 +14,11 @@ from leasectl import DatabaseUnavailable
 from leasectl.limits import RateLimiter, bucket_key
 from leasectl.settings import LimitSettings
 from tests.conftest import REPO, wait_until
+from tests.integration.conftest import query
 
 RATE, BURST = 20.0, 5
 # Rows are stamped just after their acquire, in a separate statement: allow this much delay.
 INSERT_SLACK_S = 0.25
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
-
-
-def _q(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn, autocommit=True) as c:
-        return c.execute(sql, params).fetchall()  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
@@ -60,9 +43,9 @@ def test_three_replicas_share_one_cap(dsn: str, procs: list[subprocess.Popen[byt
         )
 
     def events_by_replica() -> dict[str, int]:
-        if not _q(dsn, "SELECT to_regclass('limit_events') IS NOT NULL")[0][0]:
+        if not query(dsn, "SELECT to_regclass('limit_events') IS NOT NULL")[0][0]:
             return {}
-        return dict(_q(dsn, "SELECT replica, count(*) FROM limit_events GROUP BY replica"))
+        return dict(query(dsn, "SELECT replica, count(*) FROM limit_events GROUP BY replica"))
 
     # Every replica got some of the budget, and enough events happened to measure a rate.
     wait_until(
@@ -75,7 +58,8 @@ def test_three_replicas_share_one_cap(dsn: str, procs: list[subprocess.Popen[byt
     for p in procs:
         assert p.wait(60) == 0
     rows = [
-        r[0] for r in _q(dsn, "SELECT extract(epoch FROM at)::float8 FROM limit_events ORDER BY at")
+        r[0]
+        for r in query(dsn, "SELECT extract(epoch FROM at)::float8 FROM limit_events ORDER BY at")
     ]
     span = rows[-1] - rows[0]
     bound = RATE * (span + INSERT_SLACK_S) + BURST
@@ -109,7 +93,7 @@ def test_scoped_buckets_and_unconfigured_names(dsn: str) -> None:
         refused = limiter.try_acquire("smtp", "y.example")
         assert not refused and 59 <= refused.retry_after <= 60.5
         assert limiter.try_acquire("unconfigured")  # no limit, no statement
-        keys = sorted(r[0] for r in _q(dsn, "SELECT key FROM leasectl_rate_limits"))
+        keys = sorted(r[0] for r in query(dsn, "SELECT key FROM leasectl_rate_limits"))
         assert keys == ["smtp", "webhook:a.example", "webhook:b.example"]
         # Nothing is idle yet (every bucket is still draining): the GC keeps them all.
         assert limiter.collect_garbage(idle_s=0) == 0

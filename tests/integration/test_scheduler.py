@@ -117,9 +117,7 @@ def test_leased_loop_runs_once_per_slot_across_handover(
     assert ledger[0] == ledger[1] and ledger[0] >= 6
 
 
-def test_everywhere_loop_runs_on_every_replica(
-    dsn: str, replicas: list[Replica]
-) -> None:
+def test_everywhere_loop_runs_on_every_replica(dsn: str, replicas: list[Replica]) -> None:
     seen: dict[str, int] = {}
     lock = threading.Lock()
 
@@ -134,9 +132,7 @@ def test_everywhere_loop_runs_on_every_replica(
     wait_until(lambda: seen.get("A", 0) >= 3 and seen.get("B", 0) >= 3, what="both ran")
 
 
-def test_failing_tick_backs_off_and_never_kills_the_loop(
-    dsn: str, replicas: list[Replica]
-) -> None:
+def test_failing_tick_backs_off_and_never_kills_the_loop(dsn: str, replicas: list[Replica]) -> None:
     calls: list[float] = []
 
     def flaky(ctx: TickContext) -> None:
@@ -153,9 +149,7 @@ def test_failing_tick_backs_off_and_never_kills_the_loop(
     assert calls[3] - calls[0] >= 0.3
 
 
-def test_graceful_stop_waits_for_the_running_tick(
-    dsn: str, replicas: list[Replica]
-) -> None:
+def test_graceful_stop_waits_for_the_running_tick(dsn: str, replicas: list[Replica]) -> None:
     started, finished = threading.Event(), threading.Event()
 
     def slow(ctx: TickContext) -> None:

@@ -9,14 +9,12 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 
 from tests.conftest import REPO, wait_until
+from tests.integration.conftest import query
 
 pytestmark = pytest.mark.slow
 
@@ -25,16 +23,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
 
 
 def _start(dsn: str, replica: str, port: int, **env: str) -> subprocess.Popen[bytes]:
@@ -65,11 +53,6 @@ def _start(dsn: str, replica: str, port: int, **env: str) -> subprocess.Popen[by
     )
 
 
-def _q(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn, autocommit=True) as c:
-        return c.execute(sql, params).fetchall()  # type: ignore[arg-type]
-
-
 def _healthz(port: int) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
@@ -90,37 +73,37 @@ def test_wedged_tick_gives_up_its_lease_and_its_late_write_is_refused(
     procs.append(a)
     wait_until(
         lambda: (
-            _q(dsn, "SELECT holder FROM leasectl_leases WHERE name = 'wedgy'") == [("wedge-a",)]
+            query(dsn, "SELECT holder FROM leasectl_leases WHERE name = 'wedgy'") == [("wedge-a",)]
         ),
         timeout=60,
         what="wedge-a holds wedgy",
     )
-    wedged_epoch = _q(dsn, "SELECT epoch FROM leasectl_leases WHERE name = 'wedgy'")[0][0]
+    wedged_epoch = query(dsn, "SELECT epoch FROM leasectl_leases WHERE name = 'wedgy'")[0][0]
     b = _start(dsn, "wedge-b", port_b)
     procs.append(b)
     # timeout (1 s) + wedge_grace (1 s) + crash-takeover bound, with room for a loaded machine.
     wait_until(
         lambda: (
-            _q(dsn, "SELECT to_regclass('wedge_rows') IS NOT NULL")[0][0]
-            and _q(dsn, "SELECT count(*) FROM wedge_rows WHERE replica = 'wedge-b'")[0][0] >= 1
+            query(dsn, "SELECT to_regclass('wedge_rows') IS NOT NULL")[0][0]
+            and query(dsn, "SELECT count(*) FROM wedge_rows WHERE replica = 'wedge-b'")[0][0] >= 1
         ),
         timeout=30,
         what="wedge-b runs the loop's next slot",
     )
-    assert _q(dsn, "SELECT wedged FROM leasectl_replicas WHERE id = 'wedge-a'") == [(["wedgy"],)]
+    assert query(dsn, "SELECT wedged FROM leasectl_replicas WHERE id = 'wedge-a'") == [(["wedgy"],)]
     wait_until(lambda: _healthz(port_a) == 503, timeout=10, what="wedge-a /healthz unhealthy")
     assert _healthz(port_b) == 200
-    new_epoch = _q(dsn, "SELECT epoch FROM leasectl_leases WHERE name = 'wedgy'")[0][0]
+    new_epoch = query(dsn, "SELECT epoch FROM leasectl_leases WHERE name = 'wedgy'")[0][0]
     assert new_epoch > wedged_epoch
 
     flag.unlink()  # the stuck call returns; its write carries the superseded epoch
     wait_until(
-        lambda: _q(dsn, "SELECT wedged FROM leasectl_replicas WHERE id = 'wedge-a'") == [([],)],
+        lambda: query(dsn, "SELECT wedged FROM leasectl_replicas WHERE id = 'wedge-a'") == [([],)],
         timeout=30,
         what="wedge-a no longer wedged",
     )
-    assert _q(dsn, "SELECT count(*) FROM wedge_rows WHERE epoch = %s", wedged_epoch) == [(0,)]
-    slots = _q(dsn, "SELECT slot, count(*) FROM wedge_rows GROUP BY slot HAVING count(*) > 1")
+    assert query(dsn, "SELECT count(*) FROM wedge_rows WHERE epoch = %s", wedged_epoch) == [(0,)]
+    slots = query(dsn, "SELECT slot, count(*) FROM wedge_rows GROUP BY slot HAVING count(*) > 1")
     assert slots == []
     for p in (a, b):
         p.send_signal(signal.SIGTERM)
