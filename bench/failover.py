@@ -188,6 +188,14 @@ def run(dsn: str, mode: str, rounds: int, replicas: int, verbose: bool) -> list[
             try:
                 taker, got = first_acquired(standbys, marks, last_epoch, 10)
             except AssertionError:
+                if holder_of(conn) in {s.id for s in standbys}:
+                    # A placement rebalance moved the lease between the check and the signal:
+                    # the signalled replica held nothing. Not a takeover: drop the round.
+                    print(f"{mode}: round discarded (lease had moved)", file=sys.stderr)
+                    holder.proc.wait(10)
+                    holder.close()
+                    del live[holder.id]
+                    continue
                 _dump(conn, holder, *standbys)
                 raise
             latency = got["mono"] - t0

@@ -8,11 +8,13 @@
              their default intervals, nothing to do: idle). Over a quiet window: statements
              per second at the server (``pg_stat_statements`` calls, and transactions from
              ``pg_stat_database``) divided by the number of replicas, CPU per replica
-             (utime + stime from ``/proc``), then crash takeover: SIGKILL the holder of
-             ``notification_send`` ``--kills`` times, time to the next ``lease_acquired``.
+             (utime + stime from ``/proc``), server connections per replica (by
+             ``application_name``: lock, watch, work pool), then crash takeover: SIGKILL the
+             holder of ``notification_send`` ``--kills`` times, time to the next
+             ``lease_acquired`` (needs at least 2 replicas: a lone replica is not replaced).
 
-Goals (issue 5): 1,000 leases heartbeat < 10 ms; idle <= 4 statements/s per replica; crash
-takeover p99 <= 1 s at 30 replicas. Usage::
+Goals (issues 5 and 11): 1,000 leases heartbeat < 10 ms; idle <= 4 statements/s and <= 0.3 %
+CPU per replica; crash takeover p99 <= 1 s at 30 replicas. Usage::
 
     .venv/bin/python bench/scale.py [--replicas 1,10,30] [--leases 1,10,100,1000] [--kills 20]
 """
@@ -113,6 +115,19 @@ def _counters(dsn: str) -> tuple[float, float]:
     return float(calls[0]), float(xacts[0])
 
 
+def _connections(dsn: str) -> dict[str, int]:
+    """Server connections of the replicas, by kind (from their application_name)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT CASE WHEN application_name LIKE 'leasectl-work/%%' THEN 'pool'"
+            " WHEN application_name LIKE 'leasectl/%%/watch' THEN 'watch'"
+            " WHEN application_name LIKE 'leasectl/%%' THEN 'lock' ELSE 'other' END, count(*)"
+            " FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() GROUP BY 1"
+        ).fetchall()
+    return {str(k): int(v) for k, v in rows}
+
+
 def bench_replicas(server: EmbeddedPostgres, n: int, kills: int, work: Path) -> dict[str, Any]:
     dsn = new_db(server.ensure_running().dsn(), f"scale_r{n}")
     config = work / "scale.yaml"
@@ -140,12 +155,13 @@ def bench_replicas(server: EmbeddedPostgres, n: int, kills: int, work: Path) -> 
         cpu0 = {r.replica_id: _cpu_ticks(r.pid) for r in cluster.replicas.values()}
         time.sleep(window)
         calls1, xacts1 = _counters(dsn)
+        conns = _connections(dsn)
         cpu = [
             (_cpu_ticks(r.pid) - cpu0[r.replica_id]) / CLK_TCK / window
             for r in cluster.replicas.values()
         ]
         takeovers: list[float] = []
-        for _ in range(kills):
+        for _ in range(kills if n > 1 else 0):
             holder = cluster.holders().get("notification_send")
             if holder is None:
                 time.sleep(0.5)
@@ -172,6 +188,8 @@ def bench_replicas(server: EmbeddedPostgres, n: int, kills: int, work: Path) -> 
             "statements_per_s_per_replica": (calls1 - calls0) / window / n,
             "transactions_per_s_per_replica": (xacts1 - xacts0) / window / n,
             "cpu_per_replica_pct": 100 * statistics.mean(cpu) if cpu else None,
+            "cpu_per_replica_max_pct": 100 * max(cpu) if cpu else None,
+            "connections_per_replica": {k: v / n for k, v in conns.items()},
             "kills": len(takeovers),
             "takeover_p50_s": percentile(takeovers, 50),
             "takeover_p99_s": percentile(takeovers, 99),
