@@ -131,11 +131,20 @@ class JoinRounds:
 
     def run(self, runner: RoundRunner, index: int) -> RoundResult:
         cluster = runner.cluster
+        # Start from a settled cluster: moves still under way from the previous round (a
+        # restarted replica getting its leases back) are not this join's.
+        t_settle = time.time()
+        settled = self._wait_stable(runner, t_settle, must_have=None, must_not=None)
         gen, won = self._joiner_generation(cluster, runner.admin_dsn)
         t_join = time.time()
         rep = cluster.start(self.slot, generation=gen)
         r = RoundResult(index, "join", ",".join(won) or runner.lease, rep.replica_id, None, t_join)
-        r.notes.append(f"joined {rep.replica_id}; placement gives it {', '.join(won) or 'nothing'}")
+        r.notes.append(
+            f"joined {rep.replica_id}; placement gives it {', '.join(won) or 'nothing'}"
+            + (f" (placement settled for {t_join - t_settle:.1f}s first)" if settled else "")
+        )
+        if settled is None:
+            r.notes.append(f"placement was not stable within {DEADLINE_S:.0f}s before the join")
         ok = True
         try:
             stable = self._wait_stable(runner, t_join, must_have=rep.replica_id, must_not=None)
@@ -201,14 +210,19 @@ class JoinRounds:
                 or (ln.replica == joiner and ln.reason == "shutdown")
             ):
                 bad.append(f"{ln.replica} released {ln.lease}@{ln.epoch} ({ln.reason})")
-        moves: dict[str, int] = {}
+        moves: dict[str, list[str]] = {}
         for ln in lines:
-            if ln.action == "lease_acquired" and ln.lease in self.leases:
-                moves[ln.lease] = moves.get(ln.lease, 0) + (ln.ts <= t_joined)
+            if ln.action == "lease_acquired" and ln.lease in self.leases and ln.ts <= t_joined:
+                moves.setdefault(ln.lease, []).append(
+                    f"{ln.replica}@{ln.epoch} +{ln.ts - t_join:.1f}s"
+                )
         r.moves = sum(1 for ln in lines if ln.action == "lease_acquired" and ln.lease)
-        for lease, n in moves.items():
-            if n > 1:
-                bad.append(f"{lease} moved {n} times while the joiner settled (ping-pong)")
+        for lease, went in moves.items():
+            if len(went) > 1:
+                bad.append(
+                    f"{lease} moved {len(went)} times while the joiner settled (ping-pong): "
+                    + ", ".join(went)
+                )
         bad += self._interrupted(runner, t_join, t_end)
         bad += _interrupted_in_logs(lines, self.leases)
         for b in bad[:10]:
