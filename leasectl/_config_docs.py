@@ -56,7 +56,8 @@ DESCRIPTIONS: dict[str, str] = {
         " Secret: lock_dsn_env / lock_dsn_file"
     ),
     "database.data_dir": "data directory of the embedded PostgreSQL (used when no DSN is set)",
-    "database.pool_min_size": "connections kept open in the work pool",
+    "database.pool_min_size": "connections kept open in the work pool (0: opened on demand, so "
+    "an idle follower holds only its lock and watch connections)",
     "database.pool_max_size": "maximum connections of the work pool",
     "database.connect_timeout": "seconds to wait for a new connection",
     "database.tcp_keepalives_idle": (

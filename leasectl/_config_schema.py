@@ -38,7 +38,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
 #: Numeric lower bounds other than the default (``>= 0``), by field name.
 STRICTLY_POSITIVE_WORDS = ("interval", "ttl", "timeout", "backoff")
 AT_LEAST_ONE = frozenset(
-    {"burst", "pool_max_size", "concurrency", "claim_batch", "batch", "max_attempts", "max_hosts_per_target"}
+    {
+        "burst",
+        "pool_max_size",
+        "concurrency",
+        "claim_batch",
+        "batch",
+        "max_attempts",
+        "max_hosts_per_target",
+    }
 )
 UPPER_BOUNDS: dict[str, tuple[float, bool]] = {  # name: (bound, inclusive)
     "acquire_jitter": (1.0, False),

@@ -25,7 +25,7 @@ class DatabaseSettings:
     dsn: str = ""
     lock_dsn: str = ""
     data_dir: Path = Path(".leasectl/pgdata")
-    pool_min_size: int = 1
+    pool_min_size: int = 0  # an idle follower keeps no work connection (lock + watch only)
     pool_max_size: int = 8
     connect_timeout: float = 5.0
     # Server-side TCP settings for the lock connection; they bound D_srv.
