@@ -258,7 +258,7 @@ class Daemon:
         return max(delay, 0.0) + 0.01  # just past the limit: wedged() is strict
 
     def _supervise(self) -> None:
-        assert self.manager is not None and self.scheduler is not None
+        assert self.manager is not None and self.scheduler is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         while not self.stop_requested.is_set():
             self._attention.wait(self._next_check())
             self._attention.clear()
@@ -285,7 +285,7 @@ class Daemon:
 
     def _watch_wedged(self) -> None:
         """Give up the leases of ticks that outlived ``timeout + wedge_grace``; report them."""
-        assert self.manager is not None and self.scheduler is not None
+        assert self.manager is not None and self.scheduler is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         now = set(self.scheduler.wedged(self.settings.scheduler.wedge_grace))
         if now == self.wedged:
             return

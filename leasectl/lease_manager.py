@@ -395,7 +395,7 @@ class LeaseManager:
         s = self.settings
         session = self._session_factory()
         try:
-            assert session.tcp is not None
+            assert session.tcp is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
             self.d_srv = session.tcp.d_srv
             budget = s.leases.lease_ttl + s.leases.safety_margin
             if self.d_srv is not None and budget > self.d_srv:
@@ -464,7 +464,7 @@ class LeaseManager:
                             exc,
                             extra={"action": "reconnect_wait", "replica": self.replica_id},
                         )
-                        self._stop.wait(backoff * random.uniform(0.8, 1.2))
+                        self._stop.wait(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter spreads timers; nothing secret depends on it
                         backoff = min(backoff * 2, self.settings.leases.reconnect_max_backoff)
                         continue
                 try:
@@ -474,7 +474,7 @@ class LeaseManager:
                     self.connected.clear()
                     try:
                         session.close()
-                    except Exception:
+                    except Exception:  # noqa: S110 - best effort cleanup of a connection already lost
                         pass
                     self._session = None
             self._shutdown()
@@ -514,7 +514,7 @@ class LeaseManager:
             if now >= next_campaign:
                 self._publish_candidacy(session)
                 due = self._campaign(session)
-                jitter = random.uniform(1 - ls.acquire_jitter, 1 + ls.acquire_jitter)
+                jitter = random.uniform(1 - ls.acquire_jitter, 1 + ls.acquire_jitter)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
                 next_campaign = self.clock() + ls.acquire_interval * jitter
                 if due is not None:  # a watched free lease becomes this replica's turn
                     next_campaign = min(next_campaign, due)
@@ -789,7 +789,7 @@ class LeaseManager:
                             str(exc).splitlines()[0],
                             extra={"action": "watch_reconnect", "replica": self.replica_id},
                         )
-                        self._stop.wait(backoff * random.uniform(0.8, 1.2))
+                        self._stop.wait(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter spreads timers; nothing secret depends on it
                         backoff = min(backoff * 2, self.settings.leases.reconnect_max_backoff)
                         continue
                 with self._watch_cv:

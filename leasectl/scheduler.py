@@ -255,7 +255,7 @@ class Scheduler:
 
     def _run_leased(self, state: LoopState) -> None:
         spec = state.spec
-        assert self.manager is not None
+        assert self.manager is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         state.started = self.wall()
         while not self._stopping.is_set():
             lease = self.manager.lease(spec.name)
@@ -272,7 +272,7 @@ class Scheduler:
                 # Draw the jittered start once per upcoming slot, then sleep towards it.
                 if state.pending_slot != plan.wake_at:
                     state.pending_slot = plan.wake_at
-                    state.pending_start = plan.wake_at + random.uniform(
+                    state.pending_start = plan.wake_at + random.uniform(  # noqa: S311 - jitter spreads timers; nothing secret depends on it
                         0, spec.jitter * spec.interval
                     )
                 self._sleep(state, max(state.pending_start - now, 0.0))
@@ -450,7 +450,7 @@ class Scheduler:
 
     @staticmethod
     def _jitter_offset(spec: LoopSpec) -> float:
-        return random.uniform(-spec.jitter, spec.jitter) * spec.interval
+        return random.uniform(-spec.jitter, spec.jitter) * spec.interval  # noqa: S311 - jitter spreads timers; nothing secret depends on it
 
     def _jittered(self, spec: LoopSpec) -> float:
         return spec.interval + self._jitter_offset(spec)
