@@ -83,7 +83,8 @@ DESCRIPTIONS: dict[str, str] = {
         " must share it"
     ),
     "leases.acquire_interval": (
-        "seconds between campaigns for leases not held (a release NOTIFY triggers one at once)"
+        "seconds between fallback campaigns for leases not held (a release NOTIFY and a crash "
+        "seen by the watch ring trigger one at once); also paces hung-holder eviction checks"
     ),
     "leases.acquire_jitter": "fraction by which each campaign interval is randomized (0 <= x < 1)",
     "leases.heartbeat_interval": "seconds between heartbeats; must be < lease_ttl",

@@ -53,7 +53,7 @@ class LeaseSettings:
     """Timing of the campaign/heartbeat thread."""
 
     namespace: str | int = "leasectl"
-    acquire_interval: float = 0.5
+    acquire_interval: float = 1.0
     acquire_jitter: float = 0.2
     heartbeat_interval: float = 1.0
     lease_ttl: float = 5.0

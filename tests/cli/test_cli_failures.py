@@ -273,9 +273,10 @@ def test_timing_normal_config(dsn: str, tmp_path: Path) -> None:
     kinds = {f["kind"]: f["takeover_s"] for f in data["faults"]}
     assert set(kinds) == {"crash", "graceful", "hang", "partition", "wedged tick",
                           "database restart"}  # fmt: skip
-    assert kinds["crash"] == pytest.approx(0.6)
-    assert kinds["hang"] == pytest.approx(5 + 2 + 2 * 0.6)
-    assert kinds["partition"] == pytest.approx(min(9 + 0.6, 8.2))
+    a = 1.0 * 1.2  # acquire_interval x (1 + acquire_jitter), the defaults
+    assert kinds["crash"] == pytest.approx(a)
+    assert kinds["hang"] == pytest.approx(5 + 2 + 2 * a)
+    assert kinds["partition"] == pytest.approx(min(9 + a, 5 + 2 + 2 * a))
     alias = leasectl("config", "explain-timing", "--json", env=env)
     assert alias.returncode == 0 and json.loads(alias.stdout)["d_srv_s"] == 9.0
 
