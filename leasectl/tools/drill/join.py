@@ -220,8 +220,8 @@ class JoinRounds:
         for lease, went in moves.items():
             if len(went) > 1:
                 bad.append(
-                    f"{lease} moved {len(went)} times while the joiner settled (ping-pong): "
-                    + ", ".join(went)
+                    f"{lease} acquired {len(went)} times while the joiner settled (a lease "
+                    "moves at most once per rebalance): " + ", ".join(went)
                 )
         bad += self._interrupted(runner, t_join, t_end)
         bad += _interrupted_in_logs(lines, self.leases)
