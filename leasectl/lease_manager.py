@@ -66,6 +66,9 @@ from leasectl.settings import CoreSettings
 
 log = logging.getLogger("leasectl.leases")
 
+#: A rebalance hand-over reserves the lease for its receiver this many placement steps (+1 s).
+_RESERVE_STEPS = 3
+
 #: The watch connection's lock_timeout: how long one server-side wait lasts before it is
 #: re-issued. It bounds what the wait can cost others (a snapshot held, a CREATE INDEX
 #: CONCURRENTLY kept waiting) and costs one statement per period: 0.5 statements/s.
@@ -130,6 +133,9 @@ class _State:
     acquired_at: dict[str, float] = field(default_factory=dict)  # monotonic, held leases
     handing_over: dict[str, str] = field(default_factory=dict)  # lease -> better replica
     ticking: set[str] = field(default_factory=set)  # leases whose loop is mid-tick here
+    # lease -> (the replica a rebalance handed it to, monotonic deadline): until then only
+    # that replica tries it, whatever the others' (possibly not yet converged) views say
+    reserved: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 class LeaseManager:
@@ -539,6 +545,12 @@ class LeaseManager:
                 return False
             if msg.get("action") == "replica_gone":
                 return self._replica_gone(msg.get("replica"))
+            if msg.get("action") == "hand_over":
+                to, leases = msg.get("to"), msg.get("leases")
+                if isinstance(to, str) and isinstance(leases, list):
+                    self._reserve([n for n in leases if isinstance(n, str)], to)
+                    return to == self.replica_id
+                return False
             if msg.get("action") == "step_down":
                 lease, replica = msg.get("lease"), msg.get("replica")
                 names = [lease] if lease else list(self._state.held)
@@ -562,6 +574,17 @@ class LeaseManager:
             if payload not in self._state.held:
                 self._state.free_since.setdefault(payload, self.clock())
         return True
+
+    def _reserve(self, names: list[str], target: str) -> None:
+        """Only ``target`` tries these leases for a while (a rebalance handed them to it).
+
+        Long enough for the target to take them (a few placement steps); if it does not (it
+        died meanwhile), the reservation lapses and placement decides again.
+        """
+        until = self.clock() + _RESERVE_STEPS * self.settings.leases.placement_step + 1.0
+        with self._lock:
+            for name in names:
+                self._state.reserved[name] = (target, until)
 
     def _replica_gone(self, gone: object) -> bool:
         """A peer's lock session ended (its watcher said so) or it is stopping (it said so).
@@ -651,10 +674,17 @@ class LeaseManager:
             return None
         delays = self._try_delays(todo)
         free_since = self._state.free_since
+        with self._lock:
+            reserved = {n: r for n, r in self._state.reserved.items() if r[1] > now}
+            self._state.reserved = reserved
         tried = [
             n
             for n in todo
-            if delays[n] <= 0 or (n in free_since and now >= free_since[n] + delays[n])
+            if (n in reserved and reserved[n][0] == self.replica_id)
+            or (
+                n not in reserved
+                and (delays[n] <= 0 or (n in free_since and now >= free_since[n] + delays[n]))
+            )
         ]
         watched = [n for n in todo if n not in tried]
         started = self.clock()
@@ -668,6 +698,7 @@ class LeaseManager:
             else:
                 free_since.setdefault(r.name, now)
         due = [free_since[n] + delays[n] for n in watched if n in free_since]
+        due += [reserved[n][1] for n in watched if n in reserved]
         threshold = self.settings.leases.lease_ttl + self.settings.leases.eviction_grace
         for name, ok, age, holder_pid, row_pid, row_holder in rows:
             if ok:
@@ -889,6 +920,15 @@ class LeaseManager:
             return
         for target in sorted(set(ready.values())):
             names = sorted(n for n, t in ready.items() if t == target)
+            # Name the receiver first (its NOTIFY is delivered before the release's): it tries
+            # at once and everyone else, this replica included, stays away for a while, so
+            # the lease moves once even while the replicas' views of each other still differ.
+            session.announce(
+                json.dumps(
+                    {"action": "hand_over", "leases": names, "to": target, "from": self.replica_id}
+                )
+            )
+            self._reserve(names, target)
             self._release(session, names, f"rebalance: to {target}")
         with self._lock:
             for name in ready:

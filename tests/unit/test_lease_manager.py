@@ -176,6 +176,10 @@ class FakeSession:
         row = self.db.placement[replica]
         row.campaigns_for, row.preferred_for = list(campaigns_for), list(preferred_for)
 
+    def announce(self, payload: str) -> None:
+        self._call("announce")
+        self.db.notify("leasectl_control", payload)
+
     def key_collision(self, names: Sequence[str]) -> tuple[str, str, int] | None:
         self._call("key_collision")
         theirs = set(self.db.rows) | {
