@@ -153,7 +153,7 @@ class Cluster:
         return rep
 
     def _read(self, rep: Replica) -> None:
-        assert rep.proc.stderr is not None
+        assert rep.proc.stderr is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         for raw in rep.proc.stderr:
             text = raw.decode("utf-8", "replace").rstrip("\n")
             line = LogLine.parse(rep.replica_id, text)

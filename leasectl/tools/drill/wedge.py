@@ -187,7 +187,7 @@ class WedgeRounds:
         self, runner: RoundRunner, r: RoundResult, victim: Replica, blocked: LogLine
     ) -> bool:
         """After the flag is gone: the stuck tick's fenced write is refused; it campaigns again."""
-        assert r.t_lift is not None
+        assert r.t_lift is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         vid = victim.replica_id
 
         def late(line: LogLine) -> bool:
