@@ -183,7 +183,7 @@ class App:
         """
         self._refuse_if_started("configure")
         if config is not None:
-            self._config, self._settings = config, None
+            self._config = config
         if dsn:
             self._dsn = dsn
         if replica_id:
@@ -196,10 +196,8 @@ class App:
             self._overrides["metrics.listen"] = metrics_listen
         if log_format is not None:
             self._overrides["logging.format"] = log_format
-        if self._settings is not None:
-            self._settings = None  # rebuilt with the overrides on next access
-        if settings is not None:
-            self._settings = settings
+        # Given settings are used as they are; otherwise rebuilt with the overrides on next use.
+        self._settings = settings
 
     # -- what it would run -----------------------------------------------------------------
 

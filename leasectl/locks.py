@@ -567,9 +567,12 @@ class LockSession:
 
     def key_collision(self, names: Sequence[str]) -> tuple[str, str, int] | None:
         """(a name elsewhere in the cluster, ours, the key) when both share one advisory key."""
-        params = {"names": list(names), "keys": [self.key(n) for n in names]}
-        row = self._exec(L["key_collision"], params).fetchone()
-        return (str(row[0]), str(row[1]), int(row[2])) if row else None
+        by_key = {int4_hash(n): n for n in names}
+        for (other,) in self._exec(L["cluster_lease_names"], None).fetchall():
+            mine = by_key.get(int4_hash(other))
+            if mine is not None and mine != other:
+                return str(other), mine, int4_hash(mine)
+        return None
 
     def campaign(self, names: Sequence[str], watch: Sequence[str] = ()) -> list[Contender]:
         """Try-lock every name and report, in the same round trip, who holds the others.

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import psycopg
 from psycopg.rows import DictRow, dict_row
 
+from leasectl.errors import DatabaseUnavailable
 from leasectl.loop import LoopSpec, TickContext
 from loops.settings import LoopToggle
 
@@ -26,6 +27,23 @@ def transaction(ctx: TickContext) -> Iterator[psycopg.Cursor[DictRow]]:
     with ctx.pool.connection() as conn, conn.transaction():
         with conn.cursor(row_factory=dict_row) as cur:
             yield cur
+
+
+def within_limit(ctx: TickContext, name: str, scope: str | None = None, wait: float = 0.0) -> bool:
+    """Whether the cluster-wide rate limit ``limits.<name>`` lets one side effect go now.
+
+    Fail closed: when the limit cannot be checked (database unreachable) the answer is no, and
+    the caller defers the side effect exactly as it does for a throttled one.
+    """
+    try:
+        return bool(ctx.limit(name, scope, wait=wait))
+    except DatabaseUnavailable:
+        return False
+
+
+def email_domain(address: str) -> str | None:
+    """The domain of an e-mail address, lower-cased: the ``smtp`` limit's scope."""
+    return address.rpartition("@")[2].lower() or None
 
 
 def actor(ctx: TickContext) -> str:

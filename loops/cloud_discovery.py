@@ -31,9 +31,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cryptography import x509
 
 from leasectl import sql
-from leasectl.errors import DatabaseUnavailable, LeasectlError
+from leasectl.errors import LeasectlError
 from leasectl.loop import LoopSpec, TickContext
 from loops import discovered
+from loops._common import within_limit
 from loops.ca import CertificateInfo, describe
 from loops.settings import AwsSourceSettings, LoopsSettings
 
@@ -166,12 +167,8 @@ class AwsDiscovery:
 
         def gate() -> None:
             ctx.check()
-            try:
-                allowed = bool(ctx.limit("aws", region, wait=_AWS_LIMIT_WAIT))
-            except DatabaseUnavailable as exc:  # fail closed: no unmetered calls
-                raise _Throttled(f"rate limit unavailable ({exc})") from exc
-            if not allowed:
-                raise _Throttled("cluster-wide aws rate limit reached")
+            if not within_limit(ctx, "aws", region, wait=_AWS_LIMIT_WAIT):  # fail closed
+                raise _Throttled("cluster-wide aws rate limit reached (or not checkable)")
 
         return gate
 

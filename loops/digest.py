@@ -20,8 +20,9 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from leasectl import sql
-from leasectl.errors import ConfigError, DatabaseUnavailable, LeasectlError
+from leasectl.errors import ConfigError, LeasectlError
 from leasectl.loop import LoopSpec, TickContext
+from loops._common import email_domain, within_limit
 from loops.metrics import NOTIFICATIONS
 from loops.notify.dispatch import call_budget
 from loops.notify.email import SmtpSender
@@ -83,7 +84,7 @@ class Digest:
         failed: list[str] = []
         for recipient in recipients:
             ctx.check()
-            if not self._admit(ctx, recipient):
+            if not within_limit(ctx, "smtp", email_domain(recipient), wait=_LIMIT_WAIT):
                 # Deferred by the cluster-wide smtp limit: the slot is retried with backoff
                 # and recipients already sent are skipped then.
                 failed.append(f"{recipient}: deferred by the smtp rate limit")
@@ -140,14 +141,6 @@ class Digest:
                 f"digest for {period:%Y-%m-%d %H:%M} not delivered to {len(failed)} of "
                 f"{len(recipients)} recipient(s): " + "; ".join(failed)
             )
-
-    @staticmethod
-    def _admit(ctx: TickContext, recipient: str) -> bool:
-        domain = recipient.rpartition("@")[2].lower() or None
-        try:
-            return bool(ctx.limit("smtp", domain, wait=_LIMIT_WAIT))
-        except DatabaseUnavailable:
-            return False  # fail closed
 
     def _gather(self, ctx: TickContext) -> tuple[dict[str, Any], list[str]]:
         days = {"days": self.settings.expiring_days}

@@ -216,21 +216,10 @@ SELECT leasectl_fence(%(lease_name)s, %(lease_epoch)s)
 -- For the message of a refused fence only; takes no lock.
 SELECT epoch FROM leasectl_leases WHERE name = %(lease_name)s
 
--- name: key_collision
--- Two lease names with one 32-bit key would share one advisory lock (and block each other)
--- without an error. A process refuses that among its own names; this query finds a name
--- elsewhere in the cluster (in the lease table, or declared by a live replica) whose key is
--- one of ours. The key is the same sha256 prefix leasectl.keys.int4_hash computes.
-WITH mine AS (
-    SELECT unnest(%(names)s::text[]) AS name, unnest(%(keys)s::int[]) AS key
-), theirs AS (
-    SELECT name, key FROM leasectl_leases
-    UNION
-    SELECT n, ('x' || left(encode(sha256(convert_to(n, 'UTF8')), 'hex'), 8))::bit(32)::int
-    FROM leasectl_replicas r, unnest(r.campaigns_for) AS n
-    WHERE r.stopped_at IS NULL
-)
-SELECT t.name, m.name, m.key
-FROM mine m JOIN theirs t ON t.key = m.key AND t.name <> m.name
-ORDER BY m.name
-LIMIT 1
+-- name: cluster_lease_names
+-- Every lease name the cluster knows: the lease table and what each live replica declares.
+-- A replica checks its own names' 32-bit keys against these (leasectl.keys.int4_hash is the
+-- one definition of the key), because two names with one key would share one advisory lock.
+SELECT name FROM leasectl_leases
+UNION
+SELECT unnest(campaigns_for) FROM leasectl_replicas WHERE stopped_at IS NULL

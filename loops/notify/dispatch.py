@@ -24,8 +24,9 @@ from typing import Any, Literal
 from psycopg.rows import dict_row
 
 from leasectl import sql
-from leasectl.errors import ConfigError, DatabaseUnavailable, LeasectlError
+from leasectl.errors import ConfigError, LeasectlError
 from leasectl.loop import TickContext
+from loops._common import email_domain, within_limit
 from loops.metrics import NOTIFICATIONS
 from loops.notify.chat import (
     Alert,
@@ -44,6 +45,8 @@ from loops.settings import NotificationSettings
 Q = sql.load("notifications", package="loops.sql")
 
 Mode = Literal["send", "retry"]
+
+ChatSender = SlackSender | TeamsSender | PagerDutySender | OpsGenieSender
 
 
 @dataclass(frozen=True)
@@ -199,25 +202,26 @@ class Dispatcher:
         recipient's domain, ``webhook`` (every HTTP channel) scoped by the receiver's host."""
         channel = row["channel"]
         if channel == "Email":
-            return "smtp", str(row.get("recipient") or "").rpartition("@")[2].lower() or None
-        target = {
-            "Webhook": self.channels.webhook.target,
-            "Slack": self.channels.slack.target,
-            "Teams": self.channels.teams.target,
-            "PagerDuty": self.channels.pagerduty.target,
-            "OpsGenie": self.channels.opsgenie.target,
-        }.get(channel)
+            return "smtp", email_domain(str(row.get("recipient") or ""))
+        sender = self.channels.webhook if channel == "Webhook" else self._chat(channel)
+        target = sender.target if sender is not None else None
         return "webhook", target.host if target is not None else None
+
+    def _chat(self, channel: str) -> ChatSender | None:
+        senders: dict[str, ChatSender] = {
+            "Slack": self.channels.slack,
+            "Teams": self.channels.teams,
+            "PagerDuty": self.channels.pagerduty,
+            "OpsGenie": self.channels.opsgenie,
+        }
+        return senders.get(channel)
 
     def _admit(self, ctx: TickContext, row: dict[str, Any]) -> bool:
         """Whether the rate limit lets this delivery go now. A throttled one is handed back
         (not failed, no attempt counted) and goes out at a later tick; so is one whose limit
         cannot be checked because the database is unreachable (fail closed)."""
         name, scope = self._rate_limit(row)
-        try:
-            allowed = bool(ctx.limit(name, scope))
-        except DatabaseUnavailable:
-            allowed = False
+        allowed = within_limit(ctx, name, scope)
         if not allowed:
             ctx.count("throttled")
         return allowed
@@ -242,12 +246,7 @@ class Dispatcher:
         subject, text = self.channels.templates.notification(render_context(row))
         channel = row["channel"]
         budget = call_budget(ctx)
-        chat = {
-            "Slack": self.channels.slack,
-            "Teams": self.channels.teams,
-            "PagerDuty": self.channels.pagerduty,
-            "OpsGenie": self.channels.opsgenie,
-        }.get(channel)
+        chat = self._chat(channel)
         if chat is not None:
             chat.send(Alert.from_row(row, subject, text), budget=budget)
             return
