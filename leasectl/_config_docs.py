@@ -120,6 +120,21 @@ DESCRIPTIONS: dict[str, str] = {
         "spread: a lease stays at least this long on the replica that acquired it before a "
         "rebalance moves it again (no ping-pong)"
     ),
+    "leases.standby": (
+        "direct: every replica keeps a lock session (and a watch session) to PostgreSQL; "
+        "pooled: only holders, placement's choices and each lease's heir do, every other replica "
+        "polls once per heartbeat_interval through database.dsn, which may be a transaction-mode "
+        "pooler (hundreds of replicas; crash takeover within heir_interval, no watch ring; "
+        "needs placement: spread)"
+    ),
+    "leases.heir_interval": (
+        "pooled: how often a replica with a lock session campaigns (the heir of a lease finds a "
+        "crashed holder's lock free within this)"
+    ),
+    "leases.standby_after": (
+        "pooled: a replica with a lock session that holds nothing and is nobody's heir for this "
+        "long closes it and goes back to polling through the pooler"
+    ),
     "leases.loops": (
         "per leased loop: preferred_holder (a replica id or label that ranks first) and "
         "requires_labels (only replicas with all these labels campaign for it); overrides the "

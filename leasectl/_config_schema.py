@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "logging.format": ("text", "json"),
     "replica.on_wedged": ("release", "exit"),
     "leases.placement": ("spread", "pack"),
+    "leases.standby": ("direct", "pooled"),
     "logging.level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     "loops.notifications.smtp.tls": ("none", "starttls", "implicit"),
 }

@@ -268,6 +268,18 @@ def _cross_checks(s: Settings, ctx: Problems) -> None:
             f"must be >= leases.safety_margin ({ls.safety_margin:g}), got {ls.eviction_grace:g}: "
             "a silent holder could be evicted while it still believes in its lease",
         )
+    if ls.standby == "pooled" and ls.placement != "spread":
+        ctx.add(
+            "leases.standby",
+            "pooled needs leases.placement: spread (it keeps lock sessions only for placement's "
+            f"choices and heirs; with {ls.placement!r} every replica races for every lease)",
+        )
+    if ls.standby == "pooled" and not ls.standby_after > ls.heartbeat_interval:
+        ctx.add(
+            "leases.standby_after",
+            f"must be > leases.heartbeat_interval ({ls.heartbeat_interval:g}), got "
+            f"{ls.standby_after:g}: a replica would drop its lock session between two looks",
+        )
     db = s.database
     if db.pool_min_size > db.pool_max_size:
         ctx.add(

@@ -9,6 +9,7 @@ never ``hash()``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 from leasectl.errors import KeyCollision
 
@@ -67,3 +68,14 @@ class KeyRegistry:
 
     def names(self) -> list[str]:
         return list(self._by_name)
+
+
+def find_collision(mine: Iterable[str], others: Iterable[str]) -> tuple[str, str, int] | None:
+    """(a name elsewhere in the cluster, ours, the key) when two names share one advisory key:
+    they would share one lock, so the second one is refused at start."""
+    by_key = {int4_hash(n): n for n in mine}
+    for other in others:
+        ours = by_key.get(int4_hash(other))
+        if ours is not None and ours != other:
+            return other, ours, int4_hash(ours)
+    return None

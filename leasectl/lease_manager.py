@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import random
+import select
 import socket
 import threading
 import time
@@ -59,10 +60,11 @@ from leasectl.errors import (
     RowLockTimeout,
     SafetyInequalityViolated,
 )
-from leasectl.keys import KeyRegistry
+from leasectl.keys import KeyRegistry, namespace_for
 from leasectl.leases import Clock, Lease, LeaseEvent
 from leasectl.locks import LeaseSession, LockSession, WatchSession, notify_control
 from leasectl.settings import CoreSettings
+from leasectl.standby import StandbySession, StandbyView
 
 log = logging.getLogger("leasectl.leases")
 
@@ -185,6 +187,8 @@ class LeaseManager:
         self.registry = KeyRegistry()
         self.labels = tuple(labels)
         self.spread = settings.leases.placement == "spread"
+        #: leases.standby: pooled: a lock session only while needed (holder, choice, heir)
+        self.pooled = self.spread and settings.leases.standby == "pooled"
         names = list(wanted)
         declared = policies or {}
         overrides = settings.leases.loops
@@ -222,6 +226,11 @@ class LeaseManager:
         self._watching: WatchSession | None = None
         self._watch_thread: threading.Thread | None = None
         self._waker = Waker()
+        # pooled standby: the connection through the work DSN, and what the last look found
+        self._standby: StandbySession | None = None
+        self._want_direct = False  # the standby phase found a reason for a lock session
+        self._holders: dict[str, str | None] = {}  # lease -> holder (None: free), last seen
+        self._idle_since: float | None = None  # direct but needed by nothing, since
         self._exit_listeners: list[Callable[[], None]] = []
         self._state = _State()
         self._lock = threading.RLock()
@@ -252,10 +261,13 @@ class LeaseManager:
 
         :raises SafetyInequalityViolated, UnsupportedTopology, DatabaseUnavailable:
         """
-        self._session = self._connect()
+        if self.pooled:
+            self._standby_start()
+        else:
+            self._session = self._connect()
         self._thread = threading.Thread(target=self._run, name="leasectl-leases", daemon=True)
         self._thread.start()
-        if self.spread and self.may_lead:
+        if self.spread and self.may_lead and not self.pooled:
             self._watch_thread = threading.Thread(
                 target=self._watch_run, name="leasectl-watch", daemon=True
             )
@@ -444,7 +456,7 @@ class LeaseManager:
             )
             self._published = candidacy
             self._holds_liveness = False
-            if self.spread and self.may_lead:
+            if self._watched:
                 self._holds_liveness = session.hold_replica(self.replica_id)
         except BaseException:
             session.close()
@@ -458,6 +470,9 @@ class LeaseManager:
         backoff = 0.1
         try:
             while not self._stop.is_set():
+                if self.pooled and self._session is None and not self._want_direct:
+                    self._standby_phase()  # until a lock session is needed, or stop()
+                    continue
                 session = self._session
                 if session is None:
                     try:
@@ -472,6 +487,7 @@ class LeaseManager:
                         )
                         self._stop.wait(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter spreads timers; nothing secret depends on it
                         backoff = min(backoff * 2, self.settings.leases.reconnect_max_backoff)
+                        self._want_direct = False  # pooled: look again before retrying
                         continue
                 try:
                     self._serve(session)
@@ -483,6 +499,10 @@ class LeaseManager:
                     except Exception:  # noqa: S110 - best effort cleanup of a connection already lost
                         pass
                     self._session = None
+                    self._want_direct = False
+                else:
+                    if not self._stop.is_set():  # pooled: needed by nothing for standby_after
+                        self._demote(session)
             self._shutdown()
         except LeasectlError as exc:
             self.fatal = exc
@@ -516,12 +536,15 @@ class LeaseManager:
                 self._heartbeat(session)
                 self._plan_rebalance()
                 next_hb = now + ls.heartbeat_interval
+                if self.pooled and self._idle_for(now) >= ls.standby_after:
+                    return  # nothing to hold or inherit here: back to watching via the pooler
             self._hand_over_idle(session)
             if now >= next_campaign:
                 self._publish_candidacy(session)
                 due = self._campaign(session)
                 jitter = random.uniform(1 - ls.acquire_jitter, 1 + ls.acquire_jitter)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
-                next_campaign = self.clock() + ls.acquire_interval * jitter
+                period = ls.heir_interval if self.pooled else ls.acquire_interval
+                next_campaign = self.clock() + period * jitter
                 if due is not None:  # a watched free lease becomes this replica's turn
                     next_campaign = min(next_campaign, due)
             if self._stop.is_set():
@@ -594,15 +617,21 @@ class LeaseManager:
         """
         if not isinstance(gone, str) or gone == self.replica_id:
             return False
-        view = self._replicas
-        if view is not None and any(r.id == gone for r in view):
-            self._set_view([r for r in view if r.id != gone])
+        self._drop_from_view(gone)
         log.debug(
             "replica %s is gone; campaigning for its leases",
             gone,
             extra={"action": "replica_gone", "replica": self.replica_id, "holder": gone},
         )
         return bool(self.may_lead)
+
+    def _drop_from_view(self, gone: str) -> bool:
+        """Remove ``gone`` from the placement view until the next heartbeat; True if it was in."""
+        view = self._replicas
+        if gone == self.replica_id or view is None or not any(r.id == gone for r in view):
+            return False
+        self._set_view([r for r in view if r.id != gone])
+        return True
 
     def _run_commands(self, session: LeaseSession) -> None:
         with self._lock:
@@ -648,7 +677,7 @@ class LeaseManager:
             # try-lock would otherwise stack a second, re-entrant grant on top of it.
             session.release(gone)
         self.last_heartbeat_ok = self.clock()
-        if self.spread and self.may_lead and not self._holds_liveness:
+        if self._watched and not self._holds_liveness:
             # Another session still held it at connect (a crashed predecessor's, not yet ended
             # by the server): retry, so this replica's own crash is seen at once again.
             self._holds_liveness = session.hold_replica(self.replica_id)
@@ -692,15 +721,26 @@ class LeaseManager:
         got = [r.name for r in rows if r.got]
         if got:
             self._acquired(session, got, started)
+        gone = False
         for r in rows:
             if r.got or r.holder_pid is not None:
                 free_since.pop(r.name, None)
             else:
                 free_since.setdefault(r.name, now)
+            self._holders[r.name] = (
+                self.replica_id if r.got else None if r.holder_pid is None else r.row_holder or "?"
+            )
+            if r.holder_gone and r.row_holder and not r.got:
+                # Free, never released, and its holder's lock session is gone: it crashed. Drop
+                # it from the view now (as a watcher's replica_gone would): the lease's next
+                # candidate is rank 0 at once instead of after a heartbeat and a placement step.
+                gone = self._drop_from_view(r.row_holder) or gone
+        if gone:
+            delays = self._try_delays(watched)
         due = [free_since[n] + delays[n] for n in watched if n in free_since]
         due += [reserved[n][1] for n in watched if n in reserved]
         threshold = self.settings.leases.lease_ttl + self.settings.leases.eviction_grace
-        for name, ok, age, holder_pid, row_pid, row_holder in rows:
+        for name, ok, age, holder_pid, row_pid, row_holder, _gone in rows:
             if ok:
                 self._state.mismatch_since.pop(name, None)
                 continue
@@ -755,6 +795,188 @@ class LeaseManager:
             self._plan, self._plan_key = placement.Placement(view), key
         return self._plan
 
+    # -- pooled standby (leases.standby: pooled) ------------------------------------------------
+
+    @property
+    def _watched(self) -> bool:
+        """Whether this replica is in the watch ring (holds a liveness lock, watches a peer):
+        spread placement in direct mode. Pooled mode has no ring: it would double the direct
+        sessions; heirs campaign every heir_interval instead."""
+        return self.spread and self.may_lead and not self.pooled
+
+    @property
+    def standby(self) -> bool:
+        """True while this replica watches through the pooler with no lock session."""
+        return self.pooled and self._session is None
+
+    def _standby_start(self) -> None:
+        """``start()`` in pooled mode: open the standby connection, check the lease keys
+        against the cluster's and take the replica row, so a misconfiguration fails the start
+        as it does in direct mode (the lock session's own checks run when it first opens)."""
+        if self.dsn == self.lock_dsn:
+            log.warning(
+                "leases.standby: pooled, but database.dsn is also the lock DSN: a standby's "
+                "polls then hold a server connection each; put a transaction-mode pooler in "
+                "database.dsn and the direct server in database.lock_dsn",
+                extra={"action": "config_warning", "replica": self.replica_id},
+            )
+        self._standby = self._open_standby()
+        try:
+            collision = self._standby.key_collision(self.wanted) if self.wanted else None
+            if collision is not None:
+                raise KeyCollision(*collision)
+            deadline = self.clock() + self.settings.leases.lease_ttl + 1.0
+            while self._look() is None:
+                if self.clock() >= deadline:
+                    raise self._standby.refused(self.replica_id)
+                self._stop.wait(0.2)
+        except BaseException:
+            self._standby.close()
+            self._standby = None
+            raise
+        self.connected.set()
+
+    def _open_standby(self) -> StandbySession:
+        return StandbySession.connect(
+            self.dsn, self.settings.database, f"leasectl/{self.replica_id}/standby"
+        )
+
+    def _look(self) -> StandbyView | None:
+        """One standby poll: stamp the row, refresh the view and each lease's holder."""
+        assert self._standby is not None  # noqa: S101 - narrows a type for mypy; set by the caller
+        candidacy = self._candidacy()
+        found = self._standby.poll(
+            self.replica_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            may_lead=self.may_lead,
+            loops=self.loops,
+            labels=self.labels,
+            campaigns_for=candidacy,
+            preferred_for=self.preferred_for,
+            namespace=namespace_for(self.settings.leases.namespace),
+            names=self.wanted,
+            keys=[self.registry.key(n) for n in self.wanted],
+            live_s=self.settings.leases.lease_ttl,
+        )
+        if found is None:
+            return None
+        self._published = candidacy
+        self._set_view(found.replicas)
+        now = self.clock()
+        for name, holder in found.holders.items():
+            self._holders[name] = holder
+            if holder is None:
+                self._state.free_since.setdefault(name, now)
+            else:
+                self._state.free_since.pop(name, None)
+        self.last_heartbeat_ok = self.clock()
+        return found
+
+    def _standby_phase(self) -> None:
+        """Poll through the work DSN every heartbeat_interval until this replica needs a lock
+        session (:meth:`_direct_reason`) or a command needs one, or stop() is called."""
+        ls = self.settings.leases
+        backoff = 0.1
+        refused_since: float | None = None
+        while not self._stop.is_set():
+            if self._commands:
+                self._want_direct = True  # a step-down, abandon or wedged report: run it there
+                return
+            try:
+                if self._standby is None:
+                    self._standby = self._open_standby()
+                found = self._look()
+                backoff = 0.1
+            except DatabaseUnavailable as exc:
+                self.connected.clear()
+                log.warning(
+                    "standby connection unavailable, retrying in %.1fs: %s",
+                    backoff,
+                    str(exc).splitlines()[0],
+                    extra={"action": "reconnect_wait", "replica": self.replica_id},
+                )
+                if self._standby is not None:
+                    self._standby.close()
+                    self._standby = None
+                self._stop.wait(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+                backoff = min(backoff * 2, ls.reconnect_max_backoff)
+                continue
+            if found is None:  # our id, taken over meanwhile by a live process
+                refused_since = refused_since if refused_since is not None else self.clock()
+                if self.clock() - refused_since > ls.lease_ttl + 1.0:
+                    assert self._standby is not None  # noqa: S101 - narrows a type for mypy; polled just now
+                    raise self._standby.refused(self.replica_id)
+            else:
+                refused_since = None
+                self.connected.set()
+                reason = self._direct_reason()
+                if reason is not None:
+                    log.info(
+                        "opening a lock session: %s",
+                        reason,
+                        extra={"action": "lock_session_open", "replica": self.replica_id},
+                    )
+                    self._want_direct = True
+                    if self._standby is not None:  # a holder or heir needs only its lock session
+                        self._standby.close()
+                        self._standby = None
+                    return
+            self._waker.drain()
+            if self._commands or self._stop.is_set():
+                continue
+            jitter = random.uniform(1 - ls.acquire_jitter, 1 + ls.acquire_jitter)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+            select.select([self._waker.fd], [], [], ls.heartbeat_interval * jitter)
+
+    def _direct_reason(self) -> str | None:
+        """Why this replica needs its lock session now (None: it may be a standby)."""
+        now = self.clock()
+        with self._lock:
+            if self._state.held:
+                return f"holds {', '.join(sorted(self._state.held))}"
+            if self._state.handing_over or self._commands:
+                return "a hand-over or command is pending"
+            for name, (target, until) in self._state.reserved.items():
+                if target == self.replica_id and until > now:
+                    return f"a rebalance hands it {name}"
+            free_for = {n: now - t for n, t in self._state.free_since.items()}
+        candidacy = self._candidacy()
+        view = placement.self_view(
+            self.replica_id, candidacy, self.preferred_for, self._replicas or []
+        )
+        return placement.direct_reason(
+            self.replica_id,
+            candidacy,
+            view,
+            dict(self._holders),
+            free_for,
+            self.settings.leases.placement_step,
+        )
+
+    def _idle_for(self, now: float) -> float:
+        """How long this direct replica has been needed by nothing (0 while it is needed)."""
+        if self._direct_reason() is not None:
+            self._idle_since = None
+            return 0.0
+        if self._idle_since is None:
+            self._idle_since = now
+        return now - self._idle_since
+
+    def _demote(self, session: LeaseSession) -> None:
+        """Close the lock session of a replica nothing needs it for (pooled); the next
+        standby poll stamps its row as a standby again."""
+        log.info(
+            "closing the lock session: nothing to hold or inherit for %gs; watching through "
+            "the pooler",
+            self.settings.leases.standby_after,
+            extra={"action": "lock_session_close", "replica": self.replica_id},
+        )
+        self._session = None
+        self._want_direct = False
+        self._idle_since = None
+        session.close()
+
     # -- the watch ring --------------------------------------------------------------------------
 
     def _set_view(self, replicas: list[placement.Replica]) -> None:
@@ -766,7 +988,7 @@ class LeaseManager:
     def watch_target(self) -> str | None:
         """The peer this replica watches: its successor in the sorted ring of live replicas
         (every live replica is watched by exactly one other; None when alone)."""
-        if not (self.spread and self.may_lead) or self._replicas is None:
+        if not self._watched or self._replicas is None:
             return None
         ring = sorted({r.id for r in self._replicas} | {self.replica_id})
         if len(ring) < 2:
@@ -1066,6 +1288,15 @@ class LeaseManager:
             self._drop(lease, reason)
 
     def _shutdown(self) -> None:
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            try:
+                if self._session is None:
+                    standby.stopped(self.replica_id)
+            except DatabaseUnavailable:
+                pass  # its row ages out of every view within lease_ttl
+            finally:
+                standby.close()
         session = self._session
         if session is None:
             return

@@ -54,7 +54,7 @@ from leasectl.errors import (
     RowLockTimeout,
     UnsupportedTopology,
 )
-from leasectl.keys import KeyRegistry, as_oid, from_oid, int4_hash, namespace_for
+from leasectl.keys import KeyRegistry, as_oid, find_collision, from_oid, int4_hash, namespace_for
 from leasectl.placement import Replica
 from leasectl.settings import DatabaseSettings
 
@@ -137,6 +137,7 @@ class Contender(NamedTuple):
     holder_pid: int | None  # the backend holding the lock (None: free again, or ours)
     row_pid: int | None  # the lock session the lease row names
     row_holder: str | None  # the replica the lease row names
+    holder_gone: bool = False  # free, never released, and row_holder's lock session is gone
 
 
 class Heartbeat(NamedTuple):
@@ -567,12 +568,8 @@ class LockSession:
 
     def key_collision(self, names: Sequence[str]) -> tuple[str, str, int] | None:
         """(a name elsewhere in the cluster, ours, the key) when both share one advisory key."""
-        by_key = {int4_hash(n): n for n in names}
-        for (other,) in self._exec(L["cluster_lease_names"], None).fetchall():
-            mine = by_key.get(int4_hash(other))
-            if mine is not None and mine != other:
-                return str(other), mine, int4_hash(mine)
-        return None
+        rows = self._exec(L["cluster_lease_names"], None).fetchall()
+        return find_collision(names, [str(r[0]) for r in rows])
 
     def campaign(self, names: Sequence[str], watch: Sequence[str] = ()) -> list[Contender]:
         """Try-lock every name and report, in the same round trip, who holds the others.
@@ -604,8 +601,10 @@ class LockSession:
         except psycopg.Error as exc:
             raise translate_error(exc) from exc
         return [
-            Contender(name, name in got, age, None if name in got else pid, row_pid, holder)
-            for name, age, pid, row_pid, holder in rows
+            Contender(
+                name, name in got, age, None if name in got else pid, row_pid, holder, bool(gone)
+            )
+            for name, age, pid, row_pid, holder, gone in rows
         ]
 
     def bump_epoch(self, names: Sequence[str], replica: str, reason: str) -> list[tuple[str, int]]:
@@ -645,19 +644,7 @@ class LockSession:
         }
         row = self._exec(L["heartbeat"], params).fetchone()
         assert row is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
-        replicas = None
-        if live_s is not None:
-            replicas = [
-                Replica(
-                    rid,
-                    frozenset(campaigns or ()),
-                    frozenset(preferred or ()),
-                    frozenset(wedged or ()),
-                    float(live_for or 0.0),
-                    tuple(labels or ()),
-                )
-                for rid, campaigns, preferred, wedged, live_for, labels in row[2]
-            ]
+        replicas = [Replica.from_row(r) for r in row[2]] if live_s is not None else None
         return Heartbeat(bool(row[0]), list(row[1]), replicas)
 
     def hand_over(

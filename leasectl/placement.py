@@ -4,7 +4,8 @@ Leases would otherwise pile onto whichever replica campaigns first. Every replic
 live candidates of a lease the same way, from data they all read from ``leasectl_replicas``:
 
 * a *candidate* for lease ``L`` is a live replica (registered, not stopped, seen recently, its
-  lock session connected) that campaigns for ``L`` (``campaigns_for``: it may lead, the loop
+  lock session connected or, with ``leases.standby: pooled``, a standby polling through the
+  pooler) that campaigns for ``L`` (``campaigns_for``: it may lead, the loop
   runs there, its ``requires_labels`` are met, it is not in a step-down cooldown) and whose
   tick of ``L`` is not wedged;
 * candidates that declare themselves preferred for ``L`` (``preferred_for``: the loop's
@@ -25,11 +26,12 @@ best-ranked candidate once it has been live for ``rebalance_after`` seconds.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from leasectl.loop import LoopSpec
@@ -87,7 +89,22 @@ class Replica:
     def candidate_for(self, lease: str) -> bool:
         return lease in self.campaigns_for and lease not in self.wedged
 
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Replica:
+        """One row of ``leasectl_live_replicas`` as JSON: (id, campaigns_for, preferred_for,
+        wedged, live_for, labels)."""
+        rid, campaigns, preferred, wedged, live_for, labels = row
+        return cls(
+            str(rid),
+            frozenset(campaigns or ()),
+            frozenset(preferred or ()),
+            frozenset(wedged or ()),
+            float(live_for or 0.0),
+            tuple(labels or ()),
+        )
 
+
+@functools.lru_cache(maxsize=1 << 16)  # hundreds of replicas re-rank every poll: hash once
 def score(lease: str, replica_id: str) -> int:
     """The rendezvous weight of ``(lease, replica)``: stable across processes and versions."""
     digest = hashlib.sha256(lease.encode() + b"\x00" + replica_id.encode()).digest()
@@ -186,6 +203,71 @@ class Placement:
         if chosen is None or chosen == holder:
             return None
         return chosen if self._by_id[chosen].live_for >= settle else None
+
+
+def direct_reason(
+    replica_id: str,
+    leases: Iterable[str],
+    replicas: Sequence[Replica],
+    holders: Mapping[str, str | None],
+    free_for: Mapping[str, float],
+    step: float,
+) -> str | None:
+    """Why ``replica_id`` needs a lock session of its own now, or None (``leases.standby:
+    pooled``: without one it watches through the pooler).
+
+    It does while it holds one of ``leases``; while placement chooses it for one (to take it
+    when free, or to receive it in a rebalance); while it is a held lease's *heir*, the replica
+    placement would choose were the holder gone, which must be ready to take over at once;
+    and when a lease has been free long enough for its rank to try it (the better-ranked
+    replicas did not take it). ``holders``: each lease's holder (None: free);
+    ``free_for``: seconds each free lease has been seen free; ``replicas``: the live view,
+    this replica included. So the lock sessions number the holders plus one heir per lease,
+    whatever the number of replicas.
+    """
+    leases = [n for n in leases]
+    everything = {n for r in replicas for n in r.campaigns_for if r.candidate_for(n)}
+    me = next((r for r in replicas if r.id == replica_id), None)
+    if me is None:
+        return None
+    plans: dict[str | None, Placement] = {}
+
+    def plan(without: str | None = None) -> Placement:
+        if without not in plans:
+            plans[without] = Placement([r for r in replicas if r.id != without])
+        return plans[without]
+
+    for lease in leases:
+        holder = holders.get(lease)
+        if holder == replica_id:
+            return f"holds {lease}"
+        if not me.candidate_for(lease):
+            continue
+        if holder is not None and _hrw_position(lease, me, replicas) > len(everything):
+            # Bounded load puts a lease's choice among the first M of its HRW order (at most
+            # M - 1 replicas can be full before it), and a holder gone moves everyone up one:
+            # further down, this replica is neither the choice nor the heir.
+            continue
+        if plan().choose(lease) == replica_id:
+            return f"placement chooses it for {lease}"
+        if holder is None:
+            rank = plan().rank(lease, replica_id) or 0
+            if lease in free_for and free_for[lease] >= rank * step:
+                return f"{lease} is free and it is its turn (rank {rank})"
+        elif plan(holder).choose(lease) == replica_id:
+            return f"heir of {lease} (held by {holder})"
+    return None
+
+
+def _hrw_position(lease: str, me: Replica, replicas: Iterable[Replica]) -> int:
+    """How many candidates of ``lease`` rank before ``me`` in plain HRW order (no sort)."""
+    key = (lease not in me.preferred_for, -score(lease, me.id), me.id)
+    return sum(
+        1
+        for r in replicas
+        if r.candidate_for(lease)
+        and (lease not in r.preferred_for, -score(lease, r.id), r.id) < key
+    )
 
 
 def ranking(lease: str, replicas: Iterable[Replica]) -> list[Replica]:

@@ -65,6 +65,9 @@ class LeaseSettings:
     placement_step: float = 0.4  # a candidate of rank r waits r * this before trying
     rebalance_after: float = 3.0  # a better replica must be live this long to get a lease
     rebalance_cooldown: float = 5.0  # a lease stays this long where it was acquired
+    standby: str = "direct"  # direct (every replica keeps a lock session) | pooled
+    heir_interval: float = 0.5  # pooled: campaign period of a direct replica (heirs)
+    standby_after: float = 5.0  # pooled: nothing to hold or inherit this long -> standby
     loops: dict[str, LoopPlacement] = field(default_factory=dict)  # per-lease wishes
 
 

@@ -86,6 +86,7 @@ class ReplicaStatus:
     preferred_for: tuple[str, ...] = ()
     wedged: tuple[str, ...] = ()
     live_for_s: float | None = None  # since its lock session registered
+    standby: bool = False  # leases.standby: pooled, and no lock session now
 
 
 @dataclass(frozen=True)
@@ -258,8 +259,10 @@ def placed(leases: Sequence[LeaseStatus], replicas: Sequence[ReplicaStatus]) -> 
 
 def _replica(row: Sequence[Any], lease_ttl: float) -> ReplicaStatus:
     rid, host, pid, version, started, age, may_lead, loops, stopped, lock_pid = row[:10]
-    labels, campaigns_for, preferred_for, wedged, live_for = (list(row[10:]) + [None] * 5)[:5]
+    extra = (list(row[10:]) + [None] * 6)[:6]
+    labels, campaigns_for, preferred_for, wedged, live_for, standby = extra
     connected = lock_pid is not None
+    standby = bool(standby) and not connected
     return ReplicaStatus(
         id=rid,
         host=host,
@@ -267,7 +270,7 @@ def _replica(row: Sequence[Any], lease_ttl: float) -> ReplicaStatus:
         version=version,
         started_at=started,
         last_seen_age_s=float(age),
-        alive=connected and not stopped and float(age) <= lease_ttl,
+        alive=(connected or standby) and not stopped and float(age) <= lease_ttl,
         connected=connected,
         stopped=bool(stopped),
         may_lead=bool(may_lead),
@@ -277,6 +280,7 @@ def _replica(row: Sequence[Any], lease_ttl: float) -> ReplicaStatus:
         preferred_for=tuple(preferred_for or ()),
         wedged=tuple(wedged or ()),
         live_for_s=float(live_for) if live_for is not None else None,
+        standby=standby,
     )
 
 

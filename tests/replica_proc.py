@@ -64,6 +64,8 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--ttl", type=float, default=5.0)
     p.add_argument("--margin", type=float, default=2.0)
     p.add_argument("--grace", type=float, default=2.0)
+    p.add_argument("--standby", default="direct", choices=("direct", "pooled"))
+    p.add_argument("--work-dsn", default="", help="database.dsn (a pooler); --dsn: the lock DSN")
     args = p.parse_args(argv)
 
     settings = CoreSettings(
@@ -75,10 +77,13 @@ def child_main(argv: list[str] | None = None) -> int:
             safety_margin=args.margin,
             eviction_grace=args.grace,
             step_down_cooldown=1.0,
+            standby=args.standby,
         ),
     )
     names = [n for n in args.leases.split(",") if n]
-    manager = LeaseManager(args.id, names, settings, dsn=args.dsn)
+    manager = LeaseManager(
+        args.id, names, settings, dsn=args.work_dsn or args.dsn, lock_dsn=args.dsn
+    )
     last: dict[str, Lease] = {}
     out_lock = threading.Lock()
 
@@ -151,7 +156,7 @@ def child_main(argv: list[str] | None = None) -> int:
                 emit(write(parts[1], parts[2] if len(parts) > 2 else "guard"))
             elif parts[0] == "held":
                 held = {n: lease.epoch for n, lease in manager.held().items()}
-                emit({"ev": "held", "held": held})
+                emit({"ev": "held", "held": held, "standby": manager.standby})
             elif parts[0] == "stop":
                 break
         stopping.set()
@@ -183,6 +188,8 @@ class ReplicaProcess:
         ttl: float = 5.0,
         margin: float = 2.0,
         grace: float = 2.0,
+        standby: str = "direct",
+        work_dsn: str = "",
     ) -> None:
         self.id = replica_id
         self.events: list[dict[str, Any]] = []
@@ -207,6 +214,10 @@ class ReplicaProcess:
             str(margin),
             "--grace",
             str(grace),
+            "--standby",
+            standby,
+            "--work-dsn",
+            work_dsn,
         ]
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

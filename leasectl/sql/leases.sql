@@ -8,26 +8,27 @@
 -- every lock session, so a replica that keeps reconnecting never looks settled.
 INSERT INTO leasectl_replicas
        (id, host, pid, version, may_lead, loops, started_at, last_seen, backend_pid,
-        labels, campaigns_for, preferred_for, connected_at)
+        labels, campaigns_for, preferred_for, connected_at, standby)
 VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(may_lead)s, %(loops)s, now(), now(),
-        pg_backend_pid(), %(labels)s, %(campaigns_for)s, %(preferred_for)s, now())
+        pg_backend_pid(), %(labels)s, %(campaigns_for)s, %(preferred_for)s, now(), false)
 ON CONFLICT (id) DO UPDATE
 SET host = excluded.host, pid = excluded.pid, version = excluded.version,
     may_lead = excluded.may_lead, loops = excluded.loops, last_seen = now(), stopped_at = NULL,
     backend_pid = excluded.backend_pid, labels = excluded.labels,
     campaigns_for = excluded.campaigns_for, preferred_for = excluded.preferred_for,
-    connected_at = now(),
+    connected_at = now(), standby = false,
     started_at = CASE WHEN (leasectl_replicas.host, leasectl_replicas.pid)
                            IS DISTINCT FROM (excluded.host, excluded.pid)
                       THEN now() ELSE leasectl_replicas.started_at END
 -- An id already live in another process is refused (no row returned): its lock session still
--- exists and it heartbeated within live_s. The same process reconnecting, a stopped or
--- crashed predecessor (its session gone, or silent for live_s) may take the row over.
+-- exists (or it is a standby) and it heartbeated within live_s. The same process reconnecting,
+-- a stopped or crashed predecessor (its session gone, or silent for live_s) may take the row
+-- over.
 WHERE (leasectl_replicas.host, leasectl_replicas.pid)
       IS NOT DISTINCT FROM (excluded.host, excluded.pid)
    OR leasectl_replicas.stopped_at IS NOT NULL
    OR leasectl_replicas.last_seen < now() - make_interval(secs => %(live_s)s)
-   OR NOT EXISTS (
+   OR NOT leasectl_replicas.standby AND NOT EXISTS (
        SELECT 1 FROM pg_stat_activity a
        WHERE a.pid = leasectl_replicas.backend_pid AND a.pid <> pg_backend_pid()
          AND a.application_name = left('leasectl/' || leasectl_replicas.id, 63))
@@ -74,7 +75,14 @@ SELECT w.name,
        ))::float8 AS renewed_age_s,
        h.pid AS holder_pid,
        l.holder_backend_pid,
-       l.holder
+       l.holder,
+       -- a free lease whose row still names a holder that never released it: is that holder's
+       -- lock session gone (it crashed)? Then the caller drops it from its placement view at
+       -- once and the lease's next candidate tries now, not a placement step (or a heartbeat)
+       -- later. Evaluated for free leases only.
+       CASE WHEN h.pid IS NULL AND l.released_at IS NULL AND l.holder_backend_pid IS NOT NULL
+            THEN NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.holder_backend_pid)
+            ELSE false END AS holder_gone
 FROM unnest(%(names)s::text[], %(keys)s::integer[]) AS w(name, key)
 LEFT JOIN leasectl_leases l ON l.name = w.name
 LEFT JOIN leasectl_replicas r ON r.id = l.holder
@@ -123,10 +131,8 @@ SELECT name, epoch FROM bumped
 -- primary, and that each lease's epoch is still ours. It renews them all at once by stamping
 -- the replica row (last_seen + this lock session's pid): one row written per heartbeat,
 -- whatever the number of leases. Eviction and `leasectl status` read that stamp.
--- With spread placement (%(placement)s) it also returns the live replicas placement ranks:
--- not stopped, allowed to lead, seen within live_s, and with their lock session connected
--- (the stamped backend still exists under the replica's application_name). A crashed
--- replica drops out as soon as the server has ended its session.
+-- With spread placement (%(placement)s) it also returns the live replicas placement ranks
+-- (leasectl_live_replicas, migration 0012: the one definition a standby's poll reads too).
 WITH mine AS (
     SELECT objid::bigint AS key_oid
     FROM pg_locks
@@ -147,21 +153,11 @@ WITH mine AS (
 ), seen AS (
     UPDATE leasectl_replicas SET last_seen = now(), backend_pid = pg_backend_pid()
     WHERE id = %(replica)s
-), live AS (
-    SELECT r.id, r.campaigns_for, r.preferred_for, r.wedged, r.labels,
-           extract(epoch FROM now() - coalesce(r.connected_at, r.started_at))::float8 AS live_for
-    FROM leasectl_replicas r
-    WHERE %(placement)s AND r.stopped_at IS NULL AND r.may_lead
-      AND r.last_seen > now() - make_interval(secs => %(live_s)s)
-      AND (r.id = %(replica)s OR EXISTS (
-          SELECT 1 FROM pg_stat_activity a
-          WHERE a.pid = r.backend_pid AND a.datname = current_database()
-            AND a.application_name = left('leasectl/' || r.id, 63)))
 )
 SELECT pg_is_in_recovery(), ARRAY(SELECT name FROM unproven),
        (SELECT coalesce(json_agg(json_build_array(
                    id, campaigns_for, preferred_for, wedged, live_for, labels)), '[]'::json)
-        FROM live)
+        FROM leasectl_live_replicas(%(replica)s, %(live_s)s) WHERE %(placement)s)
 
 -- name: record_release
 -- Graceful hand-over, first half: mark the rows released and record it. The same pipeline then

@@ -42,14 +42,17 @@ ORDER BY w.name
 -- name: replicas
 -- Registered replicas that are connected or were seen recently (crashed replicas with random
 -- ids would otherwise pile up forever; --all-replicas shows them). A replica is connected while
--- its lock session exists (application_name is truncated to 63 bytes by the server).
+-- its lock session exists (application_name is truncated to 63 bytes by the server); a standby
+-- (leases.standby: pooled) has none and is alive while its polls keep last_seen fresh.
 SELECT r.id, r.host, r.pid, r.version, r.started_at,
        extract(epoch FROM now() - r.last_seen)::float8 AS last_seen_age_s,
        r.may_lead, r.loops, r.stopped_at IS NOT NULL AS stopped,
        s.pid AS lock_pid,
        -- placement (migration 0010): what peers rank this replica by
        r.labels, r.campaigns_for, r.preferred_for, r.wedged,
-       extract(epoch FROM now() - coalesce(r.connected_at, r.started_at))::float8 AS live_for_s
+       extract(epoch FROM now() - coalesce(r.connected_at, r.started_at))::float8 AS live_for_s,
+       -- leases.standby: pooled (migration 0012): no lock session, polling through the pooler
+       r.standby
 FROM leasectl_replicas r
 LEFT JOIN LATERAL (
     SELECT a.pid FROM pg_stat_activity a

@@ -91,7 +91,7 @@ def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
         replicas.add_column(col, no_wrap=col in ("replica", "started"))
     for r in status.replicas:
         alive = (
-            Text("yes", style="green")
+            Text("standby" if r.standby else "yes", style="green")
             if r.alive
             else Text("stopped" if r.stopped else ("hung" if r.connected else "no"), style="red")
         )
