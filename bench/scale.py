@@ -12,11 +12,24 @@
              ``application_name``: lock, watch, work pool), then crash takeover: SIGKILL the
              holder of ``notification_send`` ``--kills`` times, time to the next
              ``lease_acquired`` (needs at least 2 replicas: a lone replica is not replaced).
+(c) pooled   10, 100, 300 light replica processes (``tests/replica_proc.py``: one real
+             :class:`LeaseManager` per process, one process per replica, 5 leases), in both
+             ``leases.standby`` modes side by side: ``direct`` (every replica has its lock and
+             watch sessions) and ``pooled`` (the work DSN is a real PgBouncer in transaction
+             mode; only holders, choices and heirs keep a lock session). Per count and mode:
+             direct server connections (lock, watch), total server connections (PgBouncer's
+             included), statements/s per replica, server CPU (every postgres process) and
+             PgBouncer's, client CPU per replica, then ``--kills`` crash takeovers (SIGKILL
+             the holder of the first lease, time to the next holder's ``acquired``; the killed
+             replica is replaced by a new one and the cluster given 3 s before the next kill).
 
 Goals (issues 5 and 11): 1,000 leases heartbeat < 10 ms; idle <= 4 statements/s and <= 0.3 %
-CPU per replica; crash takeover p99 <= 1 s at 30 replicas. Usage::
+CPU per replica; crash takeover p99 <= 1 s at 30 replicas. Issue 13: at 300 replicas and 5
+leases, pooled mode keeps <= 2 x 5 + a small constant direct lock sessions, crash takeover p99
+<= 1 s, <= 4 statements/s per replica. Usage::
 
     .venv/bin/python bench/scale.py [--replicas 1,10,30] [--leases 1,10,100,1000] [--kills 20]
+    .venv/bin/python bench/scale.py --leases "" --replicas "" --pooled 10,100,300 --kills 20
 """
 
 from __future__ import annotations
@@ -44,7 +57,9 @@ from leasectl.leases import LeaseEvent  # noqa: E402
 from leasectl.migrate import migrate  # noqa: E402
 from leasectl.settings import CoreSettings  # noqa: E402
 from leasectl.tools.drill.cluster import Cluster, LogLine  # noqa: E402
+from leasectl.tools.drill.pooler import PgBouncer  # noqa: E402
 from leasectl.tools.drill.stats import percentile  # noqa: E402
+from tests.replica_proc import ReplicaProcess  # noqa: E402
 
 LEASED = ("notification_send", "notification_retry", "crl_generation")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -199,17 +214,195 @@ def bench_replicas(server: EmbeddedPostgres, n: int, kills: int, work: Path) -> 
         cluster.stop_all()
 
 
+POOLED_LEASES = [f"pooled-{i}" for i in range(5)]
+
+#: Server connections of one database by kind: a lock session is named exactly
+#: ``leasectl/<replica id>``; everything else in the database (PgBouncer's server connections)
+#: is the pooler's.
+_KINDS = """
+SELECT count(*) FILTER (WHERE application_name LIKE 'leasectl/%%'
+                         AND application_name NOT LIKE 'leasectl/%%/%%') AS lock,
+       count(*) FILTER (WHERE application_name LIKE 'leasectl/%%/watch') AS watch,
+       count(*) AS total
+FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+"""
+
+_HOLDER = """
+SELECT a.application_name, l2.epoch
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+LEFT JOIN leasectl_leases l2 ON l2.name = %(name)s
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid = (%(ns)s::bigint & 4294967295)::oid
+  AND l.objid = (%(key)s::bigint & 4294967295)::oid
+"""
+
+
+def _server_ticks(data_dir: Path) -> int:
+    """CPU ticks of the postmaster and every process it forked (backends, walwriter, ...)."""
+    try:
+        master = int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    total = _cpu_ticks(master)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master:
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def _held(dsn: str) -> dict[str, tuple[str, int]]:
+    """{lease: (holder replica id, epoch)} for the pooled bench's leases that are held now."""
+    from leasectl.keys import int4_hash, namespace_for
+
+    out: dict[str, tuple[str, int]] = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for name in POOLED_LEASES:
+            row = conn.execute(
+                _HOLDER, {"name": name, "ns": namespace_for("leasectl"), "key": int4_hash(name)}
+            ).fetchone()
+            if row is not None:
+                out[name] = (str(row[0]).removeprefix("leasectl/"), int(row[1] or 0))
+    return out
+
+
+def _kinds(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(_KINDS).fetchone()
+    assert row is not None
+    return {"lock": int(row[0]), "watch": int(row[1]), "total": int(row[2])}
+
+
+def _until(pred: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+def bench_pooled(
+    server: EmbeddedPostgres, n: int, mode: str, kills: int, work: Path
+) -> dict[str, Any]:
+    dsn = new_db(server.ensure_running().dsn(), f"scale_{mode}_{n}")
+    pgb: PgBouncer | None = None
+    work_dsn = ""
+    if mode == "pooled":
+        pgb = PgBouncer(work / f"pgb-{n}", dsn, ["127.0.0.1"], max_client_conn=n + 100)
+        pgb.start()
+        work_dsn = pgb.dsn()
+    procs: dict[str, ReplicaProcess] = {}
+    serial = iter(range(1_000_000))
+
+    def spawn() -> ReplicaProcess:
+        rid = f"{mode[0]}{n}-{next(serial)}"
+        procs[rid] = ReplicaProcess(
+            dsn, rid, POOLED_LEASES, acquire_interval=1.0, standby=mode, work_dsn=work_dsn
+        )
+        return procs[rid]
+
+    try:
+        t_start = time.monotonic()
+        for batch in range(0, n, 25):  # start in batches: 2 cores import Python 25 at a time
+            started = [spawn() for _ in range(min(25, n - batch))]
+            for p in started:
+                p.ready(300)
+        _until(lambda: len(_held(dsn)) == len(POOLED_LEASES), 60, "every lease held")
+        started_s = time.monotonic() - t_start
+        if mode == "pooled":
+            _until(
+                lambda: _kinds(dsn)["lock"] <= 2 * len(POOLED_LEASES) + 2,
+                90,
+                "standbys closed their lock sessions",
+                1.0,
+            )
+        time.sleep(5.0)
+        window = 20.0
+        calls0, xacts0 = _counters(dsn)
+        srv0 = _server_ticks(server.data_dir)
+        pgb0 = _cpu_ticks(pgb.proc.pid) if pgb and pgb.proc else 0
+        cpu0 = {rid: _cpu_ticks(p.pid) for rid, p in procs.items()}
+        time.sleep(window)
+        calls1, xacts1 = _counters(dsn)
+        srv1 = _server_ticks(server.data_dir)
+        pgb1 = _cpu_ticks(pgb.proc.pid) if pgb and pgb.proc else 0
+        cpu = [(_cpu_ticks(p.pid) - cpu0[rid]) / CLK_TCK / window for rid, p in procs.items()]
+        conns = _kinds(dsn)
+        takeovers: list[float] = []
+        lease = POOLED_LEASES[0]
+        for _ in range(kills):
+            holder, epoch = _until(lambda: _held(dsn).get(lease), 30, f"{lease} held")
+            victim = procs[holder]
+            t0 = time.monotonic()
+            victim.signal(signal.SIGKILL)
+
+            def taken(old: int = epoch, gone: str = holder) -> dict[str, Any] | None:
+                for rid, p in procs.items():
+                    if rid == gone:
+                        continue
+                    for ev in list(p.events):
+                        if ev["ev"] == "acquired" and ev["lease"] == lease and ev["epoch"] > old:
+                            return ev
+                return None
+
+            ev = _until(taken, 30, f"{lease} taken over", 0.01)
+            takeovers.append(float(ev["mono"]) - t0)
+            victim.close()
+            del procs[holder]
+            spawn().ready(60)
+            time.sleep(3.0)  # a heir for the next kill: standbys look once per heartbeat
+        return {
+            "mode": mode,
+            "replicas": n,
+            "leases": len(POOLED_LEASES),
+            "start_s": started_s,
+            "lock_sessions": conns["lock"],
+            "watch_sessions": conns["watch"],
+            "direct_sessions": conns["lock"] + conns["watch"],
+            "server_connections": conns["total"],
+            "statements_per_s_per_replica": (calls1 - calls0) / window / n,
+            "transactions_per_s_per_replica": (xacts1 - xacts0) / window / n,
+            "server_cpu_pct": 100 * (srv1 - srv0) / CLK_TCK / window,
+            "pgbouncer_cpu_pct": 100 * (pgb1 - pgb0) / CLK_TCK / window if pgb else None,
+            "client_cpu_per_replica_pct": 100 * statistics.mean(cpu) if cpu else None,
+            "kills": len(takeovers),
+            "takeover_p50_s": percentile(takeovers, 50),
+            "takeover_p99_s": percentile(takeovers, 99),
+            "takeover_max_s": max(takeovers) if takeovers else None,
+        }
+    finally:
+        for p in procs.values():
+            p.close()
+        if pgb is not None:
+            pgb.stop()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--leases", default="1,10,100,1000")
     p.add_argument("--replicas", default="1,10,30")
     p.add_argument("--kills", type=int, default=20)
+    p.add_argument("--pooled", default="", help="replica counts for part (c), e.g. 10,100,300")
+    p.add_argument("--modes", default="direct,pooled", help="leases.standby modes for (c)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="leasectl-scale-") as tmp:
         work = Path(tmp)
         work.chmod(0o755)
-        server = EmbeddedPostgres(work / "pgdata", max_connections=400)
+        pooled = [int(x) for x in args.pooled.split(",") if x]
+        # direct mode keeps two server sessions per replica (lock + watch)
+        server = EmbeddedPostgres(
+            work / "pgdata", max_connections=max([400, *(2 * n + 100 for n in pooled)])
+        )
         info = server.ensure_running()
         try:
             out: dict[str, Any] = {"leases": [], "replicas": []}
@@ -222,6 +415,12 @@ def main() -> int:
                 row = bench_replicas(server, n, args.kills, work)
                 out["replicas"].append(row)
                 print(json.dumps(row), flush=True)
+            out["pooled"] = []
+            for n in pooled:
+                for mode in [m for m in args.modes.split(",") if m]:
+                    row = bench_pooled(server, n, mode, args.kills, work)
+                    out["pooled"].append(row)
+                    print(json.dumps(row), flush=True)
         finally:
             server.stop("fast")
     if args.json:

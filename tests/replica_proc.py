@@ -110,6 +110,7 @@ def child_main(argv: list[str] | None = None) -> int:
 
     manager.add_listener(on_event)
     stopping = threading.Event()
+    manager.add_exit_listener(stopping.set)  # a fatal manager ends the wait below at once
 
     def on_term(signum: int, frame: Any) -> None:
         stopping.set()
@@ -162,10 +163,11 @@ def child_main(argv: list[str] | None = None) -> int:
         stopping.set()
 
     threading.Thread(target=commands, daemon=True).start()
-    while not stopping.wait(0.005):
-        if manager.fatal is not None:
-            emit({"ev": "fatal", "reason": str(manager.fatal)})
-            return 1
+    while not stopping.wait(1.0):  # signal handlers run between waits: no busy polling
+        pass
+    if manager.fatal is not None:
+        emit({"ev": "fatal", "reason": str(manager.fatal)})
+        return 1
     manager.stop()
     emit({"ev": "stopped", "mono": time.monotonic()})
     return 0

@@ -36,7 +36,15 @@ def binary() -> str | None:
 class PgBouncer:
     """One PgBouncer process serving ``ALIAS`` (transaction mode) for ``backend_dsn``."""
 
-    def __init__(self, workdir: Path, backend_dsn: str, listen: Sequence[str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        backend_dsn: str,
+        listen: Sequence[str],
+        *,
+        pool_size: int = 20,
+        max_client_conn: int = 500,
+    ) -> None:
         exe = binary()
         if exe is None:
             raise RuntimeError("pgbouncer not found (Debian: apt-get install pgbouncer)")
@@ -62,8 +70,8 @@ class PgBouncer:
             f"logfile = {self.workdir / 'pgbouncer.log'}\n"
             f"pidfile = {self.workdir / 'pgbouncer.pid'}\n"
             "pool_mode = transaction\n"
-            "default_pool_size = 20\n"
-            "max_client_conn = 500\n"
+            f"default_pool_size = {pool_size}\n"
+            f"max_client_conn = {max_client_conn}\n"
             "ignore_startup_parameters = extra_float_digits,options\n"
         )
         self._run_as: dict[str, Any] = {}
