@@ -1024,6 +1024,12 @@ class LeaseManager:
         try:
             while not self._stop.is_set() and not self._stopped.is_set():
                 with self._watch_cv:
+                    # Checked again under the condition's lock: stop() sets _stop before it
+                    # takes this lock to notify, so a stop between the loop test and here is
+                    # seen now instead of leaving this thread in wait() for good (stop()
+                    # then waited its whole join timeout before the process could exit).
+                    if self._stop.is_set() or self._stopped.is_set():
+                        break
                     target, gen = self._watch_for, self._watch_gen
                     if target is None or self._watch_skip == (target, gen):
                         if target is None and watch is not None:

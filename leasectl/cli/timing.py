@@ -183,14 +183,25 @@ def explain(
     )
     backoff = ls.reconnect_max_backoff * 1.2
     hang = evict + 2 * a_max
-    faults = [
-        Fault(
+    crash = Fault(
+        "crash",
+        a_max,
+        f"acquire_interval x (1 + acquire_jitter) = {a_max:g}s",
+        "the server frees the locks as the socket closes; a peer takes them at its next campaign",
+    )
+    if ls.standby == "pooled":
+        h_max = ls.heir_interval * (1 + ls.acquire_jitter)
+        poll = ls.heartbeat_interval * (1 + ls.acquire_jitter)
+        crash = Fault(
             "crash",
-            a_max,
-            f"acquire_interval x (1 + acquire_jitter) = {a_max:g}s",
-            "the server frees the locks as the socket closes; a peer takes them at its next "
-            "campaign",
-        ),
+            h_max,
+            f"heir_interval x (1 + acquire_jitter) = {h_max:g}s (a lease whose heir died too: "
+            f"+ the next standby poll, {poll:g}s, + one connect)",
+            "leases.standby: pooled: the lease's heir keeps a lock session and finds the lock "
+            "free at its next campaign",
+        )
+    faults = [
+        crash,
         Fault(
             "graceful",
             settings.scheduler.shutdown_grace,
