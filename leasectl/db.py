@@ -13,12 +13,13 @@ primary: every new connection goes through the host list again.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import psycopg
 from psycopg import conninfo
-from psycopg.abc import Params, Query
+from psycopg.abc import Params, PQGen, Query
 from psycopg_pool import ConnectionPool
 
 from leasectl.embedded import EmbeddedPostgres
@@ -90,6 +91,35 @@ def connect(
     return psycopg.connect(dsn, autocommit=autocommit, **connect_kwargs(dsn, db, application_name))
 
 
+_RV = TypeVar("_RV")
+
+#: How often a statement that waits on the server off the main thread wakes up meanwhile.
+#: psycopg's default (0.1 s) exists so Ctrl-C can interrupt a query, and Python delivers
+#: signals to the main thread only; the remaining reasons to wake (a ``timeout`` given to the
+#: wait, the socket closed under it) do not depend on it. See :class:`_LockConnection`.
+_THREAD_WAIT_INTERVAL = 5.0
+
+
+class _LockConnection(psycopg.Connection[Any]):
+    """The lock and watch connections: a statement waiting on a background thread sleeps.
+
+    The watch connection's statement waits in the server for up to its ``lock_timeout``, and
+    is issued again at once, forever: with psycopg's 0.1 s check interval that thread woke
+    ten times a second per replica, resuming psycopg's generator each time, for nothing (its
+    check is for Ctrl-C, which only the main thread receives): a quarter of an idle
+    replica's CPU. Off the main thread the wait now wakes when the server answers (a cancel
+    from another thread is a server answer), when a ``timeout`` given to the wait ends, and
+    every few seconds (psycopg's check that the socket was not closed under it; nothing in
+    leasectl closes a connection another thread is using). On the main thread (the
+    ``leasectl`` commands) Ctrl-C stays prompt.
+    """
+
+    def wait(self, gen: PQGen[_RV], interval: float = 0.1, timeout: float | None = None) -> _RV:
+        if threading.current_thread() is not threading.main_thread():
+            interval = max(interval, _THREAD_WAIT_INTERVAL)
+        return super().wait(gen, interval=interval, timeout=timeout)
+
+
 def lock_connect(dsn: str, db: DatabaseSettings, application_name: str) -> psycopg.Connection[Any]:
     """Open the dedicated autocommit lock connection.
 
@@ -107,7 +137,7 @@ def lock_connect(dsn: str, db: DatabaseSettings, application_name: str) -> psyco
             tcp_user_timeout=db.client_tcp_user_timeout_ms,
         )
     try:
-        return psycopg.connect(dsn, **extra)
+        return _LockConnection.connect(dsn, **extra)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot open the lock connection: {exc}") from exc
 
