@@ -39,8 +39,9 @@ L = sql.load("leases")  # cluster_lease_names: the lock session's own key-collis
 class StandbyView(NamedTuple):
     """One poll's answer."""
 
-    replicas: list[Replica]  # live, as placement ranks them
+    replicas: list[Replica] | None  # live, as placement ranks them; None: as last time
     holders: dict[str, str | None]  # lease -> the replica its row names while locked; None: free
+    view_hash: str  # fingerprint of ``replicas``: pass it to the next poll
 
 
 class StandbySession:
@@ -75,8 +76,13 @@ class StandbySession:
         names: Sequence[str],
         keys: Sequence[int],
         live_s: float,
+        seen: str = "",
     ) -> StandbyView | None:
-        """Stamp the row and read the cluster; None: the id belongs to another live replica."""
+        """Stamp the row and read the cluster; None: the id belongs to another live replica.
+
+        ``seen``: the ``view_hash`` of the last answer; the live replicas are sent again only
+        when they changed (300 rows of JSON a second per standby would be most of its cost).
+        """
         params = {
             "id": replica,
             "host": host,
@@ -91,6 +97,7 @@ class StandbySession:
             "names": list(names),
             "keys": list(keys),
             "live_s": live_s,
+            "seen": seen,
         }
         try:
             row = self.conn.execute(Q["poll"], params).fetchone()
@@ -99,12 +106,11 @@ class StandbySession:
         assert row is not None  # noqa: S101 - narrows a type for mypy; one row by construction
         if not row[0]:
             return None
-        replicas = [Replica.from_row(r) for r in row[1]]
-        holders = {
-            str(n): (str(h) if h is not None else "?") if locked else None
-            for n, h, locked in row[2]
-        }
-        return StandbyView(replicas, holders)
+        _, view_hash, view, leases = row
+        replicas = [Replica.from_row(r) for r in view] if view is not None else None
+        # a locked lease whose row names nobody yet (between lock and epoch bump): "?"
+        holders = {str(n): (str(h or "?") if locked else None) for n, h, locked in leases}
+        return StandbyView(replicas, holders, str(view_hash))
 
     def key_collision(self, names: Sequence[str]) -> tuple[str, str, int] | None:
         """As :meth:`leasectl.locks.LockSession.key_collision`, checked before any lock session."""
