@@ -273,6 +273,17 @@ def _held(dsn: str) -> dict[str, tuple[str, int]]:
     return out
 
 
+def _lock_session_ids(dsn: str) -> set[str]:
+    """The replicas with a lock session now (application_name ``leasectl/<id>``)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT substr(application_name, 10) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name LIKE 'leasectl/%%'"
+            " AND application_name NOT LIKE 'leasectl/%%/%%'"
+        ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
 def _kinds(dsn: str) -> dict[str, int]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(_KINDS).fetchone()
@@ -339,8 +350,10 @@ def bench_pooled(
         conns = _kinds(dsn)
         takeovers: list[float] = []
         lease = POOLED_LEASES[0]
+        heir_ready = 0
         for _ in range(kills):
             holder, epoch = _until(lambda: _held(dsn).get(lease), 30, f"{lease} held")
+            direct = _lock_session_ids(dsn)
             victim = procs[holder]
             t0 = time.monotonic()
             victim.signal(signal.SIGKILL)
@@ -356,6 +369,8 @@ def bench_pooled(
 
             ev = _until(taken, 30, f"{lease} taken over", 0.01)
             takeovers.append(float(ev["mono"]) - t0)
+            taker = next(rid for rid, p in procs.items() if ev in p.events)
+            heir_ready += taker in direct  # the taker had its lock session before the kill
             victim.close()
             del procs[holder]
             spawn().ready(60)
@@ -378,6 +393,8 @@ def bench_pooled(
             "takeover_p50_s": percentile(takeovers, 50),
             "takeover_p99_s": percentile(takeovers, 99),
             "takeover_max_s": max(takeovers) if takeovers else None,
+            "takeovers_s": [round(t, 3) for t in takeovers],
+            "taker_had_lock_session": heir_ready,
         }
     finally:
         for p in procs.values():

@@ -71,6 +71,9 @@ log = logging.getLogger("leasectl.leases")
 #: A rebalance hand-over reserves the lease for its receiver this many placement steps (+1 s).
 _RESERVE_STEPS = 3
 
+#: The application_name of every standby's connection (no replica id: see _open_standby).
+STANDBY_APPLICATION_NAME = "leasectl-standby"
+
 #: The watch connection's lock_timeout: how long one server-side wait lasts before it is
 #: re-issued. It bounds what the wait can cost others (a snapshot held, a CREATE INDEX
 #: CONCURRENTLY kept waiting) and costs one statement per period: 0.5 statements/s.
@@ -844,7 +847,11 @@ class LeaseManager:
 
     def _open_standby(self) -> StandbySession:
         return StandbySession.connect(
-            self.dsn, self.settings.database, f"leasectl/{self.replica_id}/standby"
+            # One name for every standby: PgBouncer re-sends SET application_name whenever a
+            # client's differs from its server connection's, which doubled each poll's cost.
+            self.dsn,
+            self.settings.database,
+            STANDBY_APPLICATION_NAME,
         )
 
     def _look(self) -> StandbyView | None:

@@ -27,7 +27,7 @@ REPLICAS = 20
 LOCK_SESSIONS = """
 SELECT substr(application_name, 10) FROM pg_stat_activity
 WHERE datname = current_database() AND application_name LIKE 'leasectl/%'
-  AND application_name NOT LIKE '%/standby' AND application_name NOT LIKE '%/watch'
+  AND application_name NOT LIKE '%/watch'
 """
 
 
