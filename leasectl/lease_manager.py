@@ -216,7 +216,10 @@ class LeaseManager:
         for name in self.wanted:
             self.registry.register(name)
         self._replicas: list[placement.Replica] | None = None  # live, from the last heartbeat
-        self._view_gen = 0  # bumped whenever _replicas changes
+        self._view_gen = 0  # bumped whenever what placement ranks by changes in _replicas
+        self._view_sig: tuple[Any, ...] | None = None  # that part of the view, to compare
+        self._reason_key: tuple[Any, ...] | None = None  # _direct_reason's inputs, last time
+        self._reason: str | None = None
         self._published: list[str] | None = None  # campaigns_for as last written
         self._plan: placement.Placement | None = None
         self._plan_key: tuple[int, tuple[str, ...]] | None = None
@@ -958,17 +961,26 @@ class LeaseManager:
                     return f"a rebalance hands it {name}"
             free_for = {n: now - t for n, t in self._state.free_since.items()}
         candidacy = self._candidacy()
+        holders = dict(self._holders)
+        # The same view, candidacy and holders give the same answer: a standby asks once a
+        # second and its view rarely changes. A free lease's answer depends on time: not cached.
+        key = (self._view_gen, tuple(candidacy), tuple(sorted(holders.items(), key=str)))
+        if key == self._reason_key and not free_for:
+            return self._reason
         view = placement.self_view(
             self.replica_id, candidacy, self.preferred_for, self._replicas or []
         )
-        return placement.direct_reason(
+        reason = placement.direct_reason(
             self.replica_id,
             candidacy,
             view,
-            dict(self._holders),
+            holders,
             free_for,
             self.settings.leases.placement_step,
+            base=self._placement(),
         )
+        self._reason_key, self._reason = key, reason
+        return reason
 
     def _idle_for(self, now: float) -> float:
         """How long this direct replica has been needed by nothing (0 while it is needed)."""
@@ -998,8 +1010,16 @@ class LeaseManager:
     def _set_view(self, replicas: list[placement.Replica]) -> None:
         """A new view of the live replicas (a heartbeat, or a peer gone): re-aim the watch."""
         self._replicas = replicas
-        self._view_hash = ""  # a standby poll then sends the whole view again
-        self._view_gen += 1
+        # Only what placement ranks by counts as a change: every heartbeat brings fresh
+        # live_for values, and rebuilding placement over hundreds of replicas each second
+        # (and again for every heir question) is what made a heir slow to act under load.
+        sig = tuple(
+            sorted((r.id, r.campaigns_for, r.preferred_for, r.wedged, r.labels) for r in replicas)
+        )
+        if sig != self._view_sig:
+            self._view_sig = sig
+            self._view_hash = ""  # a standby poll then sends the whole view again
+            self._view_gen += 1
         self._set_watch_target(self.watch_target())
 
     def watch_target(self) -> str | None:
@@ -1129,6 +1149,7 @@ class LeaseManager:
             return
         ls = self.settings.leases
         plan = self._placement()
+        live_for = {r.id: r.live_for for r in self._replicas}  # fresher than the cached plan's
         now = self.clock()
         with self._lock:
             held = list(self._state.held)
@@ -1136,7 +1157,9 @@ class LeaseManager:
         for name in held:
             target = None
             if now - acquired.get(name, now) >= ls.rebalance_cooldown:
-                target = plan.rebalance_target(name, self.replica_id, settle=ls.rebalance_after)
+                target = plan.rebalance_target(
+                    name, self.replica_id, settle=ls.rebalance_after, live_for=live_for
+                )
             with self._lock:
                 before = self._state.handing_over.get(name)
                 if target is None:

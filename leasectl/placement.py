@@ -191,18 +191,27 @@ class Placement:
             r = len(self._hrw.get(lease, []))
         return r * step
 
-    def rebalance_target(self, lease: str, holder: str, *, settle: float) -> str | None:
+    def rebalance_target(
+        self,
+        lease: str,
+        holder: str,
+        *,
+        settle: float,
+        live_for: Mapping[str, float] | None = None,
+    ) -> str | None:
         """The replica the holder should hand ``lease`` over to now, or None to keep it.
 
         Only the chosen replica, and only once it has been live for ``settle`` seconds: a
         better replica still settling makes the holder wait rather than hand the lease to an
         intermediate one, so a lease moves once per rebalance. None when the holder is the
-        choice, or nobody is.
+        choice, or nobody is. ``live_for``: fresher values than this view's, by replica id
+        (a caller that keeps one Placement while only the replicas' ages change).
         """
         chosen = self.assignment.get(lease)
         if chosen is None or chosen == holder:
             return None
-        return chosen if self._by_id[chosen].live_for >= settle else None
+        age = live_for.get(chosen, 0.0) if live_for is not None else self._by_id[chosen].live_for
+        return chosen if age >= settle else None
 
 
 def direct_reason(
@@ -212,6 +221,8 @@ def direct_reason(
     holders: Mapping[str, str | None],
     free_for: Mapping[str, float],
     step: float,
+    *,
+    base: Placement | None = None,
 ) -> str | None:
     """Why ``replica_id`` needs a lock session of its own now, or None (``leases.standby:
     pooled``: without one it watches through the pooler).
@@ -222,15 +233,16 @@ def direct_reason(
     and when a lease has been free long enough for its rank to try it (the better-ranked
     replicas did not take it). ``holders``: each lease's holder (None: free);
     ``free_for``: seconds each free lease has been seen free; ``replicas``: the live view,
-    this replica included. So the lock sessions number the holders plus one heir per lease,
-    whatever the number of replicas.
+    this replica included; ``base``: a Placement of that same view, if the caller has one.
+    So the lock sessions number the holders plus one heir per lease, whatever the number of
+    replicas.
     """
     leases = [n for n in leases]
     everything = {n for r in replicas for n in r.campaigns_for if r.candidate_for(n)}
     me = next((r for r in replicas if r.id == replica_id), None)
     if me is None:
         return None
-    plans: dict[str | None, Placement] = {}
+    plans: dict[str | None, Placement] = {} if base is None else {None: base}
 
     def plan(without: str | None = None) -> Placement:
         if without not in plans:

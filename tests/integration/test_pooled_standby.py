@@ -55,11 +55,24 @@ def holders(conn: psycopg.Connection[Any]) -> dict[str, list[str]]:
 
 
 def all_held(conn: psycopg.Connection[Any], alive: dict[str, ReplicaProcess]) -> dict[str, str]:
-    """{lease: holder} once every lease has exactly one holder among the live replicas."""
+    """{lease: holder} once every lease has exactly one holder among the live replicas, and
+    that holder has reported acquiring the lease at its current epoch (so a kill lands on a
+    holder that has finished taking over, never between its lock and its epoch bump)."""
     now = holders(conn)
-    if all(len(h) == 1 and h[0] in alive for h in now.values()):
-        return {n: h[0] for n, h in now.items()}
-    return {}
+    if not all(len(h) == 1 and h[0] in alive for h in now.values()):
+        return {}
+    epochs = dict(
+        conn.execute(
+            "SELECT name, epoch FROM leasectl_leases WHERE name = ANY(%s)", (LEASES,)
+        ).fetchall()
+    )
+    for name, (holder,) in now.items():
+        if not any(
+            e["ev"] == "acquired" and e.get("lease") == name and e.get("epoch") == epochs.get(name)
+            for e in list(alive[holder].events)
+        ):
+            return {}
+    return {n: h[0] for n, h in now.items()}
 
 
 def lock_sessions(conn: psycopg.Connection[Any]) -> set[str]:
