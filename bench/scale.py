@@ -273,6 +273,20 @@ def _held(dsn: str) -> dict[str, tuple[str, int]]:
     return out
 
 
+def _heir(dsn: str, lease: str, holder: str) -> str | None:
+    """The replica placement would choose for ``lease`` were ``holder`` gone, as the database
+    shows the live replicas now."""
+    from leasectl.placement import Placement, Replica
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT json_build_array(id, campaigns_for, preferred_for, wedged, live_for, labels)"
+            " FROM leasectl_live_replicas('', 5.0)"
+        ).fetchall()
+    view = [Replica.from_row(r[0]) for r in rows]
+    return Placement([r for r in view if r.id != holder]).choose(lease)
+
+
 def _lock_session_ids(dsn: str) -> set[str]:
     """The replicas with a lock session now (application_name ``leasectl/<id>``)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -351,9 +365,11 @@ def bench_pooled(
         takeovers: list[float] = []
         lease = POOLED_LEASES[0]
         heir_ready = 0
+        heir_took = 0
         for _ in range(kills):
             holder, epoch = _until(lambda: _held(dsn).get(lease), 30, f"{lease} held")
             direct = _lock_session_ids(dsn)
+            heir = _heir(dsn, lease, holder)
             victim = procs[holder]
             t0 = time.monotonic()
             victim.signal(signal.SIGKILL)
@@ -371,6 +387,7 @@ def bench_pooled(
             takeovers.append(float(ev["mono"]) - t0)
             taker = next(rid for rid, p in procs.items() if ev in p.events)
             heir_ready += taker in direct  # the taker had its lock session before the kill
+            heir_took += taker == heir
             victim.close()
             del procs[holder]
             spawn().ready(60)
@@ -395,6 +412,7 @@ def bench_pooled(
             "takeover_max_s": max(takeovers) if takeovers else None,
             "takeovers_s": [round(t, 3) for t in takeovers],
             "taker_had_lock_session": heir_ready,
+            "taker_was_the_heir": heir_took,
         }
     finally:
         for p in procs.values():
