@@ -388,6 +388,10 @@ def bench_pooled(
             taker = next(rid for rid, p in procs.items() if ev in p.events)
             heir_ready += taker in direct  # the taker had its lock session before the kill
             heir_took += taker == heir
+            if os.environ.get("REPLICA_PROC_LOG") and takeovers[-1] > 1.0:
+                print(f"slow takeover {takeovers[-1]:.3f}s by {taker}, t0={t0:.3f}", flush=True)
+                for line in procs[taker].stderr_lines[-40:]:
+                    print("   ", line, flush=True)
             victim.close()
             del procs[holder]
             spawn().ready(60)

@@ -67,6 +67,12 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--standby", default="direct", choices=("direct", "pooled"))
     p.add_argument("--work-dsn", default="", help="database.dsn (a pooler); --dsn: the lock DSN")
     args = p.parse_args(argv)
+    if os.environ.get("REPLICA_PROC_LOG"):  # diagnostics: the manager's log lines on stderr
+        import logging
+
+        logging.basicConfig(
+            level=os.environ["REPLICA_PROC_LOG"], format="%(created).3f %(name)s %(message)s"
+        )
 
     settings = CoreSettings(
         database=DatabaseSettings(dsn=args.dsn),
