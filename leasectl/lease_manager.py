@@ -60,7 +60,7 @@ from leasectl.errors import (
     RowLockTimeout,
     SafetyInequalityViolated,
 )
-from leasectl.keys import KeyRegistry, namespace_for
+from leasectl.keys import KeyRegistry
 from leasectl.leases import Clock, Lease, LeaseEvent
 from leasectl.locks import LeaseSession, LockSession, WatchSession, notify_control
 from leasectl.settings import CoreSettings
@@ -871,9 +871,7 @@ class LeaseManager:
             labels=self.labels,
             campaigns_for=candidacy,
             preferred_for=self.preferred_for,
-            namespace=namespace_for(self.settings.leases.namespace),
             names=self.wanted,
-            keys=[self.registry.key(n) for n in self.wanted],
             live_s=self.settings.leases.lease_ttl,
             seen=self._view_hash,
         )

@@ -72,9 +72,7 @@ class StandbySession:
         labels: Sequence[str],
         campaigns_for: Sequence[str],
         preferred_for: Sequence[str],
-        namespace: int,
         names: Sequence[str],
-        keys: Sequence[int],
         live_s: float,
         seen: str = "",
     ) -> StandbyView | None:
@@ -93,9 +91,7 @@ class StandbySession:
             "labels": list(labels),
             "campaigns_for": list(campaigns_for),
             "preferred_for": list(preferred_for),
-            "ns": namespace,
             "names": list(names),
-            "keys": list(keys),
             "live_s": live_s,
             "seen": seen,
         }

@@ -51,13 +51,13 @@ $$;
 -- standby decides by: the live replicas placement ranks, sent only when they changed since the
 -- fingerprint the caller saw last (which live ids, and the latest placement_at: live_for, which
 -- only holders use, is left out), and
--- per lease the replica its row names and whether any session holds its lock now. connected_at
+-- per lease the replica its row names and whether that holder's lock session still holds it. connected_at
 -- restarts when the row stops being a standby of this process, so rebalance_after counts from
 -- the moment the replica is reachable in its current role.
 CREATE FUNCTION leasectl_standby_poll(
     p_id text, p_host text, p_pid integer, p_version text, p_may_lead boolean,
     p_loops text[], p_labels text[], p_campaigns_for text[], p_preferred_for text[],
-    p_ns integer, p_names text[], p_keys integer[], p_live_s double precision, p_seen text)
+    p_names text[], p_live_s double precision, p_seen text)
 RETURNS TABLE (registered boolean, view_hash text, replicas json, leases json)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -98,15 +98,17 @@ BEGIN
         INTO replicas
         FROM leasectl_live_replicas(p_id, p_live_s) v;
     END IF;
-    SELECT coalesce(json_agg(json_build_array(w.name, l.holder, h.pid IS NOT NULL)), '[]'::json)
+    -- Held: the row names a lock session that has not released the lease and still exists.
+    -- Not pg_locks: reading it takes every lock-manager partition lock, and hundreds of polls
+    -- a second would stall the try-locks of the very heirs this decides about. Between a new
+    -- holder's try-lock and its epoch bump the lease may read as free for a moment: that only
+    -- makes a standby look again (or connect) sooner; nobody is let in by it.
+    SELECT coalesce(json_agg(json_build_array(w.name, l.holder, EXISTS (
+               SELECT 1 FROM pg_stat_activity a
+               WHERE a.pid = l.holder_backend_pid AND l.released_at IS NULL))), '[]'::json)
     INTO leases
-    FROM unnest(p_names, p_keys) AS w(name, key)
-    LEFT JOIN leasectl_leases l ON l.name = w.name
-    LEFT JOIN pg_locks h
-           ON h.locktype = 'advisory' AND h.granted AND h.objsubid = 2
-          AND h.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND h.classid = (p_ns::bigint & 4294967295)::oid
-          AND h.objid = (w.key::bigint & 4294967295)::oid;
+    FROM unnest(p_names) AS w(name)
+    LEFT JOIN leasectl_leases l ON l.name = w.name;
     RETURN NEXT;
 END
 $$;

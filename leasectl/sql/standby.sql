@@ -7,8 +7,8 @@
 -- function so that its plan is cached on the pooler's server connection.
 SELECT registered, view_hash, replicas, leases
 FROM leasectl_standby_poll(%(id)s, %(host)s, %(pid)s, %(version)s, %(may_lead)s, %(loops)s,
-                           %(labels)s, %(campaigns_for)s, %(preferred_for)s, %(ns)s,
-                           %(names)s, %(keys)s, %(live_s)s, %(seen)s)
+                           %(labels)s, %(campaigns_for)s, %(preferred_for)s, %(names)s,
+                           %(live_s)s, %(seen)s)
 
 -- name: replica_row
 -- Who holds a replica id (the error message when a live replica already uses it).

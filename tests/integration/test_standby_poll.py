@@ -7,7 +7,6 @@ from typing import Any
 
 import psycopg
 
-from leasectl.keys import int4_hash, namespace_for
 from leasectl.locks import LockSession
 from leasectl.settings import DatabaseSettings
 from leasectl.standby import StandbySession, StandbyView
@@ -25,9 +24,7 @@ def poll(s: StandbySession, rid: str, seen: str = "", **kw: Any) -> StandbyView 
         labels=[],
         campaigns_for=LEASES,
         preferred_for=[],
-        namespace=namespace_for("leasectl"),
         names=LEASES,
-        keys=[int4_hash(n) for n in LEASES],
         live_s=5.0,
     )
     args.update(kw)
@@ -76,11 +73,17 @@ def test_the_poll_reports_who_holds_each_lease(dsn: str) -> None:
     lock = LockSession.connect(dsn, db, "leasectl/holder")
     try:
         assert lock.try_acquire(["sp-a"]) == {"sp-a"}
-        lock.bump_epoch(["sp-a"], "holder", "test")
+        [(_, epoch)] = lock.bump_epoch(["sp-a"], "holder", "test")
         seen = poll(s, "w")
         assert seen is not None
         assert seen.holders == {"sp-a": "holder", "sp-b": None}
-        lock.release(["sp-a"])
+        lock.hand_over(["sp-a"], [epoch], "holder", "test")  # the graceful release
+        assert poll(s, "w", seen.view_hash).holders == {"sp-a": None, "sp-b": None}  # type: ignore[union-attr]
+        # A holder whose lock session ends (a crash) reads as free too.
+        assert lock.try_acquire(["sp-a"]) == {"sp-a"}
+        lock.bump_epoch(["sp-a"], "holder", "test")
+        assert poll(s, "w", seen.view_hash).holders["sp-a"] == "holder"  # type: ignore[union-attr]
+        lock.close()
         after = poll(s, "w", seen.view_hash)
         assert after is not None and after.holders == {"sp-a": None, "sp-b": None}
     finally:
