@@ -742,6 +742,14 @@ class LeaseManager:
             self._holders[r.name] = (
                 self.replica_id if r.got else None if r.holder_pid is None else r.row_holder or "?"
             )
+            if r.holder_pid is None and not r.got and log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "lease %s seen free (holder %s, gone=%s)",
+                    r.name,
+                    r.row_holder,
+                    r.holder_gone,
+                    extra={"action": "lease_free", "replica": self.replica_id},
+                )
             if r.holder_gone and r.row_holder and not r.got:
                 # Free, never released, and its holder's lock session is gone: it crashed. Drop
                 # it from the view now (as a watcher's replica_gone would): the lease's next
