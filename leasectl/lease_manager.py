@@ -450,17 +450,7 @@ class LeaseManager:
             session.listen()
             session.listen_control()
             candidacy = self._candidacy()
-            session.register_replica(
-                self.replica_id,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                version=__version__,
-                may_lead=self.may_lead,
-                loops=self.loops,
-                labels=self.labels,
-                campaigns_for=candidacy,
-                preferred_for=self.preferred_for,
-            )
+            session.register_replica(self.replica_id, **self._identity(candidacy))
             self._published = candidacy
             self._holds_liveness = False
             if self._watched:
@@ -780,6 +770,20 @@ class LeaseManager:
 
     # -- placement ------------------------------------------------------------------------
 
+    def _identity(self, candidacy: list[str]) -> dict[str, Any]:
+        """What this replica publishes in its row, as its lock session registers it and as a
+        standby's poll stamps it: the same fields both ways."""
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "may_lead": self.may_lead,
+            "loops": self.loops,
+            "labels": self.labels,
+            "campaigns_for": candidacy,
+            "preferred_for": self.preferred_for,
+        }
+
     def _candidacy(self) -> list[str]:
         """The leases this replica campaigns for now (published as ``campaigns_for``)."""
         if not self.may_lead:
@@ -871,14 +875,7 @@ class LeaseManager:
         candidacy = self._candidacy()
         found = self._standby.poll(
             self.replica_id,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            version=__version__,
-            may_lead=self.may_lead,
-            loops=self.loops,
-            labels=self.labels,
-            campaigns_for=candidacy,
-            preferred_for=self.preferred_for,
+            **self._identity(candidacy),
             names=self.wanted,
             live_s=self.settings.leases.lease_ttl,
             seen=self._view_hash,
