@@ -87,8 +87,8 @@ def test_campaign_and_holders_see_only_this_databases_holder(dsn: str, second_ds
             rows = probe.campaign(["x"])
             a_pid = a._session.backend_pid if a._session else None
         assert len(rows) == 1, rows
-        name, got, _age, holder_pid, row_pid, holder = rows[0]
-        assert (name, got, holder) == ("x", False, "C-db2")
+        name, got, _age, holder_pid, row_pid, holder, holder_gone = rows[0]
+        assert (name, got, holder, holder_gone) == ("x", False, "C-db2", False)
         assert holder_pid == row_pid == c_pid != a_pid
     finally:
         for m in managers:
