@@ -71,6 +71,9 @@ log = logging.getLogger("leasectl.leases")
 #: A rebalance hand-over reserves the lease for its receiver this many placement steps (+1 s).
 _RESERVE_STEPS = 3
 
+#: A standby far from the top of every lease's order takes a changed live view this often.
+_VIEW_REFRESH = 10.0
+
 #: The application_name of every standby's connection (no replica id: see _open_standby).
 STANDBY_APPLICATION_NAME = "leasectl-standby"
 
@@ -237,6 +240,8 @@ class LeaseManager:
         self._want_direct = False  # the standby phase found a reason for a lock session
         self._holders: dict[str, str | None] = {}  # lease -> holder (None: free), last seen
         self._view_hash = ""  # the live view's fingerprint as the last standby poll saw it
+        self._view_at = 0.0  # when a standby poll last brought the whole view
+        self._margin: tuple[int, int] | None = None  # (view_gen, how far from every top)
         self._idle_since: float | None = None  # direct but needed by nothing, since
         self._exit_listeners: list[Callable[[], None]] = []
         self._state = _State()
@@ -879,14 +884,17 @@ class LeaseManager:
             names=self.wanted,
             live_s=self.settings.leases.lease_ttl,
             seen=self._view_hash,
+            want_view=self._want_view(candidacy),
         )
         if found is None:
             return None
         self._published = candidacy
+        now = self.clock()
         if found.replicas is not None:
             self._set_view(found.replicas)
-        self._view_hash = found.view_hash
-        now = self.clock()
+            self._view_hash, self._view_at = found.view_hash, now
+        # else: unchanged, or changed but skipped: keep the old fingerprint, so the next poll
+        # that wants the view gets it
         for name, holder in found.holders.items():
             self._holders[name] = holder
             if holder is None:
@@ -895,6 +903,32 @@ class LeaseManager:
                 self._state.free_since.pop(name, None)
         self.last_heartbeat_ok = self.clock()
         return found
+
+    def _want_view(self, candidacy: list[str]) -> bool:
+        """Whether this standby's poll should bring a changed live view now.
+
+        Every membership change changes the view, and with hundreds of standbys re-reading
+        hundreds of rows at once that is seconds of server and client CPU, at the moment a
+        heir needs the server. A standby at least ``M + 3`` places from the top of every
+        lease's HRW order (M leases) cannot become a choice or a heir through one or two
+        replicas leaving, so it takes a changed view only every ``_VIEW_REFRESH`` seconds;
+        one near the top, or any standby while a lease is free, takes it at once.
+        """
+        if self._replicas is None or not self._view_hash:
+            return True
+        if any(h is None for h in self._holders.values()):
+            return True
+        if self.clock() - self._view_at >= _VIEW_REFRESH:
+            return True
+        if self._margin is None or self._margin[0] != self._view_gen:
+            view = placement.self_view(
+                self.replica_id, candidacy, self.preferred_for, self._replicas
+            )
+            positions = [placement.hrw_position(n, self.replica_id, view) for n in candidacy]
+            known = [p for p in positions if p is not None]
+            self._margin = (self._view_gen, min(known) if known else 1 << 30)
+        leases = {n for r in self._replicas for n in r.campaigns_for} | set(candidacy)
+        return self._margin[1] <= len(leases) + 2
 
     def _standby_phase(self) -> None:
         """Poll through the work DSN every heartbeat_interval until this replica needs a lock

@@ -271,6 +271,16 @@ def direct_reason(
     return None
 
 
+def hrw_position(lease: str, replica_id: str, replicas: Sequence[Replica]) -> int | None:
+    """How many candidates of ``lease`` rank before ``replica_id`` in plain HRW order (None:
+    not a candidate). Bounded load puts a lease's choice among the first M of this order, and
+    one replica leaving moves everyone up by one at most."""
+    me = next((r for r in replicas if r.id == replica_id), None)
+    if me is None or not me.candidate_for(lease):
+        return None
+    return _hrw_position(lease, me, replicas)
+
+
 def _hrw_position(lease: str, me: Replica, replicas: Iterable[Replica]) -> int:
     """How many candidates of ``lease`` rank before ``me`` in plain HRW order (no sort)."""
     key = (lease not in me.preferred_for, -score(lease, me.id), me.id)

@@ -75,11 +75,13 @@ class StandbySession:
         names: Sequence[str],
         live_s: float,
         seen: str = "",
+        want_view: bool = True,
     ) -> StandbyView | None:
         """Stamp the row and read the cluster; None: the id belongs to another live replica.
 
         ``seen``: the ``view_hash`` of the last answer; the live replicas are sent again only
-        when they changed (300 rows of JSON a second per standby would be most of its cost).
+        when they changed (300 rows of JSON a second per standby would be most of its cost),
+        and only if ``want_view``: a standby far down every lease's order skips a change.
         """
         params = {
             "id": replica,
@@ -94,6 +96,7 @@ class StandbySession:
             "names": list(names),
             "live_s": live_s,
             "seen": seen,
+            "want": want_view,
         }
         try:
             row = self.conn.execute(Q["poll"], params).fetchone()

@@ -57,7 +57,7 @@ $$;
 CREATE FUNCTION leasectl_standby_poll(
     p_id text, p_host text, p_pid integer, p_version text, p_may_lead boolean,
     p_loops text[], p_labels text[], p_campaigns_for text[], p_preferred_for text[],
-    p_names text[], p_live_s double precision, p_seen text)
+    p_names text[], p_live_s double precision, p_seen text, p_want boolean)
 RETURNS TABLE (registered boolean, view_hash text, replicas json, leases json)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -92,7 +92,7 @@ BEGIN
     SELECT concat_ws(':', count(*), sum(hashtext(v.id)::bigint), max(v.placement_at))
     INTO view_hash
     FROM leasectl_live_replicas(p_id, p_live_s) v;
-    IF view_hash IS DISTINCT FROM p_seen THEN
+    IF p_want AND view_hash IS DISTINCT FROM p_seen THEN
         SELECT coalesce(json_agg(json_build_array(v.id, v.campaigns_for, v.preferred_for,
                                                   v.wedged, v.live_for, v.labels)), '[]'::json)
         INTO replicas

@@ -8,7 +8,7 @@
 SELECT registered, view_hash, replicas, leases
 FROM leasectl_standby_poll(%(id)s, %(host)s, %(pid)s, %(version)s, %(may_lead)s, %(loops)s,
                            %(labels)s, %(campaigns_for)s, %(preferred_for)s, %(names)s,
-                           %(live_s)s, %(seen)s)
+                           %(live_s)s, %(seen)s, %(want)s)
 
 -- name: replica_row
 -- Who holds a replica id (the error message when a live replica already uses it).
