@@ -155,6 +155,9 @@ def test_cic_beside_a_waiting_watcher_finishes_and_the_watcher_keeps_waiting(
         # Started while the watcher's statement (and snapshot) is running: CIC must wait for
         # that transaction to end. Raises on a deadlock; returns only once it is done.
         cic.execute("CREATE INDEX CONCURRENTLY cic_t_v ON cic_t (v)")
+        # The watcher's statement ended before CIC could finish; its thread records that a
+        # moment later (it may not have run yet when CIC returns).
+        wait_until(lambda: watcher.results[before:], timeout=10, what="the watcher's wait ended")
         reissued = watcher.results[before:]
         valid = cic.execute(
             "SELECT indisvalid FROM pg_index WHERE indexrelid = 'cic_t_v'::regclass"
