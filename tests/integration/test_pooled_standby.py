@@ -49,7 +49,7 @@ def bouncer(fence_dsn: str) -> Iterator[pooler.PgBouncer]:
 
 def holders(conn: psycopg.Connection[Any]) -> dict[str, list[str]]:
     return {
-        n: [app.removeprefix("leasectl/") for app in apps]
+        n: [(app or "?").removeprefix("leasectl/") for app in apps]
         for n, apps in lock_holders(conn, LEASES).items()
     }
 
