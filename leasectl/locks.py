@@ -212,6 +212,21 @@ class LeaseSession(Protocol):
     def close(self) -> None: ...
 
 
+def id_in_use(replica: str, row: Sequence[Any] | None) -> ConfigError:
+    """The error for a replica id a live process already uses; ``row``: leases.sql's
+    ``replica_row`` for it (None when it vanished meanwhile)."""
+    if row is None:
+        who = "another process"
+    else:
+        host, pid, age, backend_pid = row
+        session = f"lock session {backend_pid}" if backend_pid is not None else "standby"
+        who = f"host {host}, pid {pid}, {session}, last seen {age:.1f}s ago"
+    return ConfigError(
+        f"replica.id / --replica-id: {replica!r} is already used by a live replica ({who}); "
+        "give each replica its own id (or leave it empty for host-pid-random)"
+    )
+
+
 def translate_error(exc: psycopg.Error, what: str = "lock connection") -> LeasectlError:
     """The leasectl error for a psycopg error on ``what``; the one place this mapping lives.
 
@@ -530,17 +545,7 @@ class LockSession:
         while self._exec(L["register_replica"], params).fetchone() is None:
             if time.monotonic() >= deadline:
                 row = self._exec(L["replica_row"], {"id": replica}).fetchone()
-                who = (
-                    f"host {row[0]}, pid {row[1]}, lock session {row[3]}, last heartbeat "
-                    f"{row[2]:.1f}s ago"
-                    if row
-                    else "another process"
-                )
-                raise ConfigError(
-                    f"replica.id / --replica-id: {replica!r} is already used by a live replica "
-                    f"({who}); give each replica its own id (or leave it empty for "
-                    "host-pid-random)"
-                )
+                raise id_in_use(replica, row)
             time.sleep(0.2)
 
     def replica_candidacy(

@@ -237,7 +237,7 @@ def direct_reason(
     So the lock sessions number the holders plus one heir per lease, whatever the number of
     replicas.
     """
-    leases = [n for n in leases]
+    leases = list(leases)
     everything = {n for r in replicas for n in r.campaigns_for if r.candidate_for(n)}
     me = next((r for r in replicas if r.id == replica_id), None)
     if me is None:
@@ -255,7 +255,8 @@ def direct_reason(
             return f"holds {lease}"
         if not me.candidate_for(lease):
             continue
-        if holder is not None and _hrw_position(lease, me, replicas) > len(everything):
+        position = hrw_position(lease, replica_id, replicas) or 0
+        if holder is not None and position > len(everything):
             # Bounded load puts a lease's choice among the first M of its HRW order (at most
             # M - 1 replicas can be full before it), and a holder gone moves everyone up one:
             # further down, this replica is neither the choice nor the heir.
@@ -274,15 +275,10 @@ def direct_reason(
 def hrw_position(lease: str, replica_id: str, replicas: Sequence[Replica]) -> int | None:
     """How many candidates of ``lease`` rank before ``replica_id`` in plain HRW order (None:
     not a candidate). Bounded load puts a lease's choice among the first M of this order, and
-    one replica leaving moves everyone up by one at most."""
+    one replica leaving moves everyone up by one at most. Counted, not sorted."""
     me = next((r for r in replicas if r.id == replica_id), None)
     if me is None or not me.candidate_for(lease):
         return None
-    return _hrw_position(lease, me, replicas)
-
-
-def _hrw_position(lease: str, me: Replica, replicas: Iterable[Replica]) -> int:
-    """How many candidates of ``lease`` rank before ``me`` in plain HRW order (no sort)."""
     key = (lease not in me.preferred_for, -score(lease, me.id), me.id)
     return sum(
         1

@@ -28,12 +28,12 @@ from leasectl import sql
 from leasectl.db import connect_kwargs
 from leasectl.errors import ConfigError, DatabaseUnavailable
 from leasectl.keys import find_collision
-from leasectl.locks import translate_error
+from leasectl.locks import id_in_use, translate_error
 from leasectl.placement import Replica
 from leasectl.settings import DatabaseSettings
 
 Q = sql.load("standby")
-L = sql.load("leases")  # cluster_lease_names: the lock session's own key-collision query
+L = sql.load("leases")  # cluster_lease_names and replica_row: shared with the lock session
 
 
 class StandbyView(NamedTuple):
@@ -122,18 +122,10 @@ class StandbySession:
     def refused(self, replica: str) -> ConfigError:
         """The error for an id another live replica uses (after :meth:`poll` returned None)."""
         try:
-            row = self.conn.execute(Q["replica_row"], {"id": replica}).fetchone()
+            row = self.conn.execute(L["replica_row"], {"id": replica}).fetchone()
         except psycopg.Error:
             row = None
-        who = (
-            f"host {row[0]}, pid {row[1]}, last seen {row[2]:.1f}s ago"
-            if row
-            else "another process"
-        )
-        return ConfigError(
-            f"replica.id / --replica-id: {replica!r} is already used by a live replica ({who}); "
-            "give each replica its own id (or leave it empty for host-pid-random)"
-        )
+        return id_in_use(replica, row)
 
     def stopped(self, replica: str) -> None:
         """Mark this standby stopped (a graceful stop; it holds nothing to hand over)."""

@@ -10,11 +10,6 @@ FROM leasectl_standby_poll(%(id)s, %(host)s, %(pid)s, %(version)s, %(may_lead)s,
                            %(labels)s, %(campaigns_for)s, %(preferred_for)s, %(names)s,
                            %(live_s)s, %(seen)s, %(want)s)
 
--- name: replica_row
--- Who holds a replica id (the error message when a live replica already uses it).
-SELECT host, pid, extract(epoch FROM now() - last_seen)::float8 AS last_seen_age_s
-FROM leasectl_replicas WHERE id = %(id)s
-
 -- name: stopped
 -- A standby's graceful stop: it holds nothing, so there is nothing to hand over.
 UPDATE leasectl_replicas SET stopped_at = now(), last_seen = now() WHERE id = %(id)s AND standby
