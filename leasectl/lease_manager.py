@@ -71,7 +71,8 @@ log = logging.getLogger("leasectl.leases")
 #: A rebalance hand-over reserves the lease for its receiver this many placement steps (+1 s).
 _RESERVE_STEPS = 3
 
-#: A standby far from the top of every lease's order takes a changed live view this often.
+#: A standby far from the top of every lease's order asks for a changed live view about this
+#: often (each time 0.5 to 1.5 times it, at random: the standbys' asks stay spread out).
 _VIEW_REFRESH = 10.0
 
 #: The application_name of every standby's connection (no replica id: see _open_standby).
@@ -240,7 +241,7 @@ class LeaseManager:
         self._want_direct = False  # the standby phase found a reason for a lock session
         self._holders: dict[str, str | None] = {}  # lease -> holder (None: free), last seen
         self._view_hash = ""  # the live view's fingerprint as the last standby poll saw it
-        self._view_at = 0.0  # when a standby poll last brought the whole view
+        self._view_due = 0.0  # when a far standby next asks for a changed view
         self._margin: tuple[int, int] | None = None  # (view_gen, how far from every top)
         self._idle_since: float | None = None  # direct but needed by nothing, since
         self._exit_listeners: list[Callable[[], None]] = []
@@ -878,21 +879,25 @@ class LeaseManager:
         """One standby poll: stamp the row, refresh the view and each lease's holder."""
         assert self._standby is not None  # noqa: S101 - narrows a type for mypy; set by the caller
         candidacy = self._candidacy()
+        want = self._want_view(candidacy)
         found = self._standby.poll(
             self.replica_id,
             **self._identity(candidacy),
             names=self.wanted,
             live_s=self.settings.leases.lease_ttl,
             seen=self._view_hash,
-            want_view=self._want_view(candidacy),
+            want_view=want,
         )
         if found is None:
             return None
         self._published = candidacy
         now = self.clock()
+        if want:
+            jitter = random.uniform(0.5, 1.5)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+            self._view_due = now + _VIEW_REFRESH * jitter
         if found.replicas is not None:
             self._set_view(found.replicas)
-            self._view_hash, self._view_at = found.view_hash, now
+            self._view_hash = found.view_hash
         # else: unchanged, or changed but skipped: keep the old fingerprint, so the next poll
         # that wants the view gets it
         for name, holder in found.holders.items():
@@ -911,14 +916,20 @@ class LeaseManager:
         hundreds of rows at once that is seconds of server and client CPU, at the moment a
         heir needs the server. A standby at least ``M + 3`` places from the top of every
         lease's HRW order (M leases) cannot become a choice or a heir through one or two
-        replicas leaving, so it takes a changed view only every ``_VIEW_REFRESH`` seconds;
-        one near the top, or any standby while a lease is free, takes it at once.
+        replicas leaving, so it asks only when its own ``_view_due`` comes (about every
+        ``_VIEW_REFRESH`` seconds, each standby at its own moment: not all at the first change
+        after a quiet spell). One near the top takes a change at once; so does every standby
+        once a lease has stayed free for ``M + 2`` placement steps (the replicas ranked before
+        it did not take it).
         """
         if self._replicas is None or not self._view_hash:
             return True
-        if any(h is None for h in self._holders.values()):
+        now = self.clock()
+        if now >= self._view_due:
             return True
-        if self.clock() - self._view_at >= _VIEW_REFRESH:
+        leases = {n for r in self._replicas for n in r.campaigns_for} | set(candidacy)
+        long_free = (len(leases) + 2) * self.settings.leases.placement_step
+        if any(now - t >= long_free for t in list(self._state.free_since.values())):
             return True
         if self._margin is None or self._margin[0] != self._view_gen:
             view = placement.self_view(
@@ -927,7 +938,6 @@ class LeaseManager:
             positions = [placement.hrw_position(n, self.replica_id, view) for n in candidacy]
             known = [p for p in positions if p is not None]
             self._margin = (self._view_gen, min(known) if known else 1 << 30)
-        leases = {n for r in self._replicas for n in r.campaigns_for} | set(candidacy)
         return self._margin[1] <= len(leases) + 2
 
     def _standby_phase(self) -> None:

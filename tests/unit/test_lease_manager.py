@@ -34,7 +34,7 @@ from leasectl.locks import (
     gone_payload,
     translate_error,
 )
-from leasectl.placement import Replica
+from leasectl.placement import Replica, hrw_position, ranking
 from leasectl.settings import CoreSettings, LeaseSettings
 
 TTL, GRACE = 5.0, 2.0
@@ -1097,3 +1097,56 @@ def test_a_command_queued_before_the_wait_is_not_lost() -> None:
     m.step_down("x")  # queued before the loop runs: executed before any wait
     m._serve(s)
     assert "x" not in m.held() and ("released", "x", 1, "step_down") in db.events
+
+
+# -- pooled standby: when a standby asks for a changed live view -------------------------------
+
+POOLED = CoreSettings(leases=replace(SPREAD.leases, standby="pooled"))
+
+
+def standby_with_view(clock: FakeClock, n: int) -> tuple[LeaseManager, list[str]]:
+    """The standby (no session) farthest from the top of both leases' orders in a view of
+    ``n`` replicas that all campaign for SIX[:2], and the view's ids best-first for SIX[0]."""
+    view = [Replica(f"r{i}", frozenset(SIX[:2])) for i in range(n)]
+    far = max(view, key=lambda r: min(hrw_position(n, r.id, view) or 0 for n in SIX[:2]))
+    assert min(hrw_position(n, far.id, view) or 0 for n in SIX[:2]) > 10
+    order = [r.id for r in ranking(SIX[0], view)]
+    return LeaseManager(far.id, SIX[:2], POOLED, dsn="fake", clock=clock), order
+
+
+def seen(m: LeaseManager, ids: list[str], view_hash: str = "h1") -> None:
+    m._set_view([Replica(rid, frozenset(SIX[:2])) for rid in ids])
+    m._view_hash = view_hash
+
+
+def test_a_far_standby_asks_for_a_changed_view_only_when_its_own_turn_comes() -> None:
+    clock = FakeClock(100.0)
+    m, order = standby_with_view(clock, 40)
+    assert m._want_view(m._candidacy())  # no view yet: it must ask
+    seen(m, order)
+    m._view_due = clock.now + 10.0
+    # Far from the top of both leases' orders: one or two replicas leaving cannot make it a choice
+    # or a heir, so a change waits for its turn, however long the cluster was quiet before.
+    assert not m._want_view(m._candidacy())
+    clock.now += 9.9
+    assert not m._want_view(m._candidacy())
+    clock.now += 0.2
+    assert m._want_view(m._candidacy())
+
+
+def test_a_standby_near_the_top_or_a_long_free_lease_asks_at_once() -> None:
+    clock = FakeClock(100.0)
+    m, order = standby_with_view(clock, 40)
+    near = LeaseManager(order[2], SIX[:2], POOLED, dsn="fake", clock=clock)
+    for x in (m, near):
+        seen(x, order)
+        x._view_due = clock.now + 10.0
+    assert near._want_view(near._candidacy())  # third for SIX[0]: a heir after two leave
+    assert not m._want_view(m._candidacy())
+    # A lease seen free: only after (M + 2) placement steps (M = 2 leases here) did the
+    # replicas ranked before this one fail to take it; then every standby looks.
+    m._state.free_since[SIX[1]] = clock.now
+    clock.now += (2 + 2) * POOLED.leases.placement_step - 0.01
+    assert not m._want_view(m._candidacy())
+    clock.now += 0.02
+    assert m._want_view(m._candidacy())
