@@ -129,7 +129,7 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     "leases.heir_interval": (
         "pooled: how often a replica with a lock session campaigns (the heir of a lease finds a "
-        "crashed holder's lock free within this)"
+        "crashed holder's lock free within this, or sooner when a standby's poll sees the crash)"
     ),
     "leases.standby_after": (
         "pooled: a replica with a lock session that holds nothing and is nobody's heir for this "

@@ -62,7 +62,14 @@ from leasectl.errors import (
 )
 from leasectl.keys import KeyRegistry
 from leasectl.leases import Clock, Lease, LeaseEvent
-from leasectl.locks import LeaseSession, LockSession, WatchSession, notify_control
+from leasectl.locks import (
+    Drain,
+    LeaseSession,
+    LockSession,
+    WatchSession,
+    notify_control,
+    request_drain,
+)
 from leasectl.settings import CoreSettings
 from leasectl.standby import StandbySession, StandbyView
 
@@ -423,40 +430,20 @@ class LeaseManager:
         )
 
     def _connect(self) -> LeaseSession:
-        s = self.settings
         session = self._session_factory()
         try:
-            assert session.tcp is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
-            self.d_srv = session.tcp.d_srv
-            budget = s.leases.lease_ttl + s.leases.safety_margin
-            if self.d_srv is not None and budget > self.d_srv:
-                raise SafetyInequalityViolated(
-                    f"lease_ttl ({s.leases.lease_ttl}s) + safety_margin ({s.leases.safety_margin}s)"
-                    f" = {budget}s exceeds D_srv = {self.d_srv}s, the earliest time the server "
-                    f"may drop a silent holder (tcp_keepalives_idle={session.tcp.idle}, "
-                    f"interval={session.tcp.interval}, count={session.tcp.count}, "
-                    f"tcp_user_timeout={session.tcp.user_timeout_ms}ms as read back with SHOW). "
-                    "Lower lease_ttl or raise the keepalive/user-timeout settings."
-                )
-            if session.via_pooler:
-                log.warning(
-                    "the lock connection goes through a (session-mode) pooler: the TCP settings "
-                    "read back bound the pooler's link to PostgreSQL, not this replica's; make "
-                    "sure the pooler drops a silent client within D_srv (see docs/safety.md)",
-                    extra={"action": "safety_check", "replica": self.replica_id},
-                )
-            if self.d_srv is None:
-                log.info(
-                    "lock connection uses a Unix socket: no partition possible, D_srv check exempt",
-                    extra={"action": "safety_check", "replica": self.replica_id},
-                )
+            self._check_lock_session(session)
             collision = session.key_collision(self.wanted) if self.wanted else None
             if collision is not None:
                 raise KeyCollision(*collision)
             session.listen()
             session.listen_control()
             candidacy = self._candidacy()
-            session.register_replica(self.replica_id, **self._identity(candidacy))
+            drain = session.register_replica(self.replica_id, **self._identity(candidacy))
+            if drain is not None:
+                self._drain(drain)
+                candidacy = self._candidacy()
+                session.replica_candidacy(self.replica_id, candidacy, self.preferred_for)
             self._published = candidacy
             self._holds_liveness = False
             if self._watched:
@@ -466,6 +453,36 @@ class LeaseManager:
             raise
         self.connected.set()
         return session
+
+    def _check_lock_session(self, session: LeaseSession) -> None:
+        """The safety inequality on the lock session's TCP settings as read back, and a
+        warning when it goes through a session-mode pooler (a transaction-mode one is refused
+        when it connects)."""
+        s = self.settings
+        assert session.tcp is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
+        self.d_srv = session.tcp.d_srv
+        budget = s.leases.lease_ttl + s.leases.safety_margin
+        if self.d_srv is not None and budget > self.d_srv:
+            raise SafetyInequalityViolated(
+                f"lease_ttl ({s.leases.lease_ttl}s) + safety_margin ({s.leases.safety_margin}s)"
+                f" = {budget}s exceeds D_srv = {self.d_srv}s, the earliest time the server "
+                f"may drop a silent holder (tcp_keepalives_idle={session.tcp.idle}, "
+                f"interval={session.tcp.interval}, count={session.tcp.count}, "
+                f"tcp_user_timeout={session.tcp.user_timeout_ms}ms as read back with SHOW). "
+                "Lower lease_ttl or raise the keepalive/user-timeout settings."
+            )
+        if session.via_pooler:
+            log.warning(
+                "the lock connection goes through a (session-mode) pooler: the TCP settings "
+                "read back bound the pooler's link to PostgreSQL, not this replica's; make "
+                "sure the pooler drops a silent client within D_srv (see docs/safety.md)",
+                extra={"action": "safety_check", "replica": self.replica_id},
+            )
+        if self.d_srv is None:
+            log.info(
+                "lock connection uses a Unix socket: no partition possible, D_srv check exempt",
+                extra={"action": "safety_check", "replica": self.replica_id},
+            )
 
     # -- the thread -----------------------------------------------------------------------
 
@@ -625,7 +642,10 @@ class LeaseManager:
         """
         if not isinstance(gone, str) or gone == self.replica_id:
             return False
-        self._drop_from_view(gone)
+        if not self._drop_from_view(gone):
+            # Not (or no longer) in the view: already acted on. Pooled standbys repeat a
+            # crash at every poll until the lease is taken; one campaign is enough.
+            return False
         log.debug(
             "replica %s is gone; campaigning for its leases",
             gone,
@@ -840,9 +860,15 @@ class LeaseManager:
         return self.pooled and self._session is None
 
     def _standby_start(self) -> None:
-        """``start()`` in pooled mode: open the standby connection, check the lease keys
-        against the cluster's and take the replica row, so a misconfiguration fails the start
-        as it does in direct mode (the lock session's own checks run when it first opens)."""
+        """``start()`` in pooled mode: check the lock DSN once (a probe lock session, closed
+        at once), then open the standby connection, check the lease keys against the
+        cluster's and take the replica row: a misconfiguration fails the start as it does in
+        direct mode, not later, when the replica is first needed as a heir."""
+        probe = self._session_factory()
+        try:
+            self._check_lock_session(probe)
+        finally:
+            probe.close()
         if self.dsn == self.lock_dsn:
             log.warning(
                 "leases.standby: pooled, but database.dsn is also the lock DSN: a standby's "
@@ -900,6 +926,8 @@ class LeaseManager:
             self._view_hash = found.view_hash
         # else: unchanged, or changed but skipped: keep the old fingerprint, so the next poll
         # that wants the view gets it
+        if found.drain is not None:
+            self._drain(found.drain)
         for name, holder in found.holders.items():
             self._holders[name] = holder
             if holder is None:
@@ -908,6 +936,27 @@ class LeaseManager:
                 self._state.free_since.pop(name, None)
         self.last_heartbeat_ok = self.clock()
         return found
+
+    def _drain(self, drain: Drain) -> None:
+        """``step-down --replica`` <this one>, read from its row (by a standby's poll, or as
+        its lock session registers) some time after it was asked: stay away from every lease
+        for what is left of the cooldown (a lock session hears the request as a NOTIFY)."""
+        left = (drain.cooldown or self.settings.leases.step_down_cooldown) - drain.age_s
+        if left <= 0:
+            return
+        until = self.clock() + left
+        with self._lock:
+            before = max(self._state.cooldown_until.values(), default=0.0)
+            for name in self.wanted:
+                self._state.cooldown_until[name] = max(
+                    self._state.cooldown_until.get(name, 0.0), until
+                )
+        if until > before + 1.0:  # a new request, not the same one read again
+            log.info(
+                "step-down requested for this replica: staying away from every lease for %.0fs",
+                left,
+                extra={"action": "step_down", "replica": self.replica_id},
+            )
 
     def _want_view(self, candidacy: list[str]) -> bool:
         """Whether this standby's poll should bring a changed live view now.
@@ -1427,8 +1476,11 @@ def request_step_down(
     replica: str | None = None,
     cooldown: float | None = None,
 ) -> None:
-    """Ask the holder(s) to release a lease and stay away for ``cooldown`` seconds (NOTIFY)."""
+    """Ask the holder(s) to release a lease and stay away for ``cooldown`` seconds (NOTIFY;
+    for a whole replica also kept in its row, which a pooled standby reads at its next poll)."""
     payload = json.dumps(
         {"action": "step_down", "lease": lease, "replica": replica, "cooldown": cooldown}
     )
+    if replica and not lease:
+        request_drain(conn, replica, cooldown)
     notify_control(conn, payload)

@@ -85,6 +85,15 @@ def gone_payload(replica: str, why: str) -> str:
     return json.dumps({"action": "replica_gone", "replica": replica, "why": why})
 
 
+class Drain(NamedTuple):
+    """A ``step-down --replica`` kept in the replica's row (for one that had no lock session
+    to hear its NOTIFY): how long ago it was asked, and the cooldown asked (None: the
+    replica's own ``leases.step_down_cooldown``)."""
+
+    age_s: float
+    cooldown: float | None
+
+
 @dataclass(frozen=True)
 class Holder:
     """The backend holding a lock, from ``pg_locks`` joined with ``pg_stat_activity``."""
@@ -177,7 +186,7 @@ class LeaseSession(Protocol):
         labels: Sequence[str] = (),
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
-    ) -> None: ...
+    ) -> Drain | None: ...
     def replica_candidacy(
         self, replica: str, campaigns_for: Sequence[str], preferred_for: Sequence[str]
     ) -> None: ...
@@ -519,9 +528,10 @@ class LockSession:
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
         live_s: float = 5.0,
-    ) -> None:
+    ) -> Drain | None:
         """Announce this replica (and this lock session's backend pid) in ``leasectl_replicas``,
-        with what placement ranks it by (its labels and the leases it campaigns for).
+        with what placement ranks it by (its labels and the leases it campaigns for); returns
+        a ``step-down --replica`` asked of this process while it had no lock session.
 
         :raises ConfigError: the id belongs to another process that is live (its lock
             session exists and it heartbeated within ``live_s``, the default lease_ttl).
@@ -542,11 +552,13 @@ class LockSession:
         # partition, while it no longer heartbeats): retry until it is gone or silent for
         # live_s; a live duplicate keeps heartbeating and is refused.
         deadline = time.monotonic() + live_s + 1.0
-        while self._exec(L["register_replica"], params).fetchone() is None:
+        while (got := self._exec(L["register_replica"], params).fetchone()) is None:
             if time.monotonic() >= deadline:
                 row = self._exec(L["replica_row"], {"id": replica}).fetchone()
                 raise id_in_use(replica, row)
             time.sleep(0.2)
+        _, drain_age, drain_cooldown = got
+        return Drain(float(drain_age), drain_cooldown) if drain_age is not None else None
 
     def replica_candidacy(
         self, replica: str, campaigns_for: Sequence[str], preferred_for: Sequence[str]
@@ -724,6 +736,15 @@ def notify_control(conn: psycopg.Connection[Any], payload: str) -> None:
     """Send an operator command to every lock session (they LISTEN via ``listen_control``)."""
     try:
         conn.execute(L["notify_control"], {"payload": payload})
+    except psycopg.Error as exc:
+        raise translate_error(exc, "control channel") from exc
+
+
+def request_drain(conn: psycopg.Connection[Any], replica: str, cooldown: float | None) -> None:
+    """Keep a ``step-down --replica`` in the replica's row: a standby (``leases.standby:
+    pooled``) has no lock session to hear the NOTIFY, and reads it at its next poll."""
+    try:
+        conn.execute(L["drain_replica"], {"id": replica, "cooldown": cooldown})
     except psycopg.Error as exc:
         raise translate_error(exc, "control channel") from exc
 

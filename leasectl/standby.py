@@ -28,7 +28,7 @@ from leasectl import sql
 from leasectl.db import connect_kwargs
 from leasectl.errors import ConfigError, DatabaseUnavailable
 from leasectl.keys import find_collision
-from leasectl.locks import id_in_use, translate_error
+from leasectl.locks import Drain, id_in_use, translate_error
 from leasectl.placement import Replica
 from leasectl.settings import DatabaseSettings
 
@@ -42,6 +42,7 @@ class StandbyView(NamedTuple):
     replicas: list[Replica] | None  # live, as placement ranks them; None: as last time
     holders: dict[str, str | None]  # lease -> the replica its row names while locked; None: free
     view_hash: str  # fingerprint of ``replicas``: pass it to the next poll
+    drain: Drain | None = None  # a step-down --replica asked of this replica (None: not asked)
 
 
 class StandbySession:
@@ -105,11 +106,12 @@ class StandbySession:
         assert row is not None  # noqa: S101 - narrows a type for mypy; one row by construction
         if not row[0]:
             return None
-        _, view_hash, view, leases = row
+        _, view_hash, view, leases, drain_age, drain_cooldown = row
         replicas = [Replica.from_row(r) for r in view] if view is not None else None
         # a locked lease whose row names nobody yet (between lock and epoch bump): "?"
         holders = {str(n): (str(h or "?") if locked else None) for n, h, locked in leases}
-        return StandbyView(replicas, holders, str(view_hash))
+        drain = Drain(float(drain_age), drain_cooldown) if drain_age is not None else None
+        return StandbyView(replicas, holders, str(view_hash), drain)
 
     def key_collision(self, names: Sequence[str]) -> tuple[str, str, int] | None:
         """As :meth:`leasectl.locks.LockSession.key_collision`, checked before any lock session."""

@@ -6,7 +6,12 @@ ALTER TABLE leasectl_replicas
     ADD COLUMN standby boolean NOT NULL DEFAULT false,
     -- when what placement ranks a replica by last changed: a standby's poll fingerprints the
     -- live view by (count, ids, latest placement_at) instead of re-reading every row's arrays
-    ADD COLUMN placement_at timestamptz NOT NULL DEFAULT now();
+    ADD COLUMN placement_at timestamptz NOT NULL DEFAULT now(),
+    -- `leasectl step-down --replica <id>`: besides its NOTIFY (heard by lock sessions only),
+    -- the request is kept here for a standby, whose next poll reads it (cooldown NULL: the
+    -- replica's own leases.step_down_cooldown)
+    ADD COLUMN drain_requested_at timestamptz,
+    ADD COLUMN drain_cooldown double precision;
 
 CREATE FUNCTION leasectl_replicas_placement_at() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -58,10 +63,12 @@ CREATE FUNCTION leasectl_standby_poll(
     p_id text, p_host text, p_pid integer, p_version text, p_may_lead boolean,
     p_loops text[], p_labels text[], p_campaigns_for text[], p_preferred_for text[],
     p_names text[], p_live_s double precision, p_seen text, p_want boolean)
-RETURNS TABLE (registered boolean, view_hash text, replicas json, leases json)
+RETURNS TABLE (registered boolean, view_hash text, replicas json, leases json,
+               drain_age_s double precision, drain_cooldown double precision)
 LANGUAGE plpgsql AS $$
 DECLARE
     got text;
+    crashed text[];
 BEGIN
     INSERT INTO leasectl_replicas AS r
            (id, host, pid, version, may_lead, loops, started_at, last_seen, backend_pid,
@@ -78,7 +85,9 @@ BEGIN
                             THEN r.connected_at ELSE now() END,
         standby = true,
         started_at = CASE WHEN (r.host, r.pid) IS DISTINCT FROM (excluded.host, excluded.pid)
-                          THEN now() ELSE r.started_at END
+                          THEN now() ELSE r.started_at END,
+        drain_requested_at = CASE WHEN (r.host, r.pid) IS DISTINCT FROM (excluded.host, excluded.pid)
+                                  THEN NULL ELSE r.drain_requested_at END
     WHERE (r.host, r.pid) IS NOT DISTINCT FROM (excluded.host, excluded.pid)
        OR r.stopped_at IS NOT NULL
        OR r.last_seen < now() - make_interval(secs => p_live_s)
@@ -86,7 +95,8 @@ BEGIN
            SELECT 1 FROM pg_stat_activity a
            WHERE a.pid = r.backend_pid
              AND a.application_name = left('leasectl/' || r.id, 63))
-    RETURNING r.id INTO got;
+    RETURNING r.id, extract(epoch FROM now() - r.drain_requested_at)::float8, r.drain_cooldown
+    INTO got, drain_age_s, drain_cooldown;
     registered := got IS NOT NULL;
     -- who is live (count and ids) and the latest change of what placement ranks them by
     SELECT concat_ws(':', count(*), sum(hashtext(v.id)::bigint), max(v.placement_at))
@@ -103,12 +113,28 @@ BEGIN
     -- a second would stall the try-locks of the very heirs this decides about. Between a new
     -- holder's try-lock and its epoch bump the lease may read as free for a moment: that only
     -- makes a standby look again (or connect) sooner; nobody is let in by it.
-    SELECT coalesce(json_agg(json_build_array(w.name, l.holder, EXISTS (
-               SELECT 1 FROM pg_stat_activity a
-               WHERE a.pid = l.holder_backend_pid AND l.released_at IS NULL))), '[]'::json)
-    INTO leases
-    FROM unnest(p_names) AS w(name)
-    LEFT JOIN leasectl_leases l ON l.name = w.name;
+    WITH w AS (
+        SELECT w.name, l.holder,
+               l.released_at IS NULL AND EXISTS (
+                   SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.holder_backend_pid)
+                   AS locked,
+               l.released_at IS NULL AND l.renewed_at > now() - make_interval(secs => p_live_s)
+                   AS renewed
+        FROM unnest(p_names) AS w(name)
+        LEFT JOIN leasectl_leases l ON l.name = w.name)
+    SELECT coalesce(json_agg(json_build_array(w.name, w.holder, w.locked)), '[]'::json),
+           array_agg(DISTINCT w.holder) FILTER (WHERE w.renewed AND NOT w.locked)
+    INTO leases, crashed
+    FROM w;
+    -- A holder that renewed within live_s, never released, and whose lock session is gone
+    -- crashed. Say so on the control channel every lock session listens to (the heirs'
+    -- among them, as a watcher says it in direct mode): with hundreds of standbys polling,
+    -- one sees a crash within milliseconds, long before the heir's own next campaign. It
+    -- stops once the lease is taken (the row names the new holder) or after live_s.
+    PERFORM pg_notify('leasectl_control',
+                      json_build_object('action', 'replica_gone', 'replica', c,
+                                        'why', 'crash seen by a standby')::text)
+    FROM unnest(crashed) AS c;
     RETURN NEXT;
 END
 $$;

@@ -198,7 +198,8 @@ def explain(
             f"heir_interval x (1 + acquire_jitter) = {h_max:g}s (a lease whose heir died too: "
             f"+ the next standby poll, {poll:g}s, + one connect)",
             "leases.standby: pooled: the lease's heir keeps a lock session and finds the lock "
-            "free at its next campaign",
+            "free at its next campaign, or sooner: the first standby poll that sees the crash "
+            "tells it (about heartbeat_interval / number of standbys)",
         )
     faults = [
         crash,

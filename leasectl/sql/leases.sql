@@ -19,7 +19,11 @@ SET host = excluded.host, pid = excluded.pid, version = excluded.version,
     connected_at = now(), standby = false,
     started_at = CASE WHEN (leasectl_replicas.host, leasectl_replicas.pid)
                            IS DISTINCT FROM (excluded.host, excluded.pid)
-                      THEN now() ELSE leasectl_replicas.started_at END
+                      THEN now() ELSE leasectl_replicas.started_at END,
+    -- a drain (step-down --replica) was asked of the process that had this id, not this one
+    drain_requested_at = CASE WHEN (leasectl_replicas.host, leasectl_replicas.pid)
+                                   IS DISTINCT FROM (excluded.host, excluded.pid)
+                              THEN NULL ELSE leasectl_replicas.drain_requested_at END
 -- An id already live in another process is refused (no row returned): its lock session still
 -- exists (or it is a standby) and it heartbeated within live_s. The same process reconnecting,
 -- a stopped or crashed predecessor (its session gone, or silent for live_s) may take the row
@@ -32,7 +36,8 @@ WHERE (leasectl_replicas.host, leasectl_replicas.pid)
        SELECT 1 FROM pg_stat_activity a
        WHERE a.pid = leasectl_replicas.backend_pid AND a.pid <> pg_backend_pid()
          AND a.application_name = left('leasectl/' || leasectl_replicas.id, 63))
-RETURNING id
+-- and a step-down --replica asked of this process while it had no lock session to hear it
+RETURNING id, extract(epoch FROM now() - drain_requested_at)::float8, drain_cooldown
 
 -- name: replica_row
 -- Who holds a replica id (the error message when a live replica already uses it).
@@ -202,6 +207,12 @@ LISTEN leasectl_control
 
 -- name: notify_control
 SELECT pg_notify('leasectl_control', %(payload)s)
+
+-- name: drain_replica
+-- step-down --replica: kept in the row too, for a standby (no lock session hears the NOTIFY);
+-- its next poll reads it (leasectl_standby_poll). cooldown NULL: the replica's own default.
+UPDATE leasectl_replicas SET drain_requested_at = now(), drain_cooldown = %(cooldown)s
+WHERE id = %(id)s
 
 -- name: fence
 -- Lease.guard: leasectl_fence (migration 0007) takes the lease row FOR KEY SHARE inside the

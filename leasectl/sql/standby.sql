@@ -5,7 +5,7 @@
 -- name: poll
 -- One round trip per poll; the work is leasectl_standby_poll (migration 0012), a server-side
 -- function so that its plan is cached on the pooler's server connection.
-SELECT registered, view_hash, replicas, leases
+SELECT registered, view_hash, replicas, leases, drain_age_s, drain_cooldown
 FROM leasectl_standby_poll(%(id)s, %(host)s, %(pid)s, %(version)s, %(may_lead)s, %(loops)s,
                            %(labels)s, %(campaigns_for)s, %(preferred_for)s, %(names)s,
                            %(live_s)s, %(seen)s, %(want)s)

@@ -30,6 +30,37 @@ def test_transaction_pooler_is_refused_naming_lock_dsn(pgbouncer: dict[str, str]
         assert lock_holders(conn, ["a"]) == {"a": []}
 
 
+def test_a_pooled_standby_checks_its_lock_dsn_at_start_not_when_first_needed(
+    pgbouncer: dict[str, str], dsn: str
+) -> None:
+    """leases.standby: pooled opens its lock session only when placement needs it (maybe
+    hours later); a wrong lock DSN or an unsafe TCP budget must still fail the start."""
+    pooled = CoreSettings(leases=LeaseSettings(placement="spread", standby="pooled"))
+    via_txn = LeaseManager(
+        "t-pooled-txn",
+        ["a"],
+        pooled,
+        dsn=pgbouncer["transaction"],
+        lock_dsn=pgbouncer["transaction"],
+    )
+    with pytest.raises(UnsupportedTopology, match="transaction-mode pooler"):
+        via_txn.start()
+    unsafe = CoreSettings(
+        leases=LeaseSettings(placement="spread", standby="pooled", lease_ttl=8.0, safety_margin=2.0)
+    )
+    too_long = LeaseManager(
+        "t-pooled-ineq", ["a"], unsafe, dsn=pgbouncer["transaction"], lock_dsn=dsn
+    )
+    with pytest.raises(SafetyInequalityViolated, match="= 10.0s exceeds D_srv = 9.0s"):
+        too_long.start()
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT count(*) FROM leasectl_replicas WHERE id LIKE 't-pooled-%'"
+        ).fetchone()
+        assert rows == (0,)  # refused before it stamped any row
+        assert lock_holders(conn, ["a"]) == {"a": []}
+
+
 def test_session_pooler_is_accepted(pgbouncer: dict[str, str], dsn: str) -> None:
     with LockSession.connect(
         pgbouncer["session"], DatabaseSettings(), "leasectl/t-sess"

@@ -28,6 +28,7 @@ from leasectl.lease_manager import LeaseManager
 from leasectl.leases import LeaseEvent
 from leasectl.locks import (
     Contender,
+    Drain,
     Heartbeat,
     LeaseSession,
     TcpBound,
@@ -162,12 +163,13 @@ class FakeSession:
         labels: Sequence[str] = (),
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
-    ) -> None:
+    ) -> Drain | None:
         self._call("register_replica")
         self.db.replicas[replica] = (self.db.now, self.backend_pid)
         self.db.placement[replica] = ReplicaRow(
             list(campaigns_for) if may_lead else [], list(preferred_for), self.db.now, list(labels)
         )
+        return None
 
     def replica_candidacy(
         self, replica: str, campaigns_for: Sequence[str], preferred_for: Sequence[str]
@@ -991,6 +993,21 @@ def test_a_crashed_holder_reported_gone_is_taken_by_its_next_candidate_without_a
     for name, heir in heirs.items():
         assert name in members[heir][0].held()
     assert "c" not in {r.id for r in members["a"][0].replicas() or []}
+
+
+def test_a_crash_said_again_and_again_campaigns_once() -> None:
+    """Pooled standbys say a holder's crash at every poll until its lease is taken: the
+    first word drops it from the view and campaigns, the repeats change nothing."""
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    members = cluster(db, clock, ["a", "b", "c"])
+    beat(*members.values())
+    a, sa, _ = members["a"]
+    db.terminate(members["c"][1].backend_pid)
+    said = gone_payload("c", "crash seen by a standby")
+    assert a._on_notify(sa, said)  # campaign now
+    assert "c" not in {r.id for r in a.replicas() or []}
+    assert not a._on_notify(sa, said)
+    assert not a._on_notify(sa, gone_payload("nobody-we-know", "crash seen by a standby"))
 
 
 def test_a_lower_ranked_replica_keeps_its_placement_delay_after_a_gone() -> None:
