@@ -55,7 +55,11 @@ def cmd_step_down(args: argparse.Namespace) -> int:
             wait=args.wait,
         )
     if not moves:
-        print(f"replica {args.replica} holds no lease; step-down sent anyway", file=sys.stderr)
+        print(
+            f"replica {args.replica} holds no lease: nothing moved (it is still asked to stay "
+            "away from every lease for the cooldown)",
+            file=sys.stderr,
+        )
         return exit_codes.CHECK_FAILED
     code = exit_codes.OK
     for name, (before, after) in sorted(moves.items()):
