@@ -251,6 +251,7 @@ class LeaseManager:
         self._view_due = 0.0  # when a far standby next asks for a changed view
         self._margin: tuple[int, int] | None = None  # (view_gen, how far from every top)
         self._idle_since: float | None = None  # direct but needed by nothing, since
+        self._gone_said: dict[str, float] = {}  # replica -> when its replica_gone was acted on
         self._exit_listeners: list[Callable[[], None]] = []
         self._state = _State()
         self._lock = threading.RLock()
@@ -642,10 +643,14 @@ class LeaseManager:
         """
         if not isinstance(gone, str) or gone == self.replica_id:
             return False
-        if not self._drop_from_view(gone):
-            # Not (or no longer) in the view: already acted on. Pooled standbys repeat a
-            # crash at every poll until the lease is taken; one campaign is enough.
+        self._drop_from_view(gone)
+        now, ttl = self.clock(), self.settings.leases.lease_ttl
+        # Pooled standbys repeat a crash at every poll until its lease is taken (or lease_ttl
+        # has passed): the first word campaigns, the repeats change nothing.
+        self._gone_said = {r: t for r, t in self._gone_said.items() if now - t < ttl}
+        if gone in self._gone_said:
             return False
+        self._gone_said[gone] = now
         log.debug(
             "replica %s is gone; campaigning for its leases",
             gone,
