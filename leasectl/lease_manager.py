@@ -866,14 +866,26 @@ class LeaseManager:
 
     def _standby_start(self) -> None:
         """``start()`` in pooled mode: check the lock DSN once (a probe lock session, closed
-        at once), then open the standby connection, check the lease keys against the
-        cluster's and take the replica row: a misconfiguration fails the start as it does in
-        direct mode, not later, when the replica is first needed as a heir."""
-        probe = self._session_factory()
+        at once; if it cannot connect, the checks wait for the first real one), then open the
+        standby connection, check the lease keys against the cluster's and take the replica
+        row: a misconfiguration fails the start as it does in direct mode, not later, when
+        the replica is first needed as a heir."""
         try:
-            self._check_lock_session(probe)
-        finally:
-            probe.close()
+            probe = self._session_factory()
+        except DatabaseUnavailable as exc:
+            # Not a misconfiguration for sure (a server at max_connections during a mass
+            # start, a primary restarting): the checks run when the lock session first opens.
+            log.warning(
+                "could not open a probe lock session on database.lock_dsn at start; its checks "
+                "run when this replica first needs its lock session: %s",
+                str(exc).splitlines()[0],
+                extra={"action": "safety_check", "replica": self.replica_id},
+            )
+        else:
+            try:
+                self._check_lock_session(probe)
+            finally:
+                probe.close()
         if self.dsn == self.lock_dsn:
             log.warning(
                 "leases.standby: pooled, but database.dsn is also the lock DSN: a standby's "

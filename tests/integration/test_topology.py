@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import psycopg
@@ -59,6 +60,26 @@ def test_a_pooled_standby_checks_its_lock_dsn_at_start_not_when_first_needed(
         ).fetchone()
         assert rows == (0,)  # refused before it stamped any row
         assert lock_holders(conn, ["a"]) == {"a": []}
+
+
+def test_a_pooled_standby_starts_when_its_lock_dsn_cannot_connect_yet(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A probe that cannot connect (a server at max_connections during a mass start, a
+    primary restarting) is not a misconfiguration: the standby starts, says so, and the checks
+    run when its lock session first opens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    nowhere = conninfo.make_conninfo(dsn, host="127.0.0.1", port=str(port), connect_timeout="2")
+    pooled = CoreSettings(leases=LeaseSettings(placement="spread", standby="pooled"))
+    m = LeaseManager("t-pooled-later", ["a"], pooled, dsn=dsn, lock_dsn=nowhere)
+    m.start()
+    try:
+        assert m.standby and m.connected.is_set()
+        assert "could not open a probe lock session on database.lock_dsn" in caplog.text
+    finally:
+        m.stop()
 
 
 def test_session_pooler_is_accepted(pgbouncer: dict[str, str], dsn: str) -> None:
