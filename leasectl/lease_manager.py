@@ -249,7 +249,9 @@ class LeaseManager:
         self._holders: dict[str, str | None] = {}  # lease -> holder (None: free), last seen
         self._view_hash = ""  # the live view's fingerprint as the last standby poll saw it
         self._view_due = 0.0  # when a far standby next asks for a changed view
-        self._margin: tuple[int, int] | None = None  # (view_gen, how far from every top)
+        # _want_view's inputs from one placement view: (its _plan_key, this replica's best
+        # HRW position over its leases, how many leases the view has)
+        self._margin: tuple[Any, int, int] | None = None
         self._idle_since: float | None = None  # direct but needed by nothing, since
         self._gone_said: dict[str, float] = {}  # replica -> when its replica_gone was acted on
         self._exit_listeners: list[Callable[[], None]] = []
@@ -993,18 +995,16 @@ class LeaseManager:
         now = self.clock()
         if now >= self._view_due:
             return True
-        leases = {n for r in self._replicas for n in r.campaigns_for} | set(candidacy)
-        long_free = (len(leases) + 2) * self.settings.leases.placement_step
+        view = self._placement().replicas  # this view, with this replica's own candidacy
+        if self._margin is None or self._margin[0] != self._plan_key:
+            positions = [placement.hrw_position(n, self.replica_id, view) for n in candidacy]
+            best = min((p for p in positions if p is not None), default=1 << 30)
+            self._margin = (self._plan_key, best, len({n for r in view for n in r.campaigns_for}))
+        _, best, leases = self._margin
+        long_free = (leases + 2) * self.settings.leases.placement_step
         if any(now - t >= long_free for t in list(self._state.free_since.values())):
             return True
-        if self._margin is None or self._margin[0] != self._view_gen:
-            view = placement.self_view(
-                self.replica_id, candidacy, self.preferred_for, self._replicas
-            )
-            positions = [placement.hrw_position(n, self.replica_id, view) for n in candidacy]
-            known = [p for p in positions if p is not None]
-            self._margin = (self._view_gen, min(known) if known else 1 << 30)
-        return self._margin[1] <= len(leases) + 2
+        return best <= leases + 2
 
     def _standby_phase(self) -> None:
         """Poll through the work DSN every heartbeat_interval until this replica needs a lock
@@ -1080,17 +1080,15 @@ class LeaseManager:
         key = (self._view_gen, tuple(candidacy), tuple(sorted(holders.items(), key=str)))
         if key == self._reason_key and not free_for:
             return self._reason
-        view = placement.self_view(
-            self.replica_id, candidacy, self.preferred_for, self._replicas or []
-        )
+        plan = self._placement()  # built over self_view: this replica as it knows itself
         reason = placement.direct_reason(
             self.replica_id,
             candidacy,
-            view,
+            plan.replicas,
             holders,
             free_for,
             self.settings.leases.placement_step,
-            base=self._placement(),
+            base=plan,
         )
         self._reason_key, self._reason = key, reason
         return reason

@@ -1168,3 +1168,18 @@ def test_a_standby_near_the_top_or_a_long_free_lease_asks_at_once() -> None:
     assert not m._want_view(m._candidacy())
     clock.now += 0.02
     assert m._want_view(m._candidacy())
+
+
+def test_a_standby_back_from_a_step_down_cooldown_near_the_top_asks_at_once() -> None:
+    """Its distance from the top depends on its own candidacy too, not only on the view: a
+    cooldown ending (no new view) brings it back near the top of a lease's order."""
+    clock = FakeClock(100.0)
+    _, order = standby_with_view(clock, 40)
+    near = LeaseManager(order[2], SIX[:2], POOLED, dsn="fake", clock=clock)
+    seen(near, order)
+    near._view_due = clock.now + 10.0
+    for name in SIX[:2]:
+        near._state.cooldown_until[name] = clock.now + 5.0
+    assert not near._want_view(near._candidacy())  # candidate for nothing meanwhile
+    clock.now += 5.0
+    assert near._want_view(near._candidacy())
