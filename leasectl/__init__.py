@@ -20,6 +20,7 @@ from leasectl.errors import (
     MigrationError,
     MigrationFailed,
     MigrationLocked,
+    MissingExtra,
     NotMigrated,
     RowLockTimeout,
     SafetyInequalityViolated,
@@ -48,6 +49,7 @@ __all__ = [
     # errors
     "LeasectlError",
     "ConfigError",
+    "MissingExtra",
     "DatabaseUnavailable",
     "NotMigrated",
     "RowLockTimeout",
