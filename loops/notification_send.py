@@ -9,7 +9,7 @@ case exactly-once; the epoch fence plus the idempotency key cover the failover w
 
 from __future__ import annotations
 
-from leasectl.certs.notify.dispatch import Channels, Dispatcher
+from leasectl.certs.notify.dispatch import Channels, Dispatcher, tick_timeout
 from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec
 
@@ -28,7 +28,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
         interval=ns.send.interval,
         placement="leased",
         run=dispatcher.run,
-        timeout=max(60.0, ns.send.interval),
+        timeout=tick_timeout(ns, "send"),
         run_on_start=True,
         description="deliver pending notifications (email, webhook)",
     )
