@@ -276,7 +276,7 @@ class App:
                 settings,
                 [spec for spec, _ in selected],
                 configs={spec.name: config for spec, config in selected},
-                migrations=self._migrations,
+                migrations=self.migration_sources,
                 no_leased=self._no_leased,
             )
             daemon.start()
@@ -319,8 +319,15 @@ class App:
 
     @property
     def migration_sources(self) -> list[MigrationSource]:
-        """The App's own migration folders (``leasectl migrate --app`` applies them)."""
-        return list(self._migrations)
+        """The migration folders applied after leasectl's: each included package's
+        (``registry.MIGRATIONS``, e.g. the certificate tables), then the App's own
+        (``leasectl migrate --app`` applies the same)."""
+        included: list[MigrationSource] = []
+        for package in self._included:
+            source = getattr(_registry(package), "MIGRATIONS", None)
+            if isinstance(source, MigrationSource) and source not in included:
+                included.append(source)
+        return included + list(self._migrations)
 
     @property
     def replica_id(self) -> str | None:

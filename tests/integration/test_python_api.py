@@ -148,11 +148,11 @@ def test_user_migrations_applied_once_by_concurrent_apps(dsn: str, tmp_path: Pat
         assert p.returncode == 0, out
     with psycopg.connect(dsn, autocommit=True) as c:
         rows = c.execute(
-            "SELECT version, source FROM schema_migrations WHERE source <> 'leasectl' "
-            "ORDER BY version"
+            "SELECT version, source FROM leasectl_schema_migrations"
+            " WHERE source NOT LIKE 'leasectl%' ORDER BY version"
         ).fetchall()
         own = c.execute(
-            "SELECT count(*) FROM schema_migrations WHERE source = 'leasectl'"
+            "SELECT count(*) FROM leasectl_schema_migrations WHERE source = 'leasectl'"
         ).fetchone()
     assert rows == [
         ("billing/migrations:0001_invoices", "billing/migrations"),

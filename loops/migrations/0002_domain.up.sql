@@ -1,13 +1,13 @@
 -- The certificate-lifecycle domain the fifteen loops work on. Names follow certctl; unlike
 -- certctl, constraints (not check-then-insert) do the deduplication.
 
-CREATE TABLE owners (
+CREATE TABLE leasectl_certs.owners (
     id    text PRIMARY KEY,
     name  text NOT NULL,
     email text
 );
 
-CREATE TABLE issuers (
+CREATE TABLE leasectl_certs.issuers (
     id             text PRIMARY KEY,
     name           text NOT NULL,
     type           text NOT NULL DEFAULT 'local' CHECK (type IN ('local', 'acme', 'external')),
@@ -20,14 +20,14 @@ CREATE TABLE issuers (
     created_at     timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE TABLE certificate_profiles (
+CREATE TABLE leasectl_certs.certificate_profiles (
     id                text PRIMARY KEY,
     name              text NOT NULL,
     allow_short_lived boolean NOT NULL DEFAULT false,
     max_ttl_seconds   integer NOT NULL DEFAULT 0
 );
 
-CREATE TABLE renewal_policies (
+CREATE TABLE leasectl_certs.renewal_policies (
     id                     text PRIMARY KEY,
     name                   text NOT NULL,
     renewal_window_days    integer NOT NULL DEFAULT 30 CHECK (renewal_window_days >= 0),
@@ -39,16 +39,16 @@ CREATE TABLE renewal_policies (
     alert_severity_map     jsonb NOT NULL DEFAULT '{}'
 );
 
-CREATE TABLE managed_certificates (
+CREATE TABLE leasectl_certs.managed_certificates (
     id                     text PRIMARY KEY,
     name                   text NOT NULL UNIQUE,
     common_name            text NOT NULL,
     sans                   text[] NOT NULL DEFAULT '{}',
     environment            text,
-    owner_id               text REFERENCES owners(id),
-    issuer_id              text REFERENCES issuers(id),
-    renewal_policy_id      text REFERENCES renewal_policies(id),
-    certificate_profile_id text REFERENCES certificate_profiles(id),
+    owner_id               text REFERENCES leasectl_certs.owners(id),
+    issuer_id              text REFERENCES leasectl_certs.issuers(id),
+    renewal_policy_id      text REFERENCES leasectl_certs.renewal_policies(id),
+    certificate_profile_id text REFERENCES leasectl_certs.certificate_profiles(id),
     status                 text NOT NULL DEFAULT 'Pending' CHECK (status IN
         ('Pending', 'Active', 'Expiring', 'Expired', 'RenewalInProgress', 'Failed', 'Revoked',
          'Archived')),
@@ -61,12 +61,12 @@ CREATE TABLE managed_certificates (
     created_at             timestamptz NOT NULL DEFAULT now(),
     updated_at             timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX managed_certificates_expires ON managed_certificates (expires_at)
+CREATE INDEX managed_certificates_expires ON leasectl_certs.managed_certificates (expires_at)
     WHERE status NOT IN ('Archived', 'Revoked');
 
-CREATE TABLE certificate_versions (
+CREATE TABLE leasectl_certs.certificate_versions (
     id                 bigserial PRIMARY KEY,
-    certificate_id     text NOT NULL REFERENCES managed_certificates(id) ON DELETE CASCADE,
+    certificate_id     text NOT NULL REFERENCES leasectl_certs.managed_certificates(id) ON DELETE CASCADE,
     serial_number      text NOT NULL,
     not_before         timestamptz NOT NULL,
     not_after          timestamptz NOT NULL,
@@ -79,10 +79,10 @@ CREATE TABLE certificate_versions (
     UNIQUE (serial_number)
 );
 -- A re-run of the same job cannot store a second version.
-CREATE UNIQUE INDEX certificate_versions_one_per_job ON certificate_versions (job_id)
+CREATE UNIQUE INDEX certificate_versions_one_per_job ON leasectl_certs.certificate_versions (job_id)
     WHERE job_id IS NOT NULL;
 
-CREATE TABLE agents (
+CREATE TABLE leasectl_certs.agents (
     id                text PRIMARY KEY,
     name              text NOT NULL UNIQUE,
     hostname          text,
@@ -92,11 +92,11 @@ CREATE TABLE agents (
     retired_at        timestamptz
 );
 
-CREATE TABLE jobs (
+CREATE TABLE leasectl_certs.jobs (
     id             text PRIMARY KEY,
     type           text NOT NULL CHECK (type IN ('Issuance', 'Renewal', 'Deployment', 'Validation')),
-    certificate_id text REFERENCES managed_certificates(id) ON DELETE CASCADE,
-    agent_id       text REFERENCES agents(id),
+    certificate_id text REFERENCES leasectl_certs.managed_certificates(id) ON DELETE CASCADE,
+    agent_id       text REFERENCES leasectl_certs.agents(id),
     status         text NOT NULL DEFAULT 'Pending' CHECK (status IN
         ('Pending', 'AwaitingCSR', 'AwaitingApproval', 'Running', 'Completed', 'Failed',
          'Cancelled')),
@@ -110,14 +110,14 @@ CREATE TABLE jobs (
     claimed_by     text,
     created_at     timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX jobs_claim ON jobs (scheduled_at) WHERE status = 'Pending';
-CREATE INDEX jobs_failed ON jobs (scheduled_at) WHERE status = 'Failed';
+CREATE INDEX jobs_claim ON leasectl_certs.jobs (scheduled_at) WHERE status = 'Pending';
+CREATE INDEX jobs_failed ON leasectl_certs.jobs (scheduled_at) WHERE status = 'Failed';
 -- job_timeout's guarded UPDATEs look jobs up by status and age.
-CREATE INDEX jobs_status_age ON jobs (status, status_changed_at)
+CREATE INDEX jobs_status_age ON leasectl_certs.jobs (status, status_changed_at)
     WHERE status IN ('AwaitingCSR', 'AwaitingApproval', 'Running');
 -- Timeouts count from entering a state, so every status change must move status_changed_at,
 -- whoever writes it (loops, an API, an operator in psql).
-CREATE FUNCTION jobs_status_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION leasectl_certs.jobs_status_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.status IS DISTINCT FROM OLD.status THEN
         NEW.status_changed_at := now();
@@ -125,17 +125,17 @@ BEGIN
     RETURN NEW;
 END
 $$;
-CREATE TRIGGER jobs_status_changed BEFORE UPDATE OF status ON jobs
-    FOR EACH ROW EXECUTE FUNCTION jobs_status_changed();
+CREATE TRIGGER jobs_status_changed BEFORE UPDATE OF status ON leasectl_certs.jobs
+    FOR EACH ROW EXECUTE FUNCTION leasectl_certs.jobs_status_changed();
 -- At most one open renewal/issuance job per certificate: the constraint is the dedup.
-CREATE UNIQUE INDEX jobs_one_open_renewal ON jobs (certificate_id)
+CREATE UNIQUE INDEX jobs_one_open_renewal ON leasectl_certs.jobs (certificate_id)
     WHERE type IN ('Renewal', 'Issuance')
       AND status IN ('Pending', 'Running', 'AwaitingCSR', 'AwaitingApproval');
 
-CREATE TABLE notification_events (
+CREATE TABLE leasectl_certs.notification_events (
     id             text PRIMARY KEY,
     type           text NOT NULL,
-    certificate_id text REFERENCES managed_certificates(id) ON DELETE CASCADE,
+    certificate_id text REFERENCES leasectl_certs.managed_certificates(id) ON DELETE CASCADE,
     channel        text NOT NULL CHECK (channel IN ('Email', 'Webhook')),
     recipient      text NOT NULL,
     subject        text NOT NULL DEFAULT '',
@@ -154,28 +154,28 @@ CREATE TABLE notification_events (
     sent_at        timestamptz,
     created_at     timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX notification_events_pending ON notification_events (created_at)
+CREATE INDEX notification_events_pending ON leasectl_certs.notification_events (created_at)
     WHERE status = 'pending';
-CREATE INDEX notification_events_retry_sweep ON notification_events (next_retry_at)
+CREATE INDEX notification_events_retry_sweep ON leasectl_certs.notification_events (next_retry_at)
     WHERE status = 'failed';
 CREATE UNIQUE INDEX notification_events_expiry_once
-    ON notification_events (certificate_id, threshold_days, channel)
+    ON leasectl_certs.notification_events (certificate_id, threshold_days, channel)
     WHERE type = 'ExpirationWarning';
 
-CREATE TABLE certificate_revocations (
+CREATE TABLE leasectl_certs.certificate_revocations (
     id             bigserial PRIMARY KEY,
-    certificate_id text REFERENCES managed_certificates(id) ON DELETE SET NULL,
+    certificate_id text REFERENCES leasectl_certs.managed_certificates(id) ON DELETE SET NULL,
     serial_number  text NOT NULL UNIQUE,  -- hex
     reason         text NOT NULL DEFAULT 'unspecified',
     revoked_by     text,
     revoked_at     timestamptz NOT NULL DEFAULT now(),
-    issuer_id      text NOT NULL REFERENCES issuers(id),
+    issuer_id      text NOT NULL REFERENCES leasectl_certs.issuers(id),
     created_at     timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX certificate_revocations_issuer ON certificate_revocations (issuer_id, revoked_at);
+CREATE INDEX certificate_revocations_issuer ON leasectl_certs.certificate_revocations (issuer_id, revoked_at);
 
-CREATE TABLE crl_cache (
-    issuer_id              text PRIMARY KEY REFERENCES issuers(id) ON DELETE CASCADE,
+CREATE TABLE leasectl_certs.crl_cache (
+    issuer_id              text PRIMARY KEY REFERENCES leasectl_certs.issuers(id) ON DELETE CASCADE,
     crl_der                bytea NOT NULL,
     crl_number             bigint NOT NULL,
     this_update            timestamptz NOT NULL,
@@ -187,7 +187,7 @@ CREATE TABLE crl_cache (
     updated_at             timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE TABLE crl_generation_events (
+CREATE TABLE leasectl_certs.crl_generation_events (
     id            bigserial PRIMARY KEY,
     issuer_id     text NOT NULL,
     crl_number    bigint,
@@ -200,9 +200,9 @@ CREATE TABLE crl_generation_events (
     error         text
 );
 
-CREATE TABLE discovery_scans (
+CREATE TABLE leasectl_certs.discovery_scans (
     id                 bigserial PRIMARY KEY,
-    agent_id           text NOT NULL REFERENCES agents(id),
+    agent_id           text NOT NULL REFERENCES leasectl_certs.agents(id),
     source             text NOT NULL,
     directories        text[] NOT NULL DEFAULT '{}',
     certificates_found integer NOT NULL DEFAULT 0,
@@ -214,7 +214,7 @@ CREATE TABLE discovery_scans (
     completed_at       timestamptz
 );
 
-CREATE TABLE discovered_certificates (
+CREATE TABLE leasectl_certs.discovered_certificates (
     id                     bigserial PRIMARY KEY,
     fingerprint_sha256     text NOT NULL,
     common_name            text,
@@ -230,9 +230,9 @@ CREATE TABLE discovered_certificates (
     pem_data               text,
     source_path            text NOT NULL,
     source_format          text NOT NULL DEFAULT 'pem',
-    agent_id               text NOT NULL REFERENCES agents(id),
-    discovery_scan_id      bigint REFERENCES discovery_scans(id) ON DELETE SET NULL,
-    managed_certificate_id text REFERENCES managed_certificates(id) ON DELETE SET NULL,
+    agent_id               text NOT NULL REFERENCES leasectl_certs.agents(id),
+    discovery_scan_id      bigint REFERENCES leasectl_certs.discovery_scans(id) ON DELETE SET NULL,
+    managed_certificate_id text REFERENCES leasectl_certs.managed_certificates(id) ON DELETE SET NULL,
     status                 text NOT NULL DEFAULT 'Unmanaged'
                            CHECK (status IN ('Unmanaged', 'Managed', 'Dismissed')),
     first_seen_at          timestamptz NOT NULL DEFAULT now(),
@@ -241,7 +241,7 @@ CREATE TABLE discovered_certificates (
     UNIQUE (fingerprint_sha256, agent_id, source_path)
 );
 
-CREATE TABLE network_scan_targets (
+CREATE TABLE leasectl_certs.network_scan_targets (
     id                    text PRIMARY KEY,
     name                  text NOT NULL,
     cidrs                 text[] NOT NULL,
@@ -260,10 +260,10 @@ CREATE TABLE network_scan_targets (
     updated_at            timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE TABLE endpoint_health_checks (
+CREATE TABLE leasectl_certs.endpoint_health_checks (
     id                     text PRIMARY KEY,
     endpoint               text NOT NULL,  -- host:port
-    certificate_id         text REFERENCES managed_certificates(id) ON DELETE SET NULL,
+    certificate_id         text REFERENCES leasectl_certs.managed_certificates(id) ON DELETE SET NULL,
     expected_fingerprint   text,
     observed_fingerprint   text,
     status                 text NOT NULL DEFAULT 'unknown'
@@ -289,25 +289,25 @@ CREATE TABLE endpoint_health_checks (
     updated_at             timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE TABLE endpoint_health_history (
+CREATE TABLE leasectl_certs.endpoint_health_history (
     id               bigserial PRIMARY KEY,
-    health_check_id  text NOT NULL REFERENCES endpoint_health_checks(id) ON DELETE CASCADE,
+    health_check_id  text NOT NULL REFERENCES leasectl_certs.endpoint_health_checks(id) ON DELETE CASCADE,
     status           text NOT NULL,
     response_time_ms integer,
     fingerprint      text,
     failure_reason   text,
     checked_at       timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX endpoint_health_history_checked ON endpoint_health_history (checked_at);
+CREATE INDEX endpoint_health_history_checked ON leasectl_certs.endpoint_health_history (checked_at);
 
-CREATE TABLE acme_nonces (
+CREATE TABLE leasectl_certs.acme_nonces (
     nonce      text PRIMARY KEY,
     issued_at  timestamptz NOT NULL DEFAULT now(),
     expires_at timestamptz NOT NULL,
     used       boolean NOT NULL DEFAULT false
 );
 
-CREATE TABLE acme_orders (
+CREATE TABLE leasectl_certs.acme_orders (
     order_id    text PRIMARY KEY,
     account_id  text NOT NULL,
     identifiers jsonb NOT NULL DEFAULT '[]',
@@ -318,16 +318,16 @@ CREATE TABLE acme_orders (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE TABLE acme_authorizations (
+CREATE TABLE leasectl_certs.acme_authorizations (
     authz_id   text PRIMARY KEY,
-    order_id   text NOT NULL REFERENCES acme_orders(order_id) ON DELETE CASCADE,
+    order_id   text NOT NULL REFERENCES leasectl_certs.acme_orders(order_id) ON DELETE CASCADE,
     identifier jsonb NOT NULL,
     status     text NOT NULL,
     expires_at timestamptz NOT NULL,
     wildcard   boolean NOT NULL DEFAULT false
 );
 
-CREATE TABLE sessions (
+CREATE TABLE leasectl_certs.sessions (
     id                  text PRIMARY KEY,
     actor_id            text NOT NULL,
     is_pre_login        boolean NOT NULL DEFAULT false,
@@ -338,7 +338,7 @@ CREATE TABLE sessions (
     revoked_at          timestamptz
 );
 
-CREATE TABLE audit_events (
+CREATE TABLE leasectl_certs.audit_events (
     id            bigserial PRIMARY KEY,
     actor         text NOT NULL,
     actor_type    text NOT NULL DEFAULT 'System',
@@ -348,10 +348,10 @@ CREATE TABLE audit_events (
     details       jsonb NOT NULL DEFAULT '{}',
     timestamp     timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX audit_events_resource ON audit_events (resource_type, resource_id, action);
+CREATE INDEX audit_events_resource ON leasectl_certs.audit_events (resource_type, resource_id, action);
 
 -- Digest sends: once per period per recipient, recorded (certctl wrote nothing).
-CREATE TABLE digest_sends (
+CREATE TABLE leasectl_certs.digest_sends (
     period_start timestamptz NOT NULL,
     recipient    text NOT NULL,
     status       text NOT NULL DEFAULT 'claimed' CHECK (status IN ('claimed', 'sent', 'failed')),
