@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec
 from leasectl.migrate import MigrationSource
-from loops.settings import LoopsSettings
 
 SETTINGS_CLASS = LoopsSettings
 
@@ -57,7 +57,7 @@ def build_loops(settings: LoopsSettings) -> list[LoopSpec]:
     """The enabled loops for these settings."""
     specs: list[LoopSpec] = []
     for name in LOOP_MODULES:
-        module = importlib.import_module(f"loops.{name}")
+        module = importlib.import_module(f"leasectl.certs.{name}")
         spec = module.build(settings)
         if spec is not None:
             specs.append(spec)

@@ -18,9 +18,9 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
+from leasectl.certs.registry import MIGRATIONS as CERTS_MIGRATIONS
 from leasectl.embedded import EmbeddedPostgres
 from leasectl.migrate import migrate
-from loops.registry import MIGRATIONS as CERTS_MIGRATIONS
 
 REPO = Path(__file__).resolve().parents[1]
 

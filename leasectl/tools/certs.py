@@ -12,6 +12,6 @@ def certs_migrations() -> MigrationSource:
 
     Imported when a demo or drill starts, so that loading the CLI never imports the loops.
     """
-    registry = importlib.import_module("loops.registry")
+    registry = importlib.import_module("leasectl.certs.registry")
     source: MigrationSource = registry.MIGRATIONS
     return source

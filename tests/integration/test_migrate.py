@@ -12,11 +12,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from leasectl.certs.registry import MIGRATIONS as CERTS_MIGRATIONS
 from leasectl.errors import ChecksumMismatch, MigrationFailed, MigrationLocked
 from leasectl.keys import MIGRATIONS_LEASE
 from leasectl.migrate import discover, migrate, migration_status
 from leasectl.settings import CoreSettings, MigrationSettings
-from loops.registry import MIGRATIONS as CERTS_MIGRATIONS
 from tests.conftest import REPO, wait_until
 from tests.integration.conftest import lock_holders
 

@@ -23,8 +23,8 @@ import psycopg
 import pytest
 
 from leasectl import App
+from leasectl.certs.registry import MIGRATIONS as CERTS_MIGRATIONS
 from leasectl.migrate import migrate, migration_status
-from loops.registry import MIGRATIONS as CERTS_MIGRATIONS
 from tests.conftest import REPO, wait_until
 from tests.integration.test_cluster_all_loops import (  # noqa: F401 - fixtures
     LEASED,
@@ -123,7 +123,7 @@ def _run_app(dsn: str, *, certs: bool) -> None:
         return None
 
     if certs:
-        app.include("loops")
+        app.include("leasectl.certs")
     with app:
         with psycopg.connect(dsn, autocommit=True) as c:
             wait_until(
@@ -267,7 +267,7 @@ def test_leasectl_0_1_database_upgrades_in_place_and_runs(
 
     # Then an App with the certificate loops and its own folder: only the move runs.
     app = App(dsn=dsn, migrations=[reports])
-    app.include("loops")
+    app.include("leasectl.certs")
     assert migrate(dsn, sources=app.migration_sources) == ["leasectl_certs:0001_schema"]
     assert migration_status(dsn, sources=app.migration_sources).up_to_date
     certs_files = {m.name for m in CERTS_MIGRATIONS.path.glob("*.up.sql")}
