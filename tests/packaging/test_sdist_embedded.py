@@ -1,5 +1,6 @@
-"""The sdist, installed non-editable with the ``embedded`` extra into a fresh venv, finds its
-migrations and config, and runs a user's App on the embedded server when no DSN is set."""
+"""The sdist, installed non-editable with the ``embedded`` extra into a fresh venv: a user's
+App with no DSN runs on the embedded server; the certificate loops' schema needs ``certs``;
+with it, bare ``migrate`` applies leasectl's and the certificate loops' migrations."""
 
 from __future__ import annotations
 
@@ -15,15 +16,32 @@ from tests.packaging.test_user_project import start, stop, write_project
 pytestmark = pytest.mark.slow
 
 
-def test_sdist_with_embedded_migrates_and_runs_an_app_without_a_dsn(
+def _stop_embedded(py: str, cwd: Path) -> None:
+    subprocess.run(
+        [
+            py,
+            "-c",
+            "from leasectl.embedded import EmbeddedPostgres as E;"
+            "E('.leasectl/pgdata').stop('immediate')",
+        ],
+        cwd=cwd,
+        check=False,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def test_sdist_with_embedded_runs_an_app_without_a_dsn_and_migrates(
     dist: Dist, tmp_path: Path
 ) -> None:
     # The sdist builds on install (pip builds the wheel from it), with the embedded extra.
     venv = tmp_path / "venv"
     make_venv(venv, f"leasectl[embedded] @ {dist.sdist.as_uri()}")
+    py, leasectl = str(venv / "bin/python"), str(venv / "bin/leasectl")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    project = write_project(tmp_path / "project")  # a user's project, with its own loops/
 
-    work = write_project(tmp_path / "cwd")  # a user's project, with its own loops/ package
-    py = str(venv / "bin/python")
     where = run([py, "-c", "import leasectl; print(leasectl.__file__)"], work).stdout.strip()
     assert where.startswith(str(venv)), where  # the installed copy, not the source tree
     configs = run(
@@ -39,11 +57,32 @@ def test_sdist_with_embedded_migrates_and_runs_an_app_without_a_dsn(
     assert configs == sorted(p.name for p in (REPO / "config").glob("*.yaml"))
 
     try:
-        leasectl = str(venv / "bin/leasectl")
+        # The user's App with no DSN: on the embedded server, its loop commits ticks.
+        proc = start([py, "app.py"], project, {"LEASECTL_REPLICA__ID": "embedded-1"})
+        try:
+            wait_until(
+                lambda: proc.poll() is not None or (project / "ticks.log").exists(),
+                timeout=90,
+                what="a tick of the App on the embedded server",
+            )
+        finally:
+            code, err = stop(proc)
+        assert code == 0 and "Traceback" not in err, err
+        assert "embedded-1" in (project / "ticks.log").read_text().split()
+        assert (project / ".leasectl/pgdata/PG_VERSION").exists()
+
         # A read-only look never starts the embedded server: it says how to get one.
         look = run([leasectl, "migrate", "--status"], work, timeout=120, expect=2)
         assert "not running" in look.stderr, look
         assert "Traceback" not in look.stderr
+        # Bare `migrate` prepares for bare `run`, the certificate loops: they need `certs`.
+        bare = run([leasectl, "migrate"], work, timeout=120, expect=2)
+        assert "pip install 'leasectl[certs]'" in bare.stderr and "Traceback" not in bare.stderr
+
+        run(
+            [str(venv / "bin/pip"), "install", "-q", f"leasectl[certs] @ {dist.sdist.as_uri()}"],
+            work,
+        )
         applied = run([leasectl, "migrate"], work, timeout=120)
         assert "using the embedded PostgreSQL" in applied.stderr  # said loudly
         out = run([leasectl, "migrate", "--status"], work, timeout=120).stdout
@@ -51,32 +90,14 @@ def test_sdist_with_embedded_migrates_and_runs_an_app_without_a_dsn(
             p.name.removesuffix(".up.sql") for p in (REPO / "migrations").glob("*.up.sql")
         )
         assert expected, "no migrations in the source tree?"
+        # The certificate loops' schema too, shipped as package data of leasectl.certs.
+        expected += sorted(
+            "leasectl_certs:" + p.name.removesuffix(".up.sql")
+            for p in (REPO / "loops" / "migrations").glob("*.up.sql")
+        )
         assert out.split() == [w for v in expected for w in ("applied", v)], out
         # The embedded default: a server in ./.leasectl/pgdata of the working directory.
         assert (work / ".leasectl/pgdata/PG_VERSION").exists()
-
-        # The user's App with no DSN: on the same embedded server, its loop commits ticks.
-        proc = start([py, "app.py"], work, {"LEASECTL_REPLICA__ID": "embedded-1"})
-        try:
-            wait_until(
-                lambda: proc.poll() is not None or (work / "ticks.log").exists(),
-                timeout=90,
-                what="a tick of the App on the embedded server",
-            )
-        finally:
-            code, err = stop(proc)
-        assert code == 0 and "Traceback" not in err, err
-        assert "embedded-1" in (work / "ticks.log").read_text().split()
     finally:
-        subprocess.run(
-            [
-                py,
-                "-c",
-                "from leasectl.embedded import EmbeddedPostgres as E;"
-                "E('.leasectl/pgdata').stop('immediate')",
-            ],
-            cwd=work,
-            check=False,
-            capture_output=True,
-            timeout=120,
-        )
+        _stop_embedded(py, project)
+        _stop_embedded(py, work)
