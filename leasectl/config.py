@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from leasectl import _config_docs
+from leasectl import _config_docs, extras
 from leasectl._config_schema import (
     BAD,
     REDACTED,
@@ -139,6 +139,10 @@ def load_traced(
             _set(data, key, value, "command line", origins, problems)
     if not isinstance(loops, bool):
         loops = _loops_package(data) in loops
+    elif loops and _not_installed(_loops_package(data)) and not _set_by_user("loops", origins):
+        # The shipped loops without their extra, and only the packaged defaults for them:
+        # nothing to validate; including them says which extra to install.
+        loops = False
     if not loops and isinstance(data, dict):
         data = {k: v for k, v in data.items() if k != "loops"}
         problems = [p for p in problems if not p.startswith("loops.")]
@@ -152,6 +156,20 @@ def load_traced(
         unset_secrets=unset_secrets,
     )
     return Loaded(settings, source, origins)
+
+
+def _not_installed(package: str) -> bool:
+    """A package that ships with leasectl but whose extra is not installed."""
+    extra = extras.PACKAGES.get(package)
+    return extra is not None and bool(extras.missing(extra))
+
+
+def _set_by_user(prefix: str, origins: Mapping[str, str]) -> bool:
+    """Whether a key under ``prefix`` comes from anywhere but the packaged defaults."""
+    return any(
+        (key == prefix or key.startswith(prefix + ".")) and not origin.startswith(PACKAGED)
+        for key, origin in origins.items()
+    )
 
 
 def _loops_package(data: Any) -> str:

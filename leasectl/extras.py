@@ -31,6 +31,10 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: a package shipped in the wheel -> the extra its dependencies come with
+PACKAGES: dict[str, str] = {"leasectl.certs": "certs"}
+
+
 def missing(extra: str) -> list[str]:
     """The modules of ``extra`` that cannot be imported here (empty: it is installed)."""
     return [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]

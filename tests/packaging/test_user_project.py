@@ -140,6 +140,11 @@ def test_core_wheel_runs_a_project_with_its_own_loops(
     _runs_and_ticks([py, "app.py"], project, empty_dsn, "script-1", {})
     _runs_and_ticks([leasectl, "run", "--app", "app:app"], project, empty_dsn, "cli-1", {})
 
+    # The lease commands need no extra: status draws plain tables without rich.
+    res = run([leasectl, "status", "--dsn", empty_dsn, "--max-unheld", "60"], project)
+    assert "Traceback" not in res.stderr and "lease" in res.stdout, res
+    assert "tick" in res.stdout.split(), res.stdout  # the App's leased loop, declared
+
     # No DSN and no embedded extra: one line that says what to do, exit 2.
     for args in ([py, "app.py"], [leasectl, "run", "--app", "app:app"]):
         res = run(args, project, expect=2, timeout=60)
