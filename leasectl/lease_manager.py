@@ -38,12 +38,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
-import select
 import socket
 import threading
-import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +59,7 @@ from leasectl.errors import (
 from leasectl.keys import KeyRegistry
 from leasectl.leases import Clock, Lease, LeaseEvent
 from leasectl.locks import (
+    REGISTER_LIVE_S,
     Drain,
     LeaseSession,
     LockSession,
@@ -70,6 +67,8 @@ from leasectl.locks import (
     notify_control,
     request_drain,
 )
+from leasectl.runtime import DEFAULT as DEFAULT_RUNTIME
+from leasectl.runtime import Joinable, Runtime
 from leasectl.settings import CoreSettings
 from leasectl.standby import StandbySession, StandbyView
 
@@ -89,47 +88,6 @@ STANDBY_APPLICATION_NAME = "leasectl-standby"
 #: re-issued. It bounds what the wait can cost others (a snapshot held, a CREATE INDEX
 #: CONCURRENTLY kept waiting) and costs one statement per period: 0.5 statements/s.
 WATCH_LOCK_TIMEOUT = 2.0
-
-
-class Waker:
-    """A self-pipe: :meth:`wake` (any thread) makes :attr:`fd` readable until :meth:`drain`.
-
-    The manager thread selects on it together with the lock connection's socket, so commands
-    and stop requests end its wait at once instead of at the next poll.
-    """
-
-    def __init__(self) -> None:
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
-        # Closed when the owner is collected, never earlier: a late wake() from another
-        # thread must not write into a descriptor number the process has reused meanwhile.
-        self._close = weakref.finalize(self, _close_fds, self._r, self._w)
-
-    @property
-    def fd(self) -> int:
-        return self._r
-
-    def wake(self) -> None:
-        try:
-            os.write(self._w, b"!")
-        except (BlockingIOError, OSError):
-            pass  # full (already readable) or closed at exit: either way nothing to add
-
-    def drain(self) -> None:
-        try:
-            while os.read(self._r, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
-
-def _close_fds(*fds: int) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 def make_replica_id(configured: str | None = None) -> str:
@@ -176,28 +134,34 @@ class LeaseManager:
         lock_dsn: str | None = None,
         may_lead: bool = True,
         loops: Iterable[str] = (),
-        clock: Clock = time.monotonic,
+        clock: Clock | None = None,
         check_pooler: bool = True,
         session_factory: Callable[[], LeaseSession] | None = None,
         labels: Iterable[str] = (),
         policies: Mapping[str, placement.LeasePolicy] | None = None,
         watch_factory: Callable[[], WatchSession] | None = None,
+        standby_factory: Callable[[], StandbySession] | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
         """``session_factory`` opens the lock connection; the default is
         :meth:`LockSession.connect` with these settings (tests pass an in-memory one).
         ``labels``: this replica's ``replica.labels``; ``policies``: each lease's placement
         wishes as its loop declares them (``leases.loops`` in ``settings`` overrides them).
-        A lease whose ``requires_labels`` this replica lacks is never campaigned for."""
+        A lease whose ``requires_labels`` this replica lacks is never campaigned for.
+        ``runtime``: threads, time, randomness and identity (:mod:`leasectl.runtime`; the
+        simulator passes its own); ``clock`` defaults to the runtime's."""
+        self.runtime: Runtime = runtime or DEFAULT_RUNTIME
         self.replica_id = replica_id
         self.settings = settings
         self.dsn = dsn
         self.lock_dsn = lock_dsn or dsn
         self.may_lead = may_lead
         self.loops = list(loops)
-        self.clock = clock
+        self.clock: Clock = clock or self.runtime.clock
         self.check_pooler = check_pooler
         self._session_factory = session_factory or self._open_lock_session
         self._watch_factory = watch_factory or self._open_watch_session
+        self._standby_factory = standby_factory or self._open_standby
         self.registry = KeyRegistry()
         self.labels = tuple(labels)
         self.spread = settings.leases.placement == "spread"
@@ -236,13 +200,13 @@ class LeaseManager:
         self._plan_key: tuple[int, tuple[str, ...]] | None = None
         self._holds_liveness = False  # this lock session holds the replica's liveness lock
         # the watch thread: which peer to watch, and the session it is waiting on now
-        self._watch_cv = threading.Condition()
+        self._watch_cv = self.runtime.condition()
         self._watch_for: str | None = None
         self._watch_gen = 0  # bumped with every new target or view
         self._watch_skip: tuple[str, int] | None = None  # (peer, gen): its lock was free
         self._watching: WatchSession | None = None
-        self._watch_thread: threading.Thread | None = None
-        self._waker = Waker()
+        self._watch_thread: Joinable | None = None
+        self._waker = self.runtime.waker()
         # pooled standby: the connection through the work DSN, and what the last look found
         self._standby: StandbySession | None = None
         self._want_direct = False  # the standby phase found a reason for a lock session
@@ -258,13 +222,13 @@ class LeaseManager:
         self._state = _State()
         self._lock = threading.RLock()
         self._listeners: list[Callable[[LeaseEvent], None]] = []
-        self._stop = threading.Event()
+        self._stop = self.runtime.event()
         self._release_on_stop = True
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stopped = self.runtime.event()
+        self._thread: Joinable | None = None
         self._session: LeaseSession | None = None
         self._commands: list[Callable[[LeaseSession], None]] = []
-        self.connected = threading.Event()
+        self.connected = self.runtime.event()
         self.fatal: BaseException | None = None
         self.d_srv: float | None = None
         self.last_heartbeat_ok: float | None = None
@@ -288,13 +252,9 @@ class LeaseManager:
             self._standby_start()
         else:
             self._session = self._connect()
-        self._thread = threading.Thread(target=self._run, name="leasectl-leases", daemon=True)
-        self._thread.start()
+        self._thread = self.runtime.spawn(self._run, "leasectl-leases")
         if self.spread and self.may_lead and not self.pooled:
-            self._watch_thread = threading.Thread(
-                target=self._watch_run, name="leasectl-watch", daemon=True
-            )
-            self._watch_thread.start()
+            self._watch_thread = self.runtime.spawn(self._watch_run, "leasectl-watch")
 
     def stop(self, *, release: bool = True, timeout: float = 10.0) -> None:
         """Stop campaigning; release held leases with NOTIFY (graceful hand-over).
@@ -323,14 +283,14 @@ class LeaseManager:
 
     def wait_for(self, name: str, timeout: float) -> Lease:
         """Block until ``name`` is held by this replica (tests and tools)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        deadline = self.runtime.clock() + timeout
+        while self.runtime.clock() < deadline:
             lease = self.lease(name)
             if lease is not None:
                 return lease
             if self.fatal is not None:
                 raise self.fatal
-            time.sleep(0.01)
+            self.runtime.sleep(0.01)
         raise LeaseTimeout(name, timeout)
 
     def step_down(self, name: str, cooldown: float | None = None) -> None:
@@ -442,7 +402,7 @@ class LeaseManager:
             session.listen()
             session.listen_control()
             candidacy = self._candidacy()
-            drain = session.register_replica(self.replica_id, **self._identity(candidacy))
+            drain = self._register(session, candidacy)
             if drain is not None:
                 self._drain(drain)
                 candidacy = self._candidacy()
@@ -456,6 +416,22 @@ class LeaseManager:
             raise
         self.connected.set()
         return session
+
+    def _register(self, session: LeaseSession, candidacy: list[str]) -> Drain | None:
+        """Take this replica's row; returns a drain asked of it meanwhile (None: none).
+
+        A crashed predecessor's session can outlive it by a moment (or until D_srv after a
+        partition, while it no longer heartbeats): retry until it is gone or silent for
+        ``REGISTER_LIVE_S``; a live duplicate keeps heartbeating and is refused.
+        """
+        deadline = self.clock() + REGISTER_LIVE_S + 1.0
+        while (
+            got := session.register_replica(self.replica_id, **self._identity(candidacy))
+        ) is None:
+            if self.clock() >= deadline:
+                raise session.refused(self.replica_id)
+            self._stop.wait(0.2)
+        return got.drain
 
     def _check_lock_session(self, session: LeaseSession) -> None:
         """The safety inequality on the lock session's TCP settings as read back, and a
@@ -508,7 +484,7 @@ class LeaseManager:
                             exc,
                             extra={"action": "reconnect_wait", "replica": self.replica_id},
                         )
-                        self._stop.wait(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+                        self._stop.wait(backoff * self.runtime.uniform(0.8, 1.2))
                         backoff = min(backoff * 2, self.settings.leases.reconnect_max_backoff)
                         self._want_direct = False  # pooled: look again before retrying
                         continue
@@ -571,7 +547,7 @@ class LeaseManager:
             if now >= next_campaign or (beat and next_campaign - now <= slack):
                 self._publish_candidacy(session)
                 due = self._campaign(session)
-                jitter = random.uniform(1 - ls.acquire_jitter, 1 + ls.acquire_jitter)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+                jitter = self.runtime.uniform(1 - ls.acquire_jitter, 1 + ls.acquire_jitter)
                 next_campaign = self.clock() + period * jitter
                 if due is not None:  # a watched free lease becomes this replica's turn
                     next_campaign = min(next_campaign, due)
@@ -807,8 +783,8 @@ class LeaseManager:
         """What this replica publishes in its row, as its lock session registers it and as a
         standby's poll stamps it: the same fields both ways."""
         return {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
+            "host": self.runtime.host,
+            "pid": self.runtime.pid,
             "version": __version__,
             "may_lead": self.may_lead,
             "loops": self.loops,
@@ -895,7 +871,7 @@ class LeaseManager:
                 "database.dsn and the direct server in database.lock_dsn",
                 extra={"action": "config_warning", "replica": self.replica_id},
             )
-        self._standby = self._open_standby()
+        self._standby = self._standby_factory()
         try:
             collision = self._standby.key_collision(self.wanted) if self.wanted else None
             if collision is not None:
@@ -938,7 +914,7 @@ class LeaseManager:
         self._published = candidacy
         now = self.clock()
         if want:
-            jitter = random.uniform(0.5, 1.5)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+            jitter = self.runtime.uniform(0.5, 1.5)
             self._view_due = now + _VIEW_REFRESH * jitter
         if found.replicas is not None:
             self._set_view(found.replicas)
@@ -1018,7 +994,7 @@ class LeaseManager:
                 return
             try:
                 if self._standby is None:
-                    self._standby = self._open_standby()
+                    self._standby = self._standby_factory()
                 found = self._look()
                 backoff = 0.1
             except DatabaseUnavailable as exc:
@@ -1032,7 +1008,7 @@ class LeaseManager:
                 if self._standby is not None:
                     self._standby.close()
                     self._standby = None
-                self._stop.wait(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+                self._stop.wait(backoff * self.runtime.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, ls.reconnect_max_backoff)
                 continue
             if found is None:  # our id, taken over meanwhile by a live process
@@ -1058,8 +1034,8 @@ class LeaseManager:
             self._waker.drain()
             if self._commands or self._stop.is_set():
                 continue
-            jitter = random.uniform(1 - ls.acquire_jitter, 1 + ls.acquire_jitter)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
-            select.select([self._waker.fd], [], [], ls.heartbeat_interval * jitter)
+            jitter = self.runtime.uniform(1 - ls.acquire_jitter, 1 + ls.acquire_jitter)
+            self._waker.wait(ls.heartbeat_interval * jitter)
 
     def _direct_reason(self) -> str | None:
         """Why this replica needs its lock session now (None: it may be a standby)."""
@@ -1156,7 +1132,7 @@ class LeaseManager:
             # Waiting on the old peer: re-aim now, not after lock_timeout. Off this thread:
             # cancel_safe opens a connection to the server, and the caller (the manager
             # thread, handling a peer's replica_gone) is about to campaign for its leases.
-            threading.Thread(target=busy.cancel, name="leasectl-watch-cancel", daemon=True).start()
+            self.runtime.spawn(busy.cancel, "leasectl-watch-cancel")
 
     def _stop_watching(self) -> None:
         with self._watch_cv:
@@ -1199,7 +1175,7 @@ class LeaseManager:
                             str(exc).splitlines()[0],
                             extra={"action": "watch_reconnect", "replica": self.replica_id},
                         )
-                        self._stop.wait(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+                        self._stop.wait(backoff * self.runtime.uniform(0.8, 1.2))
                         backoff = min(backoff * 2, self.settings.leases.reconnect_max_backoff)
                         continue
                 with self._watch_cv:

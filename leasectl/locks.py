@@ -94,6 +94,18 @@ class Drain(NamedTuple):
     cooldown: float | None
 
 
+class Registered(NamedTuple):
+    """A lock session's replica row taken (``register_replica``), with a drain asked of this
+    process while it had no lock session (None: none)."""
+
+    drain: Drain | None
+
+
+#: How recently a replica id's other process must have heartbeated to keep its id: a lock
+#: session registering retries for this long (+1 s) before it reports the id as in use.
+REGISTER_LIVE_S = 5.0
+
+
 @dataclass(frozen=True)
 class Holder:
     """The backend holding a lock, from ``pg_locks`` joined with ``pg_stat_activity``."""
@@ -186,7 +198,8 @@ class LeaseSession(Protocol):
         labels: Sequence[str] = (),
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
-    ) -> Drain | None: ...
+    ) -> Registered | None: ...
+    def refused(self, replica: str) -> ConfigError: ...
     def replica_candidacy(
         self, replica: str, campaigns_for: Sequence[str], preferred_for: Sequence[str]
     ) -> None: ...
@@ -527,14 +540,17 @@ class LockSession:
         labels: Sequence[str] = (),
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
-        live_s: float = 5.0,
-    ) -> Drain | None:
+        live_s: float = REGISTER_LIVE_S,
+    ) -> Registered | None:
         """Announce this replica (and this lock session's backend pid) in ``leasectl_replicas``,
-        with what placement ranks it by (its labels and the leases it campaigns for); returns
-        a ``step-down --replica`` asked of this process while it had no lock session.
+        with what placement ranks it by (its labels and the leases it campaigns for); the
+        answer carries a ``step-down --replica`` asked of this process while it had no lock
+        session.
 
-        :raises ConfigError: the id belongs to another process that is live (its lock
-            session exists and it heartbeated within ``live_s``, the default lease_ttl).
+        One attempt: None when the id belongs to another process that is live (its lock
+        session exists and it heartbeated within ``live_s``). The caller retries for a while
+        (a crashed predecessor's session can outlive it by a moment) and then reports
+        :meth:`refused`; the lease manager does, on its runtime.
         """
         params = {
             "id": replica,
@@ -548,17 +564,21 @@ class LockSession:
             "preferred_for": list(preferred_for),
             "live_s": live_s,
         }
-        # A crashed predecessor's session can outlive it by a moment (or until D_srv after a
-        # partition, while it no longer heartbeats): retry until it is gone or silent for
-        # live_s; a live duplicate keeps heartbeating and is refused.
-        deadline = time.monotonic() + live_s + 1.0
-        while (got := self._exec(L["register_replica"], params).fetchone()) is None:
-            if time.monotonic() >= deadline:
-                row = self._exec(L["replica_row"], {"id": replica}).fetchone()
-                raise id_in_use(replica, row)
-            time.sleep(0.2)
+        got = self._exec(L["register_replica"], params).fetchone()
+        if got is None:
+            return None
         _, drain_age, drain_cooldown = got
-        return Drain(float(drain_age), drain_cooldown) if drain_age is not None else None
+        drain = Drain(float(drain_age), drain_cooldown) if drain_age is not None else None
+        return Registered(drain)
+
+    def refused(self, replica: str) -> ConfigError:
+        """The error for an id another live replica uses (after :meth:`register_replica`
+        kept returning None)."""
+        try:
+            row = self._exec(L["replica_row"], {"id": replica}).fetchone()
+        except DatabaseUnavailable:
+            row = None
+        return id_in_use(replica, row)
 
     def replica_candidacy(
         self, replica: str, campaigns_for: Sequence[str], preferred_for: Sequence[str]

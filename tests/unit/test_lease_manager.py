@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from leasectl.errors import (
+    ConfigError,
     DatabaseUnavailable,
     KeyCollision,
     NotMigrated,
@@ -28,9 +29,9 @@ from leasectl.lease_manager import LeaseManager
 from leasectl.leases import LeaseEvent
 from leasectl.locks import (
     Contender,
-    Drain,
     Heartbeat,
     LeaseSession,
+    Registered,
     TcpBound,
     gone_payload,
     translate_error,
@@ -163,13 +164,19 @@ class FakeSession:
         labels: Sequence[str] = (),
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
-    ) -> Drain | None:
+    ) -> Registered | None:
         self._call("register_replica")
         self.db.replicas[replica] = (self.db.now, self.backend_pid)
         self.db.placement[replica] = ReplicaRow(
             list(campaigns_for) if may_lead else [], list(preferred_for), self.db.now, list(labels)
         )
-        return None
+        return Registered(None)
+
+    def refused(self, replica: str) -> ConfigError:
+        return ConfigError(f"replica id {replica!r} in use")
+
+    def replica_wedged(self, replica: str, loops: Sequence[str]) -> None:
+        self._call("replica_wedged")
 
     def replica_candidacy(
         self, replica: str, campaigns_for: Sequence[str], preferred_for: Sequence[str]
