@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit venv clean bench docs
+.PHONY: test demo lint typecheck unit venv clean bench docs sim-soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,10 +19,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check leasectl loops
 
 typecheck: $(STAMP)
-	$(BIN)/mypy leasectl loops
+	$(BIN)/mypy leasectl loops tests/sim tests/unit/test_lease_manager.py
 
 test: lint typecheck
 	$(BIN)/pytest -q
+
+# The lease protocol's simulator on many seeds (docs/testing.md): SECONDS of wall time on
+# JOBS processes, 3/10/30-replica clusters; failing seeds go to sim-failures.jsonl.
+SECONDS ?= 600
+JOBS ?= $(shell nproc)
+sim-soak: $(STAMP)
+	$(BIN)/python -m tests.sim soak --seconds $(SECONDS) --jobs $(JOBS) --out sim-failures.jsonl
 
 demo: $(STAMP)
 	$(BIN)/leasectl demo --replicas 3

@@ -63,6 +63,7 @@ from leasectl.locks import (
     Drain,
     LeaseSession,
     LockSession,
+    PeerWatch,
     WatchSession,
     notify_control,
     request_drain,
@@ -70,7 +71,7 @@ from leasectl.locks import (
 from leasectl.runtime import DEFAULT as DEFAULT_RUNTIME
 from leasectl.runtime import Joinable, Runtime
 from leasectl.settings import CoreSettings
-from leasectl.standby import StandbySession, StandbyView
+from leasectl.standby import StandbyPoll, StandbySession, StandbyView
 
 log = logging.getLogger("leasectl.leases")
 
@@ -139,8 +140,8 @@ class LeaseManager:
         session_factory: Callable[[], LeaseSession] | None = None,
         labels: Iterable[str] = (),
         policies: Mapping[str, placement.LeasePolicy] | None = None,
-        watch_factory: Callable[[], WatchSession] | None = None,
-        standby_factory: Callable[[], StandbySession] | None = None,
+        watch_factory: Callable[[], PeerWatch] | None = None,
+        standby_factory: Callable[[], StandbyPoll] | None = None,
         runtime: Runtime | None = None,
     ) -> None:
         """``session_factory`` opens the lock connection; the default is
@@ -204,11 +205,11 @@ class LeaseManager:
         self._watch_for: str | None = None
         self._watch_gen = 0  # bumped with every new target or view
         self._watch_skip: tuple[str, int] | None = None  # (peer, gen): its lock was free
-        self._watching: WatchSession | None = None
+        self._watching: PeerWatch | None = None
         self._watch_thread: Joinable | None = None
         self._waker = self.runtime.waker()
         # pooled standby: the connection through the work DSN, and what the last look found
-        self._standby: StandbySession | None = None
+        self._standby: StandbyPoll | None = None
         self._want_direct = False  # the standby phase found a reason for a lock session
         self._holders: dict[str, str | None] = {}  # lease -> holder (None: free), last seen
         self._view_hash = ""  # the live view's fingerprint as the last standby poll saw it
@@ -315,7 +316,10 @@ class LeaseManager:
         """
 
         def command(session: LeaseSession) -> None:
-            self._release(session, [name], reason)
+            to = (
+                None if self.runtime.planted("wedge_release_names_nobody") else self._receiver(name)
+            )
+            self._release(session, [name], reason, to=to)
 
         with self._lock:
             self._state.suspended.add(name)  # at once: no campaign may take it back meanwhile
@@ -529,7 +533,7 @@ class LeaseManager:
         while not self._stop.is_set():
             self._run_commands(session)
             now = self.clock()
-            self._expire(now)
+            self._expire(session, now)
             # Heartbeat and campaign share a wake-up when their deadlines are within the
             # campaign's own jitter of each other (either may run that much early): an idle
             # replica then wakes once a second, not twice (each wake-up costs about 1 ms of CPU).
@@ -613,6 +617,30 @@ class LeaseManager:
             for name in names:
                 self._state.reserved[name] = (target, until)
 
+    def _receiver(self, name: str) -> str | None:
+        """Who should take ``name`` once this replica gives it up (spread placement): the
+        best-ranked live candidate other than this replica (None: nobody, or pack)."""
+        if not self.spread or self._replicas is None:
+            return None
+        ranking = [r.id for r in self._placement().ranking(name) if r.id != self.replica_id]
+        return ranking[0] if ranking else None
+
+    def _end_reservations(self, receiver: str, names: Iterable[str] | None = None) -> bool:
+        """A reservation ends when its receiver took the lease or is gone: honouring it any
+        longer only delays the next candidate (a receiver killed right after it acquired
+        kept every peer away for the whole reservation). True if one ended."""
+        if self.runtime.planted("reservation_outlives_receiver"):
+            return False
+        with self._lock:
+            ended = [
+                n
+                for n, (target, _) in self._state.reserved.items()
+                if target == receiver and (names is None or n in names)
+            ]
+            for n in ended:
+                del self._state.reserved[n]
+        return bool(ended)
+
     def _replica_gone(self, gone: object) -> bool:
         """A peer's lock session ended (its watcher said so) or it is stopping (it said so).
 
@@ -622,6 +650,7 @@ class LeaseManager:
         if not isinstance(gone, str) or gone == self.replica_id:
             return False
         self._drop_from_view(gone)
+        self._end_reservations(gone)
         now, ttl = self.clock(), self.settings.leases.lease_ttl
         # Pooled standbys repeat a crash at every poll until its lease is taken (or lease_ttl
         # has passed): the first word campaigns, the repeats change nothing.
@@ -650,12 +679,20 @@ class LeaseManager:
         for command in commands:
             command(session)
 
-    def _expire(self, now: float) -> None:
-        """Self-fence leases whose validity ran out (heartbeats failing or stuck)."""
+    def _expire(self, session: LeaseSession, now: float) -> None:
+        """Self-fence leases whose validity ran out (heartbeats failing or stuck).
+
+        Then give their locks back: the session may well still hold them (the process was
+        stopped, or its heartbeats were slow, not lost), and the next campaign's try-lock
+        would otherwise stack a second, re-entrant grant on top (one release later the lock
+        would still be held, and the lease stuck here for as long as the session lives).
+        """
         with self._lock:
             expired = [lease for lease in self._state.held.values() if not lease.valid()]
         for lease in expired:
             self._drop(lease, "ttl_expired")
+        if expired and not self.runtime.planted("expired_lock_kept"):
+            session.release([lease.name for lease in expired])
 
     def _heartbeat(self, session: LeaseSession) -> None:
         with self._lock:
@@ -749,14 +786,19 @@ class LeaseManager:
                     r.holder_gone,
                     extra={"action": "lease_free", "replica": self.replica_id},
                 )
+            if r.holder_pid is not None and r.row_holder and r.row_pid == r.holder_pid:
+                self._end_reservations(r.row_holder, [r.name])  # the receiver took it
             if r.holder_gone and r.row_holder and not r.got:
                 # Free, never released, and its holder's lock session is gone: it crashed. Drop
                 # it from the view now (as a watcher's replica_gone would): the lease's next
                 # candidate is rank 0 at once instead of after a heartbeat and a placement step.
                 gone = self._drop_from_view(r.row_holder) or gone
+                gone = self._end_reservations(r.row_holder) or gone
         if gone:
             delays = self._try_delays(watched)
-        due = [free_since[n] + delays[n] for n in watched if n in free_since]
+        with self._lock:  # the rows above may have ended a reservation
+            reserved = {n: r for n, r in self._state.reserved.items() if r[1] > now}
+        due = [free_since[n] + delays[n] for n in watched if n in free_since and n not in reserved]
         due += [reserved[n][1] for n in watched if n in reserved]
         threshold = self.settings.leases.lease_ttl + self.settings.leases.eviction_grace
         for name, ok, age, holder_pid, row_pid, row_holder, _gone in rows:
@@ -1147,7 +1189,7 @@ class LeaseManager:
         every lock_timeout; the server wakes it when the peer's session ends, and the same
         statement tells every replica (``replica_gone``)."""
         backoff = 0.1
-        watch: WatchSession | None = None
+        watch: PeerWatch | None = None
         try:
             while not self._stop.is_set() and not self._stopped.is_set():
                 with self._watch_cv:
@@ -1278,16 +1320,7 @@ class LeaseManager:
             return
         for target in sorted(set(ready.values())):
             names = sorted(n for n, t in ready.items() if t == target)
-            # Name the receiver first (its NOTIFY is delivered before the release's): it tries
-            # at once and everyone else, this replica included, stays away for a while, so
-            # the lease moves once even while the replicas' views of each other still differ.
-            session.announce(
-                json.dumps(
-                    {"action": "hand_over", "leases": names, "to": target, "from": self.replica_id}
-                )
-            )
-            self._reserve(names, target)
-            self._release(session, names, f"rebalance: to {target}")
+            self._release(session, names, f"rebalance: to {target}", to=target)
         with self._lock:
             for name in ready:
                 self._state.handing_over.pop(name, None)
@@ -1321,6 +1354,7 @@ class LeaseManager:
                 self._state.held[name] = lease
                 self._state.acquired_at[name] = self.clock()
                 self._state.free_since.pop(name, None)
+                self._state.reserved.pop(name, None)
             log.info(
                 "lease %s acquired (epoch %s)",
                 name,
@@ -1364,8 +1398,24 @@ class LeaseManager:
         self._emit(LeaseEvent("evicted", name, None, f"holder {holder}"))
 
     def _release(
-        self, session: LeaseSession, names: list[str], reason: str, *, leaving: bool = False
+        self,
+        session: LeaseSession,
+        names: list[str],
+        reason: str,
+        *,
+        leaving: bool = False,
+        to: str | None = None,
     ) -> None:
+        """Release held leases (record, unlock, NOTIFY: one round trip).
+
+        ``to``: the receiver (a rebalance's better replica, a wedged tick's next candidate).
+        The ``hand_over`` control message naming it goes in the same round trip, ahead of
+        the release's NOTIFY: the receiver tries at once and everyone else, this replica
+        included, stays away for a while (:meth:`_reserve`), so the lease moves once even
+        while the replicas' views of each other still differ. Sent with the release, not a
+        round trip before it, the reservation cannot run out while a slow release is still
+        on its way (a third replica then took the lease, which moved again).
+        """
         with self._lock:
             leases = [self._state.held.pop(n) for n in names if n in self._state.held]
         if not leases:
@@ -1374,13 +1424,22 @@ class LeaseManager:
             return
         for lease in leases:
             lease._lose(reason)  # stop believing before the lock is gone
+        released = [lease.name for lease in leases]
+        announce = None
+        if to is not None:
+            announce = json.dumps(
+                {"action": "hand_over", "leases": released, "to": to, "from": self.replica_id}
+            )
         session.hand_over(
-            [lease.name for lease in leases],
+            released,
             [lease.epoch for lease in leases],
             self.replica_id,
             reason,
             leaving=leaving,
+            announce=announce,
         )
+        if to is not None:
+            self._reserve(released, to)
         for lease in leases:
             log.info(
                 "lease %s released (epoch %s): %s",

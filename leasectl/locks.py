@@ -228,9 +228,19 @@ class LeaseSession(Protocol):
         reason: str,
         *,
         leaving: bool = False,
+        announce: str | None = None,
     ) -> set[str]: ...
     def release(self, names: Iterable[str], *, notify: bool = True) -> set[str]: ...
     def evict(self, lease: str, pid: int, *, replica: str, reason: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class PeerWatch(Protocol):
+    """The watch connection as the lease manager uses it (:class:`WatchSession` is the real
+    one; the simulator has its own)."""
+
+    def watch(self, replica: str, why: str = "session_ended") -> bool | None: ...
+    def cancel(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -692,13 +702,16 @@ class LockSession:
         reason: str,
         *,
         leaving: bool = False,
+        announce: str | None = None,
     ) -> set[str]:
         """Release held leases gracefully: record it, unlock, NOTIFY; one round trip.
 
         ``leaving``: the replica is stopping; the unlock then also marks it stopped and
         NOTIFYs ``replica_gone`` in the same transaction (``release_leaving``), so peers read
         "gone" and the releases in one batch and the next candidate of each lease takes it in
-        its first campaign.
+        its first campaign. ``announce``: a control message (a hand-over naming its
+        receiver) sent in the same pipeline, committed before the unlock, so every peer reads
+        it before the release's NOTIFY.
         """
         names = list(names)
         if not names:
@@ -710,6 +723,8 @@ class LockSession:
         try:
             with self.conn.pipeline():
                 self.conn.execute(L["record_release"], record)
+                if announce is not None:
+                    self.conn.execute(L["notify_control"], {"payload": announce})
                 if leaving:
                     gone = {"id": replica, "payload": gone_payload(replica, "stop")}
                     released = self.conn.execute(L["release_leaving"], {**unlock, **gone})

@@ -71,7 +71,11 @@ class Joinable(Protocol):
 
 
 class Runtime(Protocol):
-    """What the lease manager takes from the world, so a simulator can stand in for it."""
+    """What the lease manager takes from the world, so a simulator can stand in for it.
+
+    :meth:`planted` is a fault point in FoundationDB's BUGGIFY sense: a named,
+    fixed defect that only a simulated runtime switches back on (production: never).
+    """
 
     @property
     def host(self) -> str: ...
@@ -84,6 +88,7 @@ class Runtime(Protocol):
     def waker(self) -> Wake: ...
     def spawn(self, fn: Callable[[], None], name: str) -> Joinable: ...
     def sleep(self, seconds: float) -> None: ...
+    def planted(self, bug: str) -> bool: ...
 
 
 class Waker:
@@ -170,6 +175,11 @@ class ThreadRuntime:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+    def planted(self, bug: str) -> bool:
+        """Never: fault points exist for the simulator (``tests/sim/``), which turns one on
+        to prove its invariants catch the bug a fix removed."""
+        return False
 
 
 #: The runtime every lease manager uses unless given another.

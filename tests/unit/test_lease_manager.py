@@ -296,8 +296,11 @@ class FakeSession:
         reason: str,
         *,
         leaving: bool = False,
+        announce: str | None = None,
     ) -> set[str]:
         self._call("hand_over")
+        if announce is not None:
+            self.db.notify("leasectl_control", announce)
         if leaving:
             self.db.placement[replica].stopped = True
             self.db.notify("leasectl_control", gone_payload(replica, "stop"))
@@ -448,14 +451,30 @@ def test_a_heartbeat_that_fails_past_lease_ttl_self_fences() -> None:
         m._heartbeat(s)
     clock.now = 104.9
     assert lease.valid()  # belief lasts until the last good renewal + lease_ttl, not longer
-    m._expire(clock())
+    m._expire(s, clock())
     assert m.lease("x") is not None
     clock.now = 105.0
     assert not lease.valid() and lease.lost_reason == "ttl_expired"
-    m._expire(clock())
+    with pytest.raises(DatabaseUnavailable):  # giving the lock back fails too: reconnect
+        m._expire(s, clock())
     assert m.held() == {} and "x" not in m._state.held
     assert lease.lost_event.is_set()
     assert [(e.kind, e.reason) for e in events if e.kind == "lost"] == [("lost", "ttl_expired")]
+
+
+def test_a_lease_that_expired_on_a_live_session_gives_its_lock_back() -> None:
+    """A stopped holder (SIGSTOP longer than lease_ttl, not yet evicted) resumes: it drops the
+    lease and unlocks it, so its next campaign takes one grant, not a stacked second one
+    (simulator seed 56: one release later the lock stayed held and the lease stuck here)."""
+    db, clock = FakeDatabase(), FakeClock(100.0)
+    m, s, events = manager(db, "a", ["x"], clock)
+    m._campaign(s)
+    assert m.lease("x") is not None
+    clock.now = 100.0 + TTL  # no heartbeat meanwhile: the process was stopped
+    m._expire(s, clock())
+    assert m.lease("x") is None and "x" not in db.locks  # unlocked
+    m._campaign(s)
+    assert m.lease("x") is not None and db.locks["x"] == s.backend_pid
 
 
 def test_a_heartbeat_that_finds_the_epoch_moved_drops_the_lease_and_unlocks() -> None:
@@ -911,8 +930,8 @@ def test_requires_labels_and_preferred_holder_from_the_configuration() -> None:
     a._session, b._session = a._connect(), b._connect()
     assert "loop-0" not in db.placement["a"].campaigns_for
     assert db.placement["b"].preferred_for == ["loop-1"]
-    members = [(a, s_a, []), (b, s_b, [])]
-    beat(*members)  # type: ignore[arg-type]
+    members: list[tuple[LeaseManager, FakeSession, list[LeaseEvent]]] = [(a, s_a, []), (b, s_b, [])]
+    beat(*members)
     a._campaign(s_a)
     b._campaign(s_b)
     assert "loop-0" in b.held() and "loop-1" in b.held()
@@ -1093,13 +1112,14 @@ def test_commands_stop_and_a_pending_hand_over_wake_the_thread() -> None:
     m._campaign(s)
     fd = m._waker.fd
     assert not readable(fd)
-    for command in (
+    commands: tuple[Callable[[], None], ...] = (
         lambda: m.step_down("x"),
         lambda: m.abandon("y", "wedged_tick"),
         lambda: m.resume("y"),
         lambda: m.report_wedged(["y"]),
         m.stop,
-    ):
+    )
+    for command in commands:
         command()
         assert readable(fd)
         m._waker.drain()
