@@ -169,6 +169,8 @@ class LeaseManager:
         #: leases.standby: pooled: a lock session only while needed (holder, choice, heir)
         self.pooled = self.spread and settings.leases.standby == "pooled"
         names = list(wanted)
+        #: every lease this replica's App declares (published for ``leasectl status``)
+        self.declared = sorted(names)
         declared = policies or {}
         overrides = settings.leases.loops
         self.policies: dict[str, placement.LeasePolicy] = {}
@@ -429,8 +431,9 @@ class LeaseManager:
         ``REGISTER_LIVE_S``; a live duplicate keeps heartbeating and is refused.
         """
         deadline = self.clock() + REGISTER_LIVE_S + 1.0
+        ident = self._identity(candidacy)
         while (
-            got := session.register_replica(self.replica_id, **self._identity(candidacy))
+            got := session.register_replica(self.replica_id, **ident, declared_leases=self.declared)
         ) is None:
             if self.clock() >= deadline:
                 raise session.refused(self.replica_id)

@@ -198,6 +198,7 @@ class LeaseSession(Protocol):
         labels: Sequence[str] = (),
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
+        declared_leases: Sequence[str] = (),
     ) -> Registered | None: ...
     def refused(self, replica: str) -> ConfigError: ...
     def replica_candidacy(
@@ -551,11 +552,12 @@ class LockSession:
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
         live_s: float = REGISTER_LIVE_S,
+        declared_leases: Sequence[str] = (),
     ) -> Registered | None:
         """Announce this replica (and this lock session's backend pid) in ``leasectl_replicas``,
-        with what placement ranks it by (its labels and the leases it campaigns for); the
-        answer carries a ``step-down --replica`` asked of this process while it had no lock
-        session.
+        with what placement ranks it by (its labels and the leases it campaigns for) and the
+        leases its App declares (what ``leasectl status`` expects); the answer carries a
+        ``step-down --replica`` asked of this process while it had no lock session.
 
         One attempt: None when the id belongs to another process that is live (its lock
         session exists and it heartbeated within ``live_s``). The caller retries for a while
@@ -573,6 +575,7 @@ class LockSession:
             "campaigns_for": list(campaigns_for),
             "preferred_for": list(preferred_for),
             "live_s": live_s,
+            "declared_leases": list(declared_leases),
         }
         got = self._exec(L["register_replica"], params).fetchone()
         if got is None:

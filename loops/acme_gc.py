@@ -2,22 +2,23 @@
 
 One tick runs three independent statements (each its own transaction, so one failing does not
 undo the others; the first error is raised after all three ran):
-``DELETE FROM acme_nonces WHERE used OR expires_at < now()``; pending authorizations past
-``expires_at`` become ``expired``; pending/ready/processing orders past ``expires_at`` become
-``invalid`` with an ACME ``serverInternal`` error document. Unlike certctl (defect #1, the loop
-was wired after the scheduler started and never ran) this loop is started like every other.
+``DELETE FROM leasectl_certs.acme_nonces WHERE used OR expires_at < now()``; pending
+authorizations past ``expires_at`` become ``expired``; pending/ready/processing orders past
+``expires_at`` become ``invalid`` with an ACME ``serverInternal`` error document. Unlike
+certctl (defect #1, the loop was wired after the scheduler started and never ran) this loop is
+started like every other.
 
 Why ``everywhere`` is safe: each statement is idempotent and guarded by the state it changes.
 """
 
 from __future__ import annotations
 
+from leasectl.certs._common import everywhere, transaction
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import everywhere, transaction
-from loops.settings import LoopsSettings
 
-Q = load("acme_gc", package="loops.sql")
+Q = load("acme_gc", package="leasectl.certs.sql")
 
 NAME = "acme_gc"
 TIMEOUT = 60.0

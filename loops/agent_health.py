@@ -1,8 +1,9 @@
 """agent_health: mark Online agents Offline when their heartbeat is older than the threshold.
 
-One tick is one guarded ``UPDATE agents SET status = 'Offline' WHERE status = 'Online' AND
-last_heartbeat_at < now() - agents.offline_after``. The threshold is its own setting (default
-5 min), not the tick interval as in certctl, so a heartbeat every 60 s survives a late tick.
+One tick is one guarded ``UPDATE leasectl_certs.agents SET status = 'Offline' WHERE status =
+'Online' AND last_heartbeat_at < now() - agents.offline_after``. The threshold is its own
+setting (default 5 min), not the tick interval as in certctl, so a heartbeat every 60 s
+survives a late tick.
 
 Why ``everywhere`` is safe: the statement is idempotent (a second replica finds nothing left to
 change) and writes only the status, so it never overwrites a concurrent heartbeat.
@@ -10,12 +11,12 @@ change) and writes only the status, so it never overwrites a concurrent heartbea
 
 from __future__ import annotations
 
+from leasectl.certs._common import everywhere, transaction
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import everywhere, transaction
-from loops.settings import LoopsSettings
 
-Q = load("agent_health", package="loops.sql")
+Q = load("agent_health", package="leasectl.certs.sql")
 
 NAME = "agent_health"
 TIMEOUT = 60.0

@@ -1,7 +1,8 @@
 """job_timeout: fail jobs stuck in a waiting or running state, each arm one guarded UPDATE.
 
-One tick runs three statements, each ``UPDATE jobs ... WHERE status = <state> AND <age> ...``
-with its audit rows written by the same statement (no read-then-write, certctl defect #9):
+One tick runs three statements, each ``UPDATE leasectl_certs.jobs ... WHERE status = <state> AND
+<age> ...`` with its audit rows written by the same statement (no read-then-write, certctl
+defect #9):
 
 - AwaitingCSR older than ``jobs.awaiting_csr_timeout`` and AwaitingApproval older than
   ``jobs.awaiting_approval_timeout``, measured from entering the state (``status_changed_at``);
@@ -16,12 +17,12 @@ touched, and two replicas reaping at once fail (and audit) each job once.
 
 from __future__ import annotations
 
+from leasectl.certs._common import actor, duration_label, everywhere, transaction
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import actor, duration_label, everywhere, transaction
-from loops.settings import LoopsSettings
 
-Q = load("job_timeout", package="loops.sql")
+Q = load("job_timeout", package="leasectl.certs.sql")
 
 NAME = "job_timeout"
 TIMEOUT = 120.0

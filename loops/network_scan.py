@@ -13,7 +13,9 @@ stamps the target's ``last_scan_*`` columns.
 Why ``everywhere`` is safe: a target is claimed with ``FOR UPDATE SKIP LOCKED`` by writing a
 claim (``scan_claimed_by``/``scan_claimed_until``) into its row, so two replicas never scan the
 same target at once and the scan interval holds cluster-wide; no transaction stays open across
-the probes, and a crashed scanner's claim expires after ``network_scan.claim_ttl``. Storage is an
+the probes, and a crashed scanner's claim expires after ``network_scan.claim_ttl`` (one this
+replica id still holds, left by an earlier tick that could not hand it back, is taken again at
+once: ticks never overlap on a replica and a tick holds one target at a time). Storage is an
 upsert on the natural key, so even a scan finishing after its claim expired stores nothing twice.
 """
 
@@ -28,14 +30,14 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from leasectl.certs import ca, discovered
+from leasectl.certs._common import actor, everywhere, transaction
+from leasectl.certs.settings import LoopsSettings
+from leasectl.certs.tls_probe import ProbeResult, format_endpoint, probe
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops import ca, discovered
-from loops._common import actor, everywhere, transaction
-from loops.settings import LoopsSettings
-from loops.tls_probe import ProbeResult, format_endpoint, probe
 
-Q = load("network_scan", package="loops.sql")
+Q = load("network_scan", package="leasectl.certs.sql")
 
 NAME = "network_scan"
 TIMEOUT = 1800.0  # certctl: 30 minutes

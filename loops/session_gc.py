@@ -1,7 +1,7 @@
 """session_gc: delete expired sessions and abandoned pre-login sessions.
 
-One tick is one ``DELETE FROM sessions WHERE absolute_expires_at < now() OR (is_pre_login AND
-created_at < now() - gc.pre_login_session_ttl)``.
+One tick is one ``DELETE FROM leasectl_certs.sessions WHERE absolute_expires_at < now() OR
+(is_pre_login AND created_at < now() - gc.pre_login_session_ttl)``.
 
 Why ``everywhere`` is safe: a DELETE by predicate is idempotent; concurrent replicas delete
 disjoint or already-deleted rows.
@@ -9,12 +9,12 @@ disjoint or already-deleted rows.
 
 from __future__ import annotations
 
+from leasectl.certs._common import everywhere, transaction
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import everywhere, transaction
-from loops.settings import LoopsSettings
 
-Q = load("session_gc", package="loops.sql")
+Q = load("session_gc", package="leasectl.certs.sql")
 
 NAME = "session_gc"
 TIMEOUT = 60.0

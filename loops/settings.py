@@ -164,8 +164,10 @@ class NotificationSettings:
     # link-local (cloud metadata), multicast or reserved; every other such address is refused.
     allow_private_networks: tuple[str, ...] = ()
     templates_dir: str = ""  # empty: the packaged loops/templates
-    # A row left 'sending' by this same epoch longer than this is re-delivered (a tick that
-    # died between the external call and the mark); older epochs' claims are re-delivered at once.
+    # Only for a row left 'sending' by the OTHER notification loop (send vs retry), e.g. one
+    # since disabled: after this many seconds (never less than the longer of the two loops'
+    # tick timeouts) either loop takes it. A loop's own claims never wait: its next tick
+    # re-delivers whatever an earlier tick or an older epoch left 'sending', same id.
     stale_claim_after: float = 300.0
 
 
@@ -209,7 +211,9 @@ class NetworkScanSettings:
     loop: LoopToggle = field(default_factory=lambda: LoopToggle(interval=600.0))
     concurrency: int = 50
     max_hosts_per_target: int = 4096  # a /20
-    claim_ttl: float = 1800.0  # a target being scanned is held this long (the tick timeout)
+    # a target being scanned is held this long (the tick timeout) from other replicas; this
+    # replica's next tick takes back a claim its earlier tick left
+    claim_ttl: float = 1800.0
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ import jinja2
 import psycopg
 import pytest
 
-import loops
-from loops import digest, notification_send
-from loops.notify.templates import TemplateRenderError, Templates
-from loops.settings import (
+import leasectl.certs
+from leasectl.certs import digest, notification_send
+from leasectl.certs.notify.templates import TemplateRenderError, Templates
+from leasectl.certs.settings import (
     DigestLoop,
     DigestSettings,
     LoopsSettings,
@@ -37,7 +37,7 @@ ESCAPES = [
 
 def template_dir(tmp_path: Path, name: str, text: str) -> Path:
     target = tmp_path / "templates"
-    shutil.copytree(Path(loops.__file__).parent / "templates", target)
+    shutil.copytree(Path(leasectl.certs.__file__).parent / "templates", target)
     (target / name).write_text(text)
     return target
 
@@ -140,5 +140,7 @@ def test_digest_template_refusal_is_recorded_not_a_crashed_tick(
             ctx = tick(spec, pool, lease, tick_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     assert ctx.stats == {"failed": 1}
     assert inbox.messages == []
-    status, error = conn.execute("SELECT status, error FROM digest_sends").fetchone() or ("", "")
+    status, error = conn.execute(
+        "SELECT status, error FROM leasectl_certs.digest_sends"
+    ).fetchone() or ("", "")
     assert status == "failed" and "template digest.html.j2 failed: refused by the" in error

@@ -534,6 +534,7 @@ class SimLockSession:
         labels: Sequence[str] = (),
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
+        declared_leases: Sequence[str] = (),
     ) -> Registered | None:
         ident = {
             "host": host,
