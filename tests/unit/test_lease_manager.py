@@ -771,6 +771,34 @@ def test_a_better_replica_joining_gets_its_leases_handed_over_once_settled() -> 
     assert all(m._state.handing_over == {} for m, _, _ in (a, b, c))
 
 
+def test_a_hand_over_names_its_receiver_in_the_releases_round_trip() -> None:
+    """The announce is no longer a round trip of its own before the release: peers read it in
+    the same batch as the release's NOTIFY (first), so their reservation starts when the
+    lease is free and a slow release cannot use it up (issue 20: the lease moved twice). The
+    receiver taking the lease ends every peer's reservation."""
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    a = manager(db, "a", SIX, clock, SPREAD)
+    beat(a)
+    a[0]._campaign(a[1])
+    db.now, clock.now = 10.0, 110.0
+    b, c = manager(db, "b", SIX, clock, SPREAD), manager(db, "c", SIX, clock, SPREAD)
+    beat(a, b, c)
+    db.now, clock.now = 13.0, 113.0
+    beat(a, b, c)
+    moving = dict(a[0]._state.handing_over)
+    assert moving
+    a[1].calls.clear()
+    a[0]._hand_over_idle(a[1])
+    assert "announce" not in a[1].calls and "hand_over" in a[1].calls
+    first = b[1].inbox[0]
+    assert first.startswith("{") and '"hand_over"' in first  # before the releases
+    deliver(a, b, c)
+    assert all(n in m.held() for n, t in moving.items() for m, _, _ in (b, c) if m.replica_id == t)
+    for m, sess, _ in (a, b, c):
+        m._campaign(sess)  # each sees the receiver holding the lease: its reservation ends
+    assert all(n not in m._state.reserved for m, _, _ in (a, b, c) for n in moving)
+
+
 def test_a_running_tick_delays_the_hand_over_and_no_tick_starts_meanwhile() -> None:
     db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
     a = manager(db, "a", SIX, clock, SPREAD)
