@@ -20,7 +20,22 @@ SET finished_at = now(), outcome = %(outcome)s, error = %(error)s
 WHERE loop = %(loop)s AND tick_at = %(tick_at)s AND epoch = %(lease_epoch)s
   AND (SELECT leasectl_fence(%(lease_name)s, %(lease_epoch)s))
 
+-- name: miss_tick
+-- Record a slot as missed (later than max_delay, or beyond catch_up), fenced like a claim:
+-- only a slot nobody completed, and only under the current epoch.
+INSERT INTO leasectl_ticks AS t
+    (loop, tick_at, epoch, replica, started_at, finished_at, outcome, attempts, error)
+SELECT %(loop)s, %(tick_at)s, %(lease_epoch)s, %(replica)s, now(), now(), 'missed', 0, %(error)s
+WHERE (SELECT leasectl_fence(%(lease_name)s, %(lease_epoch)s))
+ON CONFLICT (loop, tick_at) DO UPDATE
+SET epoch = excluded.epoch, replica = excluded.replica, finished_at = now(),
+    outcome = 'missed', error = excluded.error
+WHERE t.outcome IN ('failed', 'lost', 'cancelled')
+   OR (t.outcome = 'running' AND t.epoch < excluded.epoch)
+RETURNING tick_at
+
 -- name: last_done
--- The latest slot this loop completed, whoever ran it: how a restart or failover knows
--- when the loop last ran.
-SELECT max(tick_at) FROM leasectl_ticks WHERE loop = %(loop)s AND outcome = 'ok'
+-- The latest slot this loop handled (ran, or recorded missed), whoever did: how a restart
+-- or failover knows which slots still need running.
+SELECT max(tick_at) FROM leasectl_ticks
+WHERE loop = %(loop)s AND outcome IN ('ok', 'missed')
