@@ -211,7 +211,14 @@ def describe(path: str, owner: type | None, loops_docs: LoopsDocs | None = None)
     parent, _, name = path.rpartition(".")
     if parent in ld.toggles:
         loop = ld.toggles[parent]
-        return f"run the {loop} loop" if name == "enabled" else f"seconds between {loop} ticks"
+        return {
+            "enabled": f"run the {loop} loop",
+            "cron": (
+                f"cron expression for {loop} instead of interval (e.g. '0 2 * * *'); "
+                "empty: every interval seconds"
+            ),
+            "tz": "IANA time zone the cron expression is read in (e.g. Europe/Berlin)",
+        }.get(name, f"seconds between {loop} ticks")
     if path in ld.toggles:
         return f"the {ld.toggles[path]} loop"
     if path == "loops":

@@ -34,7 +34,7 @@ from leasectl import sql
 from leasectl.errors import LeasectlError
 from leasectl.loop import LoopSpec, TickContext
 from loops import discovered
-from loops._common import within_limit
+from loops._common import schedule_of, within_limit
 from loops.ca import CertificateInfo, describe
 from loops.settings import AwsSourceSettings, LoopsSettings
 
@@ -304,7 +304,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
         return None
     return LoopSpec(
         name="cloud_discovery",
-        interval=cd.loop.interval,
+        **schedule_of(cd.loop),
         placement="leased",
         run=AwsDiscovery(cd.aws).run,
         timeout=1800.0,

@@ -30,6 +30,7 @@ from psycopg.rows import dict_row
 from leasectl import sql
 from leasectl.errors import ConfigError, FencingRejected, LeasectlError
 from leasectl.loop import LoopSpec, TickContext
+from loops._common import schedule_of
 from loops.ca import CAError, load_issuer_ca
 from loops.settings import CaSettings, LoopsSettings
 
@@ -236,7 +237,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
         )
     return LoopSpec(
         name="crl_generation",
-        interval=crl.loop.interval,
+        **schedule_of(crl.loop),
         placement="leased",
         run=CrlGenerator(crl.next_update, settings.ca).run,
         timeout=300.0,

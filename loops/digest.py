@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 from leasectl import sql
 from leasectl.errors import ConfigError, LeasectlError
 from leasectl.loop import LoopSpec, TickContext
-from loops._common import email_domain, within_limit
+from loops._common import email_domain, schedule_of, within_limit
 from loops.metrics import NOTIFICATIONS
 from loops.notify.dispatch import call_budget
 from loops.notify.email import SmtpSender
@@ -184,7 +184,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
     templates = Templates(settings.notifications.templates_dir)  # checks digest.html.j2 too
     return LoopSpec(
         name="digest",
-        interval=ds.loop.interval,
+        **schedule_of(ds.loop),
         placement="leased",
         run=Digest(ds, templates, smtp).run,
         timeout=300.0,

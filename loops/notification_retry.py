@@ -9,6 +9,7 @@ for the same reason as notification_send: a retry is an external side effect.
 from __future__ import annotations
 
 from leasectl.loop import LoopSpec
+from loops._common import schedule_of
 from loops.notify.dispatch import Channels, Dispatcher
 from loops.settings import LoopsSettings
 
@@ -24,7 +25,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
     dispatcher = Dispatcher(Channels.from_settings(ns), ns, "retry")
     return LoopSpec(
         name="notification_retry",
-        interval=ns.retry.interval,
+        **schedule_of(ns.retry),
         placement="leased",
         run=dispatcher.run,
         timeout=max(120.0, ns.retry.interval),

@@ -10,6 +10,7 @@ case exactly-once; the epoch fence plus the idempotency key cover the failover w
 from __future__ import annotations
 
 from leasectl.loop import LoopSpec
+from loops._common import schedule_of
 from loops.notify.dispatch import Channels, Dispatcher
 from loops.settings import LoopsSettings
 
@@ -25,7 +26,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
     dispatcher = Dispatcher(Channels.from_settings(ns), ns, "send")
     return LoopSpec(
         name="notification_send",
-        interval=ns.send.interval,
+        **schedule_of(ns.send),
         placement="leased",
         run=dispatcher.run,
         timeout=max(60.0, ns.send.interval),
