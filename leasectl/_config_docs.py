@@ -158,6 +158,11 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     "scheduler.loops_package": "Python package declaring the loops (its .registry module)",
     "scheduler.only": "run only these loops (names); empty: every enabled loop",
+    "scheduler.ledger_retention": (
+        "seconds of run history kept in the tick ledger (leasectl_ticks); older rows are "
+        "deleted by the built-in everywhere loop ledger_retention (a loop's latest done slot "
+        "is always kept)"
+    ),
     "scheduler.error_backoff_initial": "first delay after a failed tick (seconds)",
     "scheduler.error_backoff_max": "cap of the failed-tick backoff (seconds)",
     "scheduler.wedge_grace": (

@@ -39,7 +39,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self, TypeVar
 
-from leasectl import logs
+from leasectl import ledger, logs
 from leasectl.config import load_settings
 from leasectl.daemon import EXIT_FORCED, EXIT_START, Daemon
 from leasectl.errors import ConfigError, LeasectlError
@@ -285,6 +285,7 @@ class App:
             loops = [(s, c) for s, c in loops if s.placement != "leased"]
         if self.settings.limits:
             loops.append((RATE_LIMIT_GC, None))
+        loops.append((ledger.retention_loop(self.settings.scheduler.ledger_retention), None))
         return loops
 
     def _known_names(self) -> set[str]:

@@ -496,6 +496,7 @@ class Scheduler:
             # The fenced "slot done" update was refused (or failed): as far as the cluster
             # knows this slot did not complete here, and a newer holder may run it again.
             outcome, error = "lost", "tick completed but its ledger row was fenced off"
+        self._record_run(spec, tick_at, seconds, outcome, error)
         state.ticks += 1
         metrics.LOOP_TICKS.labels(spec.name, outcome).inc()
         metrics.LOOP_TICK_SECONDS.labels(spec.name).observe(seconds)
@@ -542,6 +543,35 @@ class Scheduler:
             assert self.event_loop is not None and self.event_loop.pool is not None  # noqa: S101 - checked in __init__; the pool opens with the thread
             return AsyncTickContext(pool=self.event_loop.pool, **common)
         return TickContext(pool=self.pool, **common)
+
+    def _record_run(
+        self, spec: LoopSpec, tick_at: float, seconds: float, outcome: str, error: str | None
+    ) -> None:
+        """Upsert this replica's last run of the loop and its next fire (``leasectl status``)."""
+        end = self.wall()
+        if spec.placement == "leased" or spec.cron is not None:
+            upcoming = spec.schedule.next_after(max(tick_at, end))
+        else:
+            upcoming = end + spec.interval
+        params = {
+            "loop": spec.name,
+            "replica": self.replica_id,
+            "placement": spec.placement,
+            "schedule": spec.schedule.describe(),
+            "tz": spec.schedule.zone,
+            "tick_at": datetime.fromtimestamp(tick_at, UTC),
+            "started_at": datetime.fromtimestamp(end - seconds, UTC),
+            "finished_at": datetime.fromtimestamp(end, UTC),
+            "seconds": seconds,
+            "outcome": outcome,
+            "error": error[:2000] if error else None,
+            "next_fire_at": datetime.fromtimestamp(upcoming, UTC),
+        }
+        try:
+            with self.pool.connection() as conn:
+                conn.execute(Q["record_run"], params)
+        except psycopg.Error as exc:  # history is a courtesy; the tick's outcome stands
+            log.debug("cannot record the run of %s: %s", spec.name, exc)
 
     def _finish(self, params: dict[str, Any], outcome: str, error: str | None) -> bool:
         """Record the slot's outcome, fenced; False when it could not be recorded."""

@@ -20,11 +20,14 @@ CREATE TABLE leasectl_loop_runs (
     placement    text NOT NULL,
     schedule     text NOT NULL,
     tz           text NOT NULL,
-    tick_at      timestamptz,
+    tick_at      timestamptz,           -- the slot or fire time the run was for
     started_at   timestamptz,
     finished_at  timestamptz,
+    seconds      double precision,
     outcome      text,
-    error        text,
+    error        text,                  -- this run's error (NULL when ok)
+    last_error   text,                  -- the latest error seen, kept across later ok runs
+    last_error_at timestamptz,
     next_fire_at timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (loop, replica)

@@ -39,3 +39,22 @@ RETURNING tick_at
 -- or failover knows which slots still need running.
 SELECT max(tick_at) FROM leasectl_ticks
 WHERE loop = %(loop)s AND outcome IN ('ok', 'missed')
+
+-- name: record_run
+-- The last run of a loop on this replica (status' loops table). Not fenced: each replica
+-- reports only what it did itself. The latest error survives later ok runs.
+INSERT INTO leasectl_loop_runs AS r
+    (loop, replica, placement, schedule, tz, tick_at, started_at, finished_at, seconds,
+     outcome, error, last_error, last_error_at, next_fire_at, updated_at)
+VALUES (%(loop)s, %(replica)s, %(placement)s, %(schedule)s, %(tz)s, %(tick_at)s,
+        %(started_at)s, %(finished_at)s, %(seconds)s, %(outcome)s, %(error)s, %(error)s,
+        CASE WHEN %(error)s::text IS NULL THEN NULL ELSE %(finished_at)s END,
+        %(next_fire_at)s, now())
+ON CONFLICT (loop, replica) DO UPDATE
+SET placement = excluded.placement, schedule = excluded.schedule, tz = excluded.tz,
+    tick_at = excluded.tick_at, started_at = excluded.started_at,
+    finished_at = excluded.finished_at, seconds = excluded.seconds,
+    outcome = excluded.outcome, error = excluded.error,
+    last_error = coalesce(excluded.last_error, r.last_error),
+    last_error_at = coalesce(excluded.last_error_at, r.last_error_at),
+    next_fire_at = excluded.next_fire_at, updated_at = now()
