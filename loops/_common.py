@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import DictRow, dict_row
 
+from leasectl.certs.settings import LoopToggle
 from leasectl.errors import DatabaseUnavailable
 from leasectl.loop import LoopSpec, TickContext
-from loops.settings import LoopToggle
 
 #: Actor type written to ``audit_events`` by every loop.
 ACTOR_TYPE = "System"

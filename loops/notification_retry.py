@@ -8,10 +8,10 @@ for the same reason as notification_send: a retry is an external side effect.
 
 from __future__ import annotations
 
+from leasectl.certs._common import schedule_of
+from leasectl.certs.notify.dispatch import Channels, Dispatcher, tick_timeout
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec
-from loops._common import schedule_of
-from loops.notify.dispatch import Channels, Dispatcher
-from loops.settings import LoopsSettings
 
 
 def build(settings: LoopsSettings) -> LoopSpec | None:
@@ -28,7 +28,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
         **schedule_of(ns.retry),
         placement="leased",
         run=dispatcher.run,
-        timeout=max(120.0, ns.retry.interval),
+        timeout=tick_timeout(ns, "retry"),
         run_on_start=True,
         description="retry failed notifications with backoff; dead-letter after max_attempts",
     )

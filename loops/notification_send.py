@@ -9,10 +9,10 @@ case exactly-once; the epoch fence plus the idempotency key cover the failover w
 
 from __future__ import annotations
 
+from leasectl.certs._common import schedule_of
+from leasectl.certs.notify.dispatch import Channels, Dispatcher, tick_timeout
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec
-from loops._common import schedule_of
-from loops.notify.dispatch import Channels, Dispatcher
-from loops.settings import LoopsSettings
 
 
 def build(settings: LoopsSettings) -> LoopSpec | None:
@@ -29,7 +29,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
         **schedule_of(ns.send),
         placement="leased",
         run=dispatcher.run,
-        timeout=max(60.0, ns.send.interval),
+        timeout=tick_timeout(ns, "send"),
         run_on_start=True,
         description="deliver pending notifications (email, webhook)",
     )

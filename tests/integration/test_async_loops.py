@@ -102,8 +102,11 @@ def test_async_leased_loop_runs_on_the_event_loop_and_writes_fenced(
     rows = conn.execute("SELECT slot, epoch, thread FROM alog").fetchall()
     assert {r[2] for r in rows} == {"leasectl-asyncio"}  # the one event-loop thread
     assert len({r[0] for r in rows}) == len(rows)
-    ok = [r for r in _ledger(conn, "awrite") if r[1] == "ok"]
-    assert len(ok) >= 3
+    # The ledger row is finished right after the body's transaction commits.
+    wait_until(
+        lambda: len([r for r in _ledger(conn, "awrite") if r[1] == "ok"]) >= 3,
+        what="three ok ledger rows",
+    )
 
 
 def test_async_tick_is_cancelled_when_the_lease_is_lost(

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from leasectl.certs.settings import LoopsSettings
 from leasectl.config import dump, load, load_settings, to_yaml
 from leasectl.errors import ConfigError
 from leasectl.settings import Settings
-from loops.settings import LoopsSettings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -214,7 +214,7 @@ def test_loop_cron_and_tz_are_checked_with_file_and_line(tmp_path: Path) -> None
 
 
 def test_shipped_loop_takes_cron_and_tz_from_its_settings(tmp_path: Path) -> None:
-    from loops.registry import build_loops
+    from leasectl.certs.registry import build_loops
 
     path = write(
         tmp_path,
