@@ -50,6 +50,9 @@ log = logging.getLogger("leasectl.scheduler")
 #: re-reads the wall clock now and then (a leased slot is a wall-clock time, and the clock
 #: may be stepped).
 _MAX_SLEEP = 30.0
+#: How long before its start a leased slot is claimed in the ledger (at most a quarter of the
+#: interval): the fenced claim's round trip then happens before the fire instant, not after.
+_CLAIM_LEAD = 0.25
 Q = sql.load("scheduler")
 
 
@@ -339,31 +342,47 @@ class Scheduler:
             if plan.missed_through is not None:
                 self._record_missed(state, lease, plan)
                 continue
+            lead = min(_CLAIM_LEAD, spec.interval / 4)
             if plan.slot is None:
-                # Draw the jittered start once per upcoming slot, then sleep towards it.
+                # Draw the jittered start once per upcoming slot, then sleep towards it; the
+                # slot is claimed ``lead`` early so the claim's round trip is not lateness.
                 if state.pending_slot != plan.wake_at:
                     state.pending_slot = plan.wake_at
                     spread = spec.jitter_s if spec.grace is None else min(spec.jitter_s, spec.grace)
                     state.pending_start = plan.wake_at + random.uniform(0, spread)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
-                self._sleep(state, max(state.pending_start - now, 0.0))
-                continue
-            if plan.slot == state.pending_slot and now < state.pending_start:
-                self._sleep(state, state.pending_start - now)
-                continue
+                if now < state.pending_start - lead:
+                    self._sleep(state, state.pending_start - lead - now)
+                    continue
+                slot: float = plan.wake_at
+            else:
+                if plan.slot == state.pending_slot and now < state.pending_start - lead:
+                    self._sleep(state, state.pending_start - lead - now)
+                    continue
+                slot = plan.slot
+            start_at = state.pending_start if slot == state.pending_slot else None
             # The manager hands a lease over (placement rebalance) only between ticks.
             if not self.manager.tick_begin(spec.name, lease):
                 self._sleep(state, 0.1)
                 continue
             try:
-                ok = self._leased_tick(state, lease, plan.slot, plan.missed)
+                ok = self._leased_tick(state, lease, slot, plan.missed, start_at)
             finally:
                 self.manager.tick_end(spec.name)
             if ok is None:
-                continue  # slot already done elsewhere; ledger refreshed
+                continue  # slot already done elsewhere, or not run (stopping, lease lost)
             if ok:
-                state.last_done = plan.slot
+                state.last_done = slot
             else:
                 self._sleep(state, self._backoff(state))
+
+    def _wait_until(self, state: LoopState, lease: Lease, start_at: float) -> bool:
+        """Sleep until the wall-clock ``start_at``; False if stopping or the lease went."""
+        while (left := start_at - self.wall()) > 0:
+            state.wake.wait(left)
+            state.wake.clear()
+            if self._stopping.is_set() or not lease.valid():
+                return False
+        return True
 
     def _record_missed(self, state: LoopState, lease: Lease, plan: Plan) -> None:
         """Record the slots through ``plan.missed_through`` as missed (fenced), count them."""
@@ -406,7 +425,12 @@ class Scheduler:
         )
 
     def _leased_tick(
-        self, state: LoopState, lease: Lease, slot: float, passed_over: int = 0
+        self,
+        state: LoopState,
+        lease: Lease,
+        slot: float,
+        passed_over: int = 0,
+        start_at: float | None = None,
     ) -> bool | None:
         spec = state.spec
         tick_at = datetime.fromtimestamp(slot, UTC)
@@ -433,6 +457,10 @@ class Scheduler:
             if (state.last_done is None or state.last_done < slot) and lease.valid():
                 # Not done and not claimable: our epoch is stale; wait for the lease to go.
                 self._sleep(state, 0.2)
+            return None
+        if start_at is not None and not self._wait_until(state, lease, start_at):
+            # Claimed early but not run (stopping, lease lost): the row stays 'running' under
+            # this epoch, which the next holder (a higher epoch) claims again.
             return None
         if passed_over and state.counted_slot != slot:
             state.counted_slot = slot  # a retried slot does not count its misses twice
