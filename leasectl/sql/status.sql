@@ -105,3 +105,15 @@ FROM leasectl_ticks
 WHERE loop = %(loop)s
 ORDER BY tick_at DESC
 LIMIT %(limit)s
+
+-- name: declared_leases
+-- What `leasectl status` expects without --app: the leases the live and recent replicas'
+-- Apps declare (migration 0017), from the same replicas the `replicas` query lists.
+SELECT DISTINCT d.name
+FROM leasectl_replicas r, unnest(r.declared_leases) AS d(name)
+WHERE r.last_seen > now() - make_interval(secs => %(recent_s)s)
+   OR EXISTS (
+       SELECT 1 FROM pg_stat_activity a
+       WHERE a.application_name = left('leasectl/' || r.id, 63)
+         AND a.datname = current_database())
+ORDER BY 1
