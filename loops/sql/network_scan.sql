@@ -8,14 +8,18 @@ ON CONFLICT DO NOTHING
 -- Claim one due target (never scanned, or last scanned more than its scan_interval_hours
 -- ago) that nobody holds. SKIP LOCKED keeps concurrent claimers from waiting on each other,
 -- and the claim is a lease in the row (scan_claimed_until), not an open transaction, so no
--- transaction spans the probes; a crashed scanner's claim expires.
+-- transaction spans the probes; a crashed scanner's claim expires. A target this replica id
+-- still holds is taken again at once: a tick scans its targets one after another and each
+-- ends finished or handed back, and ticks never overlap on a replica, so such a claim is an
+-- ended tick's (its work connection died before it could hand the target back).
 WITH due AS (
     SELECT id
     FROM leasectl_certs.network_scan_targets
     WHERE enabled
       AND (last_scan_at IS NULL
            OR last_scan_at < now() - make_interval(hours => scan_interval_hours))
-      AND (scan_claimed_until IS NULL OR scan_claimed_until < now())
+      AND (scan_claimed_until IS NULL OR scan_claimed_until < now()
+           OR scan_claimed_by = %(replica)s)
     ORDER BY last_scan_at NULLS FIRST, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED

@@ -7,10 +7,12 @@ import threading
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg_pool import ConnectionPool
 
 from leasectl.certs import health_check, network_scan
 from leasectl.errors import TickCancelled
+from leasectl.loop import TickContext
 from tests.integration.everywhere_helpers import (
     closed_port,
     make_ctx,
@@ -19,6 +21,7 @@ from tests.integration.everywhere_helpers import (
     scalar,
     tls_server,
 )
+from tests.integration.leased_helpers import one_connection_pool, terminate_backends
 
 __all__ = ["pool"]
 
@@ -298,3 +301,44 @@ def test_a_stopped_scan_releases_its_claim(
     ).fetchone()
     assert row == (None, None, None)  # released, and no scan recorded: due again next tick
     assert scalar(conn, "SELECT count(*) FROM leasectl_certs.discovery_scans") == 0
+
+
+def test_a_target_a_dead_tick_left_claimed_is_scanned_by_the_next_tick(
+    dsn: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The work connection is terminated right after the claim, and the tick is stopped then:
+    its hand-back runs on the dead connection, so the target stays claimed by this replica
+    (for claim_ttl, 30 min, to everyone else). The replica's next tick scans it at once."""
+    app_name = "i23-scan-work"
+    fired: list[int] = []
+    scan = network_scan.scan_target
+
+    def kill_then_scan(ctx: TickContext, target: dict[str, Any], settings: Any) -> None:
+        if not fired:
+            fired.append(terminate_backends(conn, app_name))
+            ctx.stop.set()  # a shutdown at that instant: the probes stop, the hand-back fails
+        scan(ctx, target, settings)
+
+    monkeypatch.setattr(network_scan, "scan_target", kill_then_scan)
+    with tls_server("orphan.example.test") as server, one_connection_pool(dsn, app_name) as work:
+        add_target(conn, "t", ["127.0.0.1/32"], [server.port])
+        with pytest.raises(psycopg.OperationalError):
+            network_scan.run(make_ctx(work, loop="network_scan"))
+        assert fired == [1]
+        held = "SELECT scan_claimed_by, scan_claimed_until > now() + interval '20 minutes'"
+        assert conn.execute(held + " FROM leasectl_certs.network_scan_targets").fetchone() == (
+            "replica-a",
+            True,
+        )
+        # Another replica leaves it alone (the claim is live for it) ...
+        other = make_ctx(work, loop="network_scan", replica="replica-b")
+        network_scan.run(other)
+        assert other.stats == {}
+        # ... this replica's next tick scans it.
+        ctx = make_ctx(work, loop="network_scan")
+        network_scan.run(ctx)
+    assert ctx.stats["targets_scanned"] == 1 and ctx.stats["certificates_found"] == 1
+    row = conn.execute(
+        "SELECT scan_claimed_by, last_scan_at IS NOT NULL FROM leasectl_certs.network_scan_targets"
+    ).fetchone()
+    assert row == (None, True)
