@@ -30,11 +30,21 @@ from leasectl.cli.run import add_app_argument, app_from_args
 from leasectl.errors import DatabaseUnavailable
 from leasectl.limits import read_fill
 from leasectl.settings import Settings
-from leasectl.tools.status_view import render, render_text
+from leasectl.tools.status_view import (
+    Section,
+    loop_sections,
+    plain_text,
+    render,
+    render_text,
+    rich_group,
+    sections,
+)
 
 
 def add_status_parser(sub: Any) -> None:
-    p = sub.add_parser("status", help="lease and replica status, from the database only")
+    p = sub.add_parser(
+        "status", help="lease, replica and loop status (last runs, next fires), from the database"
+    )
     add_common(p)
     add_app_argument(p)
     add_argument(p, "--json", env="STATUS_JSON", action="store_true", help="print JSON")
@@ -64,6 +74,21 @@ def add_status_parser(sub: Any) -> None:
         env="STATUS_ALL_REPLICAS",
         action="store_true",
         help="also list replicas stopped long ago",
+    )
+    add_argument(
+        p,
+        "--loop",
+        env="STATUS_LOOP",
+        default=None,
+        help="show one loop: its last run per replica, next fire, and its recent runs",
+    )
+    add_argument(
+        p,
+        "--history",
+        env="STATUS_HISTORY",
+        type=int,
+        default=20,
+        help="with --loop: how many of the ledger's newest slots to list (leased loops)",
     )
     p.set_defaults(handler=cmd_status)
 
@@ -103,23 +128,42 @@ def read(
             all_replicas=args.all_replicas,
             expected_source=source,
         )
-        return replace(status, rate_limits=read_fill(conn, settings.limits))
+        loops = st.read_loop_history(conn, all_replicas=args.all_replicas)
+        return replace(status, rate_limits=read_fill(conn, settings.limits), loops=loops)
+
+
+def cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
+    """``status --loop NAME``: one loop's last runs, next fire time and recent runs."""
+    with st.connect(st.status_dsn(settings), settings) as conn:
+        found = st.read_loop_history(
+            conn, loop=args.loop, history=max(0, args.history), all_replicas=args.all_replicas
+        )
+    if not found:
+        print(
+            f"loop {args.loop!r}: no run recorded (not declared, never ran, or its history "
+            "is older than scheduler.ledger_retention)",
+            file=sys.stderr,
+        )
+        return exit_codes.CHECK_FAILED
+    if args.json:
+        print(json.dumps({**st.loop_json(found[0])}, indent=2))
+    else:
+        _print(loop_sections(found[0]))
+    return exit_codes.OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from(args, unset_secrets="loops")
+    if args.loop:
+        return cmd_loop(args, settings)
     wanted = expected(args, settings)
     if args.watch:
         return _watch(args, settings, wanted)
     status = read(args, settings, wanted)
     if args.json:
         print(json.dumps(status.to_json(), indent=2))
-    elif _have_rich():
-        from rich.console import Console
-
-        Console(width=None if sys.stdout.isatty() else 160).print(render(status, args.max_unheld))
     else:
-        sys.stdout.write(render_text(status, args.max_unheld))
+        _print(sections(status, args.max_unheld))
     return exit_codes.CHECK_FAILED if status.unheld(args.max_unheld) else exit_codes.OK
 
 
@@ -158,6 +202,16 @@ def _watch(
                 time.sleep(args.interval)
         except KeyboardInterrupt:
             return code
+
+
+def _print(parts: list[Section]) -> None:
+    """Tables drawn by rich when it is installed, else as plain aligned text."""
+    if _have_rich():
+        from rich.console import Console
+
+        Console(width=None if sys.stdout.isatty() else 160).print(rich_group(parts))
+    else:
+        sys.stdout.write(plain_text(parts))
 
 
 def _have_rich() -> bool:

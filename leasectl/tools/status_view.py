@@ -9,6 +9,8 @@ Both draw the same cells: text with a style name that only rich shows.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from leasectl import status as st
@@ -169,35 +171,136 @@ def sections(status: st.ClusterStatus, max_unheld: float = 0.0) -> list[Section]
                 tuple(rows),
             )
         )
+    if status.loops:
+        out.append(_loops_table(status.loops, status.taken_at))
     if status.expected_source:
         out.append(Section(f"expected leases from {status.expected_source}", style="dim"))
     return out
 
 
+_OUTCOME_STYLE = {"ok": "green", "failed": "bold red", "lost": "yellow", "cancelled": "yellow"}
+
+
+def _when(at: datetime | None, now: datetime) -> str:
+    return "-" if at is None else _age((now - at).total_seconds()) + " ago"
+
+
+def _local(at: datetime | None) -> str:
+    return "-" if at is None else at.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _error(text: str | None, width: int = 60) -> str:
+    if not text:
+        return "-"
+    line = text.strip().splitlines()[0]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _loops_table(loops: list[st.LoopHistory], now: datetime) -> Section:
+    """Per loop (everywhere loops: per replica): where and when it last ran, for how long,
+    the outcome, the last error, the next fire time in the loop's zone, wedged."""
+    rows = []
+    for h in loops:
+        runs = h.runs[:1] if h.placement == "leased" else [r for r in h.runs if r.live]
+        for run in runs or h.runs[:1]:
+            outcome = Cell(run.outcome or "-", _OUTCOME_STYLE.get(run.outcome or "", ""))
+            if run.wedged and run.live:
+                outcome = Cell("WEDGED", "bold red")
+            next_fire = h.next_fire_at if h.placement == "leased" else run.next_fire_at
+            rows.append(
+                _row(
+                    h.loop,
+                    h.schedule,
+                    run.replica,
+                    _when(run.started_at, now),
+                    f"{run.seconds:.3f}s" if run.seconds is not None else "-",
+                    outcome,
+                    _local(next_fire),
+                    _error(run.last_error),
+                )
+            )
+    columns = ("loop", "schedule", "ran on", "last run", "took", "outcome", "next fire",
+               "last error")  # fmt: skip
+    return Section("loops (last run, next fire)", columns, tuple(rows))
+
+
+def loop_sections(h: st.LoopHistory) -> list[Section]:
+    """``leasectl status --loop NAME``: the loop's last run per replica and its recent slots."""
+    now = datetime.now(UTC)
+    out = [
+        Section(f"{h.loop}: {h.placement}, {h.schedule}; next fire {_local(h.next_fire_at)}"),
+        _loops_table([h], now),
+    ]
+    if h.wedged_on:
+        out.append(Section(f"! wedged on: {', '.join(h.wedged_on)}", style="red"))
+    for run in h.runs:
+        if run.last_error:
+            out.append(
+                Section(
+                    f"last error on {run.replica} ({_local(run.last_error_at)}): {run.last_error}"
+                )
+            )
+    if h.recent:
+        zone = h.next_fire_at.tzinfo if h.next_fire_at is not None else UTC
+        rows = tuple(
+            _row(
+                _local(t.tick_at.astimezone(zone)),
+                t.replica,
+                str(t.epoch),
+                _when(t.started_at, now),
+                f"{t.seconds:.3f}s" if t.seconds is not None else "-",
+                Cell(t.outcome, _OUTCOME_STYLE.get(t.outcome, "")),
+                str(t.attempts),
+                _error(t.error),
+            )
+            for t in h.recent
+        )
+        columns = ("slot", "replica", "epoch", "started", "took", "outcome", "attempts", "error")
+        out.append(Section("recent runs (tick ledger, newest first)", columns, rows))
+    elif h.placement == "everywhere":
+        out.append(Section("everywhere loops keep only their last run per replica", style="dim"))
+    return out
+
+
 def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
     """The tables (and the reasons of unhealthy leases) as one rich renderable."""
+    return rich_group(sections(status, max_unheld))
+
+
+def render_loop(h: st.LoopHistory) -> Group:
+    """``leasectl status --loop NAME`` as one rich renderable."""
+    return rich_group(loop_sections(h))
+
+
+def rich_group(parts: Sequence[Section]) -> Group:
+    """Sections drawn by rich: tables with their styles."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    parts: list[Any] = []
-    for s in sections(status, max_unheld):
+    drawn: list[Any] = []
+    for s in parts:
         if not s.columns:
-            parts.append(Text(s.title, style=s.style))
+            drawn.append(Text(s.title, style=s.style))
             continue
         table = Table(title=s.title, title_justify="left", expand=False)
         for col in s.columns:
             table.add_column(col, no_wrap=col in _NO_WRAP)
         for row in s.rows:
             table.add_row(*(Text(c.text, style=c.style) for c in row))
-        parts.append(table)
-    return Group(*parts)
+        drawn.append(table)
+    return Group(*drawn)
 
 
 def render_text(status: st.ClusterStatus, max_unheld: float = 0.0) -> str:
     """The same tables as plain aligned columns (no rich needed)."""
+    return plain_text(sections(status, max_unheld))
+
+
+def plain_text(parts: Sequence[Section]) -> str:
+    """Sections as plain aligned columns."""
     lines: list[str] = []
-    for s in sections(status, max_unheld):
+    for s in parts:
         if not s.columns:
             lines.append(s.title)
             continue

@@ -53,7 +53,16 @@ def test_the_wheel_has_one_top_level_package_and_the_license(dist: Dist) -> None
         if line.startswith("Requires-Dist:") and "extra ==" not in line
     )
     names = sorted(c.split(">=")[0].split("[")[0] for c in core)
-    assert names == ["prometheus-client", "psycopg", "psycopg-pool", "pyyaml", "tenacity"], core
+    expected = [
+        "cronsim",
+        "prometheus-client",
+        "psycopg",
+        "psycopg-pool",
+        "pyyaml",
+        "tenacity",
+        "tzdata",
+    ]
+    assert names == expected, core
 
 
 def test_the_sdist_has_the_license_and_the_certificate_loops(dist: Dist) -> None:
