@@ -26,6 +26,7 @@ from leasectl.errors import (
     TickCancelled,
     UnsupportedTopology,
 )
+from leasectl.leader import LeaseBlock, LeaseHandle
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import FENCE_SQL, Lease, LeaseEvent
 from leasectl.locks import LockSession
@@ -42,6 +43,8 @@ __all__ = [
     # leases
     "Lease",
     "LeaseEvent",
+    "LeaseBlock",
+    "LeaseHandle",
     "LeaseManager",
     "LockSession",
     "FENCE_SQL",

@@ -76,8 +76,14 @@ class Daemon:
         configs: Mapping[str, Any] | None = None,
         migrations: Sequence[MigrationSource] = (),
         no_leased: bool = False,
+        leases: Mapping[str, placement.LeasePolicy] | None = None,
+        idle_leases: Sequence[str] = (),
     ) -> None:
         self.settings = settings
+        #: leases without loops (``app.lease`` / ``@app.leader``) and their placement wishes;
+        #: ``idle_leases`` are campaigned for only once :meth:`LeaseManager.resume` says so
+        self.leases = dict(leases or {})
+        self.idle_leases = list(idle_leases)
         self.specs = list(specs)
         self.configs = dict(configs or {})
         self.migrations = list(migrations)
@@ -163,19 +169,23 @@ class Daemon:
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied), extra={"action": "migrated"})
             leased = [sp.name for sp in self.specs if sp.placement == "leased"]
+            if self.may_lead:
+                metrics.declare_leases(self.leases)
             self._pool = make_pool(dsn, s.database, f"leasectl-work/{self.replica_id}")
             self.limiter = RateLimiter(self._pool, s.limits)
             self.manager = LeaseManager(
                 self.replica_id,
-                leased,
+                leased + list(self.leases),
                 s.core,
                 dsn=dsn,
                 lock_dsn=lock_dsn,
                 may_lead=self.may_lead,
-                loops=[sp.name for sp in self.specs],
+                loops=[sp.name for sp in self.specs] + list(self.leases),
                 labels=s.replica.labels,
-                policies=placement.declared(self.specs),
+                policies={**placement.declared(self.specs), **self.leases},
             )
+            for name in self.idle_leases:
+                self.manager.abandon(name, "not_wanted")  # before start: never campaigned
             self.manager.add_listener(metrics_listener)
             self.manager.add_exit_listener(self._attention.set)
             self.manager.start()
@@ -206,6 +216,11 @@ class Daemon:
             target=self._supervise, name="leasectl-supervisor", daemon=True
         )
         self._supervisor.start()
+
+    @property
+    def pool(self) -> Any:
+        """The work pool (a ``psycopg_pool.ConnectionPool``) once started."""
+        return self._pool
 
     def _announce_database(self, dsn: str, lock_dsn: str, embedded: bool) -> None:
         """Say which database this replica leads on: a host that forgot its DSN must not
