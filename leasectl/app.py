@@ -237,6 +237,10 @@ class App:
         if leader is not None:
             self._leader_wrappers.append(leader)
 
+    def leases(self) -> list[LeaseDecl]:
+        """The leases without loops this App declares (``lease`` blocks and leaders)."""
+        return list(self._leases.values())
+
     def _declare(self, decl: LeaseDecl) -> None:
         if decl.name in self._leases or decl.name in self._own:
             raise ConfigError(f"lease {decl.name!r} is declared twice in this App")

@@ -240,3 +240,39 @@ def test_graceful_stop_hands_the_leader_over_without_overlap(
     new_first = min(r[2] for r in rows if r[0] == other.replica)
     assert old_last < new_first, "the two leaders' writes overlapped"
     assert "leader consumer stopped" in "".join(holder.lines)
+
+
+def _leasectl(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
+    env.update(LEASECTL_DSN=dsn, PYTHONPATH=f"{REPO}:{REPO / 'docs' / 'examples' / 'leader'}")
+    return subprocess.run(
+        [sys.executable, "-m", "leasectl.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def test_status_lists_the_leader_lease_and_step_down_moves_it(
+    dsn: str, pair: tuple[Proc, Proc]
+) -> None:
+    holder, other, first = _holder(*pair)
+    wait_until(lambda: other.leader_flips() == [False], 30, what="the other one running")
+    out = _leasectl(dsn, "status", "--json", "--app", "app:app")
+    assert out.returncode == 0, out.stdout + out.stderr
+    leases = {le["name"]: le for le in json.loads(out.stdout)["leases"]}
+    assert leases["consumer"]["holder"] == holder.replica, leases
+    assert leases["consumer"]["expected"] is True and leases["consumer"]["state"] == "held"
+
+    down = _leasectl(dsn, "step-down", "--lease", "consumer")
+    assert down.returncode == 0, down.stdout + down.stderr
+    second = other.wait(_acquired, 20, "the other takes over after step-down")
+    assert second["epoch"] > first["epoch"]
+    lost = holder.wait(lambda e: e["ev"] == "lost", 10, "the holder says it lost it")
+    assert lost["reason"].startswith("step_down"), lost
+    wait_until(lambda: holder.leader_flips()[-1:] == [False], 10, what="holder is_leader False")
+    wait_until(
+        lambda: "leader consumer stopped" in "".join(holder.lines), 10, what="function stopped"
+    )
