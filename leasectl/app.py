@@ -440,6 +440,16 @@ class App:
             raise LeasectlError("App.limit() needs a running App: call start() first")
         return daemon.limiter.acquire(name, scope, wait=wait)
 
+    def health(self) -> tuple[bool, str]:
+        """(healthy, why): what ``/healthz`` answers (for a host app's own health route)."""
+        daemon = self._daemon
+        return daemon.health() if daemon is not None else (False, "not running")
+
+    def ready(self) -> tuple[bool, str]:
+        """(ready, why): what ``/readyz`` answers."""
+        daemon = self._daemon
+        return daemon.ready() if daemon is not None else (False, "not running")
+
     @property
     def migration_sources(self) -> list[MigrationSource]:
         """The App's own migration folders (``leasectl migrate --app`` applies them)."""
