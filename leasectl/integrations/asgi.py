@@ -35,7 +35,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from leasectl.app import App
 from leasectl.integrations._endpoints import HEALTH_PATHS, check, metrics_body
-from leasectl.integrations.starter import Starter
+from leasectl.integrations.starter import Starter, starting
 
 
 @asynccontextmanager
@@ -69,17 +69,8 @@ def lifespan(
     return context
 
 
-def mount(
-    web: Starlette,
-    app: App,
-    *,
-    prefix: str = "",
-    starting: Callable[[], str | None] | None = None,
-) -> None:
-    """Add ``{prefix}/metrics``, ``{prefix}/healthz`` and ``{prefix}/readyz`` to ``web``.
-
-    ``starting()``: why the App is not running yet ("starting", a start error), or None.
-    """
+def mount(web: Starlette, app: App, *, prefix: str = "") -> None:
+    """Add ``{prefix}/metrics``, ``{prefix}/healthz`` and ``{prefix}/readyz`` to ``web``."""
 
     async def metrics(_request: Request) -> Response:
         body, ctype = metrics_body()
@@ -87,7 +78,7 @@ def mount(
 
     def health_route(which: str) -> Callable[[Request], Any]:
         async def endpoint(_request: Request) -> Response:
-            code, text = check(app, which, starting() if starting is not None else None)
+            code, text = check(app, which, starting(app))
             return PlainTextResponse(text, status_code=code)
 
         return endpoint
@@ -107,18 +98,11 @@ def install(
 ) -> None:
     """Run ``app`` in ``web``'s lifespan (around the one it has) and mount its endpoints."""
     inner = web.router.lifespan_context
-    holder: dict[str, Starter] = {}  # the starter of the running lifespan
-
-    def starting() -> str | None:
-        current = holder.get("starter")
-        return current.state if current is not None else "starting"
-
-    mount(web, app, prefix=prefix, starting=starting)
+    mount(web, app, prefix=prefix)
 
     @asynccontextmanager
     async def combined(web_app: Any) -> AsyncIterator[Any]:
-        async with running(app, start_timeout=start_timeout, stop_grace=stop_grace) as starter:
-            holder["starter"] = starter
+        async with running(app, start_timeout=start_timeout, stop_grace=stop_grace):
             async with inner(web_app) as state:
                 yield state
 

@@ -12,10 +12,22 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 
 from leasectl.app import App
 
 log = logging.getLogger("leasectl.integrations")
+
+#: The latest starter of each App, so the health routes can say why it is not running yet.
+_latest: weakref.WeakKeyDictionary[App, Starter] = weakref.WeakKeyDictionary()
+
+
+def starting(app: App) -> str | None:
+    """Why ``app`` is not running yet ("starting", its start error), or None once running."""
+    if app.running:
+        return None
+    starter = _latest.get(app)
+    return starter.state if starter is not None else "starting"
 
 
 class Starter:
@@ -26,6 +38,7 @@ class Starter:
         self.error: BaseException | None = None
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
+        _latest[app] = self
 
     @property
     def state(self) -> str | None:

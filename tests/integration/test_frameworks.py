@@ -153,3 +153,42 @@ def test_uvicorn_two_workers_are_two_replicas_one_leads(dsn: str) -> None:
         if server.poll() is None:
             server.kill()
             server.wait(10)
+
+
+def test_gunicorn_sync_workers_flask_two_replicas_one_leads(dsn: str) -> None:
+    pytest.importorskip("gunicorn")
+    from tests.apps.wsgi_app import CREATE
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(CREATE)
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(REPO / "tests" / "apps" / "gunicorn_conf.py"),
+            "--workers",
+            "2",
+            "--worker-class",
+            "sync",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "tests.apps.wsgi_app:web",
+        ],
+        env=_env(dsn),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        ids = _two_workers_one_leader(dsn, server, port, "/leasectl", "wsgi_rows")
+        code, body = _get(f"http://127.0.0.1:{port}/whoami")
+        assert code == 200 and json.loads(body)["replica"] in ids, body
+        _clean_exit(dsn, server, signal.SIGTERM, ids)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
