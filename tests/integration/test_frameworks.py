@@ -192,3 +192,132 @@ def test_gunicorn_sync_workers_flask_two_replicas_one_leads(dsn: str) -> None:
         if server.poll() is None:
             server.kill()
             server.wait(10)
+
+
+_MANAGE = """\
+import os
+import sys
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proj.settings")
+from django.core.management import execute_from_command_line
+
+execute_from_command_line(sys.argv)
+"""
+
+_SETTINGS = """\
+SECRET_KEY = "test-only"
+USE_TZ = True
+INSTALLED_APPS = ["leasectl.integrations.django"]
+DATABASES = {{"default": {database!r}}}
+SITE_NAME = "django-site"
+{leasectl}
+"""
+
+_JOBS = """\
+from django.conf import settings
+
+from leasectl import App, TickContext
+
+app = App()
+
+
+@app.loop(every=1, leased=True, jitter=0.0)
+def stamp(ctx: TickContext) -> None:
+    with ctx.transaction() as cur:
+        cur.execute(
+            "INSERT INTO django_rows (slot, replica, epoch, site) VALUES (%s, %s, %s, %s)",
+            (ctx.tick_at, ctx.replica_id, ctx.epoch, settings.SITE_NAME),
+        )
+"""
+
+
+def _django_project(root: Any, dsn: str, leasectl: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = conninfo_to_dict(dsn)
+    database = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parts.get("dbname"),
+        "USER": parts.get("user", ""),
+        "PASSWORD": parts.get("password", ""),
+        "HOST": parts.get("host", ""),
+        "PORT": str(parts.get("port", "")),
+    }
+    (root / "proj").mkdir()
+    (root / "proj" / "__init__.py").write_text("")
+    (root / "proj" / "settings.py").write_text(
+        _SETTINGS.format(database=database, leasectl=leasectl)
+    )
+    (root / "manage.py").write_text(_MANAGE)
+    (root / "jobs.py").write_text(_JOBS)
+
+
+def test_django_manage_leasectl_run_reads_django_settings(dsn: str, tmp_path: Any) -> None:
+    pytest.importorskip("django")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(
+            "CREATE TABLE django_rows (slot timestamptz, replica text, epoch bigint, site text,"
+            " at timestamptz DEFAULT now())"
+        )
+    # No DSN in LEASECTL: the App uses DATABASES["default"].
+    _django_project(tmp_path, dsn, 'LEASECTL = {"APP": "jobs:app", "METRICS_LISTEN": ""}')
+    env = _env(dsn)
+    del env["LEASECTL_DSN"]
+    env["PYTHONPATH"] = f"{tmp_path}:{REPO}"
+    check = subprocess.run(
+        [sys.executable, "manage.py", "leasectl", "check"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0 and "loop stamp: leased, every 1s" in check.stdout, check
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "leasectl", "run"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        wait_until(lambda: len(_live_replicas(dsn)) == 2, 90, what="two Django replicas")
+        ids = set(_live_replicas(dsn))
+        assert set(_live_replicas(dsn).values()) == {p.pid for p in replicas}
+        wait_until(lambda: len(_rows(dsn, "django_rows")) >= 3, 60, what="three leased rows")
+        with psycopg.connect(dsn, autocommit=True) as c:
+            writers = c.execute("SELECT DISTINCT replica, site FROM django_rows").fetchall()
+        assert len(writers) == 1 and writers[0][0] in ids and writers[0][1] == "django-site"
+        for p in replicas:
+            p.send_signal(signal.SIGTERM)
+        for p in replicas:
+            out, _ = p.communicate(timeout=60)
+            assert p.returncode == 0, out[-3000:]
+        assert _lock_holders(dsn) == 0
+    finally:
+        for p in replicas:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+
+def test_django_missing_settings_is_one_clear_error(dsn: str, tmp_path: Any) -> None:
+    pytest.importorskip("django")
+    _django_project(tmp_path, dsn, 'LEASECTL = {"APP": "jobs:app", "DNS": "typo"}')
+    env = _env(dsn)
+    env["PYTHONPATH"] = f"{tmp_path}:{REPO}"
+    out = subprocess.run(
+        [sys.executable, "manage.py", "leasectl", "run"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out
+    assert "settings.LEASECTL: unknown key(s) DNS" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

@@ -129,3 +129,30 @@ def test_the_tools_never_import_the_cli() -> None:
         if dep.startswith("leasectl.cli")
     ]
     assert not bad, "\n".join(bad)
+
+
+#: Third-party frameworks only leasectl.integrations may import (each is an optional extra).
+FRAMEWORKS = (
+    "anyio",
+    "django",
+    "fastapi",
+    "flask",
+    "gunicorn",
+    "opentelemetry",
+    "starlette",
+    "uvicorn",
+)
+
+
+def test_only_the_integrations_import_a_framework_and_nothing_imports_them() -> None:
+    mods = _modules()
+    known = set(mods)
+    bad = []
+    for name, path in sorted(mods.items()):
+        if name.startswith("leasectl.integrations"):
+            continue
+        for dep in sorted(_imports(path, name, known)):
+            if dep.split(".")[0] in FRAMEWORKS or dep.startswith("leasectl.integrations"):
+                bad.append(f"{name} imports {dep}")
+    assert not bad, "\n".join(bad)
+    assert "leasectl.integrations.asgi" in mods and "leasectl.integrations.otel" in mods
