@@ -170,7 +170,9 @@ class Daemon:
                 log.info("applied migrations: %s", ", ".join(applied), extra={"action": "migrated"})
             leased = [sp.name for sp in self.specs if sp.placement == "leased"]
             if self.may_lead:
-                metrics.declare_leases(self.leases)
+                idle = set(self.idle_leases)
+                metrics.declare_leases([n for n in self.leases if n not in idle])
+                metrics.declare_leases(idle, wanted=False)
             self._pool = make_pool(dsn, s.database, f"leasectl-work/{self.replica_id}")
             self.limiter = RateLimiter(self._pool, s.limits)
             self.manager = LeaseManager(

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from leasectl import metrics
 from leasectl.errors import LeasectlError, LeaseLost, LeaseTimeout, TickCancelled
 from leasectl.leases import Lease, LeaseEvent
 from leasectl.placement import LeasePolicy
@@ -251,6 +252,7 @@ class Leadership:
             self._wants[name] = self._wants.get(name, 0) + 1
             first = self._wants[name] == 1
         if first:
+            metrics.LEASE_WANTED.labels(name).set(1)
             self.manager.resume(name)
 
     def _unwant(self, name: str) -> None:
@@ -261,6 +263,7 @@ class Leadership:
             # Release with NOTIFY (a waiting replica takes it in milliseconds) and stop
             # campaigning until the next block wants it.
             self.manager.abandon(name, "released")
+            metrics.LEASE_WANTED.labels(name).set(0)
 
     def _wait_held(
         self,

@@ -167,11 +167,14 @@ def declare(specs: Sequence[LoopSpec], *, may_lead: bool, now: float | None = No
         hook()
 
 
-def declare_leases(names: Iterable[str]) -> None:
+def declare_leases(names: Iterable[str], *, wanted: bool = True) -> None:
     """The series of leases this replica campaigns for (leased loops, ``app.lease``,
-    ``@app.leader``): wanted 1, held and every transition reason at 0."""
+    ``@app.leader``): wanted 1, held and every transition reason at 0.
+
+    ``wanted=False``: a ``with app.lease()`` block's lease, wanted only while a block waits
+    or runs (:mod:`leasectl.leader` sets the gauge then), so "lease unheld" stays quiet."""
     for name in names:
-        LEASE_WANTED.labels(name).set(1)
+        LEASE_WANTED.labels(name).set(1 if wanted else 0)
         LEASE_HELD.labels(name)
         for reason in TRANSITION_REASONS:
             LEASE_TRANSITIONS.labels(name, reason)

@@ -1,8 +1,9 @@
 """The framework integrations under real servers: uvicorn workers, gunicorn workers, Django.
 
-Each server runs as its own process tree against the test database; the tests look at what a
-user would: the replicas registered, which one ran the leased loop, the HTTP endpoints, and
-a clean exit on the server's own shutdown signal.
+The FastAPI and Flask apps are docs/examples/web/, quoted in docs/python-api.md. Each server
+runs as its own process tree against the test database; the tests look at what a user would:
+the replicas registered, which one ran the leased loop, the HTTP endpoints, and a clean exit
+on the server's own shutdown signal.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ from tests.conftest import REPO, wait_until
 
 pytestmark = pytest.mark.slow
 
+WEB = REPO / "docs" / "examples" / "web"
+
+
+def test_the_docs_quote_the_tested_web_examples() -> None:
+    doc = (REPO / "docs" / "python-api.md").read_text()
+    for name in ("fastapi_app.py", "flask_app.py", "gunicorn.conf.py"):
+        assert (WEB / name).read_text().strip() in doc, f"docs/python-api.md: {name} drifted"
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -33,7 +42,7 @@ def _free_port() -> int:
 
 def _env(dsn: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
-    env.update(LEASECTL_DSN=dsn, PYTHONPATH=str(REPO), **extra)
+    env.update(LEASECTL_DSN=dsn, PYTHONPATH=f"{WEB}:{REPO}", **extra)
     return env
 
 
@@ -120,17 +129,13 @@ def _clean_exit(dsn: str, server: subprocess.Popen[str], sig: int, ids: set[str]
 
 def test_uvicorn_two_workers_are_two_replicas_one_leads(dsn: str) -> None:
     pytest.importorskip("uvicorn")
-    from tests.apps.asgi_app import CREATE
-
-    with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute(CREATE)
     port = _free_port()
     server = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "uvicorn",
-            "tests.apps.asgi_app:api",
+            "fastapi_app:api",
             "--host",
             "127.0.0.1",
             "--port",
@@ -145,7 +150,7 @@ def test_uvicorn_two_workers_are_two_replicas_one_leads(dsn: str) -> None:
         text=True,
     )
     try:
-        ids = _two_workers_one_leader(dsn, server, port, "/leasectl", "web_rows")
+        ids = _two_workers_one_leader(dsn, server, port, "/leasectl", "stamps")
         code, body = _get(f"http://127.0.0.1:{port}/whoami")
         assert code == 200 and json.loads(body)["replica"] in ids, body
         _clean_exit(dsn, server, signal.SIGTERM, ids)
@@ -157,10 +162,6 @@ def test_uvicorn_two_workers_are_two_replicas_one_leads(dsn: str) -> None:
 
 def test_gunicorn_sync_workers_flask_two_replicas_one_leads(dsn: str) -> None:
     pytest.importorskip("gunicorn")
-    from tests.apps.wsgi_app import CREATE
-
-    with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute(CREATE)
     port = _free_port()
     server = subprocess.Popen(
         [
@@ -168,14 +169,14 @@ def test_gunicorn_sync_workers_flask_two_replicas_one_leads(dsn: str) -> None:
             "-m",
             "gunicorn",
             "-c",
-            str(REPO / "tests" / "apps" / "gunicorn_conf.py"),
+            str(WEB / "gunicorn.conf.py"),
             "--workers",
             "2",
             "--worker-class",
             "sync",
             "--bind",
             f"127.0.0.1:{port}",
-            "tests.apps.wsgi_app:web",
+            "flask_app:web",
         ],
         env=_env(dsn),
         cwd=REPO,
@@ -184,7 +185,7 @@ def test_gunicorn_sync_workers_flask_two_replicas_one_leads(dsn: str) -> None:
         text=True,
     )
     try:
-        ids = _two_workers_one_leader(dsn, server, port, "/leasectl", "wsgi_rows")
+        ids = _two_workers_one_leader(dsn, server, port, "/leasectl", "stamps")
         code, body = _get(f"http://127.0.0.1:{port}/whoami")
         assert code == 200 and json.loads(body)["replica"] in ids, body
         _clean_exit(dsn, server, signal.SIGTERM, ids)

@@ -24,6 +24,7 @@ from psycopg_pool import ConnectionPool
 
 from leasectl import App, FencingRejected, LeaseHandle, LeaseTimeout
 from leasectl.leases import Lease
+from leasectl.metrics import REGISTRY
 from tests.conftest import REPO, wait_until
 
 pytestmark = pytest.mark.slow
@@ -52,8 +53,12 @@ def test_lease_block_waits_holds_and_hands_over_on_exit(two_apps: tuple[App, App
     a.start()
     b.start()
     assert not a.is_leader("blk") and not b.is_leader("blk"), "campaigned before any block"
+    assert _sample("leasectl_lease_wanted", lease="blk") == 0  # "lease unheld" stays quiet
+    released = _sample("leasectl_lease_transitions_total", lease="blk", reason="released")
     with a.lease("blk", timeout=20) as held:
         assert a.is_leader("blk") and held and held.epoch >= 1
+        assert _sample("leasectl_lease_wanted", lease="blk") == 1
+        assert _sample("leasectl_lease_held", lease="blk") == 1
         got: list[LeaseHandle] = []
         block = b.lease("blk")
         waiter = threading.Thread(target=lambda: got.append(block.__enter__()))
@@ -73,6 +78,17 @@ def test_lease_block_waits_holds_and_hands_over_on_exit(two_apps: tuple[App, App
     assert took < 2.0, took
     block.__exit__(None, None, None)
     wait_until(lambda: not b.is_leader("blk"), 5, what="b released on exit")
+    wait_until(
+        lambda: _sample("leasectl_lease_transitions_total", lease="blk", reason="released")
+        == released + 2,
+        5,
+        what="both releases counted",
+    )
+    assert _sample("leasectl_lease_wanted", lease="blk") == 0
+
+
+def _sample(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
 
 
 def test_async_with_and_async_leader_cancelled_on_stop(dsn: str) -> None:
