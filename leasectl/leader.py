@@ -162,6 +162,7 @@ class Leadership:
         self._wants: dict[str, int] = {}  # block leases: threads waiting or inside a block
         self._mutex = {name: threading.Lock() for name in decls}  # one block per process
         self._running: dict[str, LeaseHandle] = {}  # leader name -> its current run
+        self._blocks: dict[str, LeaseHandle] = {}  # block lease -> the handle inside it
         self._tasks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Task[None]]] = {}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -181,7 +182,7 @@ class Leadership:
         """Tell every leader to stop and wait up to ``grace`` s; True if all returned."""
         self._stopping.set()
         with self._cv:
-            handles = list(self._running.values())
+            handles = list(self._running.values()) + list(self._blocks.values())
             self._cv.notify_all()
         for handle in handles:
             self._tell_stop(handle)
@@ -205,6 +206,8 @@ class Leadership:
             return
         with self._cv:
             handle = self._running.get(event.lease)
+            if handle is None:  # not ``or``: a handle whose lease went is falsy
+                handle = self._blocks.get(event.lease)
             self._cv.notify_all()
         lost = event.kind in ("lost", "released")
         if lost and handle is not None and handle.lease.epoch == event.epoch:
@@ -238,10 +241,18 @@ class Leadership:
         except BaseException:
             mutex.release()
             raise
-        return LeaseHandle(name, lease, self.manager.replica_id, self.pool)
+        handle = LeaseHandle(name, lease, self.manager.replica_id, self.pool)
+        with self._cv:
+            self._blocks[name] = handle
+        if not lease.valid() or self._stopping.is_set():
+            handle.done.set()  # lost (or a stop) between the wait and now
+        return handle
 
     def leave(self, handle: LeaseHandle) -> None:
         handle.done.set()
+        with self._cv:
+            if self._blocks.get(handle.name) is handle:
+                del self._blocks[handle.name]
         try:
             self._unwant(handle.name)
         finally:

@@ -35,7 +35,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from leasectl.app import App
 from leasectl.integrations._endpoints import HEALTH_PATHS, check, metrics_body
-from leasectl.integrations.starter import Starter, starting
+from leasectl.integrations.starter import Starter, endpoint_off, starting
 
 
 @asynccontextmanager
@@ -47,7 +47,7 @@ async def running(
     Start-up waits at most ``start_timeout`` s (see :mod:`leasectl.integrations.starter`);
     leaving the block drains ticks and leader functions, releases every lease, stops.
     """
-    app.configure(metrics_listen="")  # the host app serves /metrics; no port per worker
+    endpoint_off(app)  # the host app serves /metrics; no port per worker
     starter = Starter(app)
     await anyio.to_thread.run_sync(starter.start, start_timeout)
     try:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from leasectl.app import App, load_app
-from leasectl.integrations.starter import Starter
+from leasectl.integrations.starter import Starter, endpoint_off
 
 
 def hooks(
@@ -40,7 +40,7 @@ def hooks(
 
     def post_worker_init(worker: Any) -> None:
         app = load_app(target) if isinstance(target, str) else target
-        app.configure(metrics_listen="")  # workers share nothing: the host app serves metrics
+        endpoint_off(app)  # the host app serves /metrics; no port per worker
         starter = Starter(app)
         starters.append(starter)
         starter.start(start_timeout)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from dataclasses import replace
 
 from leasectl.app import App
 
@@ -28,6 +29,13 @@ def starting(app: App) -> str | None:
         return None
     starter = _latest.get(app)
     return starter.state if starter is not None else "starting"
+
+
+def endpoint_off(app: App) -> None:
+    """Turn the App's own HTTP endpoint off: the host app serves ``/metrics`` and health
+    (every worker would try the same port). Keeps whatever settings the App was given."""
+    settings = app.settings
+    app.configure(settings=replace(settings, metrics=replace(settings.metrics, listen="")))
 
 
 class Starter:

@@ -292,3 +292,57 @@ def test_status_lists_the_leader_lease_and_step_down_moves_it(
     wait_until(
         lambda: "leader consumer stopped" in "".join(holder.lines), 10, what="function stopped"
     )
+
+
+def _labelled(dsn: str, *labels: str) -> App:
+    from leasectl.config import load_settings
+
+    settings = load_settings(
+        None,
+        overrides={"database.dsn": dsn, "metrics.listen": "", "replica.labels": list(labels)},
+    )
+    return App(settings=settings)
+
+
+def test_leader_restarts_on_regain_and_follows_labels_and_preferred_holder(dsn: str) -> None:
+    a, b = _labelled(dsn, "hsm"), _labelled(dsn, "hsm", "fast")
+    starts: dict[str, list[int]] = {"a": [], "b": []}
+    for who, app in (("a", a), ("b", b)):
+
+        def run(lease: LeaseHandle, who: str = who) -> None:
+            starts[who].append(lease.epoch)
+            lease.done.wait()
+
+        app.leader("signer", requires_labels=["hsm"], preferred_holder="fast")(run)
+        app.leader("gpu", requires_labels=["gpu"])(lambda lease: None)
+    a.start()
+    try:
+        wait_until(lambda: starts["a"], 20, what="a leads while the preferred holder is away")
+        b.start()
+        # The preferred holder ("fast") takes it over once live: a's function is told to stop.
+        wait_until(lambda: starts["b"], 30, what="b, the preferred holder, leads")
+        assert starts["b"][0] > starts["a"][0]
+        wait_until(lambda: not a.is_leader("signer"), 10, what="a no longer leads")
+        assert not a.is_leader("gpu") and not b.is_leader("gpu"), "no replica has label gpu"
+        b.stop(grace=5)  # graceful: a regains it and starts the function again
+        wait_until(lambda: len(starts["a"]) == 2, 20, what="a's function restarted")
+        assert starts["a"][1] > starts["b"][0] > starts["a"][0]
+    finally:
+        a.stop(grace=5)
+        b.stop(grace=5)
+
+
+def test_a_leader_that_returns_while_leading_is_started_again(dsn: str) -> None:
+    app = _app(dsn)
+    runs: list[int] = []
+
+    @app.leader()
+    def short(lease: LeaseHandle) -> None:
+        runs.append(lease.epoch)
+
+    app.start()
+    try:
+        wait_until(lambda: len(runs) >= 2, 20, what="a second run after the back-off")
+        assert len(set(runs)) == 1, "restarted under the same epoch: the lease never moved"
+    finally:
+        app.stop(grace=5)
