@@ -53,14 +53,14 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
+from leasectl.certs import ca, ca_keys, metrics
+from leasectl.certs._common import actor, everywhere, transaction
+from leasectl.certs.settings import CaSettings, LoopsSettings
 from leasectl.errors import LeaseLost, TickCancelled
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops import ca, ca_keys, metrics
-from loops._common import actor, everywhere, transaction
-from loops.settings import CaSettings, LoopsSettings
 
-Q = load("job_processor", package="loops.sql")
+Q = load("job_processor", package="leasectl.certs.sql")
 
 NAME = "job_processor"
 TIMEOUT = 120.0  # certctl: 2 minutes per run

@@ -8,9 +8,9 @@ for the same reason as notification_send: a retry is an external side effect.
 
 from __future__ import annotations
 
+from leasectl.certs.notify.dispatch import Channels, Dispatcher, tick_timeout
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec
-from loops.notify.dispatch import Channels, Dispatcher, tick_timeout
-from loops.settings import LoopsSettings
 
 
 def build(settings: LoopsSettings) -> LoopSpec | None:

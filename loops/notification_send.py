@@ -9,9 +9,9 @@ case exactly-once; the epoch fence plus the idempotency key cover the failover w
 
 from __future__ import annotations
 
+from leasectl.certs.notify.dispatch import Channels, Dispatcher, tick_timeout
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec
-from loops.notify.dispatch import Channels, Dispatcher, tick_timeout
-from loops.settings import LoopsSettings
 
 
 def build(settings: LoopsSettings) -> LoopSpec | None:

@@ -29,25 +29,25 @@ from typing import Any, Literal
 from psycopg.rows import dict_row
 
 from leasectl import sql
-from leasectl.errors import ConfigError, LeasectlError
-from leasectl.loop import TickContext
-from loops._common import email_domain, within_limit
-from loops.metrics import NOTIFICATIONS
-from loops.notify.chat import (
+from leasectl.certs._common import email_domain, within_limit
+from leasectl.certs.metrics import NOTIFICATIONS
+from leasectl.certs.notify.chat import (
     Alert,
     OpsGenieSender,
     PagerDutySender,
     SlackSender,
     TeamsSender,
 )
-from loops.notify.email import SmtpSender
-from loops.notify.errors import DeliveryError
-from loops.notify.outbound import parse_networks
-from loops.notify.templates import Templates
-from loops.notify.webhook import WebhookSender
-from loops.settings import NotificationSettings
+from leasectl.certs.notify.email import SmtpSender
+from leasectl.certs.notify.errors import DeliveryError
+from leasectl.certs.notify.outbound import parse_networks
+from leasectl.certs.notify.templates import Templates
+from leasectl.certs.notify.webhook import WebhookSender
+from leasectl.certs.settings import NotificationSettings
+from leasectl.errors import ConfigError, LeasectlError
+from leasectl.loop import TickContext
 
-Q = sql.load("notifications", package="loops.sql")
+Q = sql.load("notifications", package="leasectl.certs.sql")
 
 Mode = Literal["send", "retry"]
 

@@ -17,9 +17,9 @@ import pytest
 from cryptography import x509
 from psycopg_pool import ConnectionPool
 
+from leasectl.certs import job_processor, job_retry, job_timeout
+from leasectl.certs.settings import JobsSettings, LoopsSettings
 from leasectl.loop import TickContext
-from loops import job_processor, job_retry, job_timeout
-from loops.settings import JobsSettings, LoopsSettings
 from tests.ca_test_keys import TEST_CA_KEYS, TEST_KEK
 from tests.conftest import wait_until
 from tests.integration.everywhere_helpers import (
@@ -290,8 +290,8 @@ _VICTIM = """
 import dataclasses, datetime as dt, sys, time
 from psycopg_pool import ConnectionPool
 from leasectl.loop import TickContext
-from loops import job_processor
-from loops.settings import CaSettings, JobsSettings, LoopsSettings
+from leasectl.certs import job_processor
+from leasectl.certs.settings import CaSettings, JobsSettings, LoopsSettings
 
 pool = ConnectionPool(sys.argv[1], min_size=1, max_size=4, open=True)
 cfg = LoopsSettings(ca=CaSettings(kek=sys.argv[2]), jobs=dataclasses.replace(

@@ -14,16 +14,21 @@ import psycopg
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from leasectl.certs import notification_retry, notification_send
+from leasectl.certs.metrics import NOTIFICATIONS
+from leasectl.certs.notify.dispatch import Dispatcher, foreign_claim_after
+from leasectl.certs.settings import (
+    LoopsSettings,
+    NotificationSettings,
+    SmtpSettings,
+    WebhookSettings,
+)
 from leasectl.errors import ConfigError, FencingRejected, LeaseLost, TickCancelled
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import Lease
 from leasectl.limits import RateLimiter
 from leasectl.loop import TickContext
 from leasectl.settings import CoreSettings, LimitSettings
-from loops import notification_retry, notification_send
-from loops.metrics import NOTIFICATIONS
-from loops.notify.dispatch import Dispatcher, foreign_claim_after
-from loops.settings import LoopsSettings, NotificationSettings, SmtpSettings, WebhookSettings
 from tests.integration.leased_helpers import (
     Inbox,
     Receiver,
@@ -283,9 +288,9 @@ def test_redelivery_after_handover_uses_the_same_idempotency_key(
 
 
 def test_broken_template_fails_build(tmp_path: Path) -> None:
-    import loops
+    import leasectl.certs
 
-    packaged = Path(loops.__file__).parent / "templates"
+    packaged = Path(leasectl.certs.__file__).parent / "templates"
     shutil.copytree(packaged, tmp_path / "t")
     (tmp_path / "t" / "notify_expiration_warning.txt.j2").write_text("{% if cert %}unclosed")
     with pytest.raises(ConfigError, match="notify_expiration_warning.txt.j2, line 1"):

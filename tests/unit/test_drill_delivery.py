@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from leasectl.certs.settings import NotificationSettings
 from leasectl.tools.drill.delivery import (
     Bounds,
     DrainWatch,
@@ -14,7 +15,6 @@ from leasectl.tools.drill.delivery import (
 )
 from leasectl.tools.drill.invariants import judge_notifications
 from leasectl.tools.webhook_sink import Delivery
-from loops.settings import NotificationSettings
 
 # The drill's replicas: send every 1 s (tick timeout 60 s), retry every 2 s (120 s).
 B = Bounds(

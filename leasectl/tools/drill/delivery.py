@@ -21,10 +21,10 @@ from typing import Literal
 import psycopg
 
 from leasectl import sql
+from leasectl.certs.notify.dispatch import foreign_claim_after, tick_timeout
+from leasectl.certs.settings import NotificationSettings
 from leasectl.tools.drill.stats import summarize
 from leasectl.tools.webhook_sink import Delivery
-from loops.notify.dispatch import foreign_claim_after, tick_timeout
-from loops.settings import NotificationSettings
 
 Q = sql.load("drill", package="leasectl.tools.drill")
 

@@ -436,8 +436,8 @@ class Drill:
     @staticmethod
     def _notification_bounds(config: Path) -> delivery.Bounds:
         """The notification loops' timing as the replicas load it (file and LEASECTL_*)."""
+        from leasectl.certs.settings import LoopsSettings
         from leasectl.config import load
-        from loops.settings import LoopsSettings
 
         loops = load(str(config), environ=os.environ).loops
         ns = loops.notifications if isinstance(loops, LoopsSettings) else None
