@@ -133,6 +133,9 @@ class Proc:
             LEASECTL_METRICS__LISTEN="",
             CONSUME_EVERY="0.1",
             PYTHONPATH=str(REPO),
+            # The plain race: the first to acquire keeps the lease until the test moves it
+            # (spread placement may rebalance it to the other replica at any moment).
+            LEASECTL_LEASES__PLACEMENT="pack",
         )
         self.p = subprocess.Popen(
             [sys.executable, str(LEADER_PROC)],
