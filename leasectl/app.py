@@ -242,12 +242,19 @@ class App:
         return list(self._leases.values())
 
     def _declare(self, decl: LeaseDecl) -> None:
-        if decl.name in self._leases or decl.name in self._own:
+        if decl.name in self._own:
+            raise ConfigError(f"lease {decl.name!r}: a loop has the same name")
+        if decl.name in self._leases:
             raise ConfigError(f"lease {decl.name!r} is declared twice in this App")
         self._leases[decl.name] = decl
 
     def _running_leadership(self) -> Leadership:
         leadership = self._leadership
+        if leadership is None and self._daemon is not None:
+            raise LeasectlError(
+                "app.lease(...): this replica never leads (replica.may_lead: false or "
+                "--no-leased), so it cannot hold a lease"
+            )
         if leadership is None:
             raise LeasectlError("app.lease(...) needs a running App: call start() first")
         return leadership
