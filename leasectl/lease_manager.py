@@ -646,6 +646,10 @@ class LeaseManager:
         if not isinstance(gone, str) or gone == self.replica_id:
             return False
         self._drop_from_view(gone)
+        with self._lock:
+            # A rebalance reserved leases for ``gone``; it will never take them, so the
+            # reservation would only make its heirs wait it out.
+            self._state.reserved = {n: r for n, r in self._state.reserved.items() if r[0] != gone}
         now, ttl = self.clock(), self.settings.leases.lease_ttl
         # Pooled standbys repeat a crash at every poll until its lease is taken (or lease_ttl
         # has passed): the first word campaigns, the repeats change nothing.

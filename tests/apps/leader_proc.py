@@ -3,7 +3,8 @@
 Prints one JSON object per line: ``{"ev": "acquired" | "lost", "lease", "epoch", "reason",
 "mono"}`` from ``on_acquired`` / ``on_lost``, ``{"ev": "is_leader", "value", "mono"}`` each
 time ``app.is_leader("consumer")`` flips (polled every 20 ms, as a web handler would ask), and
-``{"ev": "started", "replica"}`` once running. SIGTERM stops it gracefully (exit 0).
+``{"ev": "started", "replica"}`` once running, ``{"ev": "leader_started", "epoch"}`` as the
+leader function starts (bench/leader.py measures to it). SIGTERM stops it gracefully (exit 0).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import runpy
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from leasectl import App, LeaseEvent
+from leasectl import App, LeaseEvent, LeaseHandle
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "leader" / "app.py"
 
@@ -28,6 +30,12 @@ def emit(**obj: Any) -> None:
 
 def main() -> int:
     app: App = runpy.run_path(str(EXAMPLE))["app"]
+
+    def started(lease: LeaseHandle, run: Callable[[], None]) -> None:
+        emit(ev="leader_started", lease=lease.name, epoch=lease.epoch)
+        run()
+
+    app.wrap(leader=started)
 
     @app.on_acquired
     def acquired(event: LeaseEvent) -> None:
