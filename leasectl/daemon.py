@@ -185,9 +185,8 @@ class Daemon:
                 loops=[sp.name for sp in self.specs] + list(self.leases),
                 labels=s.replica.labels,
                 policies={**placement.declared(self.specs), **self.leases},
+                on_demand=self.idle_leases,
             )
-            for name in self.idle_leases:
-                self.manager.abandon(name, "not_wanted")  # before start: never campaigned
             self.manager.add_listener(metrics_listener)
             self.manager.add_exit_listener(self._attention.set)
             self.manager.start()

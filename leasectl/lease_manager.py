@@ -144,7 +144,8 @@ class _State:
     held: dict[str, Lease] = field(default_factory=dict)
     cooldown_until: dict[str, float] = field(default_factory=dict)
     mismatch_since: dict[str, float] = field(default_factory=dict)
-    suspended: set[str] = field(default_factory=set)  # not campaigned for: a wedged tick
+    # not campaigned for: a wedged tick's loop, an on-demand lease no block wants now
+    suspended: set[str] = field(default_factory=set)
     free_since: dict[str, float] = field(default_factory=dict)  # seen free (not ours) since
     acquired_at: dict[str, float] = field(default_factory=dict)  # monotonic, held leases
     handing_over: dict[str, str] = field(default_factory=dict)  # lease -> better replica
@@ -182,12 +183,15 @@ class LeaseManager:
         labels: Iterable[str] = (),
         policies: Mapping[str, placement.LeasePolicy] | None = None,
         watch_factory: Callable[[], WatchSession] | None = None,
+        on_demand: Iterable[str] = (),
     ) -> None:
         """``session_factory`` opens the lock connection; the default is
         :meth:`LockSession.connect` with these settings (tests pass an in-memory one).
         ``labels``: this replica's ``replica.labels``; ``policies``: each lease's placement
         wishes as its loop declares them (``leases.loops`` in ``settings`` overrides them).
-        A lease whose ``requires_labels`` this replica lacks is never campaigned for."""
+        A lease whose ``requires_labels`` this replica lacks is never campaigned for.
+        ``on_demand``: wanted leases campaigned for only between :meth:`resume` and
+        :meth:`abandon` (``with app.lease()`` blocks); not declared as expected held."""
         self.replica_id = replica_id
         self.settings = settings
         self.dsn = dsn
@@ -204,6 +208,9 @@ class LeaseManager:
         #: leases.standby: pooled: a lock session only while needed (holder, choice, heir)
         self.pooled = self.spread and settings.leases.standby == "pooled"
         names = list(wanted)
+        idle = set(on_demand)
+        #: every lease this replica's App declares (published for ``leasectl status``)
+        self.declared = sorted(n for n in names if n not in idle)
         declared = policies or {}
         overrides = settings.leases.loops
         self.policies: dict[str, placement.LeasePolicy] = {}
@@ -255,7 +262,7 @@ class LeaseManager:
         self._idle_since: float | None = None  # direct but needed by nothing, since
         self._gone_said: dict[str, float] = {}  # replica -> when its replica_gone was acted on
         self._exit_listeners: list[Callable[[], None]] = []
-        self._state = _State()
+        self._state = _State(suspended=set(idle) & set(names))
         self._lock = threading.RLock()
         self._listeners: list[Callable[[LeaseEvent], None]] = []
         self._stop = threading.Event()
@@ -442,7 +449,9 @@ class LeaseManager:
             session.listen()
             session.listen_control()
             candidacy = self._candidacy()
-            drain = session.register_replica(self.replica_id, **self._identity(candidacy))
+            drain = session.register_replica(
+                self.replica_id, **self._identity(candidacy), declared_leases=self.declared
+            )
             if drain is not None:
                 self._drain(drain)
                 candidacy = self._candidacy()

@@ -79,3 +79,15 @@ WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 2
 -- The audit trail: who evicted or asked for a step-down from the command line.
 INSERT INTO leasectl_lease_events (lease, epoch, replica, event, reason)
 VALUES (%(lease)s, %(epoch)s, %(replica)s, %(event)s, %(reason)s)
+
+-- name: declared_leases
+-- What `leasectl status` expects without --app: the leases the live and recent replicas'
+-- Apps declare (migration 0017), from the same replicas the `replicas` query lists.
+SELECT DISTINCT d.name
+FROM leasectl_replicas r, unnest(r.declared_leases) AS d(name)
+WHERE r.last_seen > now() - make_interval(secs => %(recent_s)s)
+   OR EXISTS (
+       SELECT 1 FROM pg_stat_activity a
+       WHERE a.application_name = left('leasectl/' || r.id, 63)
+         AND a.datname = current_database())
+ORDER BY 1

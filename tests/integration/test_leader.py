@@ -46,13 +46,18 @@ def two_apps(dsn: str) -> Iterator[tuple[App, App]]:
         app.stop(grace=5)
 
 
-def test_lease_block_waits_holds_and_hands_over_on_exit(two_apps: tuple[App, App]) -> None:
+def test_lease_block_waits_holds_and_hands_over_on_exit(
+    dsn: str, two_apps: tuple[App, App]
+) -> None:
     a, b = two_apps
     for app in (a, b):
         app.lease("blk")
     a.start()
     b.start()
     assert not a.is_leader("blk") and not b.is_leader("blk"), "campaigned before any block"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        declared = c.execute("SELECT declared_leases FROM leasectl_replicas").fetchall()
+    assert declared == [([],), ([],)], "a block's lease must not be expected held by status"
     assert _sample("leasectl_lease_wanted", lease="blk") == 0  # "lease unheld" stays quiet
     released = _sample("leasectl_lease_transitions_total", lease="blk", reason="released")
     with a.lease("blk", timeout=20) as held:
@@ -279,11 +284,12 @@ def test_status_lists_the_leader_lease_and_step_down_moves_it(
 ) -> None:
     holder, other, first = _holder(*pair)
     wait_until(lambda: other.leader_flips() == [False], 30, what="the other one running")
-    out = _leasectl(dsn, "status", "--json", "--app", "app:app")
-    assert out.returncode == 0, out.stdout + out.stderr
-    leases = {le["name"]: le for le in json.loads(out.stdout)["leases"]}
-    assert leases["consumer"]["holder"] == holder.replica, leases
-    assert leases["consumer"]["expected"] is True and leases["consumer"]["state"] == "held"
+    for app_args in (["--app", "app:app"], []):  # from the code, and as the cluster declares
+        out = _leasectl(dsn, "status", "--json", *app_args)
+        assert out.returncode == 0, out.stdout + out.stderr
+        leases = {le["name"]: le for le in json.loads(out.stdout)["leases"]}
+        assert leases["consumer"]["holder"] == holder.replica, leases
+        assert leases["consumer"]["expected"] is True and leases["consumer"]["state"] == "held"
 
     down = _leasectl(dsn, "step-down", "--lease", "consumer")
     assert down.returncode == 0, down.stdout + down.stderr
