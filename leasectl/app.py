@@ -41,11 +41,12 @@ from types import FrameType, TracebackType
 from typing import Any, Self
 
 from leasectl import logs
+from leasectl._lease_block import LeaseBlock
 from leasectl.config import load_settings
 from leasectl.daemon import EXIT_FORCED, Daemon
 from leasectl.errors import ConfigError, LeasectlError
 from leasectl.failures import describe
-from leasectl.leader import LeaderFunction, Leadership, LeaderWrapper, LeaseBlock, LeaseDecl
+from leasectl.leader import LeaderFunction, Leadership, LeaderWrapper, LeaseDecl
 from leasectl.leases import LeaseEvent
 from leasectl.limits import Decision
 from leasectl.loop import LoopSpec, Misfire, TickContext
