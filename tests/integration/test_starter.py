@@ -73,3 +73,46 @@ def test_a_start_failing_within_the_bound_fails_the_host_start(empty_dsn: str) -
     wsgi = Endpoints(lambda e, s: [], app, prefix="/lc")
     status, body = _get(wsgi, "/lc/healthz")
     assert status.startswith("503") and body.startswith(b"start failed:"), body
+
+
+def test_install_runs_the_app_around_the_host_lifespan(dsn: str) -> None:
+    """The ASGI lifespan protocol driven as a server drives it, on a real Starlette app."""
+    pytest.importorskip("starlette")
+    import asyncio
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+
+    from leasectl.integrations.asgi import install
+
+    jobs = App(dsn=dsn)
+    seen: list[str] = []
+
+    @asynccontextmanager
+    async def own(_web: Starlette) -> AsyncIterator[None]:
+        seen.append(f"own startup, leasectl running={jobs.running}")
+        yield
+        seen.append(f"own shutdown, leasectl running={jobs.running}")
+
+    web = Starlette(lifespan=own)
+    install(web, jobs, prefix="/lc", start_timeout=30)
+    paths = {getattr(r, "path", "") for r in web.routes}
+    assert {"/lc/metrics", "/lc/healthz", "/lc/readyz"} <= paths
+
+    async def serve() -> list[str]:
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+        task = asyncio.create_task(web(scope, inbox.get, outbox.put))
+        await inbox.put({"type": "lifespan.startup"})
+        started = (await outbox.get())["type"]
+        assert jobs.running and jobs.settings.metrics.listen == ""
+        await inbox.put({"type": "lifespan.shutdown"})
+        stopped = (await outbox.get())["type"]
+        await task
+        return [started, stopped]
+
+    assert asyncio.run(serve()) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert not jobs.running
+    assert seen == ["own startup, leasectl running=True", "own shutdown, leasectl running=True"]
