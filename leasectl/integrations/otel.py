@@ -26,9 +26,11 @@ Needs the ``otel`` extra (``opentelemetry-api``; an SDK and exporter are yours t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
@@ -39,7 +41,7 @@ from leasectl.app import App
 from leasectl.errors import FencingRejected, LeaseLost, TickCancelled
 from leasectl.leader import LeaseHandle
 from leasectl.leases import LeaseEvent
-from leasectl.loop import TickContext
+from leasectl.loop import AsyncTickContext, TickContext
 
 log = logging.getLogger("leasectl.otel")
 
@@ -50,7 +52,7 @@ class _Tracing:
         self._leaders: dict[str, Span] = {}  # lease -> its running leader span
         self._lock = threading.Lock()
 
-    def tick(self, ctx: TickContext, run: Callable[[TickContext], None]) -> None:
+    def _tick_span(self, ctx: TickContext | AsyncTickContext) -> Any:
         attributes: dict[str, Any] = {
             "leasectl.loop": ctx.loop,
             "leasectl.replica": ctx.replica_id,
@@ -59,30 +61,23 @@ class _Tracing:
         if ctx.lease is not None:
             attributes["leasectl.lease"] = ctx.lease.name
             attributes["leasectl.epoch"] = ctx.lease.epoch
-        with self.tracer.start_as_current_span(
+        return self.tracer.start_as_current_span(
             f"leasectl.tick {ctx.loop}",
             attributes=attributes,
             record_exception=False,
             set_status_on_exception=False,
-        ) as span:
-            outcome = "failed"
-            try:
-                run(ctx)
-                outcome = "ok"
-            except (LeaseLost, FencingRejected) as exc:
-                outcome = "lost"
-                span.record_exception(exc)
-                raise
-            except TickCancelled as exc:
-                outcome = "cancelled"
-                span.record_exception(exc)
-                raise
-            except Exception as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-                raise
-            finally:
-                span.set_attribute("leasectl.outcome", outcome)
+        )
+
+    def tick(self, ctx: TickContext, run: Callable[[TickContext], None]) -> None:
+        with self._tick_span(ctx) as span, _outcome(span):
+            run(ctx)
+
+    async def async_tick(
+        self, ctx: AsyncTickContext, run: Callable[[AsyncTickContext], Awaitable[None]]
+    ) -> None:
+        # Entered inside the tick's task: the span is current in that task's context only.
+        with self._tick_span(ctx) as span, _outcome(span):
+            await run(ctx)
 
     def leader(self, handle: LeaseHandle, run: Callable[[], None]) -> None:
         with self.tracer.start_as_current_span(
@@ -149,13 +144,36 @@ class _Tracing:
             )
 
 
+@contextmanager
+def _outcome(span: Span) -> Iterator[None]:
+    """Record how the tick inside ended: ``leasectl.outcome``, the exception, ERROR."""
+    outcome = "failed"
+    try:
+        yield
+        outcome = "ok"
+    except (LeaseLost, FencingRejected) as exc:
+        outcome = "lost"
+        span.record_exception(exc)
+        raise
+    except (TickCancelled, asyncio.CancelledError) as exc:
+        outcome = "cancelled"
+        span.record_exception(exc)
+        raise
+    except Exception as exc:
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        span.set_attribute("leasectl.outcome", outcome)
+
+
 def instrument(app: App, *, tracer_provider: TracerProvider | None = None) -> None:
     """Trace ``app``'s ticks, leader runs and lease transitions (call before ``start()``).
 
     :param tracer_provider: default the global one (``trace.set_tracer_provider``).
     """
     tracing = _Tracing(trace.get_tracer("leasectl", __version__, tracer_provider))
-    app.wrap(tick=tracing.tick, leader=tracing.leader)
+    app.wrap(tick=tracing.tick, async_tick=tracing.async_tick, leader=tracing.leader)
     app.on_acquired(lambda event: tracing.transition("acquired", event))
     app.on_lost(lambda event: tracing.transition("lost", event))
 

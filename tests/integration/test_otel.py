@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 )
 from opentelemetry.trace import StatusCode, get_tracer  # noqa: E402
 
-from leasectl import App, LeaseHandle, TickContext  # noqa: E402
+from leasectl import App, AsyncTickContext, LeaseHandle, TickContext  # noqa: E402
 from leasectl.integrations.otel import instrument  # noqa: E402
 from leasectl.lease_manager import request_step_down  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
@@ -49,6 +49,12 @@ def test_ticks_and_leader_runs_are_spans_with_nested_user_spans(
     def bad(ctx: TickContext) -> None:
         raise ValueError("broken partner API")
 
+    @app.loop(every=1, leased=True, jitter=0.0)
+    async def agood(ctx: AsyncTickContext) -> None:
+        with user.start_as_current_span("user-async-work"):
+            async with ctx.transaction() as cur:
+                await cur.execute("SELECT 1")
+
     @app.leader("poller")
     def poller(lease: LeaseHandle) -> None:
         with user.start_as_current_span("user-poll"):
@@ -60,6 +66,7 @@ def test_ticks_and_leader_runs_are_spans_with_nested_user_spans(
     try:
         wait_until(lambda: _spans(exporter, "leasectl.tick good"), 30, what="a good tick span")
         wait_until(lambda: _spans(exporter, "leasectl.tick bad"), 30, what="a bad tick span")
+        wait_until(lambda: _spans(exporter, "leasectl.tick agood"), 30, what="an async tick span")
         wait_until(lambda: app.is_leader("poller"), 30, what="poller leads")
         with psycopg.connect(dsn, autocommit=True) as conn:
             request_step_down(conn, lease="poller", cooldown=60)
@@ -77,6 +84,12 @@ def test_ticks_and_leader_runs_are_spans_with_nested_user_spans(
     assert attrs["leasectl.replica"] == app_replica[0]
     work = [s for s in _spans(exporter, "user-work") if s.context.trace_id == tick.context.trace_id]
     assert work and work[0].parent is not None and work[0].parent.span_id == tick.context.span_id
+
+    atick = _spans(exporter, "leasectl.tick agood")[0]
+    assert atick.attributes is not None and atick.attributes["leasectl.outcome"] == "ok"
+    assert atick.attributes["leasectl.lease"] == "agood"
+    awork = [s for s in _spans(exporter, "user-async-work") if s.parent is not None]
+    assert any(s.parent.span_id == atick.context.span_id for s in awork if s.parent), awork
 
     failed = _spans(exporter, "leasectl.tick bad")[0]
     assert failed.attributes is not None and failed.attributes["leasectl.outcome"] == "failed"
