@@ -42,6 +42,7 @@ from typing import Any, Self, TypeVar
 
 from leasectl import ledger, logs
 from leasectl._lease_block import LeaseBlock
+from leasectl._wrap import AsyncTickWrapper, TickWrapper, wrap_tick
 from leasectl.config import load_settings
 from leasectl.daemon import EXIT_FORCED, Daemon
 from leasectl.errors import ConfigError, LeasectlError
@@ -57,12 +58,6 @@ log = logging.getLogger("leasectl.app")
 
 LoopFunction = Callable[[TickContext], None] | Callable[[AsyncTickContext], Awaitable[None]]
 F = TypeVar("F", bound=Callable[..., Any])
-SyncTick = Callable[[TickContext], None]
-AsyncTick = Callable[[AsyncTickContext], Awaitable[None]]
-#: ``wrapper(ctx, run)`` runs the tick function ``run(ctx)`` inside whatever it adds (a span)
-TickWrapper = Callable[[TickContext, SyncTick], None]
-#: the same for ``async def`` loops: ``await wrapper(ctx, run)`` awaits ``run(ctx)`` inside it
-AsyncTickWrapper = Callable[[AsyncTickContext, AsyncTick], Awaitable[None]]
 MigrationsArg = Iterable[str | Path | MigrationSource | tuple[str, str | Path]]
 
 
@@ -438,7 +433,7 @@ class App:
             daemon = Daemon(
                 settings,
                 [
-                    _wrap_tick(spec, self._tick_wrappers, self._async_tick_wrappers)
+                    wrap_tick(spec, self._tick_wrappers, self._async_tick_wrappers)
                     for spec, _ in selected
                 ],
                 configs={spec.name: config for spec, config in selected},
@@ -677,31 +672,6 @@ def _only(kind: str, fn: Callable[[LeaseEvent], None]) -> Callable[[LeaseEvent],
             fn(event)
 
     return listener
-
-
-def _wrap_tick(
-    spec: LoopSpec, wrappers: Sequence[TickWrapper], async_wrappers: Sequence[AsyncTickWrapper]
-) -> LoopSpec:
-    """``spec`` whose run goes through the wrappers of its kind (the first one outermost)."""
-    run: Any = spec.run
-    if spec.is_async:
-        for awrapper in reversed(async_wrappers):
-            run = _wrapped_async(awrapper, run)
-    else:
-        for wrapper in reversed(wrappers):
-            run = _wrapped_run(wrapper, run)
-    return spec if run is spec.run else replace(spec, run=run)
-
-
-def _wrapped_run(wrapper: TickWrapper, inner: SyncTick) -> SyncTick:
-    return lambda ctx: wrapper(ctx, inner)
-
-
-def _wrapped_async(wrapper: AsyncTickWrapper, inner: AsyncTick) -> AsyncTick:
-    async def run(ctx: AsyncTickContext) -> None:  # still ``async def``: spec.is_async holds
-        await wrapper(ctx, inner)
-
-    return run
 
 
 def _seconds(value: float | timedelta, what: str, *, zero: bool = False) -> float:
