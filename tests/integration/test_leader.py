@@ -79,8 +79,9 @@ def test_lease_block_waits_holds_and_hands_over_on_exit(
     took = time.monotonic() - left
     assert got[0].epoch > first_epoch
     assert held.lost.is_set() and not held
-    # Released with NOTIFY: b (waiting) took it without waiting for a campaign poll.
-    assert took < 2.0, took
+    # Released with NOTIFY (milliseconds; bench/leader.py measures hand-overs). Generous here
+    # so a loaded box cannot flake.
+    assert took < 3.0, took
     block.__exit__(None, None, None)
     wait_until(lambda: not b.is_leader("blk"), 5, what="b released on exit")
     wait_until(
@@ -251,7 +252,7 @@ def test_graceful_stop_hands_the_leader_over_without_overlap(
     holder.p.send_signal(signal.SIGTERM)
     second = other.wait(_acquired, 10, "the other takes over")
     assert holder.p.wait(30) == 0, "".join(holder.lines)
-    assert second["mono"] - t0 < 2.0, second["mono"] - t0  # released with NOTIFY
+    assert second["mono"] - t0 < 3.0, second["mono"] - t0  # NOTIFY: ms; generous for load
     assert second["epoch"] > first["epoch"]
     lost = holder.find(lambda e: e["ev"] == "lost" and e["lease"] == "consumer")
     assert lost is not None and lost["reason"] == "shutdown", lost
