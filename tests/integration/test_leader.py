@@ -280,7 +280,7 @@ def _leasectl(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_status_lists_the_leader_lease_and_step_down_moves_it(
+def test_status_lists_the_leader_lease_step_down_and_evict_move_it(
     dsn: str, pair: tuple[Proc, Proc]
 ) -> None:
     holder, other, first = _holder(*pair)
@@ -301,6 +301,25 @@ def test_status_lists_the_leader_lease_and_step_down_moves_it(
     wait_until(lambda: holder.leader_flips()[-1:] == [False], 10, what="holder is_leader False")
     wait_until(
         lambda: "leader consumer stopped" in "".join(holder.lines), 10, what="function stopped"
+    )
+
+    # Evicting the new holder ends its lock session: its function is told to stop, and the
+    # lease is taken again (by whoever campaigns first) under a still higher epoch.
+    out = _leasectl(dsn, "evict", "--lease", "consumer", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lost = other.wait(lambda e: e["ev"] == "lost", 20, "the evicted holder says it lost it")
+    assert lost["epoch"] == second["epoch"]
+    wait_until(
+        lambda: "leader consumer stopped" in "".join(other.lines), 10, what="its function stopped"
+    )
+    wait_until(
+        lambda: any(
+            e["ev"] == "acquired" and e["epoch"] > second["epoch"]
+            for p in (holder, other)
+            for e in list(p.events)
+        ),
+        30,
+        what="taken again after the eviction",
     )
 
 
