@@ -160,7 +160,10 @@ def test_uvicorn_two_workers_are_two_replicas_one_leads(dsn: str) -> None:
             server.wait(10)
 
 
-def test_gunicorn_sync_workers_flask_two_replicas_one_leads(dsn: str) -> None:
+@pytest.mark.parametrize("preload", [False, True], ids=["import-in-worker", "preload"])
+def test_gunicorn_sync_workers_flask_two_replicas_one_leads(dsn: str, preload: bool) -> None:
+    """With ``--preload`` the master imports the app (declaring an App touches nothing) and
+    forks; each worker starts its own App after the fork either way."""
     pytest.importorskip("gunicorn")
     port = _free_port()
     server = subprocess.Popen(
@@ -176,6 +179,7 @@ def test_gunicorn_sync_workers_flask_two_replicas_one_leads(dsn: str) -> None:
             "sync",
             "--bind",
             f"127.0.0.1:{port}",
+            *(["--preload"] if preload else []),
             "flask_app:web",
         ],
         env=_env(dsn),
