@@ -32,6 +32,8 @@ def test_the_docs_quote_the_tested_web_examples() -> None:
     doc = (REPO / "docs" / "python-api.md").read_text()
     for name in ("fastapi_app.py", "flask_app.py", "gunicorn.conf.py"):
         assert (WEB / name).read_text().strip() in doc, f"docs/python-api.md: {name} drifted"
+    leader = REPO / "docs" / "examples" / "leader" / "app.py"  # run by test_leader.py
+    assert leader.read_text().strip() in doc, "docs/python-api.md: the leader example drifted"
 
 
 def _free_port() -> int:
