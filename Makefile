@@ -70,7 +70,7 @@ clean:
 .PHONY: bench-jobs bench-venv bench-full
 bench-venv:
 	test -x .venv-bench/bin/python || $(PY) -m venv .venv-bench
-	test -f .venv-bench/.installed || (.venv-bench/bin/pip install -q -e . procrastinate \
+	test -f .venv-bench/.installed || (.venv-bench/bin/pip install -q -e '.[certs,embedded]' procrastinate \
 		&& touch .venv-bench/.installed)
 
 bench-jobs: bench-venv
