@@ -46,7 +46,7 @@ from typing import Any
 
 import psycopg
 
-from leasectl import placement
+from leasectl import placement, timing
 from leasectl._version import __version__
 from leasectl.errors import (
     DatabaseUnavailable,
@@ -447,16 +447,9 @@ class LeaseManager:
         s = self.settings
         assert session.tcp is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         self.d_srv = session.tcp.d_srv
-        budget = s.leases.lease_ttl + s.leases.safety_margin
-        if self.d_srv is not None and budget > self.d_srv:
-            raise SafetyInequalityViolated(
-                f"lease_ttl ({s.leases.lease_ttl}s) + safety_margin ({s.leases.safety_margin}s)"
-                f" = {budget}s exceeds D_srv = {self.d_srv}s, the earliest time the server "
-                f"may drop a silent holder (tcp_keepalives_idle={session.tcp.idle}, "
-                f"interval={session.tcp.interval}, count={session.tcp.count}, "
-                f"tcp_user_timeout={session.tcp.user_timeout_ms}ms as read back with SHOW). "
-                "Lower lease_ttl or raise the keepalive/user-timeout settings."
-            )
+        problem = timing.inequality_violation(s.leases, session.tcp)
+        if problem is not None:
+            raise SafetyInequalityViolated(problem)
         if session.via_pooler:
             log.warning(
                 "the lock connection goes through a (session-mode) pooler: the TCP settings "
