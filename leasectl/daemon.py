@@ -22,7 +22,15 @@ from typing import Any
 
 from leasectl import metrics, placement
 from leasectl.config import redact_dsn
-from leasectl.db import configured_dsn, make_pool, resolve_dsn, resolve_lock_dsn
+from leasectl.db import (
+    configured_dsn,
+    make_async_pool,
+    make_pool,
+    resolve_dsn,
+    resolve_lock_dsn,
+)
+from leasectl.embedded import locate_data_dir
+from leasectl.event_loop import EventLoopThread
 from leasectl.httpserver import HttpEndpoint
 from leasectl.lease_manager import LeaseManager, make_replica_id
 from leasectl.leases import LeaseEvent
@@ -95,6 +103,7 @@ class Daemon:
         self._stopped = False
         self.wedged: set[str] = set()
         self.limiter: RateLimiter | None = None
+        self.event_loop: EventLoopThread | None = None  # only with async loops
 
     # -- health -----------------------------------------------------------------------------
 
@@ -165,6 +174,12 @@ class Daemon:
             leased = [sp.name for sp in self.specs if sp.placement == "leased"]
             self._pool = make_pool(dsn, s.database, f"leasectl-work/{self.replica_id}")
             self.limiter = RateLimiter(self._pool, s.limits)
+            if any(sp.is_async for sp in self.specs):
+                work_name = f"leasectl-work/{self.replica_id}"
+                self.event_loop = EventLoopThread(
+                    lambda: make_async_pool(dsn, s.database, work_name)
+                )
+                self.event_loop.start()
             self.manager = LeaseManager(
                 self.replica_id,
                 leased,
@@ -188,6 +203,7 @@ class Daemon:
                 settings=s.scheduler,
                 lease_manager=self.manager if self.may_lead else None,
                 limiter=self.limiter,
+                event_loop=self.event_loop,
             )
             self.scheduler.start()
         except BaseException:
@@ -216,7 +232,7 @@ class Daemon:
                 "leasectl on one machine, runs with fsync off, and no replica on another host "
                 "can see it. Set database.dsn / LEASECTL_DSN for a cluster; stop the embedded "
                 "server with `leasectl embedded stop`.",
-                self.settings.database.data_dir,
+                locate_data_dir(self.settings.database.data_dir),
                 redact_dsn(dsn),
                 extra={"action": "database_embedded", "replica": self.replica_id},
             )
@@ -352,5 +368,7 @@ class Daemon:
             self.manager.stop(release=True)
         if self.http is not None:
             self.http.stop()
+        if self.event_loop is not None:
+            self.event_loop.stop()
         if self._pool is not None:
             self._pool.close()

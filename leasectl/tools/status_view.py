@@ -6,6 +6,7 @@ Pure: :class:`leasectl.status.ClusterStatus` (read by the core) in, a rich rende
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Group
@@ -139,6 +140,89 @@ def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
                 str(b["updated_at"] or "-")[11:19],
             )
         parts.append(limits)
+    if status.loops:
+        parts.append(_loops_table(status.loops, status.taken_at))
     if status.expected_source:
         parts.append(Text(f"expected leases from {status.expected_source}", style="dim"))
+    return Group(*parts)
+
+
+_OUTCOME_STYLE = {"ok": "green", "failed": "bold red", "lost": "yellow", "cancelled": "yellow"}
+
+
+def _when(at: datetime | None, now: datetime) -> str:
+    return "-" if at is None else _age((now - at).total_seconds()) + " ago"
+
+
+def _local(at: datetime | None) -> str:
+    return "-" if at is None else at.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _error(text: str | None, width: int = 60) -> str:
+    if not text:
+        return "-"
+    line = text.strip().splitlines()[0]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _loops_table(loops: list[st.LoopHistory], now: datetime) -> Table:
+    """Per loop (everywhere loops: per replica): where and when it last ran, for how long,
+    the outcome, the last error, the next fire time in the loop's zone, wedged."""
+    table = Table(title="loops (last run, next fire)", title_justify="left")
+    for col in ("loop", "schedule", "ran on", "last run", "took", "outcome", "next fire",
+                "last error"):  # fmt: skip
+        table.add_column(col)
+    for h in loops:
+        runs = h.runs[:1] if h.placement == "leased" else [r for r in h.runs if r.live]
+        for run in runs or h.runs[:1]:
+            outcome = Text(run.outcome or "-", style=_OUTCOME_STYLE.get(run.outcome or "", ""))
+            if run.wedged and run.live:
+                outcome = Text("WEDGED", style="bold red")
+            next_fire = h.next_fire_at if h.placement == "leased" else run.next_fire_at
+            table.add_row(
+                h.loop,
+                h.schedule,
+                run.replica,
+                _when(run.started_at, now),
+                f"{run.seconds:.3f}s" if run.seconds is not None else "-",
+                outcome,
+                _local(next_fire),
+                _error(run.last_error),
+            )
+    return table
+
+
+def render_loop(h: st.LoopHistory) -> Group:
+    """``leasectl status --loop NAME``: the loop's last run per replica and its recent slots."""
+    now = datetime.now(UTC)
+    parts: list[Any] = [
+        Text(f"{h.loop}: {h.placement}, {h.schedule}; next fire {_local(h.next_fire_at)}"),
+        _loops_table([h], now),
+    ]
+    if h.wedged_on:
+        parts.append(Text(f"! wedged on: {', '.join(h.wedged_on)}", style="red"))
+    for run in h.runs:
+        if run.last_error:
+            parts.append(
+                Text(f"last error on {run.replica} ({_local(run.last_error_at)}): {run.last_error}")
+            )
+    if h.recent:
+        ticks = Table(title="recent runs (tick ledger, newest first)", title_justify="left")
+        for col in ("slot", "replica", "epoch", "started", "took", "outcome", "attempts", "error"):
+            ticks.add_column(col)
+        zone = h.next_fire_at.tzinfo if h.next_fire_at is not None else UTC
+        for t in h.recent:
+            ticks.add_row(
+                _local(t.tick_at.astimezone(zone)),
+                t.replica,
+                str(t.epoch),
+                _when(t.started_at, now),
+                f"{t.seconds:.3f}s" if t.seconds is not None else "-",
+                Text(t.outcome, style=_OUTCOME_STYLE.get(t.outcome, "")),
+                str(t.attempts),
+                _error(t.error),
+            )
+        parts.append(ticks)
+    elif h.placement == "everywhere":
+        parts.append(Text("everywhere loops keep only their last run per replica", style="dim"))
     return Group(*parts)
