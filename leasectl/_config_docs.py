@@ -55,7 +55,8 @@ DESCRIPTIONS: dict[str, str] = {
         "DSN for the lock connection only (must be direct or session-pooled); empty: same as dsn."
         " Secret: lock_dsn_env / lock_dsn_file"
     ),
-    "database.data_dir": "data directory of the embedded PostgreSQL (used when no DSN is set)",
+    "database.data_dir": "data directory of the embedded PostgreSQL (used when no DSN is set); "
+    "the default is looked for from the current folder up, as git finds .git",
     "database.pool_min_size": "connections kept open in the work pool (0: opened on demand, so "
     "an idle follower holds only its lock and watch connections)",
     "database.pool_max_size": "maximum connections of the work pool",

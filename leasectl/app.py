@@ -369,6 +369,11 @@ class App:
         return included + list(self._migrations)
 
     @property
+    def included(self) -> list[str]:
+        """The loops packages this App includes (``include()``), in order."""
+        return list(self._included)
+
+    @property
     def replica_id(self) -> str | None:
         """This replica's id once started."""
         return self._daemon.replica_id if self._daemon is not None else None

@@ -29,6 +29,7 @@ from leasectl.db import (
     resolve_dsn,
     resolve_lock_dsn,
 )
+from leasectl.embedded import locate_data_dir
 from leasectl.event_loop import EventLoopThread
 from leasectl.httpserver import HttpEndpoint
 from leasectl.lease_manager import LeaseManager, make_replica_id
@@ -231,7 +232,7 @@ class Daemon:
                 "leasectl on one machine, runs with fsync off, and no replica on another host "
                 "can see it. Set database.dsn / LEASECTL_DSN for a cluster; stop the embedded "
                 "server with `leasectl embedded stop`.",
-                self.settings.database.data_dir,
+                locate_data_dir(self.settings.database.data_dir),
                 redact_dsn(dsn),
                 extra={"action": "database_embedded", "replica": self.replica_id},
             )

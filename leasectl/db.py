@@ -22,7 +22,7 @@ from psycopg import conninfo
 from psycopg.abc import Params, PQGen, Query
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from leasectl.embedded import EmbeddedPostgres
+from leasectl.embedded import EmbeddedPostgres, locate_data_dir
 from leasectl.errors import DatabaseUnavailable
 from leasectl.settings import DatabaseSettings
 
@@ -38,7 +38,7 @@ def configured_dsn(db: DatabaseSettings) -> str | None:
 
 def resolve_dsn(db: DatabaseSettings) -> str:
     """The configured DSN, ``$LEASECTL_DSN``, or the embedded server's."""
-    return configured_dsn(db) or EmbeddedPostgres(db.data_dir).dsn()
+    return configured_dsn(db) or EmbeddedPostgres(locate_data_dir(db.data_dir)).dsn()
 
 
 def resolve_lock_dsn(db: DatabaseSettings, work_dsn: str) -> str:

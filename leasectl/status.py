@@ -28,7 +28,7 @@ import psycopg
 from leasectl import placement, sql
 from leasectl.db import configured_dsn
 from leasectl.db import connect as db_connect
-from leasectl.embedded import EmbeddedPostgres
+from leasectl.embedded import EmbeddedPostgres, locate_data_dir
 from leasectl.errors import DatabaseUnavailable, NotMigrated
 from leasectl.keys import int4_hash, namespace_for
 from leasectl.lease_manager import request_step_down
@@ -219,11 +219,13 @@ def status_dsn(settings: Settings) -> str:
     dsn = configured_dsn(settings.database)
     if dsn:
         return dsn
-    info = EmbeddedPostgres(settings.database.data_dir).info()
+    data_dir = locate_data_dir(settings.database.data_dir)
+    info = EmbeddedPostgres(data_dir).info()
     if info is None:
         raise DatabaseUnavailable(
-            f"no DSN configured and the embedded server in {settings.database.data_dir} is not "
-            "running; pass --dsn / set LEASECTL_DSN, or start the cluster (leasectl run, make demo)"
+            f"no DSN configured and the embedded PostgreSQL in {data_dir} is not running: "
+            "start it with `leasectl embedded start` (`leasectl run` and `leasectl migrate` "
+            "start it too), or pass --dsn / set LEASECTL_DSN"
         )
     return info.dsn()
 
@@ -287,6 +289,14 @@ def declared_leases(
     if not names:
         return None, "recorded leases (no live or recent replica declares any)"
     return names, "the live and recent replicas"
+
+
+def replica_sessions(dsn: str) -> list[tuple[str, list[str]]]:
+    """``(database, replica ids)`` for every database of the server at ``dsn`` where a
+    leasectl replica has a session (any database: the server is what would be stopped)."""
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        rows = conn.execute(Q["replica_sessions"], {}).fetchall()
+    return [(db, sorted(ids)) for db, ids in rows]
 
 
 # -- reading ----------------------------------------------------------------------------

@@ -34,7 +34,11 @@ def cmd_evict(args: argparse.Namespace) -> int:
         if not args.yes:
             print(
                 f"Evict the holder of lease {args.lease}: {who}?\n"
-                "Its lock session is terminated; the replica self-fences and a peer takes over.",
+                "Its lock session is terminated and a peer takes the lease with a new epoch at "
+                "its next campaign.\nIf that replica is still running, or only stopped "
+                "(paused, a long GC), it may go on BELIEVING it holds the lease for up to "
+                "lease_ttl: its writes fenced with the lease's epoch are refused, but its "
+                "unfenced side effects (external calls) can overlap the new holder's.",
                 file=sys.stderr,
             )
             print("Type 'yes' to evict: ", end="", file=sys.stderr, flush=True)

@@ -118,3 +118,13 @@ WHERE r.last_seen > now() - make_interval(secs => %(recent_s)s)
        WHERE a.application_name = left('leasectl/' || r.id, 63)
          AND a.datname = current_database())
 ORDER BY 1
+
+-- name: replica_sessions
+-- Per database of the server, the replicas with a session on it: lock sessions
+-- (leasectl/<id>) and work pools (leasectl-work/<id>, which a pooled standby has without a
+-- lock session). `leasectl embedded stop` refuses while there are any.
+SELECT datname, array_agg(DISTINCT regexp_replace(application_name, '^leasectl(-work)?/', ''))
+FROM pg_stat_activity
+WHERE application_name LIKE 'leasectl/%%' OR application_name LIKE 'leasectl-work/%%'
+GROUP BY datname
+ORDER BY datname
