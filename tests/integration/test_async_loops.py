@@ -140,11 +140,10 @@ def test_async_tick_is_cancelled_at_its_timeout(dsn: str, replicas: list[Replica
     cancelled: list[bool] = []
 
     async def slow(ctx: AsyncTickContext) -> None:
-        began = time.monotonic()
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
-            spans.append(time.monotonic() - began)
+            spans.append(time.monotonic() - ctx.deadline)  # >= 0: not before the deadline
             cancelled.append(True)
             raise
 
@@ -152,7 +151,7 @@ def test_async_tick_is_cancelled_at_its_timeout(dsn: str, replicas: list[Replica
     r = Replica("A", dsn, [spec])
     replicas.append(r)
     wait_until(lambda: cancelled, what="timed-out task cancelled")
-    assert 0.25 <= spans[0] < 5.0
+    assert 0 <= spans[0] < 5.0
     assert r.scheduler.wedged(grace=0.0) == [] or r.scheduler.loops["aslow"].tick_started is None
 
 
