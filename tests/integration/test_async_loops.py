@@ -155,7 +155,7 @@ def test_async_tick_is_cancelled_at_its_timeout(dsn: str, replicas: list[Replica
     assert r.scheduler.wedged(grace=0.0) == [] or r.scheduler.loops["aslow"].tick_started is None
 
 
-def test_shutdown_cancels_a_running_async_tick(dsn: str) -> None:
+def test_shutdown_cancels_a_running_async_tick(dsn: str, replicas: list[Replica]) -> None:
     cancelled: list[bool] = []
 
     async def slow(ctx: AsyncTickContext) -> None:
@@ -167,6 +167,7 @@ def test_shutdown_cancels_a_running_async_tick(dsn: str) -> None:
 
     spec = LoopSpec(name="astop", interval=300, placement="everywhere", run=slow, timeout=120)
     r = Replica("A", dsn, [spec])
+    replicas.append(r)  # cleaned up even if an assertion below fails (stop is idempotent)
     wait_until(lambda: r.scheduler.loops["astop"].tick_started is not None, what="tick running")
     assert r.stop(grace=0.2) is False  # not drained within the grace: cancelled
     assert cancelled == [True]
