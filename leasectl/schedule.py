@@ -181,12 +181,18 @@ class Cron:
         return f"cron {self.expr!r} {self.tz}"
 
 
-def nominal_interval(schedule: Schedule, now: float) -> float:
-    """A typical gap between fires (the gap after the next one), for metrics and reports."""
+def nominal_interval(schedule: Schedule, now: float, fires: int = 32) -> float:
+    """The longest gap between the next ``fires`` fires: what ``leasectl_loop_interval_seconds``
+    exports for a cron loop, so the staleness alert (no success in 3 intervals) does not fire
+    over a weekday loop's weekend."""
     if isinstance(schedule, Every):
         return schedule.interval
-    first = schedule.next_after(now)
-    return schedule.next_after(first) - first
+    longest, t = 0.0, schedule.next_after(now)
+    for _ in range(fires):
+        following = schedule.next_after(t)
+        longest = max(longest, following - t)
+        t = following
+    return longest
 
 
 def local_time(t: float, tz: str) -> datetime:
