@@ -21,6 +21,7 @@ from leasectl.errors import (
     MigrationError,
     MigrationFailed,
     MigrationLocked,
+    MissingExtra,
     NotMigrated,
     RowLockTimeout,
     SafetyInequalityViolated,
@@ -53,6 +54,7 @@ __all__ = [
     # errors
     "LeasectlError",
     "ConfigError",
+    "MissingExtra",
     "DatabaseUnavailable",
     "NotMigrated",
     "RowLockTimeout",

@@ -87,6 +87,7 @@ class App:
         self._dsn = dsn
         self._config = str(config) if config is not None else None
         self._settings = settings
+        self._settings_given = settings is not None  # else loaded, and reloaded on include()
         self._overrides: dict[str, Any] = {}
         self._migrations = [_migration_source(m) for m in migrations]
         self._replica_id = replica_id
@@ -317,6 +318,8 @@ class App:
         self._refuse_if_started("include a package")
         if package not in self._included:
             self._included.append(package)
+            if not self._settings_given:
+                self._settings = None  # its loops: section is read now, if it is the package
 
     def configure(
         self,
@@ -352,17 +355,23 @@ class App:
             self._overrides["logging.format"] = log_format
         # Given settings are used as they are; otherwise rebuilt with the overrides on next use.
         self._settings = settings
+        self._settings_given = settings is not None
 
     # -- what it would run -----------------------------------------------------------------
 
     @property
     def settings(self) -> Settings:
-        """The effective settings (loaded on first use; :class:`ConfigError` if invalid)."""
+        """The effective settings (loaded on first use; :class:`ConfigError` if invalid).
+
+        The config's ``loops:`` section is read (and ``scheduler.loops_package`` imported)
+        only when this App includes that package: an App of one's own never imports the
+        certificate loops, nor needs their settings to be valid.
+        """
         if self._settings is None:
             overrides = dict(self._overrides)
             if self._dsn:
                 overrides["database.dsn"] = self._dsn
-            settings = load_settings(self._config, overrides=overrides)
+            settings = load_settings(self._config, overrides=overrides, loops=self._included)
             if self._replica_id:
                 settings = replace(settings, replica=replace(settings.replica, id=self._replica_id))
             self._settings = settings
