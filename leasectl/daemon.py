@@ -84,8 +84,14 @@ class Daemon:
         configs: Mapping[str, Any] | None = None,
         migrations: Sequence[MigrationSource] = (),
         no_leased: bool = False,
+        leases: Mapping[str, placement.LeasePolicy] | None = None,
+        idle_leases: Sequence[str] = (),
     ) -> None:
         self.settings = settings
+        #: leases without loops (``app.lease`` / ``@app.leader``) and their placement wishes;
+        #: ``idle_leases`` are campaigned for only once :meth:`LeaseManager.resume` says so
+        self.leases = dict(leases or {})
+        self.idle_leases = list(idle_leases)
         self.specs = list(specs)
         self.configs = dict(configs or {})
         self.migrations = list(migrations)
@@ -172,6 +178,10 @@ class Daemon:
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied), extra={"action": "migrated"})
             leased = [sp.name for sp in self.specs if sp.placement == "leased"]
+            if self.may_lead:
+                idle = set(self.idle_leases)
+                metrics.declare_leases([n for n in self.leases if n not in idle])
+                metrics.declare_leases(idle, wanted=False)
             self._pool = make_pool(dsn, s.database, f"leasectl-work/{self.replica_id}")
             self.limiter = RateLimiter(self._pool, s.limits)
             if any(sp.is_async for sp in self.specs):
@@ -182,14 +192,15 @@ class Daemon:
                 self.event_loop.start()
             self.manager = LeaseManager(
                 self.replica_id,
-                leased,
+                leased + list(self.leases),
                 s.core,
                 dsn=dsn,
                 lock_dsn=lock_dsn,
                 may_lead=self.may_lead,
-                loops=[sp.name for sp in self.specs],
+                loops=[sp.name for sp in self.specs] + list(self.leases),
                 labels=s.replica.labels,
-                policies=placement.declared(self.specs),
+                policies={**placement.declared(self.specs), **self.leases},
+                on_demand=self.idle_leases,
             )
             self.manager.add_listener(metrics_listener)
             self.manager.add_exit_listener(self._attention.set)
@@ -222,6 +233,11 @@ class Daemon:
             target=self._supervise, name="leasectl-supervisor", daemon=True
         )
         self._supervisor.start()
+
+    @property
+    def pool(self) -> Any:
+        """The work pool (a ``psycopg_pool.ConnectionPool``) once started."""
+        return self._pool
 
     def _announce_database(self, dsn: str, lock_dsn: str, embedded: bool) -> None:
         """Say which database this replica leads on: a host that forgot its DSN must not
