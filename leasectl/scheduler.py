@@ -119,8 +119,8 @@ def plan_leased(
                 return Plan(None, first)
         due = current
     elif spec.misfire == "all":
-        pending = sched.count_between(last_done, current)
-        if pending > spec.catch_up:
+        if sched.count_between(last_done, current, limit=spec.catch_up + 1) > spec.catch_up:
+            pending = sched.count_between(last_done, current)  # once per outage: for metrics
             oldest_kept: float | None = current
             for _ in range(spec.catch_up - 1):
                 oldest_kept = _previous(spec, oldest_kept) if oldest_kept is not None else None
