@@ -164,6 +164,10 @@ DESCRIPTIONS: dict[str, str] = {
         "seconds past a loop's timeout after which a still-running tick is wedged (it ignored "
         "ctx.check() and cancellation)"
     ),
+    "scheduler.control_poll_interval": (
+        "seconds between re-reads of the loop pauses and triggers (leasectl loop ...); a "
+        "NOTIFY makes replicas with a lock session read them at once, this bounds the rest"
+    ),
     "metrics.listen": "HOST:PORT of /metrics, /healthz, /readyz; empty disables the server",
     "metrics.enabled": "record and serve metrics",
     "logging.format": "text (human) or json (one object per line)",

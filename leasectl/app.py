@@ -27,19 +27,22 @@ DSN anywhere, the embedded PostgreSQL.
 
 from __future__ import annotations
 
+import getpass
 import importlib
 import logging
 import os
 import signal
+import socket
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
 
-from leasectl import logs
+from leasectl import control, logs, status
 from leasectl.config import load_settings
 from leasectl.daemon import EXIT_FORCED, EXIT_START, Daemon
 from leasectl.errors import ConfigError, LeasectlError
@@ -317,6 +320,44 @@ class App:
             raise LeasectlError("App.limit() needs a running App: call start() first")
         return daemon.limiter.acquire(name, scope, wait=wait)
 
+    # -- operator control (leasectl.control): the same as `leasectl loop ...` ---------------
+
+    def pause(
+        self, name: str, *, reason: str = "", by: str | None = None, now: bool = False
+    ) -> None:
+        """Pause loop ``name`` on every replica of the cluster until :meth:`resume`
+        (``"*"``: every loop). A paused leased loop keeps its lease and starts no tick.
+
+        :param now: also tell a running tick to stop (``ctx.check()`` raises).
+        :raises UnknownLoop: the cluster knows no loop of that name (``.known`` lists them).
+        """
+        with self._control_connection() as conn:
+            control.pause(conn, name, by=by or _caller(), reason=reason, now=now)
+
+    def resume(self, name: str, *, at: datetime | None = None, by: str | None = None) -> bool:
+        """End the pause of ``name`` now (or at ``at``); False if it was not paused."""
+        with self._control_connection() as conn:
+            return control.resume(conn, name, by=by or _caller(), at=at) is not None
+
+    def trigger(self, name: str, *, reason: str = "", by: str | None = None) -> int:
+        """Run one extra tick of ``name`` as soon as possible: on the lease holder (at most
+        once across the cluster), or on every replica for an everywhere loop; the trigger id."""
+        with self._control_connection() as conn:
+            return control.trigger(conn, name, by=by or _caller(), reason=reason)
+
+    @contextmanager
+    def _control_connection(self) -> Iterator[Any]:
+        """The running replica's pool, or a connection of its own (the App need not run)."""
+        daemon = self._daemon
+        pool = daemon.pool if daemon is not None else None
+        if pool is not None:
+            with pool.connection() as conn:  # committed as the block ends
+                yield conn
+            return
+        settings = self.settings
+        with status.connect(status.status_dsn(settings), settings, "app") as conn:
+            yield conn
+
     @property
     def migration_sources(self) -> list[MigrationSource]:
         """The App's own migration folders (``leasectl migrate --app`` applies them)."""
@@ -424,6 +465,15 @@ def load_app(target: str) -> App:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _caller() -> str:
+    """Who an App's control call is audited as: ``app:<OS user>@<host>``."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"app:{user}@{socket.gethostname()}"
 
 
 def _cause_chain(exc: BaseException) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from leasectl import metrics, placement
 from leasectl.config import redact_dsn
+from leasectl.control import LoopControl
 from leasectl.db import configured_dsn, make_pool, resolve_dsn, resolve_lock_dsn
 from leasectl.httpserver import HttpEndpoint
 from leasectl.lease_manager import LeaseManager, make_replica_id
@@ -95,6 +96,12 @@ class Daemon:
         self._stopped = False
         self.wedged: set[str] = set()
         self.limiter: RateLimiter | None = None
+        self.control: LoopControl | None = None
+
+    @property
+    def pool(self) -> Any:
+        """The work pool (None before start and after stop)."""
+        return self._pool
 
     # -- health -----------------------------------------------------------------------------
 
@@ -176,6 +183,14 @@ class Daemon:
                 labels=s.replica.labels,
                 policies=placement.declared(self.specs),
             )
+            self.control = LoopControl(
+                self._pool,
+                leased=leased,
+                everywhere=[sp.name for sp in self.specs if sp.placement != "leased"],
+                poll_interval=s.scheduler.control_poll_interval,
+            )
+            self.control.start()  # pauses read before the first tick can start
+            self.manager.add_control_listener(self.control.poke)
             self.manager.add_listener(metrics_listener)
             self.manager.add_exit_listener(self._attention.set)
             self.manager.start()
@@ -188,6 +203,7 @@ class Daemon:
                 settings=s.scheduler,
                 lease_manager=self.manager if self.may_lead else None,
                 limiter=self.limiter,
+                control=self.control,
             )
             self.scheduler.start()
         except BaseException:
@@ -350,6 +366,8 @@ class Daemon:
         self.request_stop()
         if self.manager is not None:
             self.manager.stop(release=True)
+        if self.control is not None:
+            self.control.stop()
         if self.http is not None:
             self.http.stop()
         if self._pool is not None:

@@ -255,6 +255,7 @@ class LeaseManager:
         self._idle_since: float | None = None  # direct but needed by nothing, since
         self._gone_said: dict[str, float] = {}  # replica -> when its replica_gone was acted on
         self._exit_listeners: list[Callable[[], None]] = []
+        self._control_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._state = _State()
         self._lock = threading.RLock()
         self._listeners: list[Callable[[LeaseEvent], None]] = []
@@ -273,6 +274,11 @@ class LeaseManager:
 
     def add_listener(self, fn: Callable[[LeaseEvent], None]) -> None:
         self._listeners.append(fn)
+
+    def add_control_listener(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``fn`` (on the manager thread) with each ``loop_control`` message of the
+        control channel (:mod:`leasectl.control`: pause, resume, trigger)."""
+        self._control_listeners.append(fn)
 
     def add_exit_listener(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` (on the manager thread) when the thread ends, fatally or not: the
@@ -596,6 +602,10 @@ class LeaseManager:
                 return False
             if msg.get("action") == "replica_gone":
                 return self._replica_gone(msg.get("replica"))
+            if msg.get("action") == "loop_control":
+                for fn in self._control_listeners:
+                    fn(msg)
+                return False
             if msg.get("action") == "hand_over":
                 to, leases = msg.get("to"), msg.get("leases")
                 if isinstance(to, str) and isinstance(leases, list):

@@ -25,13 +25,16 @@ from typing import Any
 
 import psycopg
 
-from leasectl import placement, sql
+from leasectl import loop_status, placement, sql
+from leasectl.config import redact_dsn
+from leasectl.control import Pause, read_pauses
 from leasectl.db import configured_dsn
 from leasectl.db import connect as db_connect
 from leasectl.embedded import EmbeddedPostgres
 from leasectl.errors import DatabaseUnavailable, NotMigrated
 from leasectl.keys import int4_hash, namespace_for
 from leasectl.lease_manager import request_step_down
+from leasectl.limits import read_fill
 from leasectl.settings import Settings
 
 Q = sql.load("status")
@@ -96,6 +99,10 @@ class ClusterStatus:
     taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     expected_source: str = ""  # where the expected lease names came from
     rate_limits: list[dict[str, Any]] = field(default_factory=list)  # buckets' fill
+    loops: list[loop_status.LoopStatus] = field(default_factory=list)
+    pauses: list[Pause] = field(default_factory=list)  # every pause row (ended ones too)
+    events: list[loop_status.Event] = field(default_factory=list)  # newest first
+    database: str = ""  # the DSN read from, redacted
 
     def unheld(self, max_unheld: float = 0.0) -> list[LeaseStatus]:
         """Expected leases not held for longer than ``max_unheld`` seconds."""
@@ -115,10 +122,22 @@ class ClusterStatus:
                 return [clean(v) for v in value]
             return value
 
+        def rows(items: Sequence[Any]) -> list[dict[str, Any]]:
+            return [{k: clean_deep(v) for k, v in asdict(i).items()} for i in items]
+
+        def clean_deep(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: clean_deep(v) for k, v in value.items()}
+            return clean(value)
+
         return {
-            "leases": [{k: clean(v) for k, v in asdict(le).items()} for le in self.leases],
-            "replicas": [{k: clean(v) for k, v in asdict(r).items()} for r in self.replicas],
+            "leases": rows(self.leases),
+            "replicas": rows(self.replicas),
+            "loops": rows(self.loops),
+            "pauses": rows(self.pauses),
+            "events": rows(self.events),
             "rate_limits": self.rate_limits,
+            "database": self.database,
             "taken_at": self.taken_at.isoformat(),
         }
 
@@ -222,6 +241,59 @@ def read_status(
         ReplicaStatus(**{**asdict(r), "leases": tuple(held_by.get(r.id, ()))}) for r in replicas
     ]
     return ClusterStatus(placed(leases, replicas), replicas, expected_source=expected_source)
+
+
+def read_cluster(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    *,
+    expected: Sequence[str] | None = None,
+    expected_source: str = "",
+    all_replicas: bool = False,
+    intervals: dict[str, float] | None = None,
+    dsn: str = "",
+    events: int = 30,
+) -> ClusterStatus:
+    """The one read model of the cluster: leases, replicas, loops (last run, pause,
+    wedged), rate-limit fill, recent events. ``leasectl status`` and the status page render
+    it; any replica reads the whole cluster.
+
+    :param intervals: leased loops' intervals, when the reader knows them: their next slot
+        is shown (slots are UTC-aligned, the same on every replica).
+    """
+    status = read_status(
+        conn,
+        namespace=settings.leases.namespace,
+        lease_ttl=settings.leases.lease_ttl,
+        expected=expected,
+        all_replicas=all_replicas,
+        expected_source=expected_source,
+    )
+    pauses = read_pauses(conn)
+    names = sorted(
+        {le.name for le in status.leases} | {n for r in status.replicas for n in r.loops}
+    )
+    now = time.time()
+    next_fire = {
+        name: datetime.fromtimestamp((now // every + 1) * every, UTC)
+        for name, every in (intervals or {}).items()
+        if every > 0
+    }
+    loops = loop_status.loops(
+        [le.name for le in status.leases],
+        [(r.id, r.loops, r.wedged, r.alive) for r in status.replicas],
+        pauses,
+        loop_status.last_runs(conn, names),
+        next_fire,
+    )
+    return replace(
+        status,
+        rate_limits=read_fill(conn, settings.limits),
+        loops=loops,
+        pauses=pauses,
+        events=loop_status.recent_events(conn, events) if events else [],
+        database=redact_dsn(dsn) if dsn else "",
+    )
 
 
 def placed(leases: Sequence[LeaseStatus], replicas: Sequence[ReplicaStatus]) -> list[LeaseStatus]:

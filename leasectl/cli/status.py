@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 from rich.console import Console
@@ -30,7 +29,6 @@ from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument, add_common, settings_from
 from leasectl.cli.run import add_app_argument, app_from_args
 from leasectl.errors import DatabaseUnavailable
-from leasectl.limits import read_fill
 from leasectl.settings import Settings
 from leasectl.tools.status_view import render
 
@@ -92,15 +90,14 @@ def read(
 ) -> st.ClusterStatus:
     expected, source = wanted
     with st.connect(st.status_dsn(settings), settings) as conn:
-        status = st.read_status(
+        return st.read_cluster(
             conn,
-            namespace=settings.leases.namespace,
-            lease_ttl=settings.leases.lease_ttl,
+            settings,
             expected=expected,
-            all_replicas=args.all_replicas,
             expected_source=source,
+            all_replicas=args.all_replicas,
+            events=0,  # the terminal view has no timeline; the status page does
         )
-        return replace(status, rate_limits=read_fill(conn, settings.limits))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -42,6 +42,32 @@ def _placement(le: st.LeaseStatus) -> Text:
     return Text(le.placed_on, style="green" if le.holder == le.placed_on else "")
 
 
+def _loops(status: st.ClusterStatus) -> Table:
+    """One row per loop: where and when it last ran (leased loops: the ledger), paused."""
+    table = Table(title="loops", title_justify="left")
+    for col in ("loop", "placement", "last run", "outcome", "took", "next", "paused"):
+        table.add_column(col, no_wrap=col == "loop")
+    for lo in status.loops:
+        last = lo.last
+        ran = f"{_age(last.age_s)} ago on {last.replica}" if last else "-"
+        outcome = "-"
+        if last:
+            outcome = last.outcome + (" (triggered)" if last.triggered else "")
+        paused = Text("-")
+        if lo.paused is not None:
+            paused = Text(f"{_age(lo.paused.age_s or None)} {lo.paused.reason}", style="yellow")
+        table.add_row(
+            lo.name,
+            lo.placement,
+            ran,
+            Text(outcome, style="red" if last and last.outcome == "failed" else ""),
+            f"{last.seconds:.3f}s" if last else "-",
+            f"{lo.next_fire:%H:%M:%S}" if lo.next_fire else "-",
+            paused,
+        )
+    return table
+
+
 def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
     """The two tables (and the reasons of unhealthy leases) as one renderable."""
     leases = Table(title="leases", title_justify="left", expand=False)
@@ -125,16 +151,29 @@ def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
             parts.append(Text(f"! {r.id}: wedged tick(s): {', '.join(r.wedged)}", style="red"))
     if not status.leases:
         parts.append(Text("no leases expected or recorded yet", style="dim"))
+    if status.loops:
+        parts.append(_loops(status))
+    for p in status.pauses:
+        if not p.ended:
+            what = "every loop" if p.loop == "*" else p.loop
+            until = f", resumes at {p.resume_at:%Y-%m-%d %H:%M:%S %Z}" if p.resume_at else ""
+            parts.append(
+                Text(
+                    f"! {what}: PAUSED by {p.paused_by} {_age(p.age_s)} ago"
+                    f"{': ' + p.reason if p.reason else ''}{until}",
+                    style="bold yellow",
+                )
+            )
     if status.rate_limits:
         limits = Table(title="rate limits (shared by the cluster)", title_justify="left")
-        for col in ("bucket", "fill", "backlog", "last used"):
+        for col in ("bucket", "used (of burst)", "backlog", "last used"):
             limits.add_column(col)
         for b in status.rate_limits:
             fill = b["fill"]
             style = "bold red" if fill is not None and fill >= 1 else ""
             limits.add_row(
                 b["key"],
-                Text(f"{fill:.0%}" if fill is not None else "not configured", style=style),
+                Text(f"{fill:.0%} used" if fill is not None else "not configured", style=style),
                 f"{b['backlog_s']:.2f}s",
                 str(b["updated_at"] or "-")[11:19],
             )
