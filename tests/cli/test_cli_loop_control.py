@@ -65,8 +65,7 @@ def holder(cluster: Cluster, lease: str) -> tuple[str | None, int | None]:
 def events(dsn: str, event: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True) as c:
         return c.execute(
-            "SELECT lease, replica, reason FROM leasectl_lease_events WHERE event = %s "
-            "ORDER BY id",
+            "SELECT lease, replica, reason FROM leasectl_lease_events WHERE event = %s ORDER BY id",
             (event,),
         ).fetchall()
 
@@ -142,16 +141,16 @@ def test_trigger_runs_exactly_once_across_a_graceful_hand_over(
         # A graceful hand-over right behind the trigger.
         assert before[0] is not None
         cluster.cli("step-down", "--lease", "alpha", "--wait", "0")
-        wait_until(
-            lambda: claimed(dsn, ids[-1]), timeout=20, interval=0.1, what="trigger claimed"
-        )
+        wait_until(lambda: claimed(dsn, ids[-1]), timeout=20, interval=0.1, what="trigger claimed")
     with psycopg.connect(dsn, autocommit=True) as c:
         wait_until(
-            lambda: c.execute(
-                "SELECT count(*) FROM leasectl_ticks WHERE trigger_id = ANY(%s) AND outcome = 'ok'",
-                (ids,),
-            ).fetchone()
-            == (len(ids),),
+            lambda: (
+                c.execute(
+                    "SELECT count(*) FROM leasectl_ticks WHERE trigger_id = ANY(%s) AND outcome = 'ok'",
+                    (ids,),
+                ).fetchone()
+                == (len(ids),)
+            ),
             timeout=20,
             interval=0.1,
             what="every triggered tick done",
@@ -167,8 +166,9 @@ def test_trigger_runs_exactly_once_across_a_graceful_hand_over(
             assert sorted(rows) == [(i, 1) for i in sorted(ids)], rows
             time.sleep(0.1)
         claims = c.execute(
-            "SELECT t.claimed_by, k.replica, t.claimed_epoch, k.epoch FROM leasectl_loop_triggers t "
-            "JOIN leasectl_ticks k ON k.trigger_id = t.id WHERE t.id = ANY(%s)",
+            "SELECT t.claimed_by, k.replica, t.claimed_epoch, k.epoch "
+            "FROM leasectl_loop_triggers t JOIN leasectl_ticks k ON k.trigger_id = t.id "
+            "WHERE t.id = ANY(%s)",
             (ids,),
         ).fetchall()
     assert all(by == rep and e1 == e2 for by, rep, e1, e2 in claims), claims
@@ -241,10 +241,12 @@ def test_pause_all_freezes_every_loop_and_unknown_names_are_refused(
     # The timed resume has passed: no pause in force is left.
     with psycopg.connect(dsn, autocommit=True) as c:
         wait_until(
-            lambda: c.execute(
-                "SELECT count(*) FROM leasectl_loop_pauses WHERE resume_at > now()"
-            ).fetchone()
-            == (0,),
+            lambda: (
+                c.execute(
+                    "SELECT count(*) FROM leasectl_loop_pauses WHERE resume_at > now()"
+                ).fetchone()
+                == (0,)
+            ),
             timeout=5,
             what="timed resume passed",
         )
