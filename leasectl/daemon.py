@@ -14,16 +14,24 @@ replica (lease manager or a loop thread died: we stop rather than run without le
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from leasectl import metrics, placement
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from leasectl import metrics, placement, status_page
+from leasectl._version import __version__
 from leasectl.config import redact_dsn
 from leasectl.control import LoopControl
 from leasectl.db import configured_dsn, make_pool, resolve_dsn, resolve_lock_dsn
+from leasectl.errors import DatabaseUnavailable
 from leasectl.httpserver import HttpEndpoint
 from leasectl.lease_manager import LeaseManager, make_replica_id
 from leasectl.leases import LeaseEvent
@@ -32,6 +40,7 @@ from leasectl.loop import LoopSpec
 from leasectl.migrate import MigrationSource, migrate
 from leasectl.scheduler import Scheduler
 from leasectl.settings import Settings
+from leasectl.status import ClusterStatus, read_cluster
 
 log = logging.getLogger("leasectl.daemon")
 
@@ -97,6 +106,7 @@ class Daemon:
         self.wedged: set[str] = set()
         self.limiter: RateLimiter | None = None
         self.control: LoopControl | None = None
+        self._dsn = ""
 
     @property
     def pool(self) -> Any:
@@ -119,6 +129,54 @@ class Daemon:
         if hb is None or time.monotonic() - hb > limit:
             return False, "no successful heartbeat recently"
         return True, "ok"
+
+    # -- the status page ----------------------------------------------------------------------
+
+    def cluster_status(self) -> ClusterStatus:
+        """The cluster read model, read through the work pool (any replica sees it all).
+
+        :raises DatabaseUnavailable: not started, or the database cannot be read.
+        """
+        pool = self._pool
+        if pool is None or not self.migrated:
+            raise DatabaseUnavailable("the replica is starting: not migrated yet")
+        leased = {sp.name: sp.interval for sp in self.specs if sp.placement == "leased"}
+        try:
+            with pool.connection(timeout=5.0) as conn:
+                return read_cluster(
+                    conn, self.settings, expected=sorted(leased), intervals=leased, dsn=self._dsn
+                )
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise DatabaseUnavailable(f"cannot read the cluster status: {exc}") from exc
+
+    def identity(self) -> dict[str, Any]:
+        """This replica as the status page shows it (nothing secret)."""
+        return {
+            "replica": self.replica_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "may lead": self.may_lead,
+            "labels": list(self.settings.replica.labels),
+            "holds": sorted(self.manager.held()) if self.manager else [],
+            "loops here": [sp.name for sp in self.specs],
+            "health": self.health()[1],
+        }
+
+    def status_html(self) -> tuple[int, bytes, str]:
+        try:
+            page = status_page.render_page(self.cluster_status(), self.identity())
+        except DatabaseUnavailable as exc:
+            page = status_page.error_page(str(exc), self.identity())
+            return 503, page.encode(), "text/html; charset=utf-8"
+        return 200, page.encode(), "text/html; charset=utf-8"
+
+    def status_json(self) -> tuple[int, bytes, str]:
+        try:
+            data = {**self.cluster_status().to_json(), "replica": self.identity()}
+        except DatabaseUnavailable as exc:
+            return 503, json.dumps({"error": str(exc)}).encode(), "application/json"
+        return 200, json.dumps(data, default=str).encode(), "application/json"
 
     def ready(self) -> tuple[bool, str]:
         if not self.migrated:
@@ -144,11 +202,17 @@ class Daemon:
         embedded = configured_dsn(s.database) is None
         dsn = resolve_dsn(s.database)
         lock_dsn = resolve_lock_dsn(s.database, dsn)
+        self._dsn = dsn
         self._announce_database(dsn, lock_dsn, embedded)
         try:
             if s.metrics.enabled and s.metrics.listen:
                 # Bound before anything else: a port clash must fail before we campaign.
-                self.http = HttpEndpoint(s.metrics.listen, self.health, self.ready).start()
+                self.http = HttpEndpoint(
+                    s.metrics.listen,
+                    self.health,
+                    self.ready,
+                    {"/": self.status_html, "/status.json": self.status_json},
+                ).start()
             self.specs, dropped = placement.runnable(self.specs, s.replica.labels, s.leases.loops)
             for name, needs in dropped.items():
                 log.info(

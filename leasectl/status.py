@@ -62,6 +62,7 @@ class LeaseStatus:
     placed_on: str | None = None  # the live replica spread placement would choose
     preferred: tuple[str, ...] = ()  # live candidates its preferred_holder names
     away_from_preferred: bool = False  # held, but not by a live preferred holder
+    heir: str | None = None  # the live candidate that takes it next (placement order)
 
     @property
     def ok(self) -> bool:
@@ -318,12 +319,14 @@ def placed(leases: Sequence[LeaseStatus], replicas: Sequence[ReplicaStatus]) -> 
             r.id for r in live if le.name in r.preferred_for and le.name in r.campaigns_for
         )
         away = bool(preferred) and le.state == "held" and le.holder not in preferred
+        heir = next((r.id for r in plan.ranking(le.name) if r.id != le.holder), None)
         out.append(
             replace(
                 le,
                 placed_on=plan.choose(le.name),
                 preferred=preferred,
                 away_from_preferred=away,
+                heir=heir,
             )
         )
     return out
