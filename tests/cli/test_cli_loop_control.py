@@ -146,7 +146,8 @@ def test_trigger_runs_exactly_once_across_a_graceful_hand_over(
         wait_until(
             lambda: (
                 c.execute(
-                    "SELECT count(*) FROM leasectl_ticks WHERE trigger_id = ANY(%s) AND outcome = 'ok'",
+                    "SELECT count(*) FROM leasectl_ticks "
+                    "WHERE trigger_id = ANY(%s) AND outcome = 'ok'",
                     (ids,),
                 ).fetchone()
                 == (len(ids),)

@@ -25,7 +25,8 @@ from tests.conftest import wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium not installed (Debian package `chromium`; .ci/run installs it)"
+    CHROMIUM is None,
+    reason="chromium not installed (Debian package `chromium`; .ci/run installs it)",
 )
 FLAGS = (
     "--headless",
