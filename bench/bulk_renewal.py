@@ -59,12 +59,12 @@ sys.path.insert(0, str(REPO))
 import psycopg  # noqa: E402
 from psycopg import conninfo  # noqa: E402
 
+from leasectl.certs import ca, ca_keys  # noqa: E402
+from leasectl.certs.settings import CaSettings  # noqa: E402
 from leasectl.embedded import EmbeddedPostgres  # noqa: E402
 from leasectl.migrate import migrate  # noqa: E402
 from leasectl.tools import replicas  # noqa: E402
 from leasectl.tools.webhook_sink import WebhookSink  # noqa: E402
-from loops import ca, ca_keys  # noqa: E402
-from loops.settings import CaSettings  # noqa: E402
 
 ISSUER = "bulk-ca"
 POLICY = "bulk-policy"

@@ -162,11 +162,11 @@ def leasectl_replica(
     dsn: str, replica: str, concurrency: int, batch: int, queue: Any, go: Any
 ) -> None:
     try:
+        from leasectl.certs import job_processor
+        from leasectl.certs.settings import LoopsSettings
         from leasectl.db import make_pool
         from leasectl.loop import TickContext
         from leasectl.settings import DatabaseSettings
-        from loops import job_processor
-        from loops.settings import LoopsSettings
 
         def noop_issue(
             ctx: TickContext, job: dict[str, Any], settings: LoopsSettings
@@ -335,7 +335,7 @@ def _squash(text: str) -> str:
 
 def check_pgbench_script() -> None:
     """Refuse to measure a ceiling of other SQL: both statements must be the named queries."""
-    from loops.job_processor import Q
+    from leasectl.certs.job_processor import Q
 
     script = _squash(PGBENCH_SCRIPT.read_text())
     for name in ("claim", "complete_batch"):

@@ -29,7 +29,7 @@ from leasectl._config_schema import SECRET_FIELDS, field_types, iter_fields, typ
 class LoopsDocs:
     """What a loops package says about its own settings (its ``settings_docs`` module)."""
 
-    package: str = "loops"
+    package: str = "leasectl.certs"
     #: key path under ``loops`` (settings and sections) -> description
     docs: Mapping[str, str] = field(default_factory=dict)
     #: key path of a ``LoopToggle`` (``enabled`` + ``interval``) -> the loop it switches
@@ -156,7 +156,9 @@ DESCRIPTIONS: dict[str, str] = {
     "scheduler.shutdown_grace": (
         "on SIGTERM, seconds to let running ticks finish before leases are released"
     ),
-    "scheduler.loops_package": "Python package declaring the loops (its .registry module)",
+    "scheduler.loops_package": (
+        "Python package whose settings the loops: section holds (its .registry declares them)"
+    ),
     "scheduler.only": "run only these loops (names); empty: every enabled loop",
     "scheduler.error_backoff_initial": "first delay after a failed tick (seconds)",
     "scheduler.error_backoff_max": "cap of the failed-tick backoff (seconds)",

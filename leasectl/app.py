@@ -157,11 +157,11 @@ class App:
         self._own[spec.name] = spec
 
     def include(self, package: str) -> None:
-        """Add the loops of a loops package (``"loops"``: the shipped certificate loops).
+        """Add the loops of a loops package (``"leasectl.certs"``: the shipped certificate loops).
 
         The package has a ``registry`` module with ``SETTINGS_CLASS`` and
         ``build_loops(settings)``; its settings come from the config's ``loops:`` section when
-        the package is ``scheduler.loops_package`` (the default, ``loops``).
+        the package is ``scheduler.loops_package`` (the default, ``leasectl.certs``).
         """
         self._refuse_if_started("include a package")
         if package not in self._included:

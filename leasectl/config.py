@@ -191,12 +191,12 @@ def from_mapping(
     loops_data = data.get("loops")
     core = {k: v for k, v in data.items() if k != "loops"}
     settings = build(Settings, core, "", ctx)
-    package = "loops"
+    package = "leasectl.certs"
     if settings is not BAD:
         package = settings.scheduler.loops_package
     elif isinstance(core.get("scheduler"), Mapping):
         candidate = core["scheduler"].get("loops_package")
-        package = candidate if isinstance(candidate, str) and candidate else "loops"
+        package = candidate if isinstance(candidate, str) and candidate else "leasectl.certs"
     loops_obj: Any = None
     if loops:
         loops_cls = loops_settings_class(package, ctx)
@@ -444,7 +444,7 @@ def to_yaml(settings: Settings, *, redact: bool = True) -> str:
 def _loops_model() -> tuple[type, _config_docs.LoopsDocs]:
     """The configured loops package's settings class and its own descriptions.
 
-    Found by name through ``scheduler.loops_package`` (``loops`` by default): the settings
+    Found by name through ``scheduler.loops_package`` (``leasectl.certs`` by default): the settings
     class in ``<package>.registry``, the descriptions in ``<package>.settings_docs`` (``DOCS``
     and ``TOGGLES``; optional). The core never imports the loops package statically.
     """

@@ -99,7 +99,7 @@ class ReplicaSettings:
 @dataclass(frozen=True)
 class SchedulerSettings:
     shutdown_grace: float = 30.0
-    loops_package: str = "loops"  # where LOOPS are declared
+    loops_package: str = "leasectl.certs"  # the package whose settings `loops:` holds
     only: tuple[str, ...] = ()  # empty: every enabled loop
     error_backoff_initial: float = 1.0
     error_backoff_max: float = 300.0

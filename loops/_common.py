@@ -13,9 +13,9 @@ from contextlib import contextmanager
 import psycopg
 from psycopg.rows import DictRow, dict_row
 
+from leasectl.certs.settings import LoopToggle
 from leasectl.errors import DatabaseUnavailable
 from leasectl.loop import LoopSpec, TickContext
-from loops.settings import LoopToggle
 
 #: Actor type written to ``audit_events`` by every loop.
 ACTOR_TYPE = "System"

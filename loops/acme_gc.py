@@ -12,12 +12,12 @@ Why ``everywhere`` is safe: each statement is idempotent and guarded by the stat
 
 from __future__ import annotations
 
+from leasectl.certs._common import everywhere, transaction
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import everywhere, transaction
-from loops.settings import LoopsSettings
 
-Q = load("acme_gc", package="loops.sql")
+Q = load("acme_gc", package="leasectl.certs.sql")
 
 NAME = "acme_gc"
 TIMEOUT = 60.0

@@ -10,12 +10,12 @@ change) and writes only the status, so it never overwrites a concurrent heartbea
 
 from __future__ import annotations
 
+from leasectl.certs._common import everywhere, transaction
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import everywhere, transaction
-from loops.settings import LoopsSettings
 
-Q = load("agent_health", package="loops.sql")
+Q = load("agent_health", package="leasectl.certs.sql")
 
 NAME = "agent_health"
 TIMEOUT = 60.0

@@ -39,8 +39,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from loops.ca_keys import CaKeyError, unseal
-from loops.settings import CaSettings
+from leasectl.certs.ca_keys import CaKeyError, unseal
+from leasectl.certs.settings import CaSettings
 
 KeyType = Literal["ec", "rsa"]
 

@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from psycopg_pool import ConnectionPool
 
 from leasectl import sql
-from loops.settings import CaSettings
+from leasectl.certs.settings import CaSettings
 
-Q = sql.load("ca_keys", package="loops.sql")
+Q = sql.load("ca_keys", package="leasectl.certs.sql")
 
 ENCRYPTED_HEADER = "-----BEGIN ENCRYPTED PRIVATE KEY-----"
 #: A KEK is a random secret, not a passphrase; anything shorter is a configuration mistake.

@@ -31,19 +31,19 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cryptography import x509
 
 from leasectl import sql
+from leasectl.certs import discovered
+from leasectl.certs._common import within_limit
+from leasectl.certs.ca import CertificateInfo, describe
+from leasectl.certs.settings import AwsSourceSettings, LoopsSettings
 from leasectl.errors import LeasectlError
 from leasectl.loop import LoopSpec, TickContext
-from loops import discovered
-from loops._common import within_limit
-from loops.ca import CertificateInfo, describe
-from loops.settings import AwsSourceSettings, LoopsSettings
 
 if TYPE_CHECKING:
     from mypy_boto3_acm import ACMClient
     from mypy_boto3_acm.literals import KeyAlgorithmType
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
-Q = sql.load("cloud_discovery", package="loops.sql")
+Q = sql.load("cloud_discovery", package="leasectl.certs.sql")
 
 AGENT_ID = "cloud-aws"
 #: ListCertificates returns only RSA_1024/RSA_2048 certificates unless asked for the others.

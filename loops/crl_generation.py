@@ -28,12 +28,12 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from psycopg.rows import dict_row
 
 from leasectl import sql
+from leasectl.certs.ca import CAError, load_issuer_ca
+from leasectl.certs.settings import CaSettings, LoopsSettings
 from leasectl.errors import ConfigError, FencingRejected, LeasectlError
 from leasectl.loop import LoopSpec, TickContext
-from loops.ca import CAError, load_issuer_ca
-from loops.settings import CaSettings, LoopsSettings
 
-Q = sql.load("crl_generation", package="loops.sql")
+Q = sql.load("crl_generation", package="leasectl.certs.sql")
 NEXT_CRL_NUMBER = Q["next_crl_number"]
 
 #: RFC 5280 reason names (any case, ``_``/``-``/spaces ignored) → cryptography's flags.

@@ -20,17 +20,17 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from leasectl import sql
+from leasectl.certs._common import email_domain, within_limit
+from leasectl.certs.metrics import NOTIFICATIONS
+from leasectl.certs.notify.dispatch import call_budget
+from leasectl.certs.notify.email import SmtpSender
+from leasectl.certs.notify.errors import DeliveryError
+from leasectl.certs.notify.templates import TemplateRenderError, Templates
+from leasectl.certs.settings import DigestSettings, LoopsSettings
 from leasectl.errors import ConfigError, LeasectlError
 from leasectl.loop import LoopSpec, TickContext
-from loops._common import email_domain, within_limit
-from loops.metrics import NOTIFICATIONS
-from loops.notify.dispatch import call_budget
-from loops.notify.email import SmtpSender
-from loops.notify.errors import DeliveryError
-from loops.notify.templates import TemplateRenderError, Templates
-from loops.settings import DigestSettings, LoopsSettings
 
-Q = sql.load("digest", package="loops.sql")
+Q = sql.load("digest", package="leasectl.certs.sql")
 
 
 class DigestFailed(LeasectlError):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from leasectl import sql
-from loops.ca import CertificateInfo
+from leasectl.certs.ca import CertificateInfo
 
-UPSERT = sql.load("discovered", package="loops.sql")["upsert"]
+UPSERT = sql.load("discovered", package="leasectl.certs.sql")["upsert"]
 
 
 def upsert_params(

@@ -27,14 +27,14 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from leasectl.certs import ca
+from leasectl.certs._common import actor, everywhere, transaction
+from leasectl.certs.settings import LoopsSettings
+from leasectl.certs.tls_probe import ProbeResult, parse_endpoint, probe
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops import ca
-from loops._common import actor, everywhere, transaction
-from loops.settings import LoopsSettings
-from loops.tls_probe import ProbeResult, parse_endpoint, probe
 
-Q = load("health_check", package="loops.sql")
+Q = load("health_check", package="leasectl.certs.sql")
 
 NAME = "health_check"
 TIMEOUT = 300.0  # certctl: 5 minutes

@@ -28,7 +28,10 @@ apart), the guard matches nothing, that job is counted ``lost`` and its certific
 stored, so a job is never completed twice. A replica that crashes mid-job, or with completions
 still in its buffer, leaves those jobs Running in the database; job_timeout fails them after
 ``jobs.running_timeout`` and job_retry puts them back, so no job is lost (its signed
-certificate, never stored, is simply signed again).
+certificate, never stored, is simply signed again). Jobs a tick of this replica id left
+Running (its work connection was killed after the claim committed, so it never learnt of
+them or could not complete or hand them back) are not left for that hour: the next tick's
+first claim takes them again under a new attempt, since ticks never overlap on a replica.
 """
 
 from __future__ import annotations
@@ -50,14 +53,14 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
+from leasectl.certs import ca, ca_keys, metrics
+from leasectl.certs._common import actor, everywhere, transaction
+from leasectl.certs.settings import CaSettings, LoopsSettings
 from leasectl.errors import LeaseLost, TickCancelled
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops import ca, ca_keys, metrics
-from loops._common import actor, everywhere, transaction
-from loops.settings import CaSettings, LoopsSettings
 
-Q = load("job_processor", package="loops.sql")
+Q = load("job_processor", package="leasectl.certs.sql")
 
 NAME = "job_processor"
 TIMEOUT = 120.0  # certctl: 2 minutes per run
@@ -487,14 +490,16 @@ def _attach_subjects(cur: psycopg.Cursor[DictRow], jobs: Sequence[dict[str, Any]
         job["subject"] = subjects.get(job["certificate_id"])
 
 
-def claim(ctx: TickContext, limit: int) -> list[dict[str, Any]]:
+def claim(ctx: TickContext, limit: int, *, adopt: bool = False) -> list[dict[str, Any]]:
     """Claim up to ``limit`` due jobs for this replica (Running, attempts + 1).
 
-    The jobs that issue come with their ``subject`` (certificate, issuer CA, profile), read
-    for the whole batch right after the claim.
+    ``adopt`` (a tick's first claim): first the jobs this replica id left Running, which at
+    that moment can only be an ended tick's (see the ``claim`` query). The jobs that issue
+    come with their ``subject`` (certificate, issuer CA, profile), read for the whole batch
+    right after the claim.
     """
     with _statement(ctx) as cur:
-        cur.execute(Q["claim"], {"limit": limit, "replica": ctx.replica_id})
+        cur.execute(Q["claim"], {"limit": limit, "replica": ctx.replica_id, "adopt": adopt})
         jobs = list(cur.fetchall())
         _attach_subjects(cur, jobs)
     if jobs:
@@ -516,7 +521,7 @@ def run(ctx: TickContext) -> None:
     stopped = False
     with _Runner(ctx, settings) as runner:
         ctx.check()
-        batch = claim(ctx, limit)
+        batch = claim(ctx, limit, adopt=True)
         while batch:
             if _stopping(ctx):  # a claimed batch nobody started goes back in one statement
                 released = release(ctx, batch)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import psycopg
 
+from leasectl.certs._common import actor, everywhere, transaction
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import actor, everywhere, transaction
-from loops.settings import LoopsSettings
 
-Q = load("job_retry", package="loops.sql")
+Q = load("job_retry", package="leasectl.certs.sql")
 
 NAME = "job_retry"
 TIMEOUT = 120.0

@@ -16,12 +16,12 @@ touched, and two replicas reaping at once fail (and audit) each job once.
 
 from __future__ import annotations
 
+from leasectl.certs._common import actor, duration_label, everywhere, transaction
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import actor, duration_label, everywhere, transaction
-from loops.settings import LoopsSettings
 
-Q = load("job_timeout", package="loops.sql")
+Q = load("job_timeout", package="leasectl.certs.sql")
 
 NAME = "job_timeout"
 TIMEOUT = 120.0

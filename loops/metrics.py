@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
+from leasectl.certs.renewal_check import CHANNELS
 from leasectl.metrics import REGISTRY, on_declare
-from loops.renewal_check import CHANNELS
 
 #: Outcomes of one delivery attempt by the notification loops.
 DELIVERY_OUTCOMES: tuple[str, ...] = ("sent", "failed", "dead", "superseded")

@@ -28,14 +28,14 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from leasectl.certs import ca, discovered
+from leasectl.certs._common import actor, everywhere, transaction
+from leasectl.certs.settings import LoopsSettings
+from leasectl.certs.tls_probe import ProbeResult, format_endpoint, probe
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops import ca, discovered
-from loops._common import actor, everywhere, transaction
-from loops.settings import LoopsSettings
-from loops.tls_probe import ProbeResult, format_endpoint, probe
 
-Q = load("network_scan", package="loops.sql")
+Q = load("network_scan", package="leasectl.certs.sql")
 
 NAME = "network_scan"
 TIMEOUT = 1800.0  # certctl: 30 minutes

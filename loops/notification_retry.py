@@ -8,9 +8,9 @@ for the same reason as notification_send: a retry is an external side effect.
 
 from __future__ import annotations
 
+from leasectl.certs.notify.dispatch import Channels, Dispatcher, tick_timeout
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec
-from loops.notify.dispatch import Channels, Dispatcher
-from loops.settings import LoopsSettings
 
 
 def build(settings: LoopsSettings) -> LoopSpec | None:
@@ -27,7 +27,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
         interval=ns.retry.interval,
         placement="leased",
         run=dispatcher.run,
-        timeout=max(120.0, ns.retry.interval),
+        timeout=tick_timeout(ns, "retry"),
         run_on_start=True,
         description="retry failed notifications with backoff; dead-letter after max_attempts",
     )

@@ -9,9 +9,9 @@ case exactly-once; the epoch fence plus the idempotency key cover the failover w
 
 from __future__ import annotations
 
+from leasectl.certs.notify.dispatch import Channels, Dispatcher, tick_timeout
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec
-from loops.notify.dispatch import Channels, Dispatcher
-from loops.settings import LoopsSettings
 
 
 def build(settings: LoopsSettings) -> LoopSpec | None:
@@ -28,7 +28,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
         interval=ns.send.interval,
         placement="leased",
         run=dispatcher.run,
-        timeout=max(60.0, ns.send.interval),
+        timeout=tick_timeout(ns, "send"),
         run_on_start=True,
         description="deliver pending notifications (email, webhook)",
     )

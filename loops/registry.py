@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec
-from loops.settings import LoopsSettings
 
 SETTINGS_CLASS = LoopsSettings
 
@@ -40,7 +40,7 @@ def build_loops(settings: LoopsSettings) -> list[LoopSpec]:
     """The enabled loops for these settings."""
     specs: list[LoopSpec] = []
     for name in LOOP_MODULES:
-        module = importlib.import_module(f"loops.{name}")
+        module = importlib.import_module(f"leasectl.certs.{name}")
         spec = module.build(settings)
         if spec is not None:
             specs.append(spec)

@@ -29,12 +29,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from leasectl.certs._common import actor, everywhere, transaction
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import actor, everywhere, transaction
-from loops.settings import LoopsSettings
 
-Q = load("renewal_check", package="loops.sql")
+Q = load("renewal_check", package="leasectl.certs.sql")
 
 NAME = "renewal_check"
 TIMEOUT = 300.0  # certctl: 5 minutes

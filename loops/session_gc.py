@@ -9,12 +9,12 @@ disjoint or already-deleted rows.
 
 from __future__ import annotations
 
+from leasectl.certs._common import everywhere, transaction
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import everywhere, transaction
-from loops.settings import LoopsSettings
 
-Q = load("session_gc", package="loops.sql")
+Q = load("session_gc", package="leasectl.certs.sql")
 
 NAME = "session_gc"
 TIMEOUT = 60.0

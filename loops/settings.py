@@ -164,8 +164,10 @@ class NotificationSettings:
     # link-local (cloud metadata), multicast or reserved; every other such address is refused.
     allow_private_networks: tuple[str, ...] = ()
     templates_dir: str = ""  # empty: the packaged loops/templates
-    # A row left 'sending' by this same epoch longer than this is re-delivered (a tick that
-    # died between the external call and the mark); older epochs' claims are re-delivered at once.
+    # Only for a row left 'sending' by the OTHER notification loop (send vs retry), e.g. one
+    # since disabled: after this many seconds (never less than the longer of the two loops'
+    # tick timeouts) either loop takes it. A loop's own claims never wait: its next tick
+    # re-delivers whatever an earlier tick or an older epoch left 'sending', same id.
     stale_claim_after: float = 300.0
 
 

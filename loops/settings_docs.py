@@ -33,7 +33,7 @@ TOGGLES: dict[str, str] = {
 
 #: Key path (settings and sections under ``loops``) -> description.
 DOCS: dict[str, str] = {
-    "loops": "Settings of the fifteen loops (the `loops` package's own settings object).",
+    "loops": "Settings of the fifteen certificate loops (the `leasectl.certs` package's settings).",
     "loops.jobs": "job_processor, job_retry, job_timeout.",
     "loops.renewal": "renewal_check: expiry statuses, renewal jobs, expiry alerts.",
     "loops.agents": "agent_health.",

@@ -11,12 +11,12 @@ no longer matches for the other, so each expiry is recorded once.
 
 from __future__ import annotations
 
+from leasectl.certs._common import actor, everywhere, transaction
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.sql import load
-from loops._common import actor, everywhere, transaction
-from loops.settings import LoopsSettings
 
-Q = load("short_lived_expiry", package="loops.sql")
+Q = load("short_lived_expiry", package="leasectl.certs.sql")
 
 NAME = "short_lived_expiry"
 TIMEOUT = 30.0

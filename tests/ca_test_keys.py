@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from loops import ca, ca_keys
-from loops.settings import CaSettings
+from leasectl.certs import ca, ca_keys
+from leasectl.certs.settings import CaSettings
 
 TEST_KEK = "leasectl-test-kek-0123456789abcdef"
 #: loops.ca for tests that run job_processor or crl_generation against seeded issuers.

@@ -60,7 +60,8 @@ def _secret(env: str | None, file: str | None, what: str) -> str:
 
 
 def cmd_ca(args: argparse.Namespace) -> int:
-    from loops.ca_keys import CaKeyError, rotate_kek  # the CLI's one use of the loops package
+    # the CLI's one use of the certificate loops, imported only when `ca` runs
+    from leasectl.certs.ca_keys import CaKeyError, rotate_kek
 
     old = None if args.from_plaintext else _secret(args.old_kek_env, args.old_kek_file, "old KEK")
     new = _secret(args.new_kek_env, args.new_kek_file, "new KEK")

@@ -161,6 +161,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
                 desc += " [red]NOT RECOVERED[/]"
             if args.no_progress:
                 console.print(desc + (" " + "; ".join(r.notes) if r.notes else ""))
+        elif args.no_progress and what.startswith("draining:"):
+            console.print(desc)  # the drain waiting for deliveries (every 2 s at most)
         progress.update(task, completed=done, total=total, description=desc)
 
     drill = Drill(opts, on_progress)

@@ -1,9 +1,9 @@
 """``leasectl run``: one replica of the clustered daemon.
 
-Without ``--app`` it runs the shipped loops (``scheduler.loops_package``, default ``loops``);
-with ``--app module:attribute`` (or ``$LEASECTL_APP``) it runs that :class:`leasectl.App`
-with every daemon feature: migrations, leases, ``/metrics``, signals, ``--only``,
-``--no-leased``.
+Without ``--app`` it runs the shipped loops (``scheduler.loops_package``, default
+``leasectl.certs``); with ``--app module:attribute`` (or ``$LEASECTL_APP``) it runs that
+:class:`leasectl.App` with every daemon feature: migrations, leases, ``/metrics``, signals,
+``--only``, ``--no-leased``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from loops.notify.signing import HEADER, verify
+from leasectl.certs.notify.signing import HEADER, verify
 
 _MAX_BODY = 1 << 20
 _PAYLOADS = {200: b'{"ok": true}', 400: b'{"error": "no key"}', 401: b'{"error": "bad signature"}'}

@@ -8,7 +8,7 @@ notification_send and notification_retry.
 
 from __future__ import annotations
 
-from loops.notify.errors import DeliveryError
-from loops.notify.templates import Templates
+from leasectl.certs.notify.errors import DeliveryError
+from leasectl.certs.notify.templates import Templates
 
 __all__ = ["DeliveryError", "Templates"]

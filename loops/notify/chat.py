@@ -22,11 +22,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from leasectl._version import __version__
+from leasectl.certs.notify.email import check_header
+from leasectl.certs.notify.errors import DeliveryError
+from leasectl.certs.notify.outbound import IPNetwork, Resolver, Target, post, system_resolver
+from leasectl.certs.settings import (
+    OpsGenieSettings,
+    PagerDutySettings,
+    SlackSettings,
+    TeamsSettings,
+)
 from leasectl.errors import ConfigError
-from loops.notify.email import check_header
-from loops.notify.errors import DeliveryError
-from loops.notify.outbound import IPNetwork, Resolver, Target, post, system_resolver
-from loops.settings import OpsGenieSettings, PagerDutySettings, SlackSettings, TeamsSettings
 
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 410, 413, 422})
 TEAMS_CARDS = ("adaptive", "messagecard")

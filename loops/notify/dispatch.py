@@ -6,7 +6,12 @@ and make the external call with the notification id as idempotency key, holding 
 connection; (3) mark the outcome in another guarded transaction. A holder that lost its lease
 between (2) and (3) cannot mark anything; the row stays ``sending`` under its old epoch and
 the next holder re-delivers it with the same key. Rows claimed but not attempted when a tick
-is cancelled are handed back.
+is cancelled are handed back. A row left ``sending`` under the current epoch, by an earlier
+tick whose work connection died before the call or before the mark (so it could neither mark
+nor hand back), is re-delivered by the next tick: a loop's ticks never overlap on a replica,
+so a claim from an earlier tick belongs to a tick that has ended, and the same key makes a
+second copy harmless. ``stale_claim_after`` is only for rows the *other* notification loop
+left ``sending`` (send vs retry; that loop may be disabled now).
 
 Failures: retry_count counts failed attempts. Attempt ``k`` failing schedules the next one
 ``backoff_minutes[k-1]`` later (1, 2, 4, 8 min); the ``max_attempts``-th failure, or a
@@ -24,25 +29,25 @@ from typing import Any, Literal
 from psycopg.rows import dict_row
 
 from leasectl import sql
-from leasectl.errors import ConfigError, LeasectlError
-from leasectl.loop import TickContext
-from loops._common import email_domain, within_limit
-from loops.metrics import NOTIFICATIONS
-from loops.notify.chat import (
+from leasectl.certs._common import email_domain, within_limit
+from leasectl.certs.metrics import NOTIFICATIONS
+from leasectl.certs.notify.chat import (
     Alert,
     OpsGenieSender,
     PagerDutySender,
     SlackSender,
     TeamsSender,
 )
-from loops.notify.email import SmtpSender
-from loops.notify.errors import DeliveryError
-from loops.notify.outbound import parse_networks
-from loops.notify.templates import Templates
-from loops.notify.webhook import WebhookSender
-from loops.settings import NotificationSettings
+from leasectl.certs.notify.email import SmtpSender
+from leasectl.certs.notify.errors import DeliveryError
+from leasectl.certs.notify.outbound import parse_networks
+from leasectl.certs.notify.templates import Templates
+from leasectl.certs.notify.webhook import WebhookSender
+from leasectl.certs.settings import NotificationSettings
+from leasectl.errors import ConfigError, LeasectlError
+from leasectl.loop import TickContext
 
-Q = sql.load("notifications", package="loops.sql")
+Q = sql.load("notifications", package="leasectl.certs.sql")
 
 Mode = Literal["send", "retry"]
 
@@ -143,6 +148,24 @@ def webhook_body(row: dict[str, Any], subject: str, text: str) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
+def tick_timeout(settings: NotificationSettings, mode: Mode) -> float:
+    """The cooperative deadline of one ``notification_send`` or ``notification_retry`` tick."""
+    if mode == "send":
+        return max(60.0, settings.send.interval)
+    return max(120.0, settings.retry.interval)
+
+
+def foreign_claim_after(settings: NotificationSettings) -> float:
+    """Seconds after which a row left ``sending`` by the other notification loop is taken.
+
+    ``stale_claim_after``, but never less than either loop's tick timeout: a live tick's
+    calls end by its deadline (:func:`call_budget`), so an older claim is an ended tick's.
+    """
+    return max(
+        settings.stale_claim_after, tick_timeout(settings, "send"), tick_timeout(settings, "retry")
+    )
+
+
 class Dispatcher:
     """Runs one tick of ``notification_send`` (mode ``send``) or ``notification_retry``."""
 
@@ -189,7 +212,7 @@ class Dispatcher:
         params = {
             **self._params(ctx),
             "batch": self.settings.batch,
-            "stale_after": self.settings.stale_claim_after,
+            "stale_after": foreign_claim_after(self.settings),
             "max_attempts": self.settings.max_attempts,
         }
         query = Q["claim_pending"] if self.mode == "send" else Q["claim_due_retries"]

@@ -13,9 +13,9 @@ import ssl
 from email.message import EmailMessage
 from email.utils import formatdate
 
+from leasectl.certs.notify.errors import DeliveryError
+from leasectl.certs.settings import SmtpSettings
 from leasectl.errors import ConfigError
-from loops.notify.errors import DeliveryError
-from loops.settings import SmtpSettings
 
 TLS_MODES = ("none", "starttls", "implicit")
 _FORBIDDEN = ("\r", "\n", "\0")

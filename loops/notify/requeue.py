@@ -16,7 +16,7 @@ import psycopg
 
 from leasectl import sql
 
-Q = sql.load("notifications", package="loops.sql")
+Q = sql.load("notifications", package="leasectl.certs.sql")
 
 
 def requeue(conn: psycopg.Connection[Any], ids: Sequence[str]) -> list[str]:

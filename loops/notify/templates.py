@@ -27,8 +27,8 @@ from typing import Any
 import jinja2
 import jinja2.sandbox
 
+from leasectl.certs.notify.errors import DeliveryError
 from leasectl.errors import ConfigError
-from loops.notify.errors import DeliveryError
 
 REQUIRED = ("notify_generic.txt.j2", "notify_subject.txt.j2", "digest.html.j2")
 
@@ -71,7 +71,7 @@ class Templates:
                 raise ConfigError(f"notification templates directory {directory!r} does not exist")
             loader = jinja2.FileSystemLoader(directory)
         else:
-            loader = jinja2.PackageLoader("loops", "templates")
+            loader = jinja2.PackageLoader("leasectl.certs", "templates")
         self.env = jinja2.sandbox.SandboxedEnvironment(
             loader=loader,
             autoescape=_autoescape,

@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from leasectl._version import __version__
+from leasectl.certs.notify.email import check_header
+from leasectl.certs.notify.errors import DeliveryError
+from leasectl.certs.notify.outbound import IPNetwork, Resolver, Target, post, system_resolver
+from leasectl.certs.notify.signing import HEADER, sign
+from leasectl.certs.settings import WebhookSettings
 from leasectl.errors import ConfigError
-from loops.notify.email import check_header
-from loops.notify.errors import DeliveryError
-from loops.notify.outbound import IPNetwork, Resolver, Target, post, system_resolver
-from loops.notify.signing import HEADER, sign
-from loops.settings import WebhookSettings
 
 
 class WebhookSender:

@@ -4,15 +4,32 @@
 -- attempts (the claim token: a later claim of the same job has a larger value) and records
 -- the claiming replica. Agent-routed Deployment jobs belong to the agent's own claim and are
 -- never touched here (certctl flipped them to Running and then skipped them).
-WITH picked AS (
-    SELECT id
+-- With adopt (a tick's first claim only) the batch starts with the jobs this replica id left
+-- Running: a loop's ticks never overlap on a replica, so at a tick's first claim they belong
+-- to an earlier tick that has ended (its work connection died after the claim committed, or
+-- before it could complete or fail them) or to an earlier process under this id. They are run
+-- again at once, under a new attempt (so a late completion of the old claim matches nothing),
+-- instead of waiting running_timeout for job_timeout. A job at its last attempt is left to
+-- job_timeout, so a job that kills its process every time still ends Failed.
+WITH adopted AS (
+    SELECT id, started_at AS sort_at
+    FROM jobs
+    WHERE %(adopt)s AND status = 'Running' AND claimed_by = %(replica)s
+      AND agent_id IS NULL AND attempts < max_attempts
+    ORDER BY started_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), pending AS (
+    SELECT id, scheduled_at AS sort_at
     FROM jobs
     WHERE status = 'Pending'
       AND scheduled_at <= now()
       AND NOT (type = 'Deployment' AND agent_id IS NOT NULL)
     ORDER BY scheduled_at, id
-    LIMIT %(limit)s
+    LIMIT greatest(0, %(limit)s - (SELECT count(*) FROM adopted))
     FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id FROM adopted UNION ALL SELECT id FROM pending
 )
 UPDATE jobs AS j
 SET status = 'Running',

@@ -1,14 +1,18 @@
 -- name: claim_pending
--- notification_send's claim, run after lease.guard() in the same transaction. Takes this
--- lease's rows left 'sending' by an older epoch (the old holder may or may not have delivered
--- them: re-deliver with the same id as the idempotency key) or by this epoch longer than
--- stale_after seconds ago (a tick that died between the call and the mark), then pending
--- rows. Two index-friendly picks (partial indexes on 'sending' and 'pending') instead of one
--- OR, which would scan every sent row of the table each minute.
+-- notification_send's claim, run after lease.guard() in the same transaction. First every row
+-- this lease left 'sending': under an older epoch (the old holder may or may not have
+-- delivered it) or under this one, by an earlier tick - a loop's ticks never overlap on a
+-- replica and this is the tick's only claim, so that tick has ended: it died before the call,
+-- or called out and could not mark (its work connection was killed). Either way the row is
+-- re-delivered now with the same id as the idempotency key, not minutes later. Also any row
+-- left 'sending' by another lease for longer than stale_after seconds (a loop since disabled:
+-- nobody else would ever take it back). Then pending rows. Two index-friendly picks (partial
+-- indexes on 'sending' and 'pending') instead of one OR, which would scan every sent row of
+-- the table each minute.
 WITH stale AS (
     SELECT id FROM notification_events
-    WHERE status = 'sending' AND claimed_lease = %(lease_name)s
-      AND (claimed_epoch < %(lease_epoch)s
+    WHERE status = 'sending'
+      AND ((claimed_lease = %(lease_name)s AND claimed_epoch <= %(lease_epoch)s)
            OR claimed_at < now() - make_interval(secs => %(stale_after)s))
     ORDER BY claimed_at, id
     LIMIT %(batch)s
@@ -35,12 +39,13 @@ LEFT JOIN managed_certificates mc ON mc.id = c.certificate_id
 ORDER BY c.created_at, c.id
 
 -- name: claim_due_retries
--- notification_retry's claim: this lease's stale 'sending' rows (same rule as
+-- notification_retry's claim: the rows this lease left 'sending' (an earlier tick or an older
+-- epoch) and other leases' rows 'sending' longer than stale_after (same rule as
 -- claim_pending), then failed rows whose next_retry_at has come.
 WITH stale AS (
     SELECT id FROM notification_events
-    WHERE status = 'sending' AND claimed_lease = %(lease_name)s
-      AND (claimed_epoch < %(lease_epoch)s
+    WHERE status = 'sending'
+      AND ((claimed_lease = %(lease_name)s AND claimed_epoch <= %(lease_epoch)s)
            OR claimed_at < now() - make_interval(secs => %(stale_after)s))
     ORDER BY claimed_at, id
     LIMIT %(batch)s
@@ -91,8 +96,10 @@ WHERE id = %(id)s AND status = 'sending'
 RETURNING retry_count, status, next_retry_at
 
 -- name: release_claims
--- Give back claimed rows a cancelled tick did not attempt, so they do not wait for
--- stale_after: a row with a retry time goes back to 'failed', any other to 'pending'.
+-- Give back claimed rows a cancelled tick did not attempt, so the other notification loop and
+-- the next holder see them as they were: a row with a retry time goes back to 'failed', any
+-- other to 'pending'. A hand-back that fails (the work connection is gone) loses nothing: the
+-- row stays 'sending' and this lease's next tick takes it.
 UPDATE notification_events
 SET status = CASE WHEN next_retry_at IS NULL THEN 'pending' ELSE 'failed' END,
     claimed_epoch = NULL, claimed_by = NULL, claimed_lease = NULL, claimed_at = NULL

@@ -1,11 +1,14 @@
-"""An App with loops of its own plus the shipped certificate loops (``include("loops")``)."""
+"""An App with loops of its own plus the shipped certificate loops.
+
+(``include("leasectl.certs")``)
+"""
 
 from __future__ import annotations
 
 from leasectl import App, TickContext
 
 app = App()
-app.include("loops")
+app.include("leasectl.certs")
 
 
 @app.loop(every=0.5, leased=True, jitter=0.0)

@@ -7,8 +7,8 @@ from typing import Any
 
 import psycopg
 
-from loops import ca, ca_keys
-from loops.settings import CaSettings
+from leasectl.certs import ca, ca_keys
+from leasectl.certs.settings import CaSettings
 from tests.cli.conftest import cli_env, run_cli
 
 

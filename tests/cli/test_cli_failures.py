@@ -212,7 +212,7 @@ def _secret_config(path: Path, dsn: str) -> Path:
     return write_config(
         path,
         dsn,
-        scheduler={"loops_package": "loops"},
+        scheduler={"loops_package": "leasectl.certs"},
         loops={"notifications": {"webhook": {"hmac_key_env": "H9_NOT_SET_KEY"}}},
     )
 

@@ -20,9 +20,9 @@ import pytest
 from cryptography import x509
 from psycopg_pool import ConnectionPool
 
+from leasectl.certs import ca
+from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import TickContext
-from loops import ca
-from loops.settings import LoopsSettings
 from tests.ca_test_keys import PLAINTEXT_OK, TEST_CA_KEYS, seeded_ca
 
 UTC = dt.UTC

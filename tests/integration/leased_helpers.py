@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -53,6 +54,35 @@ def pool_for(dsn: str) -> Iterator[ConnectionPool]:
         yield pool
     finally:
         pool.close()
+
+
+@contextmanager
+def one_connection_pool(dsn: str, application_name: str) -> Iterator[ConnectionPool]:
+    """A pool of exactly one work connection, named so a test can terminate its backend.
+
+    With one connection the tick's next statement after :func:`terminate_backends` is sure
+    to run on the terminated backend (the pool does not test connections it hands out).
+    """
+    pool = ConnectionPool(
+        dsn, min_size=1, max_size=1, open=False, kwargs={"application_name": application_name}
+    )
+    pool.open(wait=True, timeout=10)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def terminate_backends(conn: psycopg.Connection[Any], application_name: str) -> int:
+    """``pg_terminate_backend`` every session named ``application_name``, waiting (up to 10 s)
+    until each has exited; returns how many were terminated."""
+    rows = conn.execute(
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+        "WHERE application_name = %s AND pid <> pg_backend_pid()",
+        (application_name,),
+    ).fetchall()
+    assert all(ok for (ok,) in rows), "a backend did not exit within 10 s"
+    return len(rows)
 
 
 def tick(

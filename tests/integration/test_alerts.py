@@ -178,7 +178,10 @@ class LiveReplica:
                 {
                     "database": {"dsn": dsn},
                     "replica": {"id": replica_id},
-                    "scheduler": {"loops_package": "loops", "only": [*LEASED, *EVERYWHERE]},
+                    "scheduler": {
+                        "loops_package": "leasectl.certs",
+                        "only": [*LEASED, *EVERYWHERE],
+                    },
                     "metrics": {"listen": f"127.0.0.1:{self.port}"},
                     "logging": {"format": "json"},
                 }

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from loops import renewal_check
+from leasectl.certs import renewal_check
 from tests.conftest import wait_until
 from tests.integration.everywhere_helpers import add_certificate, add_issuer, scalar
 

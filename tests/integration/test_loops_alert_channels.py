@@ -18,9 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from leasectl.errors import ConfigError
-from loops import notification_retry, notification_send
-from loops.settings import (
+from leasectl.certs import notification_retry, notification_send
+from leasectl.certs.settings import (
     LoopsSettings,
     NotificationSettings,
     OpsGenieSettings,
@@ -28,6 +27,7 @@ from loops.settings import (
     SlackSettings,
     TeamsSettings,
 )
+from leasectl.errors import ConfigError
 from tests.integration.leased_helpers import leased, pool_for, tick
 from tests.integration.test_loops_notifications import queue, row, seed_cert
 

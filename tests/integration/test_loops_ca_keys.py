@@ -7,8 +7,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from loops import ca, ca_keys, crl_generation
-from loops.settings import CaSettings, CrlLoop, CrlSettings, LoopsSettings
+from leasectl.certs import ca, ca_keys, crl_generation
+from leasectl.certs.settings import CaSettings, CrlLoop, CrlSettings, LoopsSettings
 from tests.integration.leased_helpers import leased, pool_for, tick
 
 OLD = ca_keys.generate_kek()

@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from moto.server import ThreadedMotoServer
 
-from loops import cloud_discovery
-from loops.ca import fingerprint_sha256
-from loops.settings import (
+from leasectl.certs import cloud_discovery
+from leasectl.certs.ca import fingerprint_sha256
+from leasectl.certs.settings import (
     AwsSourceSettings,
     CloudDiscoveryLoop,
     CloudDiscoverySettings,

@@ -10,12 +10,12 @@ import psycopg
 import pytest
 from cryptography import x509
 
+from leasectl.certs import crl_generation
+from leasectl.certs.settings import CrlSettings, LoopsSettings
 from leasectl.errors import ConfigError, FencingRejected
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import FENCE_SQL, Lease
 from leasectl.settings import CoreSettings
-from loops import crl_generation
-from loops.settings import CrlSettings, LoopsSettings
 from tests.ca_test_keys import TEST_CA_KEYS, seeded_ca
 from tests.integration.leased_helpers import leased, pool_for, tick
 

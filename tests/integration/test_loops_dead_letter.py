@@ -8,9 +8,14 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from loops import notification_send, renewal_check
-from loops.notify.requeue import requeue
-from loops.settings import LoopsSettings, NotificationSettings, RenewalSettings, WebhookSettings
+from leasectl.certs import notification_send, renewal_check
+from leasectl.certs.notify.requeue import requeue
+from leasectl.certs.settings import (
+    LoopsSettings,
+    NotificationSettings,
+    RenewalSettings,
+    WebhookSettings,
+)
 from tests.integration.everywhere_helpers import add_certificate, make_ctx, pool
 from tests.integration.leased_helpers import Receiver, leased, tick
 

@@ -9,15 +9,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from leasectl.errors import ConfigError
-from loops import digest
-from loops.settings import (
+from leasectl.certs import digest
+from leasectl.certs.settings import (
     DigestLoop,
     DigestSettings,
     LoopsSettings,
     NotificationSettings,
     SmtpSettings,
 )
+from leasectl.errors import ConfigError
 from tests.integration.leased_helpers import leased, pool_for, smtp_server, tick
 
 SLOT = dt.datetime(2026, 11, 27, 6, 0, tzinfo=dt.UTC)

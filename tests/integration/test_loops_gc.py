@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from loops import acme_gc, agent_health, session_gc, short_lived_expiry
-from loops.settings import AgentHealthSettings, LoopsSettings
+from leasectl.certs import acme_gc, agent_health, session_gc, short_lived_expiry
+from leasectl.certs.settings import AgentHealthSettings, LoopsSettings
 from tests.integration.everywhere_helpers import (
     add_certificate,
     make_ctx,

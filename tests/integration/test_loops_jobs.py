@@ -17,9 +17,9 @@ import pytest
 from cryptography import x509
 from psycopg_pool import ConnectionPool
 
+from leasectl.certs import job_processor, job_retry, job_timeout
+from leasectl.certs.settings import JobsSettings, LoopsSettings
 from leasectl.loop import TickContext
-from loops import job_processor, job_retry, job_timeout
-from loops.settings import JobsSettings, LoopsSettings
 from tests.ca_test_keys import TEST_CA_KEYS, TEST_KEK
 from tests.conftest import wait_until
 from tests.integration.everywhere_helpers import (
@@ -32,6 +32,7 @@ from tests.integration.everywhere_helpers import (
     run_concurrently,
     scalar,
 )
+from tests.integration.leased_helpers import one_connection_pool, pool_for, terminate_backends
 
 __all__ = ["pool"]  # the fixture
 
@@ -289,8 +290,8 @@ _VICTIM = """
 import dataclasses, datetime as dt, sys, time
 from psycopg_pool import ConnectionPool
 from leasectl.loop import TickContext
-from loops import job_processor
-from loops.settings import CaSettings, JobsSettings, LoopsSettings
+from leasectl.certs import job_processor
+from leasectl.certs.settings import CaSettings, JobsSettings, LoopsSettings
 
 pool = ConnectionPool(sys.argv[1], min_size=1, max_size=4, open=True)
 cfg = LoopsSettings(ca=CaSettings(kek=sys.argv[2]), jobs=dataclasses.replace(
@@ -569,3 +570,54 @@ def test_any_status_change_restarts_the_timeout_clock(
     assert job_row(conn, "j1")["status"] == "AwaitingCSR"
     conn.execute("UPDATE jobs SET attempts = 1 WHERE id = 'j1'")  # not a status change
     assert job_row(conn, "j1")["status_changed_at"] > old + dt.timedelta(days=29)
+
+
+def test_jobs_a_dead_tick_left_running_are_run_by_the_next_tick(
+    dsn: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The work connection is terminated right after a tick's claim commits, and the tick
+    cannot hand its jobs back (the hand-back runs on the dead connection): they stay Running,
+    claimed by this replica. The replica's next tick runs them at once under a new attempt,
+    not running_timeout (1 h) later; a job at its last attempt is left to job_timeout."""
+    add_issuer(conn)
+    for i, max_attempts in ((0, 3), (1, 3), (2, 1)):
+        add_certificate(conn, f"c{i}", status="Pending", expires_in=None)
+        add_job(conn, f"j{i}", certificate_id=f"c{i}", max_attempts=max_attempts)
+    app_name = "i23-jobs-work"
+    fired: list[int] = []
+    claim = job_processor.claim
+
+    def claim_then_kill(ctx: TickContext, limit: int, *, adopt: bool = False) -> Any:
+        jobs = claim(ctx, limit, adopt=adopt)
+        if not fired:
+            fired.append(terminate_backends(conn, app_name))
+            ctx.stop.set()  # a shutdown at that instant: the tick hands back, and cannot
+        return jobs
+
+    monkeypatch.setattr(job_processor, "claim", claim_then_kill)
+    with one_connection_pool(dsn, app_name) as work:
+        with pytest.raises(psycopg.OperationalError):
+            job_processor.run(make_ctx(work, settings()))
+        assert fired == [1]
+        rows = {
+            r[0]: r[1:] for r in conn.execute("SELECT id, status, attempts, claimed_by FROM jobs")
+        }
+        assert rows == {j: ("Running", 1, "replica-a") for j in ("j0", "j1", "j2")}
+
+        ctx = make_ctx(work, settings())
+        job_processor.run(ctx)  # the same replica's next tick
+    assert ctx.stats == {"claimed": 2, "completed": 2}
+    rows = {r[0]: r[1:] for r in conn.execute("SELECT id, status, attempts, claimed_by FROM jobs")}
+    assert rows == {
+        "j0": ("Completed", 2, "replica-a"),
+        "j1": ("Completed", 2, "replica-a"),
+        "j2": ("Running", 1, "replica-a"),  # its last attempt: job_timeout's to fail
+    }
+    versions = conn.execute("SELECT job_id FROM certificate_versions ORDER BY job_id").fetchall()
+    assert versions == [("j0",), ("j1",)]
+    # Another replica's Running job is never taken.
+    add_certificate(conn, "c3", status="Pending", expires_in=None)
+    add_job(conn, "j3", certificate_id="c3", status="Running", attempts=1, claimed_by="replica-b")
+    with pool_for(dsn) as work:
+        job_processor.run(make_ctx(work, settings()))
+    assert job_row(conn, "j3")["status"] == "Running"

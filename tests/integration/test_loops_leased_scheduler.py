@@ -7,12 +7,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from leasectl.lease_manager import LeaseManager
-from leasectl.loop import LoopSpec
-from leasectl.scheduler import Scheduler
-from leasectl.settings import CoreSettings
-from loops import crl_generation, notification_send
-from loops.settings import (
+from leasectl.certs import crl_generation, notification_send
+from leasectl.certs.settings import (
     CrlLoop,
     CrlSettings,
     LoopsSettings,
@@ -20,6 +16,10 @@ from loops.settings import (
     NotificationSettings,
     WebhookSettings,
 )
+from leasectl.lease_manager import LeaseManager
+from leasectl.loop import LoopSpec
+from leasectl.scheduler import Scheduler
+from leasectl.settings import CoreSettings
 from tests.ca_test_keys import TEST_CA_KEYS, seeded_ca
 from tests.conftest import wait_until
 from tests.integration.leased_helpers import Receiver

@@ -14,20 +14,29 @@ import psycopg
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from leasectl.errors import ConfigError, FencingRejected, LeaseLost
+from leasectl.certs import notification_retry, notification_send
+from leasectl.certs.metrics import NOTIFICATIONS
+from leasectl.certs.notify.dispatch import Dispatcher, foreign_claim_after
+from leasectl.certs.settings import (
+    LoopsSettings,
+    NotificationSettings,
+    SmtpSettings,
+    WebhookSettings,
+)
+from leasectl.errors import ConfigError, FencingRejected, LeaseLost, TickCancelled
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import Lease
 from leasectl.limits import RateLimiter
+from leasectl.loop import TickContext
 from leasectl.settings import CoreSettings, LimitSettings
-from loops import notification_retry, notification_send
-from loops.metrics import NOTIFICATIONS
-from loops.settings import LoopsSettings, NotificationSettings, SmtpSettings, WebhookSettings
 from tests.integration.leased_helpers import (
     Inbox,
     Receiver,
     leased,
+    one_connection_pool,
     pool_for,
     smtp_server,
+    terminate_backends,
     tick,
     tls_files,
 )
@@ -279,9 +288,9 @@ def test_redelivery_after_handover_uses_the_same_idempotency_key(
 
 
 def test_broken_template_fails_build(tmp_path: Path) -> None:
-    import loops
+    import leasectl.certs
 
-    packaged = Path(loops.__file__).parent / "templates"
+    packaged = Path(leasectl.certs.__file__).parent / "templates"
     shutil.copytree(packaged, tmp_path / "t")
     (tmp_path / "t" / "notify_expiration_warning.txt.j2").write_text("{% if cert %}unclosed")
     with pytest.raises(ConfigError, match="notify_expiration_warning.txt.j2, line 1"):
@@ -377,3 +386,137 @@ def test_rate_limited_deliveries_are_deferred_not_failed(
         assert ctx.stats == {"sent": 1}
     assert len(inbox.messages) == 2
     assert {m["To"] for m in inbox.messages} == {"a@example.com", "b@example.com"}
+
+
+# -- a tick whose work connection dies between the claim and the call (issue 23) -------------
+
+
+def _kill_after_claim(
+    monkeypatch: pytest.MonkeyPatch, conn: psycopg.Connection[Any], app_name: str, *, stop: bool
+) -> list[int]:
+    """Make the next claim terminate the tick's work connection right after it commits.
+
+    ``stop``: the tick is also told to stop then (a shutdown at that instant), so it hands
+    back instead of calling out, and the hand-back runs on the dead connection. Returns a list
+    that gets one entry per claim that fired.
+    """
+    fired: list[int] = []
+    claim = Dispatcher._claim
+
+    def claim_then_kill(self: Dispatcher, ctx: TickContext) -> list[dict[str, Any]]:
+        rows = claim(self, ctx)
+        if not fired:
+            fired.append(terminate_backends(conn, app_name))
+            if stop:
+                ctx.stop.set()
+        return rows
+
+    monkeypatch.setattr(Dispatcher, "_claim", claim_then_kill)
+    return fired
+
+
+@pytest.mark.parametrize("mode", ["send", "retry"])
+def test_claim_of_a_dead_tick_goes_out_at_the_next_tick_once(
+    dsn: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The work connection is terminated between the claim and the call, and the tick ends
+    without calling out or handing the row back (its hand-back ran on the dead connection).
+    The row is left 'sending' under the current epoch; the very next tick of the same holder
+    delivers it, once, with its idempotency key - not stale_claim_after (300 s) later."""
+    seed_cert(conn)
+    queue(conn, "n-orphan", "Webhook", "team-a")
+    if mode == "retry":  # a failed row whose retry is due
+        conn.execute(
+            "UPDATE notification_events SET status = 'failed', retry_count = 1, "
+            "next_retry_at = now() - interval '1 second' WHERE id = 'n-orphan'"
+        )
+    app_name = f"i23-work-{mode}"
+    fired = _kill_after_claim(monkeypatch, conn, app_name, stop=True)
+    loop = f"notification_{mode}"
+    with Receiver(HMAC_KEY) as rx:
+        build = notification_send.build if mode == "send" else notification_retry.build
+        spec = build(settings(webhook=WebhookSettings(url=rx.url, hmac_key=HMAC_KEY)))
+        assert spec is not None
+        with one_connection_pool(dsn, app_name) as pool, leased(dsn, loop) as (_, lease):
+            with pytest.raises(TickCancelled):
+                tick(spec, pool, lease)
+            assert fired == [1]  # exactly the one work backend was terminated
+            assert rx.received == []  # the dead tick never called out
+            r = row(conn, "n-orphan")
+            assert (r["status"], r["claimed_epoch"], r["claimed_lease"]) == (
+                "sending",
+                lease.epoch,
+                loop,
+            )
+            ctx = tick(spec, pool, lease)  # same holder, same epoch, the next tick
+            assert ctx.stats == {"sent": 1}
+    assert [(x.key, x.epoch, x.body["id"]) for x in rx.received] == [
+        ("n-orphan", lease.epoch, "n-orphan")
+    ]
+    r = row(conn, "n-orphan")
+    assert (r["status"], r["claimed_epoch"]) == ("sent", lease.epoch)
+    assert r["retry_count"] == (0 if mode == "send" else 1)  # the dead tick's claim is no attempt
+
+
+def test_delivery_a_dead_tick_could_not_mark_is_redelivered_with_the_same_key(
+    dsn: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The work connection is terminated between the claim and the call, the call goes out and
+    the mark fails: the next tick of the same epoch delivers again with the same key and the
+    byte-identical body (receivers dedup on it), and marks the row sent."""
+    seed_cert(conn)
+    queue(conn, "n-unmarked", "Webhook", "team-a")
+    app_name = "i23-work-unmarked"
+    fired = _kill_after_claim(monkeypatch, conn, app_name, stop=False)
+    with Receiver(HMAC_KEY) as rx:
+        spec = notification_send.build(
+            settings(webhook=WebhookSettings(url=rx.url, hmac_key=HMAC_KEY))
+        )
+        assert spec is not None
+        with (
+            one_connection_pool(dsn, app_name) as pool,
+            leased(dsn, "notification_send") as (_, lease),
+        ):
+            with pytest.raises(psycopg.OperationalError):
+                tick(spec, pool, lease)  # the mark runs on the terminated connection
+            assert fired == [1] and len(rx.received) == 1
+            assert row(conn, "n-unmarked")["status"] == "sending"
+            assert tick(spec, pool, lease).stats == {"sent": 1}
+    assert [(x.key, x.epoch) for x in rx.received] == [("n-unmarked", lease.epoch)] * 2
+    assert rx.received[0].body == rx.received[1].body
+    assert row(conn, "n-unmarked")["status"] == "sent"
+
+
+def test_a_claim_left_by_the_other_notification_loop_waits_for_stale_claim_after(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    """What stale_claim_after is still for: a row left 'sending' under the other loop's lease
+    (notification_retry, maybe disabled now) is not taken while young - that loop's tick may
+    be calling out right now - and is taken by notification_send once older than the bound,
+    which is never less than either loop's tick timeout."""
+    seed_cert(conn)
+    queue(conn, "n-foreign", "Webhook", "team-a")
+    conn.execute(
+        "UPDATE notification_events SET status = 'sending', claimed_lease = 'notification_retry', "
+        "claimed_epoch = 1, claimed_by = 'replica-gone', claimed_at = now() - interval '100 s' "
+        "WHERE id = 'n-foreign'"
+    )
+    cfg = settings(stale_claim_after=30.0)  # below the retry loop's 120 s tick timeout
+    assert foreign_claim_after(cfg.notifications) == 120.0
+    with Receiver(HMAC_KEY) as rx:
+        cfg = settings(
+            stale_claim_after=30.0, webhook=WebhookSettings(url=rx.url, hmac_key=HMAC_KEY)
+        )
+        spec = notification_send.build(cfg)
+        assert spec is not None
+        with pool_for(dsn) as pool, leased(dsn, "notification_send") as (_, lease):
+            assert tick(spec, pool, lease).stats == {}
+            assert rx.received == []
+            conn.execute(
+                "UPDATE notification_events SET claimed_at = now() - interval '121 s' "
+                "WHERE id = 'n-foreign'"
+            )
+            assert tick(spec, pool, lease).stats == {"sent": 1}
+    assert [x.key for x in rx.received] == ["n-foreign"]
+    r = row(conn, "n-foreign")
+    assert (r["status"], r["claimed_lease"]) == ("sent", "notification_send")

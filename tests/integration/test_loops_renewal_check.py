@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from loops import renewal_check
+from leasectl.certs import renewal_check
 from tests.integration.everywhere_helpers import (
     add_certificate,
     add_issuer,

@@ -19,9 +19,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from loops import notification_send
-from loops.notify.errors import DeliveryError
-from loops.notify.outbound import (
+from leasectl.certs import notification_send
+from leasectl.certs.notify.errors import DeliveryError
+from leasectl.certs.notify.outbound import (
     DestinationRefused,
     Target,
     check_addresses,
@@ -29,8 +29,13 @@ from loops.notify.outbound import (
     parse_networks,
     post,
 )
-from loops.notify.webhook import WebhookSender
-from loops.settings import LoopsSettings, NotificationSettings, SlackSettings, WebhookSettings
+from leasectl.certs.notify.webhook import WebhookSender
+from leasectl.certs.settings import (
+    LoopsSettings,
+    NotificationSettings,
+    SlackSettings,
+    WebhookSettings,
+)
 from tests.integration.leased_helpers import Receiver, leased, pool_for, tick, tls_files
 from tests.integration.test_loops_notifications import queue, row, seed_cert
 

@@ -12,10 +12,10 @@ import jinja2
 import psycopg
 import pytest
 
-import loops
-from loops import digest, notification_send
-from loops.notify.templates import TemplateRenderError, Templates
-from loops.settings import (
+import leasectl.certs
+from leasectl.certs import digest, notification_send
+from leasectl.certs.notify.templates import TemplateRenderError, Templates
+from leasectl.certs.settings import (
     DigestLoop,
     DigestSettings,
     LoopsSettings,
@@ -37,7 +37,7 @@ ESCAPES = [
 
 def template_dir(tmp_path: Path, name: str, text: str) -> Path:
     target = tmp_path / "templates"
-    shutil.copytree(Path(loops.__file__).parent / "templates", target)
+    shutil.copytree(Path(leasectl.certs.__file__).parent / "templates", target)
     (target / name).write_text(text)
     return target
 

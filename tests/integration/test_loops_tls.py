@@ -9,8 +9,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from leasectl.certs import health_check, network_scan
 from leasectl.errors import TickCancelled
-from loops import health_check, network_scan
 from tests.integration.everywhere_helpers import (
     closed_port,
     make_ctx,

@@ -1,8 +1,13 @@
 """The import graph of ``leasectl/``: no cycle, and imports run one way.
 
-leasectl/cli -> leasectl/tools -> core; loops -> core. The core (every module of leasectl/
-outside cli/ and tools/) imports none of cli, tools or loops; the tools never import the CLI.
-Imports inside functions count; those under ``if TYPE_CHECKING:`` do not (never executed).
+leasectl/cli -> leasectl/tools -> core; leasectl.certs -> core. The core (every module of
+leasectl/ outside cli/, tools/ and certs/) imports none of cli, tools or the certificate loops;
+the tools never import the CLI, the certificate loops neither of them. Imports inside functions
+count; those under ``if TYPE_CHECKING:`` do not (never executed).
+
+The certificate loops live in the repository folder ``loops/`` and are imported only as
+``leasectl.certs`` (the symlink ``leasectl/certs -> ../loops``): a top-level ``loops`` would
+clash with a user's own package of that name.
 """
 
 from __future__ import annotations
@@ -12,17 +17,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "leasectl"
+CERTS = ROOT / "loops"  # imported as leasectl.certs
+CERTS_NAME = "leasectl.certs"
 
 
 def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if path.is_relative_to(CERTS):
+        parts = [*CERTS_NAME.split("."), *path.relative_to(CERTS).with_suffix("").parts]
+    else:
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
 def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for p in PKG.rglob("*.py")}
+    # rglob does not follow the leasectl/certs symlink: the certificate loops come from loops/.
+    paths = [p for p in PKG.rglob("*.py") if not p.is_relative_to(PKG / "certs")]
+    return {_module_name(p): p for p in [*paths, *CERTS.rglob("*.py")]}
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -65,7 +77,6 @@ def _graph() -> dict[str, set[str]]:
     known = set(mods)
     return {
         name: {m for m in _imports(path, name, known) if m in known and m != name}
-        | {m for m in _imports(path, name, known) if m == "loops" or m.startswith("loops.")}
         for name, path in mods.items()
     }
 
@@ -98,6 +109,10 @@ def _is_front_end(name: str) -> bool:
     return name.startswith(("leasectl.cli", "leasectl.tools"))
 
 
+def _is_certs(name: str) -> bool:
+    return name == CERTS_NAME or name.startswith(CERTS_NAME + ".")
+
+
 def test_the_graph_sees_the_front_ends() -> None:
     graph = _graph()
     assert "leasectl.cli.run" in graph["leasectl.cli.main"]
@@ -109,15 +124,88 @@ def test_no_import_cycle_in_leasectl() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-def test_the_core_imports_no_front_end_and_no_loops() -> None:
+def test_the_graph_sees_the_certificate_loops() -> None:
+    graph = _graph()
+    assert "leasectl.certs.registry" in graph
+    assert "leasectl.certs.settings" in graph["leasectl.certs.registry"]
+    assert "leasectl.loop" in graph["leasectl.certs._common"]
+
+
+def test_the_core_imports_no_front_end_and_no_certificate_loops() -> None:
     bad = [
         f"{name} imports {dep}"
         for name, deps in sorted(_graph().items())
-        if not _is_front_end(name)
+        if not _is_front_end(name) and not _is_certs(name)
         for dep in sorted(deps)
-        if _is_front_end(dep) or dep == "loops" or dep.startswith("loops.")
+        if _is_front_end(dep) or _is_certs(dep)
     ]
     assert not bad, "\n".join(bad)
+
+
+def test_the_certificate_loops_import_only_the_core() -> None:
+    bad = [
+        f"{name} imports {dep}"
+        for name, deps in sorted(_graph().items())
+        if _is_certs(name)
+        for dep in sorted(deps)
+        if _is_front_end(dep)
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_nothing_imports_a_top_level_loops() -> None:
+    """Code, tests, benchmarks and the docs' examples import ``leasectl.certs``, never ``loops``."""
+    files = [
+        *PKG.rglob("*.py"),
+        *CERTS.rglob("*.py"),
+        *(ROOT / "tests").rglob("*.py"),
+        *(ROOT / "bench").rglob("*.py"),
+        *(ROOT / "docs").rglob("*.py"),
+    ]
+    assert len(files) > 100
+    bad = [
+        f"{path.relative_to(ROOT)} imports {dep}"
+        for path in files
+        for dep in sorted(_imports(path, _module_name(path), set()))
+        if dep == "loops" or dep.startswith("loops.")
+    ]
+    assert not bad, "\n".join(bad)
+    # Nor by name: include("loops"), import_module(f"loops.{name}"), package="loops.sql",
+    # loops_package: "loops" ("loops" alone is also the config section, so only these count).
+    named = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}"
+        for path in files
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if any(_names_loops(arg) for arg in _module_arguments(node))
+    ]
+    assert not named, "\n".join(named)
+
+
+_TAKES_A_MODULE = {"include", "import_module", "__import__", "PackageLoader", "files", "find_spec"}
+
+
+def _module_arguments(node: ast.AST) -> list[ast.expr]:
+    """The expressions under ``node`` that name a module or package."""
+    if isinstance(node, ast.Dict):
+        return [v for k, v in zip(node.keys, node.values, strict=True) if _is(k, "loops_package")]
+    if not isinstance(node, ast.Call):
+        return []
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    named = [k.value for k in node.keywords if k.arg in ("package", "loops_package")]
+    return [*node.args, *named] if name in _TAKES_A_MODULE else named
+
+
+def _is(node: ast.expr | None, value: str) -> bool:
+    return isinstance(node, ast.Constant) and node.value == value
+
+
+def _names_loops(node: ast.expr) -> bool:
+    if isinstance(node, ast.JoinedStr) and node.values:
+        node = node.values[0]
+    if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+        return False
+    return node.value == "loops" or node.value.startswith("loops.")
 
 
 def test_the_tools_never_import_the_cli() -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from leasectl.certs.settings import LoopsSettings
 from leasectl.config import dump, load, load_settings, to_yaml
 from leasectl.errors import ConfigError
 from leasectl.settings import Settings
-from loops.settings import LoopsSettings
 
 
 def write(tmp_path: Path, text: str) -> Path:

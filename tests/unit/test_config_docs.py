@@ -45,7 +45,7 @@ def test_every_setting_has_a_description() -> None:
 def test_loops_descriptions_live_in_the_loops_package() -> None:
     """Domain knowledge stays in loops/: the core's tables describe no ``loops.*`` key."""
     from leasectl import _config_docs
-    from loops import settings_docs
+    from leasectl.certs import settings_docs
 
     core = set(_config_docs.DESCRIPTIONS) | set(_config_docs.SECTIONS)
     assert not [k for k in core if k == "loops" or k.startswith("loops.")]

@@ -210,10 +210,10 @@ def alert_queries(rules: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 def declared_index() -> dict[str, list[dict[str, str]]]:
     """The exposition of leasectl's registry once a replica running every loop declared."""
-    import loops.metrics  # noqa: F401 - registers the loops' counters
+    import leasectl.certs.metrics  # noqa: F401 - registers the loops' counters
     from leasectl import metrics
+    from leasectl.certs.registry import build_loops
     from leasectl.config import from_mapping
-    from loops.registry import build_loops
 
     enabled = {"loop": {"enabled": True}}
     settings = from_mapping(

@@ -81,3 +81,18 @@ def test_json_round_trips() -> None:
     assert [r["kind"] for r in doc["rounds"]] == ["kill", "stop"]
     assert doc["summary"][0]["takeover"]["p99"] == 0.4
     assert summary_table(result()).row_count == 2
+
+
+def test_longest_notification_delay_per_kind_is_reported() -> None:
+    r = result()
+    delay = {"p50": 0.3, "p95": 1.0, "p99": 1.2, "max": 1.25, "slowest": "drill-x-n7", "n": 40}
+    r.analysis.summary[0]["notification_delay"] = delay
+    r.analysis.notification_delay = {"kill": delay, "none": {**delay, "max": 0.2}}
+    html = render_html(r)
+    assert "1250 ms (drill-x-n7)" in html and "before the\nfirst fault: max 200 ms" in html
+    doc = to_json(r)
+    assert doc["summary"][0]["notification_delay"]["max"] == 1.25
+    assert doc["notification_delay"]["kill"]["slowest"] == "drill-x-n7"
+    table = summary_table(r)
+    column = next(c for c in table.columns if c.header == "notif. delay p99/max")
+    assert list(column.cells) == ["1200 ms / 1250 ms", "–"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import http.client
 
+from leasectl.certs.notify.signing import sign, verify
 from leasectl.tools.webhook_sink import WebhookSink
-from loops.notify.signing import sign, verify
 
 
 def post(port: int, body: bytes, headers: dict[str, str]) -> int:

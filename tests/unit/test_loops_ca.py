@@ -9,8 +9,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from loops import ca
-from loops.settings import CaSettings
+from leasectl.certs import ca
+from leasectl.certs.settings import CaSettings
 
 #: The pure-crypto tests below store keys in plaintext, which must be allowed explicitly.
 PLAIN = CaSettings(allow_plaintext_ca_keys=True)

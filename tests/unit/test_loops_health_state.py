@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loops.health_check import next_status
-from loops.tls_probe import parse_endpoint
+from leasectl.certs.health_check import next_status
+from leasectl.certs.tls_probe import parse_endpoint
 
 
 @pytest.mark.parametrize(

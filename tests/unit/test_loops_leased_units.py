@@ -13,18 +13,18 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from leasectl.certs import crl_generation
+from leasectl.certs.ca import create_ca, issue_leaf, load_issuer_ca
+from leasectl.certs.cloud_discovery import parse_certificates
+from leasectl.certs.digest import message_id
+from leasectl.certs.notify.dispatch import render_context, webhook_body
+from leasectl.certs.notify.email import check_header
+from leasectl.certs.notify.errors import DeliveryError
+from leasectl.certs.notify.signing import sign
+from leasectl.certs.notify.templates import Templates, snake
+from leasectl.certs.notify.webhook import WebhookSender
+from leasectl.certs.settings import WebhookSettings
 from leasectl.errors import ConfigError
-from loops import crl_generation
-from loops.ca import create_ca, issue_leaf, load_issuer_ca
-from loops.cloud_discovery import parse_certificates
-from loops.digest import message_id
-from loops.notify.dispatch import render_context, webhook_body
-from loops.notify.email import check_header
-from loops.notify.errors import DeliveryError
-from loops.notify.signing import sign
-from loops.notify.templates import Templates, snake
-from loops.notify.webhook import WebhookSender
-from loops.settings import WebhookSettings
 from tests.ca_test_keys import PLAINTEXT_OK
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)

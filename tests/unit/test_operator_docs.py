@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from leasectl.certs.registry import LOOP_MODULES, build_loops
 from leasectl.config import from_mapping
-from loops.registry import LOOP_MODULES, build_loops
 
 DOC = Path(__file__).resolve().parents[2] / "docs/operator/loops.md"
 ROW = re.compile(r"^\| \d+ \| `(\w+)` \| \**(everywhere|leased)\** \|", re.M)

@@ -42,8 +42,9 @@ def seed(conn: psycopg.Connection[Any], kek: str) -> dict[str, int]:
 
     The CA key is stored encrypted under ``kek`` (the demo's ``loops.ca.kek``).
     """
-    from loops import ca, ca_keys  # the demo runs the real loops package; leasectl never does
-    from loops.settings import CaSettings
+    # the demo runs the real certificate loops; the core never imports them
+    from leasectl.certs import ca, ca_keys
+    from leasectl.certs.settings import CaSettings
 
     cert_pem, plain_key = ca.create_ca("leasectl demo issuing CA")
     key_pem = ca_keys.seal(plain_key, kek)

@@ -41,6 +41,15 @@ FROM jobs WHERE id LIKE %(prefix)s
 SELECT count(*) FROM notification_events
 WHERE id LIKE %(prefix)s AND status NOT IN ('sent', 'dead')
 
+-- name: notifications_open_states
+-- The drill's notifications not yet final, with what says when the loops will take them
+-- again (delivery.fate): ages on the database's clock.
+SELECT id, status, coalesce(last_error, '') <> '', retry_count, claimed_lease,
+       extract(epoch FROM now() - claimed_at)::float8,
+       extract(epoch FROM next_retry_at - now())::float8
+FROM notification_events
+WHERE id LIKE %(prefix)s AND status NOT IN ('sent', 'dead')
+
 -- name: jobs_open
 -- Jobs not yet final: Completed, or Failed with attempts exhausted, or Cancelled.
 SELECT count(*) FROM jobs

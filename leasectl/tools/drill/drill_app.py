@@ -25,7 +25,7 @@ def build(base: str | None) -> App:
         app = load_app(base)
     else:
         app = App()
-        app.include("loops")
+        app.include("leasectl.certs")
     app.add(wedge_spec())
     return app
 

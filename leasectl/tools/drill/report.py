@@ -58,6 +58,7 @@ def to_json(result: DrillResult) -> dict[str, Any]:
         "checks": [asdict(c) for c in a.checks],
         "skipped_checks": a.skipped_checks,
         "liveness": a.liveness,
+        "notification_delay": a.notification_delay,
         "rounds": [r.to_json() for r in result.rounds],
         "overlaps": [
             {
@@ -102,6 +103,7 @@ def summary_table(result: DrillResult) -> Table:
         "leases back p50/p99/max",
         "repl. lost commits",
         "rebalance join/leave p99",
+        "notif. delay p99/max",
         "overlaps",
         "dups",
     )
@@ -124,6 +126,7 @@ def summary_table(result: DrillResult) -> Table:
             else "–",
             "–" if row.get("lost_commits") is None else str(row["lost_commits"]),
             _rebalance(row),
+            _delay(row),
             str(row["overlaps"]),
             str(row["duplicates"]),
         )
@@ -136,6 +139,14 @@ def _rebalance(row: dict[str, Any]) -> str:
     if join.get("p99") is None and leave.get("p99") is None:
         return "–"
     return f"{ms(join.get('p99'))} / {ms(leave.get('p99'))}"
+
+
+def _delay(row: dict[str, Any]) -> str:
+    """Notifications delivered after this kind's faults: insert -> first delivery (p99/max)."""
+    d = row.get("notification_delay")
+    if not d:
+        return "–"
+    return f"{ms(d.get('p99'))} / {ms(d.get('max'))}"
 
 
 def checks_table(result: DrillResult) -> Table:

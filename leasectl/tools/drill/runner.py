@@ -27,7 +27,7 @@ from leasectl.embedded import EmbeddedPostgres
 from leasectl.locks import TcpBound
 from leasectl.migrate import migrate
 from leasectl.settings import DatabaseSettings, LeaseSettings
-from leasectl.tools.drill import faults, liveness, netns, pooler, target, wedge
+from leasectl.tools.drill import delivery, faults, liveness, netns, pooler, target, wedge
 from leasectl.tools.drill.cluster import Cluster, LogLine
 from leasectl.tools.drill.feed import Feed
 from leasectl.tools.drill.invariants import Analysis, analyze
@@ -188,6 +188,7 @@ class Drill:
         self._bouncer: pooler.PgBouncer | None = None
         self._sink: WebhookSink | None = None
         self._feed: Feed | None = None
+        self._drain_watch: delivery.DrainWatch | None = None
         self._cluster: Cluster | None = None
 
     # -- set-up -------------------------------------------------------------------------------
@@ -321,6 +322,8 @@ class Drill:
                 for s in range(self._slots())
             }
             tgt = target.resolve(self.opts.app, configs[0], wedge="wedge" in self.kinds)
+            if tgt.has("notification_send"):
+                self._drain_watch = delivery.DrainWatch(self._notification_bounds(configs[0]))
             self.opts.lease = tgt.default_lease(self.opts.lease)
             self._set_env(tgt.replica_env(work / "wedge" if self._wedge else None))
             self._cluster = cluster = Cluster(
@@ -388,7 +391,11 @@ class Drill:
                 self.notes.append(f"interrupted after {len(rounds)} round(s)")
             self._feed.stop()
             self.progress(len(rounds), len(plan), None, "draining")
-            self._drain(admin, 20.0 if self.interrupted else self.opts.drain_timeout)
+            self._drain(
+                admin,
+                20.0 if self.interrupted else self.opts.drain_timeout,
+                lambda what: self.progress(len(rounds), len(plan), None, what),
+            )
             cluster.stop_all()
             finished = time.time()
             analysis = analyze(
@@ -405,6 +412,9 @@ class Drill:
                 leased_loops=tgt.leased,
                 same_clock=self._server is not None,
                 replication=self.opts.replication if self._pair else None,
+                still_due=self._drain_watch.still_due(time.monotonic())
+                if self._drain_watch is not None
+                else (),
             )
             self._liveness(analysis, admin, rounds, tgt, started, finished)
             return DrillResult(
@@ -422,6 +432,16 @@ class Drill:
             )
         finally:
             self.cleanup()
+
+    @staticmethod
+    def _notification_bounds(config: Path) -> delivery.Bounds:
+        """The notification loops' timing as the replicas load it (file and LEASECTL_*)."""
+        from leasectl.certs.settings import LoopsSettings
+        from leasectl.config import load
+
+        loops = load(str(config), environ=os.environ).loops
+        ns = loops.notifications if isinstance(loops, LoopsSettings) else None
+        return delivery.Bounds.from_settings(ns or LoopsSettings().notifications)
 
     def _slots(self) -> int:
         """Replica slots to prepare: one more than the cluster for join rounds."""
@@ -531,17 +551,47 @@ class Drill:
             result.notes.append("cluster did not settle within 60s after the round")
         time.sleep(self.opts.settle_s)
 
-    def _drain(self, admin: str, timeout: float) -> None:
+    def _drain(self, admin: str, timeout: float, progress: Callable[[str], None]) -> None:
+        """Wait until the feed's rows are final, or nothing more is worth waiting for.
+
+        Jobs get ``timeout``. Each open notification the loops will still deliver is waited
+        for until its own bound has passed (:class:`delivery.DrainWatch`), however long the
+        drill's ``drain_timeout``; an interrupted drill waits ``timeout`` for everything.
+        """
         from leasectl.tools.drill.invariants import open_counts
 
         assert self._feed is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            n_open, j_open = open_counts(admin, self._feed.prefix)
-            if n_open == 0 and j_open == 0:
+        watch, prefix = self._drain_watch, self._feed.prefix
+        start = time.monotonic()
+        jobs_until = start + timeout
+        cap = start + (timeout if self.interrupted or watch is None else watch.bounds.cap())
+        shown = 0.0
+        while True:
+            now = time.monotonic()
+            notes = delivery.read_open(admin, prefix) if watch is not None else []
+            _n, j_open = open_counts(admin, prefix)
+            if notes is None or j_open < 0:  # the server is away: keep trying for a while
+                if now >= jobs_until:
+                    break
+                time.sleep(0.5)
+                continue
+            wait = watch.update(notes, now) if watch is not None else None
+            if not notes and j_open == 0:
                 return
+            if (wait is None and (j_open == 0 or now >= jobs_until)) or now >= cap:
+                break
+            if now - shown >= 2.0:
+                shown = now
+                progress(
+                    f"draining: {len(notes)} notification(s) still due (bound in "
+                    f"{wait or 0:.0f}s), {j_open} job(s) open ({max(0, jobs_until - now):.0f}s)"
+                )
             time.sleep(0.5)
-        self.notes.append(f"drain timed out after {timeout}s")
+        left = [] if watch is None else watch.overdue(time.monotonic())
+        self.notes.append(
+            f"drain ended after {time.monotonic() - start:.0f}s with open rows"
+            + (f"; {len(left)} notification(s) past their delivery bound" if left else "")
+        )
 
     # -- clean-up -----------------------------------------------------------------------------
 

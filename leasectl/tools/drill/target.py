@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from leasectl.app import App, load_app
+from leasectl.certs.registry import LOOP_MODULES
 from leasectl.errors import ConfigError
 from leasectl.loop import LoopSpec
 from leasectl.tools.drill.liveness import LoopPolicy
 from leasectl.tools.drill.wedge_loop import WEDGE_LOOP, wedge_spec
-from loops.registry import LOOP_MODULES
 
 #: The shipped loops a drill runs, at drill speed: the leased ones are the side effects under
 #: test; job_* run everywhere (jobs must not be lost when a replica dies mid-job).
