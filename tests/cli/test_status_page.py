@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli.conftest import Cluster, kill_group
+from tests.cli.conftest import Cluster, kill_group, settled
 from tests.conftest import wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -90,7 +90,7 @@ def test_page_serves_the_whole_cluster_without_secrets(
     make_cluster: Callable[[int], Cluster],
 ) -> None:
     cluster = make_cluster(3)
-    held = cluster.wait_all_held()
+    held = settled(cluster)
     r1 = cluster.replicas["r1"]
     # The DSN has no password in the test cluster: give the page one to hide, via the JSON.
     code, headers, body = fetch(r1.metrics_url("/"))
@@ -127,17 +127,17 @@ def test_browser_sees_holder_change_and_pause_reason(
     make_cluster: Callable[[int], Cluster], tmp_path: Path
 ) -> None:
     cluster = make_cluster(3)
-    held = cluster.wait_all_held()
+    held = settled(cluster)
     res = cluster.cli("loop", "pause", "alpha", "--reason", "mailer incident")
     assert res.returncode == 0, res.stderr
 
     victim, epoch = held["beta"]
-    assert victim is not None and epoch is not None
     survivor = next(r for r in cluster.replicas.values() if r.id != victim)
     url = survivor.metrics_url("/")
 
     dom = rows(dump_dom(tmp_path, url))
-    assert dom["lease-beta"]["data-holder"] == victim
+    assert dom["lease-beta"]["data-holder"] == victim, dom["lease-beta"]
+    assert int(dom["lease-beta"]["data-epoch"]) == epoch
     assert dom["loop-alpha"].get("data-paused") == "mailer incident"
 
     kill_group(cluster.replicas[victim].proc)
