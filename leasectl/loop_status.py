@@ -111,11 +111,11 @@ def loops(
         LoopStatus(
             name=name,
             placement="leased" if name in leased else "everywhere",
-            replicas=tuple(sorted(runs[name])),
+            replicas=tuple(runs[name]),  # in the replicas' order (by id)
             last=last.get(name),
             next_fire=(next_fire or {}).get(name),
             paused=active.get(name) or every,
-            wedged_on=tuple(sorted(wedged.get(name, ()))),
+            wedged_on=tuple(wedged.get(name, ())),
         )
         for name in sorted(runs)
     ]
