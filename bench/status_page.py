@@ -51,7 +51,8 @@ def build(dsn: str, ledger: int) -> list[psycopg.Connection[object]]:
             )
             for n in mine:
                 c.execute(
-                    "INSERT INTO leasectl_leases (name, key, epoch, holder, acquired_at, renewed_at) "
+                    "INSERT INTO leasectl_leases "
+                    "(name, key, epoch, holder, acquired_at, renewed_at) "
                     "VALUES (%s, %s, 7, %s, now() - interval '1 hour', now())",
                     (n, int4_hash(n), f"r{r:02d}"),
                 )
@@ -111,7 +112,8 @@ def main() -> int:
             migrate(dsn)
             sessions = build(dsn, args.ledger)
             print(
-                "| round | requests | read p50 ms | render p50 ms | total p50 ms | p99 ms | max ms | page KiB |"
+                "| round | requests | read p50 ms | render p50 ms | total p50 ms | p99 ms "
+                "| max ms | page KiB |"
             )
             print("|---|---|---|---|---|---|---|---|")
             with ConnectionPool(dsn, min_size=1, max_size=2) as pool:
