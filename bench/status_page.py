@@ -6,7 +6,9 @@ leases, 300 lease rows, a tick ledger of ``--ledger`` slots per leased loop (the
 loop's latest row through the ledger's index), 5,000 lease events, 20 rate-limit buckets and
 a pause. Then times what a replica does per request to ``/``: ``status.read_cluster`` through
 a pool connection plus ``status_page.render_page``, ``--n`` requests per round, three rounds.
-Goal: p99 < 100 ms. Usage::
+Wall time (p50, p99, max) and this process's CPU time per request (load-independent: the
+rest is the server's time and waiting for a core); the 1-minute load average is printed with
+each round, since the machine is shared. Goal: p99 < 100 ms. Usage::
 
     .venv/bin/python bench/status_page.py [--n 200] [--rounds 3] [--ledger 100]
 """
@@ -14,6 +16,7 @@ Goal: p99 < 100 ms. Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -113,12 +116,13 @@ def main() -> int:
             sessions = build(dsn, args.ledger)
             print(
                 "| round | requests | read p50 ms | render p50 ms | total p50 ms | p99 ms "
-                "| max ms | page KiB |"
+                "| max ms | client CPU ms | page KiB | load avg |"
             )
-            print("|---|---|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|---|---|---|")
             with ConnectionPool(dsn, min_size=1, max_size=2) as pool:
                 for rnd in range(1, args.rounds + 1):
                     reads, renders, totals, size = [], [], [], 0
+                    cpu0 = time.process_time()
                     for _ in range(args.n):
                         t0 = time.perf_counter()
                         with pool.connection() as conn:
@@ -130,6 +134,7 @@ def main() -> int:
                         renders.append((t2 - t1) * 1000)
                         totals.append((t2 - t0) * 1000)
                         size = len(page.encode())
+                    cpu = (time.process_time() - cpu0) / args.n * 1000
                     assert len(status.leases) == REPLICAS * PER_REPLICA, len(status.leases)
                     assert len(status.replicas) == REPLICAS, len(status.replicas)
                     held = sum(le.state == "held" for le in status.leases)
@@ -137,7 +142,8 @@ def main() -> int:
                     print(
                         f"| {rnd} | {args.n} | {statistics.median(reads):.1f} | "
                         f"{statistics.median(renders):.1f} | {statistics.median(totals):.1f} | "
-                        f"{pct(totals, 0.99):.1f} | {max(totals):.1f} | {size / 1024:.0f} |"
+                        f"{pct(totals, 0.99):.1f} | {max(totals):.1f} | {cpu:.1f} | "
+                        f"{size / 1024:.0f} | {os.getloadavg()[0]:.1f} |"
                     )
             for s in sessions:
                 s.close()

@@ -251,11 +251,12 @@ def _events(status: ClusterStatus) -> str:
     for e in status.events:
         kind = "op" if e.event in _OPERATOR_EVENTS else e.event
         epoch = f" e{e.epoch}" if e.epoch is not None else ""
-        reason = f' <span class="dim">{escape(redact(e.reason))}</span>' if e.reason else ""
+        what = e.event.removeprefix("loop_").replace("_", " ")
+        subject = "every loop" if e.lease in ("*", "") else e.lease
+        reason = f' <span class="dim">— {escape(redact(e.reason))}</span>' if e.reason else ""
         items.append(
             f'<li class="{escape(kind)}"><span class="dim">{_time(e.at)}</span> '
-            f"<b>{escape(e.lease)}</b>{epoch} {escape(e.event.replace('_', ' '))} "
-            f"{escape(e.replica)}{reason}</li>"
+            f"<b>{escape(subject)}</b>{epoch} {escape(what)} by {escape(e.replica)}{reason}</li>"
         )
     return f'<ol class="timeline">{"".join(items)}</ol>'
 
