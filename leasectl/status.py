@@ -17,11 +17,12 @@ import functools
 import getpass
 import importlib
 import math
+import re
 import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -491,6 +492,12 @@ def request_step_down_and_wait(
     if replica is not None:
         targets = [le for le in targets if le.holder == replica]
     request_step_down(conn, lease=lease, replica=replica, cooldown=cooldown)
+    away = f"{cooldown:g}s" if cooldown is not None else "its leases.step_down_cooldown"
+    if lease is not None:
+        holders = sorted({le.holder for le in targets if le.holder}) or ["nobody"]
+        reason = f"{', '.join(holders)} hands over {lease} and stays away {away}"
+    else:
+        reason = f"{replica} hands over every lease and stays away from all {away}"
     conn.execute(
         Q["record_event"],
         {
@@ -498,7 +505,7 @@ def request_step_down_and_wait(
             "epoch": None,
             "replica": operator_id(),
             "event": "step_down_requested",
-            "reason": f"replica={replica} cooldown={cooldown}",
+            "reason": reason,
         },
     )
     before = {le.name: le for le in targets}
@@ -511,6 +518,31 @@ def request_step_down_and_wait(
             break
         time.sleep(0.05)
     return {n: (before[n], after[n]) for n in before}
+
+
+_AWAY = re.compile(r"^(\S+) hands over .* stays away (?:from all )?(?:(\d+(?:\.\d+)?)s|its )")
+
+
+def step_down_cooldowns(
+    conn: psycopg.Connection[Any], lease: str, default_cooldown: float
+) -> list[tuple[str, datetime]]:
+    """Replicas still staying away from ``lease`` after a step-down, with when that ends.
+
+    Read from the step-down requests recorded in the events table (the cooldown itself lives
+    in each replica's memory); a request without ``--cooldown`` is assumed to use
+    ``default_cooldown`` (this host's ``leases.step_down_cooldown``).
+    """
+    out: dict[str, datetime] = {}
+    for at, text in conn.execute(Q["step_downs"], {"lease": lease}).fetchall():
+        m = _AWAY.match(text or "")
+        if m is None:
+            continue
+        seconds = float(m[2]) if m[2] else default_cooldown
+        until = at + timedelta(seconds=seconds)
+        if until > datetime.now(UTC):
+            for rid in m[1].split(","):
+                out[rid.strip()] = max(until, out.get(rid.strip(), until))
+    return sorted(out.items(), key=lambda kv: kv[1])
 
 
 def _moved(before: LeaseStatus, after: LeaseStatus) -> bool:

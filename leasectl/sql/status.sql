@@ -79,3 +79,12 @@ WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 2
 -- The audit trail: who evicted or asked for a step-down from the command line.
 INSERT INTO leasectl_lease_events (lease, epoch, replica, event, reason)
 VALUES (%(lease)s, %(epoch)s, %(replica)s, %(event)s, %(reason)s)
+
+-- name: step_downs
+-- Step-down requests of the last hour that concern a lease (its own, or a whole replica's):
+-- which replicas may still be staying away from it (`leasectl step-down` explains a lease
+-- left free).
+SELECT at, reason FROM leasectl_lease_events
+WHERE event = 'step_down_requested' AND lease IN (%(lease)s, '*')
+  AND at > now() - interval '1 hour'
+ORDER BY id

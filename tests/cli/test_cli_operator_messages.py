@@ -1,0 +1,50 @@
+"""What the operator commands say when more moves, or less, than asked (issue 22's "also
+found"): evict names every lease the terminated session held; a step-down that leaves a lease
+free names the cooldowns that keep it free and when they end; event reasons are prose."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+
+from tests.cli.conftest import Cluster, settled
+
+
+def test_evict_names_every_lease_that_moves(make_cluster: Callable[[int], Cluster]) -> None:
+    cluster = make_cluster(1)  # r1 holds alpha and beta on one lock session
+    settled(cluster)
+    res = cluster.cli("evict", "--lease", "beta", input="no\n")
+    assert res.returncode == 1, res
+    assert "It also holds alpha: they move too." in res.stderr
+    assert "every lease it holds moves (alpha, beta)" in res.stderr
+
+
+def test_step_down_says_which_cooldown_keeps_a_lease_free(
+    make_cluster: Callable[[int], Cluster],
+) -> None:
+    cluster = make_cluster(2)
+    holder, _ = settled(cluster)["alpha"]
+    assert holder is not None
+    res = cluster.cli("step-down", "--lease", "alpha", "--cooldown", "20")
+    assert res.returncode == 0, res.stderr
+    new_holder = cluster.holders()["alpha"][0]
+    assert new_holder is not None and new_holder != holder
+    # Drain the new holder: the only other candidate is still in its 20 s cooldown.
+    res = cluster.cli("step-down", "--replica", new_holder, "--cooldown", "20", "--wait", "1")
+    assert res.returncode == 1, res
+    assert "alpha: not moved within 1s (now free)" in res.stderr
+    assert f"{holder} stays away from alpha after a step-down until" in res.stderr
+    assert f"{new_holder} stays away from alpha after a step-down until" in res.stderr
+    with psycopg.connect(cluster.dsn, autocommit=True) as c:
+        reasons = [
+            r[0]
+            for r in c.execute(
+                "SELECT reason FROM leasectl_lease_events WHERE event = 'step_down_requested'"
+            )
+        ]
+    assert reasons == [
+        f"{holder} hands over alpha and stays away 20s",
+        f"{new_holder} hands over every lease and stays away from all 20s",
+    ]
+    assert not any("None" in r for r in reasons)
