@@ -5,10 +5,11 @@ free names the cooldowns that keep it free and when they end; event reasons are 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 
-from tests.cli.conftest import Cluster, settled
+from tests.cli.conftest import Cluster, cli_env, run_cli, settled
 
 
 def test_evict_names_every_lease_that_moves(make_cluster: Callable[[int], Cluster]) -> None:
@@ -48,3 +49,22 @@ def test_step_down_says_which_cooldown_keeps_a_lease_free(
         f"{new_holder} hands over every lease and stays away from all 20s",
     ]
     assert not any("None" in r for r in reasons)
+
+
+def test_config_check_reports_unknown_only_with_other_problems(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("leases:\n  lease_ttl: -1\nscheduler:\n  only: [nosuch, renewal_check]\n")
+    res = run_cli("config", "check", "--config", str(bad), env=cli_env())
+    assert res.returncode == 2, res
+    assert "(2 problem(s))" in res.stderr
+    assert f"leases.lease_ttl: must be > 0 seconds, got -1.0 ({bad}:2)" in res.stderr
+    assert "scheduler.only: unknown loop(s) nosuch; known: " in res.stderr
+    assert f"({bad}:4)" in res.stderr
+
+
+def test_limit_rate_error_counts_events(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("limits:\n  smtp: {rate: 0, per: 60, burst: 5}\n")
+    res = run_cli("config", "check", "--config", str(bad), env=cli_env())
+    assert res.returncode == 2, res
+    assert f"limits.smtp.rate: must be > 0, got 0.0 ({bad}:2)" in res.stderr
