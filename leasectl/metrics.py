@@ -200,6 +200,12 @@ RATE_LIMIT_ALLOWED = Counter(
     ["limit"],
     registry=REGISTRY,
 )
+RATE_LIMIT_UNCONFIGURED = Counter(
+    "leasectl_rate_limit_unconfigured_total",
+    "Events asked of a rate limit name that has no limits.<name> entry (not limited: a typo?)",
+    ["limit"],
+    registry=REGISTRY,
+)
 RATE_LIMIT_THROTTLED = Counter(
     "leasectl_rate_limit_throttled_total",
     "Acquires the cluster-wide rate limit refused (the caller deferred or waited), by limit",
