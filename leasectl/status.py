@@ -276,6 +276,8 @@ def read_cluster(
     :param intervals: leased loops' intervals, when the reader knows them: their next slot
         is shown (slots are UTC-aligned, the same on every replica).
     """
+    # The events first: every acquisition the timeline shows is then in the leases too.
+    recent = loop_status.recent_events(conn, events) if events else []
     status = read_status(
         conn,
         namespace=settings.leases.namespace,
@@ -306,7 +308,7 @@ def read_cluster(
         rate_limits=read_fill(conn, settings.limits),
         loops=loops,
         pauses=pauses,
-        events=loop_status.recent_events(conn, events) if events else [],
+        events=recent,
         database=redact_dsn(dsn) if dsn else "",
     )
 
