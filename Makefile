@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit venv clean bench docs
+.PHONY: test test-unit demo lint typecheck unit venv clean bench docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,8 +23,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy leasectl
 
+# The whole suite, then the 15 slowest tests (a test that grows slow shows up here first).
 test: lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
+
+# The fast tier: no database, no processes (tests/unit, about 20 s; lint and typecheck first).
+test-unit: lint typecheck
+	$(BIN)/pytest -q tests/unit --durations=5
 
 demo: $(STAMP)
 	$(BIN)/leasectl demo --replicas 3

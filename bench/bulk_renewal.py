@@ -86,22 +86,25 @@ def seed(dsn: str, n: int, kek: str) -> None:
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=EXPIRES_IN_DAYS)
     with psycopg.connect(dsn) as conn, conn.transaction():
         conn.execute(
-            "INSERT INTO issuers (id, name, type, ca_cert_pem, ca_key_pem)"
+            "INSERT INTO leasectl_certs.issuers (id, name, type, ca_cert_pem, ca_key_pem)"
             " VALUES (%s, 'bulk CA', 'local', %s, %s)",
             (ISSUER, cert_pem, key_pem),
         )
         conn.execute(
-            "INSERT INTO owners (id, name, email) VALUES (%s, 'Bulk', 'bulk@example.test')",
+            "INSERT INTO leasectl_certs.owners (id, name, email) VALUES (%s, 'Bulk', "
+            "'bulk@example.test')",
             (OWNER,),
         )
         channels = {tier: ["Webhook"] for tier in ("informational", "warning", "critical")}
         conn.execute(
-            "INSERT INTO renewal_policies (id, name, renewal_window_days, alert_thresholds_days,"
+            "INSERT INTO leasectl_certs.renewal_policies (id, name, renewal_window_days, "
+            "alert_thresholds_days,"
             " alert_channels) VALUES (%s, 'bulk', 30, '[14]', %s)",
             (POLICY, json.dumps(channels)),
         )
         conn.execute(
-            "INSERT INTO managed_certificates (id, name, common_name, sans, issuer_id,"
+            "INSERT INTO leasectl_certs.managed_certificates (id, name, common_name, sans, "
+            "issuer_id,"
             " renewal_policy_id, owner_id, status, expires_at)"
             " SELECT 'mc-' || lpad(g::text, 6, '0'), 'bulk-' || g, 'host' || g || '.bulk.test',"
             " ARRAY['host' || g || '.bulk.test'], %s, %s, %s, 'Active', %s"
@@ -274,27 +277,31 @@ def check(dsn: str, n: int, sink: WebhookSink, counts: dict[str, int]) -> dict[s
     """The receipt's invariants, each True when it holds; the numbers behind them in ``counts``."""
     versions = scalar(
         dsn,
-        "SELECT count(*) FILTER (WHERE k = 1) FROM"
-        " (SELECT count(*) AS k FROM certificate_versions GROUP BY certificate_id) v",
+        "SELECT count(*) FILTER (WHERE k = 1) FROM (SELECT count(*) AS k"
+        " FROM leasectl_certs.certificate_versions GROUP BY certificate_id) v",
     )
-    total_versions = scalar(dsn, "SELECT count(*) FROM certificate_versions")
+    total_versions = scalar(dsn, "SELECT count(*) FROM leasectl_certs.certificate_versions")
     renewed = scalar(
         dsn,
-        "SELECT count(*) FROM managed_certificates c JOIN certificate_versions v"
+        "SELECT count(*) FROM leasectl_certs.managed_certificates c JOIN "
+        "leasectl_certs.certificate_versions v"
         " ON v.certificate_id = c.id AND v.not_after = c.expires_at"
         " WHERE c.status = 'Active' AND c.expires_at > now() + interval '80 days'",
     )
     jobs_twice = scalar(
         dsn,
-        "SELECT count(*) FROM (SELECT certificate_id FROM jobs GROUP BY certificate_id"
+        "SELECT count(*) FROM (SELECT certificate_id FROM leasectl_certs.jobs GROUP BY "
+        "certificate_id"
         " HAVING count(*) > 1) d",
     )
-    completed = scalar(dsn, "SELECT count(*) FROM jobs WHERE status = 'Completed'")
-    alerts = scalar(dsn, "SELECT count(*) FROM notification_events")
-    sent = scalar(dsn, "SELECT count(*) FROM notification_events WHERE status = 'sent'")
+    completed = scalar(dsn, "SELECT count(*) FROM leasectl_certs.jobs WHERE status = 'Completed'")
+    alerts = scalar(dsn, "SELECT count(*) FROM leasectl_certs.notification_events")
+    sent = scalar(
+        dsn, "SELECT count(*) FROM leasectl_certs.notification_events WHERE status = 'sent'"
+    )
     keys = sink.inbox.keys
     with psycopg.connect(dsn, autocommit=True) as conn:
-        ids = {r[0] for r in conn.execute("SELECT id FROM notification_events")}
+        ids = {r[0] for r in conn.execute("SELECT id FROM leasectl_certs.notification_events")}
     counts.update(
         certificates_with_one_version=versions,
         versions=total_versions,
@@ -342,7 +349,9 @@ def run(
             t0 = time.monotonic()
             with started_replicas(dsn, config, replica_count, Path(tmp), kek) as procs:
                 progress(f"{replica_count} replicas started; renewing {n:,} certificates")
-                versions = "SELECT count(DISTINCT certificate_id) FROM certificate_versions"
+                versions = (
+                    "SELECT count(DISTINCT certificate_id) FROM leasectl_certs.certificate_versions"
+                )
                 t_first = wait_for(lambda: scalar(dsn, versions) > 0, timeout, "a first version")
                 replica_first, server_first = replica_cpu(procs), server_cpu(data_dir, server0)
                 receipt.first_version_after = t_first - t0

@@ -148,9 +148,9 @@ def run_processes(target: Any, args_for: list[tuple[Any, ...]]) -> tuple[float, 
 
 def leasectl_prepare(dsn: str, jobs: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE jobs, audit_events")
+        conn.execute("TRUNCATE leasectl_certs.jobs, leasectl_certs.audit_events")
         conn.execute(
-            "INSERT INTO jobs (id, type) "
+            "INSERT INTO leasectl_certs.jobs (id, type) "
             "SELECT 'bench-' || lpad(g::text, 7, '0'), 'Issuance' FROM generate_series(1, %s) g",
             (jobs,),
         )
@@ -225,8 +225,12 @@ def leasectl_round(
         leasectl_replica, [(dsn, f"r{i}", concurrency, batch) for i in range(n)]
     )
     completed = sum(r.get("completed", 0) for r in results)
-    rows = scalar(dsn, "SELECT count(*) FROM jobs WHERE status = 'Completed' AND attempts = 1")
-    audits = scalar(dsn, "SELECT count(*) FROM audit_events WHERE action = 'job_completed'")
+    rows = scalar(
+        dsn, "SELECT count(*) FROM leasectl_certs.jobs WHERE status = 'Completed' AND attempts = 1"
+    )
+    audits = scalar(
+        dsn, "SELECT count(*) FROM leasectl_certs.audit_events WHERE action = 'job_completed'"
+    )
     if not completed == rows == audits == jobs:
         raise RuntimeError(f"leasectl: completed={completed} rows={rows} audits={audits}")
     return wall, sum(r["cpu"] for r in results)
@@ -395,8 +399,12 @@ def pgbench_round(dsn: str, n: int, jobs: int, batch: int) -> tuple[float, float
     if processed is None or tps is None:
         raise RuntimeError(f"cannot read pgbench's output:\n{out.stdout}")
     wall = int(processed.group(1)) / float(tps.group(1))
-    rows = scalar(dsn, "SELECT count(*) FROM jobs WHERE status = 'Completed' AND attempts = 1")
-    audits = scalar(dsn, "SELECT count(*) FROM audit_events WHERE action = 'job_completed'")
+    rows = scalar(
+        dsn, "SELECT count(*) FROM leasectl_certs.jobs WHERE status = 'Completed' AND attempts = 1"
+    )
+    audits = scalar(
+        dsn, "SELECT count(*) FROM leasectl_certs.audit_events WHERE action = 'job_completed'"
+    )
     if not rows == audits == jobs:
         raise RuntimeError(f"pgbench: completed rows={rows} audits={audits} expected={jobs}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

@@ -12,7 +12,7 @@
 WITH claimed AS (
     WITH picked AS (
         SELECT id
-        FROM jobs
+        FROM leasectl_certs.jobs
         WHERE status = 'Pending'
           AND scheduled_at <= now()
           AND NOT (type = 'Deployment' AND agent_id IS NOT NULL)
@@ -20,7 +20,7 @@ WITH claimed AS (
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
-    UPDATE jobs AS j
+    UPDATE leasectl_certs.jobs AS j
     SET status = 'Running',
         started_at = now(),
         completed_at = NULL,
@@ -39,18 +39,18 @@ SELECT coalesce(array_agg(id), '{}') AS ids,
 FROM claimed
 \gset
 WITH done AS (
-    UPDATE jobs AS j
+    UPDATE leasectl_certs.jobs AS j
     SET status = 'Completed', completed_at = now(), status_changed_at = now(), last_error = NULL
     FROM unnest(:ids::text[], :attempts::integer[]) AS c(id, attempts)
     WHERE j.id = ANY(:ids::text[]) AND j.id = c.id AND j.attempts = c.attempts
       AND j.status = 'Running' AND j.claimed_by = :replica
     RETURNING j.id
 ), audited AS (
-    INSERT INTO audit_events (actor, actor_type, action, resource_type, resource_id, details)
+    INSERT INTO leasectl_certs.audit_events (actor, actor_type, action, resource_type, resource_id, details)
     SELECT :actor, 'System', 'job_completed', 'job', done.id, :details::jsonb -> done.id
     FROM done
 ), stored AS (
-    INSERT INTO certificate_versions
+    INSERT INTO leasectl_certs.certificate_versions
         (certificate_id, serial_number, not_before, not_after, fingerprint_sha256, pem_chain,
          key_algorithm, key_size, job_id)
     SELECT v.certificate_id, v.serial, v.not_before, v.not_after, v.fingerprint, v.pem_chain,
@@ -62,7 +62,7 @@ WITH done AS (
     JOIN done ON done.id = v.job_id
     RETURNING certificate_id, not_after
 ), activated AS (
-    UPDATE managed_certificates AS c
+    UPDATE leasectl_certs.managed_certificates AS c
     SET expires_at = stored.not_after, status = 'Active', last_renewal_at = now(),
         updated_at = now()
     FROM stored

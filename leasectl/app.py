@@ -33,6 +33,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -44,8 +45,9 @@ from typing import Any, Self
 
 from leasectl import control, logs, status
 from leasectl.config import load_settings
-from leasectl.daemon import EXIT_FORCED, EXIT_START, Daemon
+from leasectl.daemon import EXIT_FORCED, Daemon
 from leasectl.errors import ConfigError, LeasectlError
+from leasectl.failures import describe
 from leasectl.limits import Decision
 from leasectl.loop import LoopSpec, Misfire, TickContext
 from leasectl.migrate import MigrationSource
@@ -279,7 +281,7 @@ class App:
                 settings,
                 [spec for spec, _ in selected],
                 configs={spec.name: config for spec, config in selected},
-                migrations=self._migrations,
+                migrations=self.migration_sources,
                 no_leased=self._no_leased,
             )
             daemon.start()
@@ -360,8 +362,15 @@ class App:
 
     @property
     def migration_sources(self) -> list[MigrationSource]:
-        """The App's own migration folders (``leasectl migrate --app`` applies them)."""
-        return list(self._migrations)
+        """The migration folders applied after leasectl's: each included package's
+        (``registry.MIGRATIONS``, e.g. the certificate tables), then the App's own
+        (``leasectl migrate --app`` applies the same)."""
+        included: list[MigrationSource] = []
+        for package in self._included:
+            source = getattr(_registry(package), "MIGRATIONS", None)
+            if isinstance(source, MigrationSource) and source not in included:
+                included.append(source)
+        return included + list(self._migrations)
 
     @property
     def replica_id(self) -> str | None:
@@ -377,22 +386,21 @@ class App:
 
         A second signal exits at once with 130. Must be called from the main thread.
 
-        :param report_errors: a start-up failure is logged in one line and returns 2 (the
-            default, for scripts); False re-raises it (``leasectl run`` reports it itself).
+        :param report_errors: a start-up failure (a bad setting, the database, a bug) is told
+            on stderr exactly as ``leasectl run`` tells it, and its exit code returned (2;
+            1 for an unexpected error); False re-raises it (``leasectl run`` reports it).
         """
-        settings = self.settings
-        if not logging.getLogger().handlers:
-            logs.setup(settings.logging.format, settings.logging.level)
         previous = self._install_signals()
         try:
             try:
+                settings = self.settings
+                if not logging.getLogger().handlers:
+                    logs.setup(settings.logging.format, settings.logging.level)
                 self.start()
-            except LeasectlError as exc:
+            except Exception as exc:
                 if not report_errors:
                     raise
-                # A user's own script gets the CLI's manners: one line, no traceback.
-                log.error("cannot start: %s", _cause_chain(exc), extra={"action": "start_failed"})
-                return EXIT_START
+                return _report_start_failure(exc)
             if self._stop_early.is_set():
                 self.request_stop()
             code = self.wait()
@@ -476,13 +484,16 @@ def _caller() -> str:
     return f"app:{user}@{socket.gethostname()}"
 
 
-def _cause_chain(exc: BaseException) -> str:
-    parts = [str(exc)]
-    cause = exc.__cause__
-    while cause is not None:
-        parts.append(f"caused by {type(cause).__name__}: {str(cause).strip()}")
-        cause = cause.__cause__
-    return "; ".join(parts)
+def _report_start_failure(exc: BaseException) -> int:
+    """A user's own script gets ``leasectl run``'s manners (:mod:`leasectl.failures`): the
+    same lines on stderr and the same exit code; the traceback only with debug logging."""
+    log.debug("cannot start", exc_info=exc, extra={"action": "start_failed"})
+    lines, code = describe(exc)
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "leasectl"
+    print(f"{prog}: {lines[0]}", file=sys.stderr, flush=True)
+    for line in lines[1:]:
+        print(line, file=sys.stderr, flush=True)
+    return code
 
 
 def _collect_rate_limit_garbage(ctx: TickContext) -> None:

@@ -364,6 +364,9 @@ def _set(
         child = node.get(part)
         if child is None:
             child = node[part] = {}
+            # A mapping the file never had was made by this setting: a problem found with it
+            # (``LEASECTL_LEASE__LEASE_TTL``: unknown key 'lease') is blamed on the variable.
+            origins.setdefault(".".join(parts[: i + 1]), origin)
         if not isinstance(child, dict):
             where = ".".join(parts[: i + 1])
             problems.append(f"{key}: cannot set it because {where} is not a mapping ({origin})")

@@ -204,6 +204,8 @@ class LeaseManager:
         #: leases.standby: pooled: a lock session only while needed (holder, choice, heir)
         self.pooled = self.spread and settings.leases.standby == "pooled"
         names = list(wanted)
+        #: every lease this replica's App declares (published for ``leasectl status``)
+        self.declared = sorted(names)
         declared = policies or {}
         overrides = settings.leases.loops
         self.policies: dict[str, placement.LeasePolicy] = {}
@@ -448,7 +450,9 @@ class LeaseManager:
             session.listen()
             session.listen_control()
             candidacy = self._candidacy()
-            drain = session.register_replica(self.replica_id, **self._identity(candidacy))
+            drain = session.register_replica(
+                self.replica_id, **self._identity(candidacy), declared_leases=self.declared
+            )
             if drain is not None:
                 self._drain(drain)
                 candidacy = self._candidacy()

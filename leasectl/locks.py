@@ -186,6 +186,7 @@ class LeaseSession(Protocol):
         labels: Sequence[str] = (),
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
+        declared_leases: Sequence[str] = (),
     ) -> Drain | None: ...
     def replica_candidacy(
         self, replica: str, campaigns_for: Sequence[str], preferred_for: Sequence[str]
@@ -528,10 +529,12 @@ class LockSession:
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
         live_s: float = 5.0,
+        declared_leases: Sequence[str] = (),
     ) -> Drain | None:
         """Announce this replica (and this lock session's backend pid) in ``leasectl_replicas``,
-        with what placement ranks it by (its labels and the leases it campaigns for); returns
-        a ``step-down --replica`` asked of this process while it had no lock session.
+        with what placement ranks it by (its labels and the leases it campaigns for) and the
+        leases its App declares (what ``leasectl status`` expects); returns a ``step-down
+        --replica`` asked of this process while it had no lock session.
 
         :raises ConfigError: the id belongs to another process that is live (its lock
             session exists and it heartbeated within ``live_s``, the default lease_ttl).
@@ -547,6 +550,7 @@ class LockSession:
             "campaigns_for": list(campaigns_for),
             "preferred_for": list(preferred_for),
             "live_s": live_s,
+            "declared_leases": list(declared_leases),
         }
         # A crashed predecessor's session can outlive it by a moment (or until D_srv after a
         # partition, while it no longer heartbeats): retry until it is gone or silent for

@@ -6,6 +6,11 @@ contain ``-- leasectl: no-transaction`` (needed for ``CREATE INDEX CONCURRENTLY`
 outside a transaction; if it fails halfway, what it did stays and it is retried next time,
 so write such files idempotently (``IF NOT EXISTS``).
 
+The ledger is ``leasectl_schema_migrations``. A database built by leasectl 0.1 kept it in
+``schema_migrations``; that table is renamed in place when, and only when, it is recognisably
+leasectl's (our columns, our core tables, our first file with its checksum). Any other
+``schema_migrations`` (golang-migrate, dbmate, Rails) is never read or written.
+
 Concurrency: many replicas may start at once. Each first checks, without any lock, whether
 anything is pending (the fast path). Otherwise it takes the reserved lease
 ``leasectl:migrations`` by try-lock polling (never a blocking ``pg_advisory_lock``), re-reads
@@ -20,7 +25,7 @@ import re
 import socket
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
@@ -52,6 +57,10 @@ _NAME = re.compile(r"^(?P<version>\d{4,}_[A-Za-z0-9_]+)\.up\.sql$")
 #: The ledger's source name for leasectl's own migrations.
 OWN_SOURCE = "leasectl"
 
+#: sha256 of ``0001_leasectl_core.up.sql``, unchanged since the first release: a legacy
+#: ``schema_migrations`` whose row for it has another checksum is not leasectl's.
+LEGACY_CORE_CHECKSUM = "0499e58319e9c4378fffc890b50b4ab258a0fd99dd04a684483aa56c2a555931"
+
 
 @dataclass(frozen=True)
 class MigrationSource:
@@ -59,10 +68,15 @@ class MigrationSource:
 
     Each source is its own version namespace: its files are recorded in the ledger as
     ``<name>:<version>``, so an application's ``0001_init`` never collides with leasectl's.
+
+    ``replaces`` maps a version of this folder to the ledger key it was once recorded under
+    (a file moved here from another folder): when the old key is in the ledger, its row is
+    renamed to the new key and the file is not run again.
     """
 
     name: str
     path: Path
+    replaces: tuple[tuple[str, str], ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not self.name or self.name == OWN_SOURCE or ":" in self.name:
@@ -86,6 +100,7 @@ class Migration:
     path: str
     text: str
     source: str = OWN_SOURCE
+    replaces: str | None = None
 
     @property
     def key(self) -> str:
@@ -147,11 +162,55 @@ def _applied(conn: psycopg.Connection[Any]) -> dict[str, str]:
     return {v: c for v, c, _ in conn.execute(Q["applied"]).fetchall()}
 
 
-def status(conn: psycopg.Connection[Any], migrations: Iterable[Migration]) -> MigrationStatus:
+def _is_legacy_ledger(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``schema_migrations`` is leasectl 0.1's ledger (and ours is not there yet)."""
+    row = conn.execute(Q["legacy_ledger"]).fetchone()
+    if not row or not row[0]:
+        return False  # not ours by its columns: its rows are never read
+    first = conn.execute(Q["legacy_first_row"]).fetchone()
+    return first is not None and first[0] == LEGACY_CORE_CHECKSUM
+
+
+def _adopt_legacy_ledger(conn: psycopg.Connection[Any]) -> None:
+    """Rename leasectl 0.1's ``schema_migrations`` to ours, in one transaction (under the lock)."""
+    with conn.transaction():
+        if _is_legacy_ledger(conn):
+            conn.execute(Q["adopt_legacy_ledger"])
+            conn.execute(Q["adopt_legacy_pkey"])
+            conn.execute(Q["adopt_legacy_source"])
+
+
+def _rename_replaced(conn: psycopg.Connection[Any], migrations: Iterable[Migration]) -> None:
+    """Move the ledger rows of files that moved folders to their new keys."""
+    with conn.transaction():
+        for mig in migrations:
+            if mig.replaces:
+                conn.execute(
+                    Q["rename_replaced"],
+                    {
+                        "version": mig.key,
+                        "source": mig.source,
+                        "checksum": mig.checksum,
+                        "replaces": mig.replaces,
+                    },
+                )
+
+
+def _applied_for_status(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """The ledger as ``migrate`` will see it: a legacy one counts (read, not adopted)."""
     applied = _applied(conn)
+    if not applied and _is_legacy_ledger(conn):
+        applied = {v: c for v, c in conn.execute(Q["legacy_applied"]).fetchall()}
+    return applied
+
+
+def status(conn: psycopg.Connection[Any], migrations: Iterable[Migration]) -> MigrationStatus:
+    applied = _applied_for_status(conn)
     ok, pending, changed = [], [], []
     for mig in migrations:
-        if mig.key not in applied:
+        if mig.key not in applied and mig.replaces in applied:
+            ok.append(mig.key)  # recorded under its old key; migrate renames the row
+        elif mig.key not in applied:
             pending.append(mig.key)
         elif applied[mig.key] != mig.checksum:
             changed.append(mig.key)
@@ -295,9 +354,10 @@ def migrate(
         )
         done: list[str] = []
         with connect(dsn, settings.database, "leasectl-migrate") as conn:
+            _adopt_legacy_ledger(conn)
             conn.execute(Q["create_ledger"])
-            conn.execute(Q["ledger_source_column"])
             conn.commit()
+            _rename_replaced(conn, migrations)
             applied = _applied(conn)
             conn.commit()
             _check_checksums(applied, migrations)
@@ -329,7 +389,15 @@ def _all_migrations(
         raise MigrationError(f"migration source(s) given twice: {', '.join(dupes)}")
     found = discover(directory)
     for src in sources:
-        found += discover(src.path, src.name)
+        mine = discover(src.path, src.name)
+        replaced = dict(src.replaces)
+        unknown = sorted(set(replaced) - {m.version for m in mine})
+        if unknown:
+            raise MigrationError(
+                f"migration source {src.name!r}: replaces names no file in {src.path}: "
+                f"{', '.join(unknown)}"
+            )
+        found += [replace(m, replaces=replaced.get(m.version)) for m in mine]
     return found
 
 

@@ -207,6 +207,22 @@ def expected_leases(settings: Settings) -> tuple[list[str] | None, str]:
     return names, f"configuration ({package}.registry)"
 
 
+def declared_leases(
+    conn: psycopg.Connection[Any], recent_s: float = 600.0
+) -> tuple[list[str] | None, str]:
+    """The leases the live and recent replicas declare (their Apps' leased loops, after
+    ``--only``), and where that list came from: what ``leasectl status`` expects without
+    ``--app``. The cluster knows what it runs; a local configuration may describe another App.
+
+    None when no such replica declares any (a cluster down for longer than ``recent_s``, or
+    replicas older than migration 0017): every lease recorded in the database is expected.
+    """
+    names = [r[0] for r in conn.execute(Q["declared_leases"], {"recent_s": recent_s})]
+    if not names:
+        return None, "recorded leases (no live or recent replica declares any)"
+    return names, "the live and recent replicas"
+
+
 # -- reading ----------------------------------------------------------------------------
 
 

@@ -2,10 +2,11 @@
 
 One tick runs three independent statements (each its own transaction, so one failing does not
 undo the others; the first error is raised after all three ran):
-``DELETE FROM acme_nonces WHERE used OR expires_at < now()``; pending authorizations past
-``expires_at`` become ``expired``; pending/ready/processing orders past ``expires_at`` become
-``invalid`` with an ACME ``serverInternal`` error document. Unlike certctl (defect #1, the loop
-was wired after the scheduler started and never ran) this loop is started like every other.
+``DELETE FROM leasectl_certs.acme_nonces WHERE used OR expires_at < now()``; pending
+authorizations past ``expires_at`` become ``expired``; pending/ready/processing orders past
+``expires_at`` become ``invalid`` with an ACME ``serverInternal`` error document. Unlike
+certctl (defect #1, the loop was wired after the scheduler started and never ran) this loop is
+started like every other.
 
 Why ``everywhere`` is safe: each statement is idempotent and guarded by the state it changes.
 """

@@ -1,8 +1,9 @@
 """agent_health: mark Online agents Offline when their heartbeat is older than the threshold.
 
-One tick is one guarded ``UPDATE agents SET status = 'Offline' WHERE status = 'Online' AND
-last_heartbeat_at < now() - agents.offline_after``. The threshold is its own setting (default
-5 min), not the tick interval as in certctl, so a heartbeat every 60 s survives a late tick.
+One tick is one guarded ``UPDATE leasectl_certs.agents SET status = 'Offline' WHERE status =
+'Online' AND last_heartbeat_at < now() - agents.offline_after``. The threshold is its own
+setting (default 5 min), not the tick interval as in certctl, so a heartbeat every 60 s
+survives a late tick.
 
 Why ``everywhere`` is safe: the statement is idempotent (a second replica finds nothing left to
 change) and writes only the status, so it never overwrites a concurrent heartbeat.

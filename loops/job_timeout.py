@@ -1,7 +1,8 @@
 """job_timeout: fail jobs stuck in a waiting or running state, each arm one guarded UPDATE.
 
-One tick runs three statements, each ``UPDATE jobs ... WHERE status = <state> AND <age> ...``
-with its audit rows written by the same statement (no read-then-write, certctl defect #9):
+One tick runs three statements, each ``UPDATE leasectl_certs.jobs ... WHERE status = <state> AND
+<age> ...`` with its audit rows written by the same statement (no read-then-write, certctl
+defect #9):
 
 - AwaitingCSR older than ``jobs.awaiting_csr_timeout`` and AwaitingApproval older than
   ``jobs.awaiting_approval_timeout``, measured from entering the state (``status_changed_at``);

@@ -13,7 +13,9 @@ stamps the target's ``last_scan_*`` columns.
 Why ``everywhere`` is safe: a target is claimed with ``FOR UPDATE SKIP LOCKED`` by writing a
 claim (``scan_claimed_by``/``scan_claimed_until``) into its row, so two replicas never scan the
 same target at once and the scan interval holds cluster-wide; no transaction stays open across
-the probes, and a crashed scanner's claim expires after ``network_scan.claim_ttl``. Storage is an
+the probes, and a crashed scanner's claim expires after ``network_scan.claim_ttl`` (one this
+replica id still holds, left by an earlier tick that could not hand it back, is taken again at
+once: ticks never overlap on a replica and a tick holds one target at a time). Storage is an
 upsert on the natural key, so even a scan finishing after its claim expired stores nothing twice.
 """
 

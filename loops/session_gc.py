@@ -1,7 +1,7 @@
 """session_gc: delete expired sessions and abandoned pre-login sessions.
 
-One tick is one ``DELETE FROM sessions WHERE absolute_expires_at < now() OR (is_pre_login AND
-created_at < now() - gc.pre_login_session_ttl)``.
+One tick is one ``DELETE FROM leasectl_certs.sessions WHERE absolute_expires_at < now() OR
+(is_pre_login AND created_at < now() - gc.pre_login_session_ttl)``.
 
 Why ``everywhere`` is safe: a DELETE by predicate is idempotent; concurrent replicas delete
 disjoint or already-deleted rows.

@@ -211,7 +211,9 @@ class NetworkScanSettings:
     loop: LoopToggle = field(default_factory=lambda: LoopToggle(interval=600.0))
     concurrency: int = 50
     max_hosts_per_target: int = 4096  # a /20
-    claim_ttl: float = 1800.0  # a target being scanned is held this long (the tick timeout)
+    # a target being scanned is held this long (the tick timeout) from other replicas; this
+    # replica's next tick takes back a claim its earlier tick left
+    claim_ttl: float = 1800.0
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
+from leasectl.certs.registry import MIGRATIONS as CERTS_MIGRATIONS
 from leasectl.embedded import EmbeddedPostgres
 from leasectl.migrate import migrate
 
@@ -72,8 +73,9 @@ def empty_dsn(server_dsn: str) -> Iterator[str]:
 
 @pytest.fixture
 def dsn(empty_dsn: str) -> str:
-    """A fresh database with every packaged migration applied."""
-    migrate(empty_dsn)
+    """A fresh database with every packaged migration applied: leasectl's and the
+    certificate loops' (schema ``leasectl_certs``)."""
+    migrate(empty_dsn, sources=[CERTS_MIGRATIONS])
     return empty_dsn
 
 

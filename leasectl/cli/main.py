@@ -23,8 +23,6 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-import psycopg
-
 from leasectl._version import __version__
 from leasectl.cli import exit_codes
 from leasectl.cli.ca import add_ca_parser
@@ -39,7 +37,7 @@ from leasectl.cli.run import add_run_parser
 from leasectl.cli.status import add_status_parser
 from leasectl.cli.step_down import add_step_down_parser
 from leasectl.cli.timing import add_timing_parser
-from leasectl.errors import ConfigError, LeasectlError
+from leasectl.failures import describe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,52 +94,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say(f"leasectl {command}: interrupted; work in progress was rolled back")
         return exit_codes.INTERRUPTED
-    except LeasectlError as exc:
+    except Exception as exc:  # the one error path (leasectl.failures), shared with App.run
         return report(command, exc, verbose)
-    except psycopg.Error as exc:  # refused by the server (privileges, a bad object): not a bug
-        if verbose:
-            logging.exception("leasectl failed")
-        state = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
-        _say(f"leasectl {command}: error: the database refused: {one_line(exc)}{state}")
-        return exit_codes.CANNOT_START
-    except OSError as exc:
-        if verbose:
-            logging.exception("leasectl failed")
-        _say(f"leasectl {command}: error: {one_line(exc)}")
-        return exit_codes.CANNOT_START
-    except Exception as exc:  # a bug: still one line, the traceback with -v
-        if verbose:
-            logging.exception("leasectl failed")
-        _say(
-            f"leasectl {command}: unexpected error: {type(exc).__name__}: {one_line(exc)} "
-            "(a bug; run again with -v for the traceback and report it)"
-        )
-        return exit_codes.RUNTIME
 
 
-def report(command: str, exc: LeasectlError, verbose: bool) -> int:
+def report(command: str, exc: BaseException, verbose: bool) -> int:
     """The one error handler: the error on one line (one per configuration problem), the
-    causes that add something, and the exit code (2: the command could not do its work)."""
+    causes that add something, and the exit code (2: the command could not do its work; 1:
+    an unexpected error, a bug). The traceback only with ``-v``."""
     if verbose:
         logging.exception("leasectl failed")
-    text = str(exc) if "\n  - " in str(exc) else one_line(exc)
-    _say(f"leasectl {command}: error: {text}")
-    # A configuration problem says everything itself; other errors may add their causes.
-    cause = None if isinstance(exc, ConfigError) else exc.__cause__
-    while cause is not None:
-        said = one_line(cause)
-        if said and said not in text:
-            _say(f"  caused by: {type(cause).__name__}: {said}")
-            text += said
-        cause = cause.__cause__
-    return exit_codes.CANNOT_START
-
-
-def one_line(exc: BaseException) -> str:
-    """The exception's message on one line (libpq's messages span several)."""
-    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
-        return f"{exc.strerror}: {exc.filename}"
-    return " ".join(str(exc).split())
+    lines, code = describe(exc)
+    _say(f"leasectl {command}: {lines[0]}")
+    for line in lines[1:]:
+        _say(line)
+    return code
 
 
 def _say(line: str) -> None:

@@ -1,7 +1,8 @@
 """``leasectl migrate``: apply pending schema migrations under the migration lock.
 
-With ``--app MODULE:ATTR`` the App's own migration folders (``App(migrations=[...])``) are
-applied after leasectl's, into the same ledger.
+With ``--app MODULE:ATTR`` the App's migration folders (those of the packages it includes,
+then its own ``App(migrations=[...])``) are applied after leasectl's, into the same ledger.
+Without it, what bare ``leasectl run`` needs: leasectl's and the shipped certificate loops'.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument, add_common, settings_from
-from leasectl.cli.run import add_app_argument, app_from_args
+from leasectl.cli.run import add_app_argument, migration_sources_from
 from leasectl.db import configured_dsn, resolve_dsn, resolve_lock_dsn
 from leasectl.migrate import migrate, migration_status
 from leasectl.status import status_dsn
@@ -30,7 +31,7 @@ def add_migrate_parser(sub: Any) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = settings_from(args, loops=False)
-    sources = app_from_args(args).migration_sources if getattr(args, "app", None) else []
+    sources = migration_sources_from(args, settings)
     if args.status:
         dsn = status_dsn(settings)  # a read-only look never starts the embedded server
         st = migration_status(dsn, settings.core, sources=sources)

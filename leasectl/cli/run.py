@@ -17,6 +17,8 @@ from leasectl import logs
 from leasectl.app import App, load_app
 from leasectl.cli.args import add_argument, add_common
 from leasectl.errors import ConfigError
+from leasectl.migrate import MigrationSource
+from leasectl.settings import Settings
 
 
 def add_run_parser(sub: Any) -> None:
@@ -71,6 +73,16 @@ def app_from_args(args: argparse.Namespace) -> App:
     app = App(config=args.config, dsn=args.dsn)
     app.include(app.settings.scheduler.loops_package)
     return app
+
+
+def migration_sources_from(args: argparse.Namespace, settings: Settings) -> list[MigrationSource]:
+    """The migration folders of the App the command line names (``migrate``): ``--app``'s, or
+    the shipped loops' when there is none. Reads no loop settings (no secrets needed)."""
+    if getattr(args, "app", None):
+        return app_from_args(args).migration_sources
+    app = App(settings=settings)
+    app.include(settings.scheduler.loops_package)
+    return app.migration_sources
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -5,8 +5,9 @@ Thin: the data comes from :mod:`leasectl.status` as dataclasses and the tables f
 
 Reading status never needs the loops' secrets: the configuration is validated, but a secret
 whose environment variable is not set stays unresolved (``unset_secrets="loops"``). The
-expected leases are the enabled leased loops of that configuration (``--app``: that App's
-leased loops), after ``scheduler.only``.
+expected leases are those the live and recent replicas declare (each registers its App's
+leased loops, after ``--only``), or with ``--app`` that App's leased loops after
+``scheduler.only``.
 
 Exit codes of ``status``: 0 every expected lease is held; 1 a lease is unheld or stale for
 more than ``--max-unheld`` seconds; 2 cannot connect or the database is not migrated.
@@ -68,10 +69,15 @@ def add_status_parser(sub: Any) -> None:
     p.set_defaults(handler=cmd_status)
 
 
+#: ``expected()`` without ``--app``: read the replicas' declarations at every refresh.
+DECLARED: tuple[list[str] | None, str] = (None, "declared")
+
+
 def expected(args: argparse.Namespace, settings: Settings) -> tuple[list[str] | None, str]:
-    """The leases that should be held, and where that list came from."""
+    """The leases that should be held, and where that list came from: ``--app``'s leased
+    loops, or (:data:`DECLARED`) those the live and recent replicas declare."""
     if not getattr(args, "app", None):
-        return st.expected_leases(settings)
+        return DECLARED
     app = app_from_args(args)  # a bad --app is a configuration error (exit 2)
     app.configure(settings=settings)  # the settings loaded without the loops' secrets
     try:
@@ -88,8 +94,8 @@ def expected(args: argparse.Namespace, settings: Settings) -> tuple[list[str] | 
 def read(
     args: argparse.Namespace, settings: Settings, wanted: tuple[list[str] | None, str]
 ) -> st.ClusterStatus:
-    expected, source = wanted
     with st.connect(st.status_dsn(settings), settings) as conn:
+        expected, source = st.declared_leases(conn) if wanted is DECLARED else wanted
         return st.read_cluster(
             conn,
             settings,

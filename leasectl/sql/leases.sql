@@ -8,12 +8,14 @@
 -- every lock session, so a replica that keeps reconnecting never looks settled.
 INSERT INTO leasectl_replicas
        (id, host, pid, version, may_lead, loops, started_at, last_seen, backend_pid,
-        labels, campaigns_for, preferred_for, connected_at, standby)
+        labels, campaigns_for, preferred_for, connected_at, standby, declared_leases)
 VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(may_lead)s, %(loops)s, now(), now(),
-        pg_backend_pid(), %(labels)s, %(campaigns_for)s, %(preferred_for)s, now(), false)
+        pg_backend_pid(), %(labels)s, %(campaigns_for)s, %(preferred_for)s, now(), false,
+        %(declared_leases)s)
 ON CONFLICT (id) DO UPDATE
 SET host = excluded.host, pid = excluded.pid, version = excluded.version,
     may_lead = excluded.may_lead, loops = excluded.loops, last_seen = now(), stopped_at = NULL,
+    declared_leases = excluded.declared_leases,
     backend_pid = excluded.backend_pid, labels = excluded.labels,
     campaigns_for = excluded.campaigns_for, preferred_for = excluded.preferred_for,
     connected_at = now(), standby = false,

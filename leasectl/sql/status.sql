@@ -88,3 +88,15 @@ SELECT at, reason FROM leasectl_lease_events
 WHERE event = 'step_down_requested' AND lease IN (%(lease)s, '*')
   AND at > now() - interval '1 hour'
 ORDER BY id
+
+-- name: declared_leases
+-- What `leasectl status` expects without --app: the leases the live and recent replicas'
+-- Apps declare (migration 0017), from the same replicas the `replicas` query lists.
+SELECT DISTINCT d.name
+FROM leasectl_replicas r, unnest(r.declared_leases) AS d(name)
+WHERE r.last_seen > now() - make_interval(secs => %(recent_s)s)
+   OR EXISTS (
+       SELECT 1 FROM pg_stat_activity a
+       WHERE a.application_name = left('leasectl/' || r.id, 63)
+         AND a.datname = current_database())
+ORDER BY 1

@@ -3,7 +3,7 @@
 -- than the threshold become Offline. Only the status column is written, and the WHERE is
 -- re-checked on the newest row version, so a heartbeat that lands concurrently wins (certctl
 -- wrote the whole row back and could overwrite it: defect #9).
-UPDATE agents
+UPDATE leasectl_certs.agents
 SET status = 'Offline'
 WHERE status = 'Online'
   AND retired_at IS NULL

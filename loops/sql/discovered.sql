@@ -2,7 +2,7 @@
 -- Store a certificate a scan saw (network scan, cloud discovery). Seen again at the same place:
 -- only last_seen_at and the scan move; triage state (status, managed link) is the operator's
 -- and is never overwritten. Returns whether the row is new.
-INSERT INTO discovered_certificates
+INSERT INTO leasectl_certs.discovered_certificates
     (fingerprint_sha256, common_name, sans, serial_number, issuer_dn, subject_dn, not_before,
      not_after, key_algorithm, key_size, is_ca, pem_data, source_path, source_format, agent_id,
      discovery_scan_id)

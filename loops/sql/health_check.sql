@@ -6,7 +6,7 @@
 -- The stamped value is the claim token the result write is guarded by.
 WITH due AS (
     SELECT id
-    FROM endpoint_health_checks
+    FROM leasectl_certs.endpoint_health_checks
     WHERE enabled
       AND (last_checked_at IS NULL
            OR last_checked_at + make_interval(secs => check_interval_seconds) < now())
@@ -14,7 +14,7 @@ WITH due AS (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
-UPDATE endpoint_health_checks AS h
+UPDATE leasectl_certs.endpoint_health_checks AS h
 SET last_checked_at = clock_timestamp()
 FROM due
 WHERE h.id = due.id
@@ -22,7 +22,7 @@ RETURNING h.id, h.endpoint, h.expected_fingerprint, h.status, h.consecutive_fail
           h.degraded_threshold, h.down_threshold, h.last_checked_at
 
 -- name: record_success
-UPDATE endpoint_health_checks
+UPDATE leasectl_certs.endpoint_health_checks
 SET status = %(status)s,
     consecutive_failures = 0,
     observed_fingerprint = %(fingerprint)s,
@@ -41,7 +41,7 @@ WHERE id = %(id)s AND last_checked_at = %(token)s
 RETURNING id
 
 -- name: record_failure
-UPDATE endpoint_health_checks
+UPDATE leasectl_certs.endpoint_health_checks
 SET status = %(status)s,
     consecutive_failures = %(failures)s,
     response_time_ms = %(response_time_ms)s,
@@ -54,15 +54,15 @@ WHERE id = %(id)s AND last_checked_at = %(token)s
 RETURNING id
 
 -- name: insert_history
-INSERT INTO endpoint_health_history
+INSERT INTO leasectl_certs.endpoint_health_history
     (health_check_id, status, response_time_ms, fingerprint, failure_reason)
 VALUES (%(id)s, %(status)s, %(response_time_ms)s, %(fingerprint)s, %(reason)s)
 
 -- name: audit_transition
-INSERT INTO audit_events (actor, actor_type, action, resource_type, resource_id, details)
+INSERT INTO leasectl_certs.audit_events (actor, actor_type, action, resource_type, resource_id, details)
 VALUES (%(actor)s, 'System', 'health_check_status_transition', 'endpoint_health_check',
         %(id)s, %(details)s)
 
 -- name: prune_history
-DELETE FROM endpoint_health_history
+DELETE FROM leasectl_certs.endpoint_health_history
 WHERE checked_at < now() - make_interval(days => %(days)s)

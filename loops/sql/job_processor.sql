@@ -13,7 +13,7 @@
 -- job_timeout, so a job that kills its process every time still ends Failed.
 WITH adopted AS (
     SELECT id, started_at AS sort_at
-    FROM jobs
+    FROM leasectl_certs.jobs
     WHERE %(adopt)s AND status = 'Running' AND claimed_by = %(replica)s
       AND agent_id IS NULL AND attempts < max_attempts
     ORDER BY started_at, id
@@ -21,7 +21,7 @@ WITH adopted AS (
     FOR UPDATE SKIP LOCKED
 ), pending AS (
     SELECT id, scheduled_at AS sort_at
-    FROM jobs
+    FROM leasectl_certs.jobs
     WHERE status = 'Pending'
       AND scheduled_at <= now()
       AND NOT (type = 'Deployment' AND agent_id IS NOT NULL)
@@ -31,7 +31,7 @@ WITH adopted AS (
 ), picked AS (
     SELECT id FROM adopted UNION ALL SELECT id FROM pending
 )
-UPDATE jobs AS j
+UPDATE leasectl_certs.jobs AS j
 SET status = 'Running',
     started_at = now(),
     completed_at = NULL,
@@ -51,20 +51,20 @@ SELECT c.id, c.common_name, c.sans, c.issuer_id,
        i.name AS issuer_name, i.type AS issuer_type, i.enabled AS issuer_enabled,
        i.ca_cert_pem, i.ca_key_pem,
        p.allow_short_lived, p.max_ttl_seconds
-FROM managed_certificates AS c
-LEFT JOIN issuers AS i ON i.id = c.issuer_id
-LEFT JOIN certificate_profiles AS p ON p.id = c.certificate_profile_id
+FROM leasectl_certs.managed_certificates AS c
+LEFT JOIN leasectl_certs.issuers AS i ON i.id = c.issuer_id
+LEFT JOIN leasectl_certs.certificate_profiles AS p ON p.id = c.certificate_profile_id
 WHERE c.id = ANY(%(certificate_ids)s::text[])
 
 -- name: set_issuer_ca
 -- Give a local issuer its CA once: the guard makes a concurrent second creator a no-op, and
 -- it then reads the winner's CA with issuer_ca.
-UPDATE issuers
+UPDATE leasectl_certs.issuers
 SET ca_cert_pem = %(cert_pem)s, ca_key_pem = %(key_pem)s
 WHERE id = %(issuer_id)s AND type = 'local' AND ca_key_pem IS NULL
 
 -- name: issuer_ca
-SELECT ca_cert_pem, ca_key_pem FROM issuers WHERE id = %(issuer_id)s
+SELECT ca_cert_pem, ca_key_pem FROM leasectl_certs.issuers WHERE id = %(issuer_id)s
 
 -- name: complete_batch
 -- Complete a batch of jobs in one statement, each only if this claim still owns it: Running,
@@ -76,18 +76,18 @@ SELECT ca_cert_pem, ca_key_pem FROM issuers WHERE id = %(issuer_id)s
 -- version per job by the unique index on job_id), and each stored version makes its
 -- certificate Active with the new expiry. One statement: atomic in autocommit, one round trip.
 WITH done AS (
-    UPDATE jobs AS j
+    UPDATE leasectl_certs.jobs AS j
     SET status = 'Completed', completed_at = now(), status_changed_at = now(), last_error = NULL
     FROM unnest(%(ids)s::text[], %(attempts)s::integer[]) AS c(id, attempts)
     WHERE j.id = ANY(%(ids)s::text[]) AND j.id = c.id AND j.attempts = c.attempts
       AND j.status = 'Running' AND j.claimed_by = %(replica)s
     RETURNING j.id
 ), audited AS (
-    INSERT INTO audit_events (actor, actor_type, action, resource_type, resource_id, details)
+    INSERT INTO leasectl_certs.audit_events (actor, actor_type, action, resource_type, resource_id, details)
     SELECT %(actor)s, 'System', 'job_completed', 'job', done.id, %(details)s::jsonb -> done.id
     FROM done
 ), stored AS (
-    INSERT INTO certificate_versions
+    INSERT INTO leasectl_certs.certificate_versions
         (certificate_id, serial_number, not_before, not_after, fingerprint_sha256, pem_chain,
          key_algorithm, key_size, job_id)
     SELECT v.certificate_id, v.serial, v.not_before, v.not_after, v.fingerprint, v.pem_chain,
@@ -99,7 +99,7 @@ WITH done AS (
     JOIN done ON done.id = v.job_id
     RETURNING certificate_id, not_after
 ), activated AS (
-    UPDATE managed_certificates AS c
+    UPDATE leasectl_certs.managed_certificates AS c
     SET expires_at = stored.not_after, status = 'Active', last_renewal_at = now(),
         updated_at = now()
     FROM stored
@@ -109,7 +109,7 @@ SELECT id FROM done
 
 -- name: fail
 -- Fail a job under the same ownership guard as complete_batch (one job: the retry path).
-UPDATE jobs
+UPDATE leasectl_certs.jobs
 SET status = 'Failed', completed_at = now(), status_changed_at = now(), last_error = %(error)s
 WHERE id = %(id)s AND status = 'Running' AND claimed_by = %(replica)s
   AND attempts = %(attempts)s
@@ -118,7 +118,7 @@ RETURNING id
 -- name: release
 -- A tick told to stop hands back the jobs it claimed but never started: Pending again, and
 -- the attempt it did not make is not counted. Guarded per job like complete_batch.
-UPDATE jobs AS j
+UPDATE leasectl_certs.jobs AS j
 SET status = 'Pending', started_at = NULL, status_changed_at = now(), claimed_by = NULL,
     attempts = j.attempts - 1
 FROM unnest(%(ids)s::text[], %(attempts)s::integer[]) AS c(id, attempts)
@@ -126,5 +126,5 @@ WHERE j.id = ANY(%(ids)s::text[]) AND j.id = c.id AND j.attempts = c.attempts
   AND j.status = 'Running' AND j.claimed_by = %(replica)s
 
 -- name: audit
-INSERT INTO audit_events (actor, actor_type, action, resource_type, resource_id, details)
+INSERT INTO leasectl_certs.audit_events (actor, actor_type, action, resource_type, resource_id, details)
 VALUES (%(actor)s, 'System', %(action)s, 'job', %(job_id)s, %(details)s)

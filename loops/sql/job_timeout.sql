@@ -4,7 +4,7 @@
 -- meantime is left alone (certctl read, then wrote the whole row back). The age counts from
 -- entering the state (status_changed_at), not from job creation.
 WITH reaped AS (
-    UPDATE jobs
+    UPDATE leasectl_certs.jobs
     SET status = 'Failed',
         last_error = 'timed out in ' || status || ' after '
             || CASE WHEN status = 'AwaitingCSR' THEN %(csr_label)s ELSE %(approval_label)s END,
@@ -16,7 +16,7 @@ WITH reaped AS (
            AND status_changed_at < now() - %(approval_seconds)s * interval '1 second')
     RETURNING id, last_error, status_changed_at
 )
-INSERT INTO audit_events (actor, actor_type, action, resource_type, resource_id, details)
+INSERT INTO leasectl_certs.audit_events (actor, actor_type, action, resource_type, resource_id, details)
 SELECT %(actor)s, 'System', 'job_timeout', 'job', r.id,
        jsonb_build_object('reason', CASE WHEN r.last_error LIKE '%%AwaitingCSR%%'
                                          THEN 'csr_timeout' ELSE 'approval_timeout' END,
@@ -27,20 +27,20 @@ RETURNING resource_id
 -- name: reap_offline_agents
 -- Running jobs whose agent has sent no heartbeat for longer than the TTL are failed.
 WITH reaped AS (
-    UPDATE jobs AS j
+    UPDATE leasectl_certs.jobs AS j
     SET status = 'Failed',
         last_error = 'agent ' || a.id || ' offline (no heartbeat for more than '
             || %(ttl_label)s || ')',
         completed_at = now(),
         status_changed_at = now()
-    FROM agents AS a
+    FROM leasectl_certs.agents AS a
     WHERE a.id = j.agent_id
       AND j.status = 'Running'
       AND a.last_heartbeat_at IS NOT NULL
       AND a.last_heartbeat_at < now() - %(ttl_seconds)s * interval '1 second'
     RETURNING j.id, j.agent_id, a.last_heartbeat_at
 )
-INSERT INTO audit_events (actor, actor_type, action, resource_type, resource_id, details)
+INSERT INTO leasectl_certs.audit_events (actor, actor_type, action, resource_type, resource_id, details)
 SELECT %(actor)s, 'System', 'job_offline_agent_reap', 'job', r.id,
        jsonb_build_object('agent_id', r.agent_id, 'last_heartbeat_at', r.last_heartbeat_at)
 FROM reaped AS r
@@ -51,7 +51,7 @@ RETURNING resource_id
 -- crashed or hung. Failing them lets job_retry put them back, so a crash loses no job; the
 -- crashed claim's guarded completion can then no longer match.
 WITH reaped AS (
-    UPDATE jobs
+    UPDATE leasectl_certs.jobs
     SET status = 'Failed',
         last_error = 'running for more than ' || %(running_label)s
             || ' (claimed by ' || coalesce(claimed_by, 'unknown') || ')',
@@ -63,7 +63,7 @@ WITH reaped AS (
           < now() - %(running_seconds)s * interval '1 second'
     RETURNING id, claimed_by, started_at, attempts
 )
-INSERT INTO audit_events (actor, actor_type, action, resource_type, resource_id, details)
+INSERT INTO leasectl_certs.audit_events (actor, actor_type, action, resource_type, resource_id, details)
 SELECT %(actor)s, 'System', 'job_running_timeout', 'job', r.id,
        jsonb_build_object('claimed_by', r.claimed_by, 'started_at', r.started_at,
                           'attempts', r.attempts)

@@ -135,6 +135,29 @@ class Cluster:
         )
         return result
 
+    def wait_settled(self, timeout: float = 30.0) -> dict[str, tuple[str | None, int | None]]:
+        """Every lease held by the replica placement puts it on, with every started replica
+        live: then nothing moves by itself (a holder hands a lease to a better replica once
+        that one has been live for ``leases.rebalance_after``; here it already has it). A test
+        that reads a holder and then acts on it (evict, step-down, SIGTERM) starts from this,
+        not from "every lease held", which a rebalance can change a moment later."""
+
+        def check() -> Any:
+            status = self.status()
+            alive = {r["id"] for r in status["replicas"] if r["alive"]}
+            running = {rid for rid, r in self.replicas.items() if r.proc.poll() is None}
+            held = {
+                le["name"]: (le["holder"], le["epoch"])
+                for le in status["leases"]
+                if le["state"] == "held" and le["holder"] == le["placed_on"]
+            }
+            return held if set(held) >= set(LEASES) and alive >= running else None
+
+        result: dict[str, tuple[str | None, int | None]] = wait_until(
+            check, timeout=timeout, interval=0.2, what="every lease held where placement puts it"
+        )
+        return result
+
     def stop_all(self) -> None:
         for r in self.replicas.values():
             if r.proc.poll() is None:

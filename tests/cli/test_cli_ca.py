@@ -17,7 +17,7 @@ def test_rotate_kek_from_plaintext_then_to_a_new_kek(
 ) -> None:
     cert_pem, key_pem = ca.create_ca("CLI CA")
     conn.execute(
-        "INSERT INTO issuers (id, name, type, ca_cert_pem, ca_key_pem) "
+        "INSERT INTO leasectl_certs.issuers (id, name, type, ca_cert_pem, ca_key_pem) "
         "VALUES ('cli', 'cli', 'local', %s, %s)",
         (cert_pem, key_pem),
     )
@@ -30,7 +30,7 @@ def test_rotate_kek_from_plaintext_then_to_a_new_kek(
     )
     assert done.returncode == 0, done.stderr
     assert "re-encrypted 1 CA key(s)" in done.stdout
-    stored = conn.execute("SELECT ca_key_pem FROM issuers").fetchone()[0]  # type: ignore[index]
+    stored = conn.execute("SELECT ca_key_pem FROM leasectl_certs.issuers").fetchone()[0]  # type: ignore[index]
     assert stored.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
 
     # The wrong old KEK: refused with one line naming the issuer, nothing changed.
@@ -49,7 +49,7 @@ def test_rotate_kek_from_plaintext_then_to_a_new_kek(
     assert "issuer 'cli'" in bad.stderr and "no key was changed" in bad.stderr
     for secret in (first, second):
         assert secret not in bad.stderr and secret not in bad.stdout
-    assert conn.execute("SELECT ca_key_pem FROM issuers").fetchone()[0] == stored  # type: ignore[index]
+    assert conn.execute("SELECT ca_key_pem FROM leasectl_certs.issuers").fetchone()[0] == stored  # type: ignore[index]
 
     ok = run_cli(
         "ca",
@@ -63,5 +63,5 @@ def test_rotate_kek_from_plaintext_then_to_a_new_kek(
         env=env,
     )
     assert ok.returncode == 0, ok.stderr
-    rotated = conn.execute("SELECT ca_key_pem FROM issuers").fetchone()[0]  # type: ignore[index]
+    rotated = conn.execute("SELECT ca_key_pem FROM leasectl_certs.issuers").fetchone()[0]  # type: ignore[index]
     ca.load_issuer_ca(cert_pem, rotated, CaSettings(kek=second))

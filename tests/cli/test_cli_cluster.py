@@ -51,7 +51,7 @@ def test_status_json_three_replicas(make_cluster: Callable[[int], Cluster]) -> N
 
 def test_sigterm_hands_the_leases_over(make_cluster: Callable[[int], Cluster]) -> None:
     cluster = make_cluster(3)
-    before = cluster.wait_all_held()
+    before = cluster.wait_settled()
     holder = before["alpha"][0]
     assert holder is not None
     proc = cluster.replicas[holder].proc
@@ -76,7 +76,7 @@ def test_sigterm_hands_the_leases_over(make_cluster: Callable[[int], Cluster]) -
 
 def test_step_down_lease_and_replica(make_cluster: Callable[[int], Cluster]) -> None:
     cluster = make_cluster(3)
-    before = cluster.wait_all_held()
+    before = cluster.wait_settled()
     holder, epoch = before["alpha"]
     res = cluster.cli("step-down", "--lease", "alpha", "--cooldown", "30")
     assert res.returncode == 0, res.stderr
@@ -95,7 +95,7 @@ def test_step_down_lease_and_replica(make_cluster: Callable[[int], Cluster]) -> 
 
 def test_evict_asks_then_terminates(make_cluster: Callable[[int], Cluster]) -> None:
     cluster = make_cluster(2)
-    holder, epoch = cluster.wait_all_held()["beta"]
+    holder, epoch = cluster.wait_settled()["beta"]
     res = cluster.cli("evict", "--lease", "beta", input="no\n")
     assert res.returncode == 1
     assert f"replica {holder}" in res.stderr and "not evicted" in res.stderr
@@ -116,7 +116,7 @@ def test_evict_asks_then_terminates(make_cluster: Callable[[int], Cluster]) -> N
 
 def test_metrics_health_and_ready(make_cluster: Callable[[int], Cluster]) -> None:
     cluster = make_cluster(2)
-    held = cluster.wait_all_held()
+    held = cluster.wait_settled()
     holder = held["alpha"][0]
     other = next(r for r in cluster.replicas if r != holder)
 

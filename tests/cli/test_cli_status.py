@@ -29,10 +29,19 @@ def test_status_cannot_connect_exits_2(tmp_path: Path) -> None:
 def test_status_unheld_and_stale_exit_1(dsn: str, tmp_path: Path) -> None:
     env = cli_env(write_config(tmp_path / "c.yaml", dsn))
     res = run_cli("status", "--json", env=env)
-    assert res.returncode == 1  # alpha and beta configured, never acquired
+    assert res.returncode == 0  # no replica ever declared a lease, none recorded
+    assert json.loads(res.stdout)["leases"] == []
+    # A replica whose App runs alpha and beta stopped a moment ago: the cluster expects them.
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(
+            "INSERT INTO leasectl_replicas (id, host, pid, version, stopped_at, declared_leases)"
+            " VALUES ('gone', 'h', 1, '0', now(), '{alpha,beta}')"
+        )
+    res = run_cli("status", "--json", env=env)
+    assert res.returncode == 1  # alpha and beta declared, never acquired
     data = json.loads(res.stdout)
     assert {le["name"]: le["state"] for le in data["leases"]} == {"alpha": "free", "beta": "free"}
-    assert data["replicas"] == []
+    assert [r["id"] for r in data["replicas"]] == ["gone"]
 
     # A holder that stopped renewing 30s ago: its lock is still there, the lease is stale.
     with psycopg.connect(dsn, autocommit=True, application_name="leasectl/hung") as holder:
@@ -111,6 +120,11 @@ def test_status_watch_refreshes_until_interrupted(dsn: str, tmp_path: Path) -> N
     from tests.conftest import REPO
 
     env = cli_env(write_config(tmp_path / "c.yaml", dsn))
+    with psycopg.connect(dsn, autocommit=True) as c:  # a replica that ran alpha and beta
+        c.execute(
+            "INSERT INTO leasectl_replicas (id, host, pid, version, stopped_at, declared_leases)"
+            " VALUES ('gone', 'h', 1, '0', now(), '{alpha,beta}')"
+        )
     proc = subprocess.Popen(
         [LEASECTL, "status", "--watch", "--json", "--interval", "0.2"],
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

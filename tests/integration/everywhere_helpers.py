@@ -96,7 +96,7 @@ class Issuer:
 def add_issuer(conn: psycopg.Connection[Any], issuer_id: str = "iss-local") -> Issuer:
     cert_pem, stored_key, key_pem = seeded_ca(f"Test CA {issuer_id}")  # stored encrypted
     conn.execute(
-        "INSERT INTO issuers (id, name, type, ca_cert_pem, ca_key_pem) "
+        "INSERT INTO leasectl_certs.issuers (id, name, type, ca_cert_pem, ca_key_pem) "
         "VALUES (%s, %s, 'local', %s, %s)",
         (issuer_id, issuer_id, cert_pem, stored_key),
     )
@@ -117,7 +117,8 @@ def add_certificate(
 ) -> None:
     expires = dt.datetime.now(UTC) + expires_in if expires_in is not None else None
     conn.execute(
-        "INSERT INTO managed_certificates (id, name, common_name, sans, issuer_id, status,"
+        "INSERT INTO leasectl_certs.managed_certificates (id, name, common_name, sans, "
+        "issuer_id, status,"
         " expires_at, owner_id, renewal_policy_id, certificate_profile_id)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
@@ -153,11 +154,13 @@ def add_job(
         cols.append(k)
         vals.append(v)
     marks = ", ".join(["%s"] * len(vals))
-    conn.execute(f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({marks})", vals)  # test-only
+    conn.execute(
+        f"INSERT INTO leasectl_certs.jobs ({', '.join(cols)}) VALUES ({marks})", vals
+    )  # test-only
 
 
 def job_row(conn: psycopg.Connection[Any], job_id: str) -> dict[str, Any]:
-    cur = conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,))
+    cur = conn.execute("SELECT * FROM leasectl_certs.jobs WHERE id = %s", (job_id,))
     assert cur.description is not None
     names = [d.name for d in cur.description]
     row = cur.fetchone()

@@ -66,20 +66,29 @@ def test_a_job_created_and_completed_during_a_renewal_statement_gets_no_twin(
             created.extend(a.execute(renewal_check.Q["create_renewal_jobs"], params).fetchall())
 
     with psycopg.connect(dsn) as b:
-        b.execute("INSERT INTO jobs (id, type, certificate_id) VALUES ('b-job', 'Renewal', 'c1')")
-        b.execute("UPDATE managed_certificates SET status = 'RenewalInProgress' WHERE id = 'c1'")
+        b.execute(
+            "INSERT INTO leasectl_certs.jobs (id, type, certificate_id) VALUES ('b-job', "
+            "'Renewal', 'c1')"
+        )
+        b.execute(
+            "UPDATE leasectl_certs.managed_certificates SET status = 'RenewalInProgress' "
+            "WHERE id = 'c1'"
+        )
         a = threading.Thread(target=replica_a)
         a.start()
         waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
         wait_until(lambda: not a.is_alive() or scalar(conn, waiting) > 0, what="A ran or waits")
-        b.execute("UPDATE jobs SET status = 'Completed' WHERE id = 'b-job'")
+        b.execute("UPDATE leasectl_certs.jobs SET status = 'Completed' WHERE id = 'b-job'")
         b.execute(
-            "UPDATE managed_certificates SET status = 'Active',"
+            "UPDATE leasectl_certs.managed_certificates SET status = 'Active',"
             " expires_at = now() + interval '90 days' WHERE id = 'c1'"
         )
         b.commit()
         a.join(10)
 
     assert not a.is_alive() and created == []
-    assert scalar(conn, "SELECT count(*) FROM jobs WHERE certificate_id = 'c1'") == 1
-    assert scalar(conn, "SELECT status FROM managed_certificates WHERE id = 'c1'") == "Active"
+    assert scalar(conn, "SELECT count(*) FROM leasectl_certs.jobs WHERE certificate_id = 'c1'") == 1
+    assert (
+        scalar(conn, "SELECT status FROM leasectl_certs.managed_certificates WHERE id = 'c1'")
+        == "Active"
+    )

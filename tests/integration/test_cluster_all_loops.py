@@ -108,26 +108,32 @@ def smtp_port() -> Iterator[int]:
 
 def seed(conn: psycopg.Connection[Any]) -> None:
     cert_pem, key_pem, _ = seeded_ca("Cluster Test CA")
-    conn.execute("INSERT INTO owners (id, name, email) VALUES ('o1', 'Ops', 'ops@example.test')")
     conn.execute(
-        "INSERT INTO issuers (id, name, type, ca_cert_pem, ca_key_pem) "
+        "INSERT INTO leasectl_certs.owners (id, name, email) VALUES ('o1', 'Ops', "
+        "'ops@example.test')"
+    )
+    conn.execute(
+        "INSERT INTO leasectl_certs.issuers (id, name, type, ca_cert_pem, ca_key_pem) "
         "VALUES ('local', 'Local CA', 'local', %s, %s)",
         (cert_pem, key_pem),
     )
     for i in range(5):
         conn.execute(
-            "INSERT INTO managed_certificates (id, name, common_name, owner_id, issuer_id, "
+            "INSERT INTO leasectl_certs.managed_certificates (id, name, common_name, owner_id, "
+            "issuer_id, "
             "status, expires_at) VALUES (%s, %s, %s, 'o1', 'local', 'Active', "
             "now() + interval '5 days')",
             (f"c{i}", f"cert-{i}", f"svc{i}.example.test"),
         )
         conn.execute(
-            "INSERT INTO certificate_revocations (serial_number, issuer_id) VALUES (%s, 'local')",
+            "INSERT INTO leasectl_certs.certificate_revocations (serial_number, issuer_id) "
+            "VALUES (%s, 'local')",
             (f"{1000 + i:x}",),
         )
     for i in range(N_NOTIFICATIONS):
         conn.execute(
-            "INSERT INTO notification_events (id, type, channel, recipient, subject, message) "
+            "INSERT INTO leasectl_certs.notification_events (id, type, channel, recipient, "
+            "subject, message) "
             "VALUES (%s, 'Custom', 'Webhook', 'ops', 'drill', 'hello')",
             (f"n{i:03d}",),
         )
@@ -292,7 +298,7 @@ def test_two_replicas_all_fifteen_loops(
         wait_until(
             lambda: (
                 conn.execute(
-                    "SELECT count(*) FROM notification_events WHERE status = 'sent'"
+                    "SELECT count(*) FROM leasectl_certs.notification_events WHERE status = 'sent'"
                 ).fetchone()[0]
                 >= N_NOTIFICATIONS
             ),
@@ -348,10 +354,13 @@ def test_two_replicas_all_fifteen_loops(
     # 3. everywhere loops ran on both replicas; both registered all fifteen loops.
     loops = conn.execute("SELECT id, cardinality(loops) FROM leasectl_replicas").fetchall()
     assert dict(loops) == {"A": 15, "B": 15}
-    issued = conn.execute("SELECT count(*) FROM jobs WHERE status = 'Completed'").fetchone()
+    issued = conn.execute(
+        "SELECT count(*) FROM leasectl_certs.jobs WHERE status = 'Completed'"
+    ).fetchone()
     assert issued is not None and issued[0] >= 5  # renewal jobs created and processed
     crl = conn.execute(
-        "SELECT array_agg(crl_number ORDER BY started_at) FROM crl_generation_events "
+        "SELECT array_agg(crl_number ORDER BY started_at) FROM "
+        "leasectl_certs.crl_generation_events "
         "WHERE succeeded"
     ).fetchone()
     assert crl is not None and crl[0] == sorted(crl[0]) and len(set(crl[0])) == len(crl[0])

@@ -107,7 +107,8 @@ def channel_settings(base: str, **kw: Any) -> LoopsSettings:
 def queue_all(conn: psycopg.Connection[Any]) -> None:
     seed_cert(conn)
     conn.execute(
-        "INSERT INTO notification_events (id, type, certificate_id, channel, recipient, "
+        "INSERT INTO leasectl_certs.notification_events (id, type, certificate_id, channel, "
+        "recipient, "
         "threshold_days, payload) VALUES "
         "('n-slack', 'ExpirationWarning', 'c1', 'Slack', 'ops', 14, '{\"severity\":\"warning\"}'),"
         "('n-teams', 'ExpirationWarning', 'c1', 'Teams', 'ops', 14, '{\"severity\":\"warning\"}'),"
@@ -181,7 +182,9 @@ def test_redelivery_after_a_lost_mark_carries_the_same_dedup_key(
     """A holder that delivered but could not mark leaves the row 'sending'; the next epoch
     re-delivers it with the same dedup_key/alias and a byte-identical body."""
     queue_all(conn)
-    conn.execute("DELETE FROM notification_events WHERE channel IN ('Slack', 'Teams')")
+    conn.execute(
+        "DELETE FROM leasectl_certs.notification_events WHERE channel IN ('Slack', 'Teams')"
+    )
     with receiver() as rx:
         send = notification_send.build(channel_settings(rx.base))
         assert send is not None
@@ -190,7 +193,8 @@ def test_redelivery_after_a_lost_mark_carries_the_same_dedup_key(
                 tick(send, pool, first)
             # Pretend the first holder's marks were lost: the rows are still its claims.
             conn.execute(
-                "UPDATE notification_events SET status = 'sending', claimed_epoch = %s, "
+                "UPDATE leasectl_certs.notification_events SET status = 'sending', "
+                "claimed_epoch = %s, "
                 "claimed_lease = 'notification_send'",
                 (first.epoch,),
             )

@@ -18,7 +18,7 @@ NEW = ca_keys.generate_kek()
 def add_issuer(conn: psycopg.Connection[Any], issuer_id: str, stored_key: str | None = None) -> str:
     cert_pem, key_pem = ca.create_ca(f"CA {issuer_id}")
     conn.execute(
-        "INSERT INTO issuers (id, name, type, ca_cert_pem, ca_key_pem) "
+        "INSERT INTO leasectl_certs.issuers (id, name, type, ca_cert_pem, ca_key_pem) "
         "VALUES (%s, %s, 'local', %s, %s)",
         (issuer_id, issuer_id, cert_pem, stored_key or ca_keys.seal(key_pem, OLD)),
     )
@@ -26,7 +26,9 @@ def add_issuer(conn: psycopg.Connection[Any], issuer_id: str, stored_key: str | 
 
 
 def stored(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    return dict(conn.execute("SELECT id, ca_key_pem FROM issuers ORDER BY id").fetchall())
+    return dict(
+        conn.execute("SELECT id, ca_key_pem FROM leasectl_certs.issuers ORDER BY id").fetchall()
+    )
 
 
 def test_key_is_encrypted_at_rest_and_needs_the_kek(conn: psycopg.Connection[Any]) -> None:
@@ -34,7 +36,7 @@ def test_key_is_encrypted_at_rest_and_needs_the_kek(conn: psycopg.Connection[Any
     [column] = stored(conn).values()
     assert column.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
     assert "BEGIN PRIVATE KEY" not in column and plain.splitlines()[1] not in column
-    cert_pem = conn.execute("SELECT ca_cert_pem FROM issuers").fetchone()[0]  # type: ignore[index]
+    cert_pem = conn.execute("SELECT ca_cert_pem FROM leasectl_certs.issuers").fetchone()[0]  # type: ignore[index]
     with pytest.raises(ca.CAError, match="loops.ca.kek is not set"):
         ca.load_issuer_ca(cert_pem, column, CaSettings())
     with pytest.raises(ca.CAError, match="does not decrypt with loops.ca.kek") as info:
@@ -73,7 +75,7 @@ def test_crl_loop_refuses_a_plaintext_key_per_issuer(
     assert ctx.stats == {"generated": 1, "failed": 1}
     events = dict(
         conn.execute(
-            "SELECT issuer_id, coalesce(error, 'ok') FROM crl_generation_events"
+            "SELECT issuer_id, coalesce(error, 'ok') FROM leasectl_certs.crl_generation_events"
         ).fetchall()
     )
     assert events["enc"] == "ok"

@@ -99,7 +99,7 @@ def test_acm_and_secrets_manager_discovered_and_upserted(
     assert again.stats == {"found": 4, "new": 0}  # upsert on the unique key: no duplicates
     rows = conn.execute(
         "SELECT fingerprint_sha256, common_name, source_path, agent_id, status, sans, pem_data "
-        "FROM discovered_certificates ORDER BY source_path, common_name"
+        "FROM leasectl_certs.discovered_certificates ORDER BY source_path, common_name"
     ).fetchall()
     assert {r[0] for r in rows} == set(expected)
     assert all(r[3] == "cloud-aws" and r[4] == "Unmanaged" for r in rows)
@@ -113,7 +113,7 @@ def test_acm_and_secrets_manager_discovered_and_upserted(
     assert not any("PRIVATE KEY" in (r[6] or "") for r in rows)
     scans = conn.execute(
         "SELECT source, certificates_found, certificates_new, errors_count, epoch "
-        "FROM discovery_scans ORDER BY id"
+        "FROM leasectl_certs.discovery_scans ORDER BY id"
     ).fetchall()
     assert scans == [
         ("aws-acm://us-east-1", 1, 1, 0, lease.epoch),
@@ -121,7 +121,9 @@ def test_acm_and_secrets_manager_discovered_and_upserted(
         ("aws-acm://us-east-1", 1, 0, 0, lease.epoch),
         ("aws-sm://us-east-1", 3, 0, 0, lease.epoch),
     ]
-    assert conn.execute("SELECT id, status FROM agents").fetchall() == [("cloud-aws", "Online")]
+    assert conn.execute("SELECT id, status FROM leasectl_certs.agents").fetchall() == [
+        ("cloud-aws", "Online")
+    ]
 
 
 def test_failing_region_fails_only_its_sources(
@@ -141,7 +143,8 @@ def test_failing_region_fails_only_its_sources(
         ctx = tick(spec, pool, lease)
     assert ctx.stats["sources_failed"] == 2 and ctx.stats["found"] == 4
     scans = conn.execute(
-        "SELECT source, certificates_found, errors_count, errors[1] FROM discovery_scans "
+        "SELECT source, certificates_found, errors_count, errors[1] FROM "
+        "leasectl_certs.discovery_scans "
         "ORDER BY id"
     ).fetchall()
     assert [s[:3] for s in scans] == [

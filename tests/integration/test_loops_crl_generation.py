@@ -25,20 +25,23 @@ NAME = "crl_generation"
 def seed(conn: psycopg.Connection[Any]) -> x509.Certificate:
     cert_pem, key_pem, _ = seeded_ca("Leasectl Test Issuing CA")  # key stored encrypted
     conn.execute(
-        "INSERT INTO issuers (id, name, type, ca_cert_pem, ca_key_pem) VALUES "
+        "INSERT INTO leasectl_certs.issuers (id, name, type, ca_cert_pem, ca_key_pem) VALUES "
         "('local-1', 'Local', 'local', %s, %s), ('acme-1', 'ACME', 'acme', NULL, NULL)",
         (cert_pem, key_pem),
     )
     conn.execute(
-        "INSERT INTO certificate_profiles (id, name, allow_short_lived, max_ttl_seconds) "
+        "INSERT INTO leasectl_certs.certificate_profiles (id, name, allow_short_lived, "
+        "max_ttl_seconds) "
         "VALUES ('short', 'short', true, 600)"
     )
     conn.execute(
-        "INSERT INTO managed_certificates (id, name, common_name, certificate_profile_id) "
+        "INSERT INTO leasectl_certs.managed_certificates (id, name, common_name, "
+        "certificate_profile_id) "
         "VALUES ('c-short', 'c-short', 'short.example.com', 'short')"
     )
     conn.execute(
-        "INSERT INTO certificate_revocations (serial_number, reason, issuer_id, certificate_id, "
+        "INSERT INTO leasectl_certs.certificate_revocations (serial_number, reason, issuer_id, "
+        "certificate_id, "
         "revoked_at) VALUES "
         "('0a1b2c', 'keyCompromise', 'local-1', NULL, now() - interval '2 hours'), "
         "('FF:01', 'superseded', 'local-1', NULL, now() - interval '1 hour'), "
@@ -51,7 +54,8 @@ def seed(conn: psycopg.Connection[Any]) -> x509.Certificate:
 
 def cached(conn: psycopg.Connection[Any]) -> tuple[x509.CertificateRevocationList, int, int]:
     row = conn.execute(
-        "SELECT crl_der, crl_number, epoch FROM crl_cache WHERE issuer_id = 'local-1'"
+        "SELECT crl_der, crl_number, epoch FROM leasectl_certs.crl_cache WHERE issuer_id = "
+        "'local-1'"
     ).fetchone()
     assert row is not None
     return x509.load_der_x509_crl(bytes(row[0])), row[1], row[2]
@@ -122,7 +126,8 @@ def test_crl_signed_parsed_and_numbers_increase_across_handover(
             a.stop()
     assert numbers == [1, 2, 3, 4]
     events = conn.execute(
-        "SELECT crl_number, epoch, replica, succeeded FROM crl_generation_events ORDER BY id"
+        "SELECT crl_number, epoch, replica, succeeded FROM leasectl_certs.crl_generation_events "
+        "ORDER BY id"
     ).fetchall()
     assert events == [
         (1, lease_a.epoch, "replica-a", True),
@@ -132,7 +137,7 @@ def test_crl_signed_parsed_and_numbers_increase_across_handover(
     ]
     # Keyless issuers are skipped quietly, not recorded as failures every tick.
     assert conn.execute(
-        "SELECT count(*) FROM crl_generation_events WHERE issuer_id = 'acme-1'"
+        "SELECT count(*) FROM leasectl_certs.crl_generation_events WHERE issuer_id = 'acme-1'"
     ).fetchone() == (0,)
 
 
@@ -142,11 +147,12 @@ def test_bad_serial_fails_that_issuer_only_and_does_not_consume_a_number(
     seed(conn)
     cert_pem, key_pem, _ = seeded_ca("Second CA")
     conn.execute(
-        "INSERT INTO issuers (id, name, ca_cert_pem, ca_key_pem) VALUES ('local-2', 'L2', %s, %s)",
+        "INSERT INTO leasectl_certs.issuers (id, name, ca_cert_pem, ca_key_pem) VALUES "
+        "('local-2', 'L2', %s, %s)",
         (cert_pem, key_pem),
     )
     conn.execute(
-        "INSERT INTO certificate_revocations (serial_number, issuer_id) "
+        "INSERT INTO leasectl_certs.certificate_revocations (serial_number, issuer_id) "
         "VALUES ('zz-top', 'local-2')"
     )
     spec = crl_generation.build(LoopsSettings(ca=TEST_CA_KEYS))
@@ -155,13 +161,16 @@ def test_bad_serial_fails_that_issuer_only_and_does_not_consume_a_number(
         ctx = tick(spec, pool, lease)
     assert ctx.stats == {"generated": 1, "failed": 1}
     rows = conn.execute(
-        "SELECT issuer_id, crl_number, succeeded, error FROM crl_generation_events ORDER BY id"
+        "SELECT issuer_id, crl_number, succeeded, error FROM "
+        "leasectl_certs.crl_generation_events ORDER BY id"
     ).fetchall()
     assert rows[0][:3] == ("local-1", 1, True)
     assert rows[1][:3] == ("local-2", None, False) and "not hex" in rows[1][3]
-    counters = dict(conn.execute("SELECT id, crl_number FROM issuers").fetchall())
+    counters = dict(conn.execute("SELECT id, crl_number FROM leasectl_certs.issuers").fetchall())
     assert counters == {"local-1": 1, "local-2": 0, "acme-1": 0}
-    assert conn.execute("SELECT issuer_id FROM crl_cache").fetchall() == [("local-1",)]
+    assert conn.execute("SELECT issuer_id FROM leasectl_certs.crl_cache").fetchall() == [
+        ("local-1",)
+    ]
 
 
 def test_next_update_must_exceed_interval() -> None:

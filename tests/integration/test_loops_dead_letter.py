@@ -26,7 +26,7 @@ HMAC_KEY = "dl-hmac"
 
 def alerts(conn: psycopg.Connection[Any]) -> dict[int, tuple[str, str]]:
     rows = conn.execute(
-        "SELECT threshold_days, id, status FROM notification_events "
+        "SELECT threshold_days, id, status FROM leasectl_certs.notification_events "
         "WHERE type = 'ExpirationWarning' AND certificate_id = 'c-dl'"
     ).fetchall()
     return {t: (i, s) for t, i, s in rows}
@@ -35,7 +35,9 @@ def alerts(conn: psycopg.Connection[Any]) -> dict[int, tuple[str, str]]:
 def test_dead_alert_does_not_block_next_threshold_or_requeue(
     dsn: str, conn: psycopg.Connection[Any], pool: ConnectionPool
 ) -> None:
-    conn.execute("INSERT INTO owners (id, name, email) VALUES ('o', 'O', 'o@example.test')")
+    conn.execute(
+        "INSERT INTO leasectl_certs.owners (id, name, email) VALUES ('o', 'O', 'o@example.test')"
+    )
     add_certificate(
         conn, "c-dl", issuer_id=None, owner_id="o", expires_in=dt.timedelta(days=10, hours=12)
     )
@@ -53,7 +55,8 @@ def test_dead_alert_does_not_block_next_threshold_or_requeue(
 
     # The certificate crosses the 7-day threshold: its alert is queued although 14 and 30 died.
     conn.execute(
-        "UPDATE managed_certificates SET expires_at = now() + interval '5 days 12 hours' "
+        "UPDATE leasectl_certs.managed_certificates SET expires_at = now() + interval '5 days "
+        "12 hours' "
         "WHERE id = 'c-dl'"
     )
     renewal_check.run(make_ctx(pool, LoopsSettings(renewal=renewal), loop="renewal_check"))
@@ -82,7 +85,8 @@ def test_dead_alert_does_not_block_next_threshold_or_requeue(
     final = alerts(conn)
     assert final[14][1] == final[7][1] == "sent" and final[30][1] == "dead"
     r = conn.execute(
-        "SELECT retry_count, last_error FROM notification_events WHERE id = %s", (first[14][0],)
+        "SELECT retry_count, last_error FROM leasectl_certs.notification_events WHERE id = %s",
+        (first[14][0],),
     ).fetchone()
     assert r == (0, None)
 

@@ -34,19 +34,22 @@ def settings(port: int, **kw: Any) -> LoopsSettings:
 
 def seed(conn: psycopg.Connection[Any]) -> None:
     conn.execute(
-        "INSERT INTO owners (id, name, email) VALUES ('o1', 'Team <One>', 'One@Example.com'), "
+        "INSERT INTO leasectl_certs.owners (id, name, email) VALUES ('o1', 'Team <One>', "
+        "'One@Example.com'), "
         "('o2', 'Team Two', 'one@example.com '), ('o3', 'Team Three', 'three@example.com'), "
         "('o4', 'No Mail', NULL)"
     )
     # 73 certificates expiring inside 30 days (more than certctl's clamp of 50) ...
     conn.execute(
-        "INSERT INTO managed_certificates (id, name, common_name, owner_id, status, expires_at) "
+        "INSERT INTO leasectl_certs.managed_certificates (id, name, common_name, owner_id, "
+        "status, expires_at) "
         "SELECT 'exp-' || i, 'exp-' || i, 'host' || i || '.example.com', 'o' || (i % 3 + 1), "
         "'Expiring', now() + make_interval(hours => 6 + i * 9) FROM generate_series(1, 73) i"
     )
     # ... one with a hostile CN, and some that must not be listed.
     conn.execute(
-        "INSERT INTO managed_certificates (id, name, common_name, status, expires_at) VALUES "
+        "INSERT INTO leasectl_certs.managed_certificates (id, name, common_name, status, "
+        "expires_at) VALUES "
         "('xss', 'xss', '<script>alert(1)</script>', 'Active', now() + interval '3 days'), "
         "('later', 'later', 'later.example.com', 'Active', now() + interval '90 days'), "
         "('revoked', 'revoked', 'revoked.example.com', 'Revoked', now() + interval '5 days'), "
@@ -83,7 +86,7 @@ def test_sent_once_per_period_per_recipient_with_every_expiring_cert(
     assert "Team &lt;One&gt;" in html
     assert "Expiring within 30 days (74)" in html
     rows = conn.execute(
-        "SELECT period_start, recipient, status, epoch, expiring FROM digest_sends "
+        "SELECT period_start, recipient, status, epoch, expiring FROM leasectl_certs.digest_sends "
         "ORDER BY period_start, recipient"
     ).fetchall()
     assert rows == [
@@ -100,7 +103,7 @@ def test_claim_left_by_an_older_epoch_is_sent_by_the_new_holder(
     seed(conn)
     # A previous holder claimed the slot for one recipient and died before marking it sent.
     conn.execute(
-        "INSERT INTO digest_sends (period_start, recipient, status, epoch, replica) "
+        "INSERT INTO leasectl_certs.digest_sends (period_start, recipient, status, epoch, replica) "
         "VALUES (%s, 'ops@example.com', 'claimed', 0, 'dead-replica')",
         (SLOT,),
     )
@@ -112,7 +115,8 @@ def test_claim_left_by_an_older_epoch_is_sent_by_the_new_holder(
     assert ctx.stats == {"sent": 1}
     assert [m["To"] for m in inbox.messages] == ["ops@example.com"]
     assert conn.execute(
-        "SELECT status, epoch, replica FROM digest_sends WHERE period_start = %s", (SLOT,)
+        "SELECT status, epoch, replica FROM leasectl_certs.digest_sends WHERE period_start = %s",
+        (SLOT,),
     ).fetchall() == [("sent", lease.epoch, "replica-a")]
 
 
@@ -127,7 +131,9 @@ def test_failed_send_is_recorded_and_fails_the_tick(
     with pool_for(dsn) as pool, leased(dsn, "digest") as (_, lease):
         with pytest.raises(digest.DigestFailed, match="1 of 1"):
             tick(spec, pool, lease, tick_at=SLOT)
-    status, error = conn.execute("SELECT status, error FROM digest_sends").fetchone() or ("", "")
+    status, error = conn.execute(
+        "SELECT status, error FROM leasectl_certs.digest_sends"
+    ).fetchone() or ("", "")
     assert status == "failed" and "SMTP 127.0.0.1" in error
 
 
@@ -151,5 +157,7 @@ def test_permanent_refusal_is_recorded_without_failing_the_slot(
     assert ctx.stats == {"sent": 1, "failed": 1}
     assert again.stats == {"already_sent": 1, "failed": 1}
     assert [m["To"] for m in inbox.messages] == ["ok@example.com"]
-    rows = dict(conn.execute("SELECT recipient, status FROM digest_sends").fetchall())
+    rows = dict(
+        conn.execute("SELECT recipient, status FROM leasectl_certs.digest_sends").fetchall()
+    )
     assert rows == {"ok@example.com": "sent", "bad@x\r\nBcc: y": "failed"}

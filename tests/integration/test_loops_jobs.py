@@ -59,18 +59,28 @@ def test_two_replicas_process_every_job_exactly_once(
 
     assert ctx_a.stats.get("claimed", 0) + ctx_b.stats.get("claimed", 0) == n
     assert ctx_a.stats.get("completed", 0) + ctx_b.stats.get("completed", 0) == n
-    rows = conn.execute("SELECT status, attempts, claimed_by, started_at FROM jobs").fetchall()
+    rows = conn.execute(
+        "SELECT status, attempts, claimed_by, started_at FROM leasectl_certs.jobs"
+    ).fetchall()
     assert {r[0] for r in rows} == {"Completed"}
     assert {r[1] for r in rows} == {1}  # claimed once each: never processed twice
     assert all(r[3] is not None for r in rows)
-    assert scalar(conn, "SELECT count(DISTINCT job_id) FROM certificate_versions") == n
-    assert scalar(conn, "SELECT count(*) FROM certificate_versions") == n
-    assert scalar(conn, "SELECT count(*) FROM audit_events WHERE action='job_completed'") == n
+    assert (
+        scalar(conn, "SELECT count(DISTINCT job_id) FROM leasectl_certs.certificate_versions") == n
+    )
+    assert scalar(conn, "SELECT count(*) FROM leasectl_certs.certificate_versions") == n
+    assert (
+        scalar(
+            conn, "SELECT count(*) FROM leasectl_certs.audit_events WHERE action='job_completed'"
+        )
+        == n
+    )
 
     versions = conn.execute(
         "SELECT v.certificate_id, v.pem_chain, v.serial_number, v.fingerprint_sha256, "
         "v.not_after, c.expires_at, c.status, c.last_renewal_at, c.common_name "
-        "FROM certificate_versions v JOIN managed_certificates c ON c.id = v.certificate_id"
+        "FROM leasectl_certs.certificate_versions v JOIN leasectl_certs.managed_certificates c "
+        "ON c.id = v.certificate_id"
     ).fetchall()
     for cert_id, chain, serial, fp, not_after, expires_at, status, renewed, cn in versions:
         leaf = x509.load_pem_x509_certificates(chain.encode())[0]
@@ -87,7 +97,7 @@ def test_two_replicas_process_every_job_exactly_once(
 def test_issuer_without_ca_gets_exactly_one(
     conn: psycopg.Connection[Any], pool: ConnectionPool
 ) -> None:
-    conn.execute("INSERT INTO issuers (id, name) VALUES ('fresh', 'Fresh')")
+    conn.execute("INSERT INTO leasectl_certs.issuers (id, name) VALUES ('fresh', 'Fresh')")
     for i in range(6):
         add_certificate(conn, f"c{i}", issuer_id="fresh", status="Pending", expires_in=None)
         add_job(conn, f"j{i}", certificate_id=f"c{i}")
@@ -96,9 +106,11 @@ def test_issuer_without_ca_gets_exactly_one(
 
     run_concurrently(lambda: job_processor.run(ctx_a), lambda: job_processor.run(ctx_b))
 
-    ca_pem = scalar(conn, "SELECT ca_cert_pem FROM issuers WHERE id='fresh'")
+    ca_pem = scalar(conn, "SELECT ca_cert_pem FROM leasectl_certs.issuers WHERE id='fresh'")
     ca_cert = x509.load_pem_x509_certificate(ca_pem.encode())
-    chains = [r[0] for r in conn.execute("SELECT pem_chain FROM certificate_versions")]
+    chains = [
+        r[0] for r in conn.execute("SELECT pem_chain FROM leasectl_certs.certificate_versions")
+    ]
     assert len(chains) == 6
     for chain in chains:  # every leaf chains to the one stored CA, whoever created it
         x509.load_pem_x509_certificates(chain.encode())[0].verify_directly_issued_by(ca_cert)
@@ -109,8 +121,10 @@ def test_validation_and_unroutable_jobs_fail_and_agent_jobs_are_not_claimed(
 ) -> None:
     add_issuer(conn)
     add_certificate(conn, "c1")
-    conn.execute("INSERT INTO agents (id, name) VALUES ('ag1', 'ag1')")
-    conn.execute("INSERT INTO issuers (id, name, type) VALUES ('acme1', 'acme', 'acme')")
+    conn.execute("INSERT INTO leasectl_certs.agents (id, name) VALUES ('ag1', 'ag1')")
+    conn.execute(
+        "INSERT INTO leasectl_certs.issuers (id, name, type) VALUES ('acme1', 'acme', 'acme')"
+    )
     add_certificate(conn, "c2", issuer_id="acme1")
     add_job(conn, "val", "Validation", certificate_id="c1")
     add_job(conn, "dep-server", "Deployment", certificate_id="c1")
@@ -136,7 +150,10 @@ def test_validation_and_unroutable_jobs_fail_and_agent_jobs_are_not_claimed(
     assert agent["status"] == "Pending" and agent["attempts"] == 0  # the agent's to claim
     assert later["status"] == "Pending" and later["attempts"] == 0  # not due yet
     assert ctx.stats == {"claimed": 3, "failed": 3}
-    assert scalar(conn, "SELECT count(*) FROM audit_events WHERE action='job_failed'") == 3
+    assert (
+        scalar(conn, "SELECT count(*) FROM leasectl_certs.audit_events WHERE action='job_failed'")
+        == 3
+    )
 
 
 def test_a_reaped_claim_cannot_complete_or_store(
@@ -149,7 +166,9 @@ def test_a_reaped_claim_cannot_complete_or_store(
     claimed = job_processor.claim(ctx_a, 10)
     assert [j["id"] for j in claimed] == ["j1"]
     # replica-a stalls; job_timeout fails the job and job_retry + replica-b redo it.
-    conn.execute("UPDATE jobs SET started_at = now() - interval '2 hours' WHERE id='j1'")
+    conn.execute(
+        "UPDATE leasectl_certs.jobs SET started_at = now() - interval '2 hours' WHERE id='j1'"
+    )
     job_timeout.run(make_ctx(pool, loop="job_timeout"))
     assert job_row(conn, "j1")["status"] == "Failed"
     job_retry.run(make_ctx(pool, settings(retry_backoff_base=0.0), loop="job_retry"))
@@ -162,7 +181,7 @@ def test_a_reaped_claim_cannot_complete_or_store(
     assert ctx_a.stats["lost"] == 1 and ctx_b.stats["completed"] == 1
     row = job_row(conn, "j1")
     assert (row["status"], row["attempts"], row["claimed_by"]) == ("Completed", 2, "replica-b")
-    assert scalar(conn, "SELECT count(*) FROM certificate_versions") == 1
+    assert scalar(conn, "SELECT count(*) FROM leasectl_certs.certificate_versions") == 1
 
 
 def test_a_stale_batched_completion_leaves_reclaimed_jobs_alone(
@@ -177,7 +196,9 @@ def test_a_stale_batched_completion_leaves_reclaimed_jobs_alone(
     assert sorted(j["id"] for j in claimed) == ["j1", "j2", "j3"]
     # replica-a stalls past the claim timeout on j1 and j2: reaped, retried, claimed again -
     # j1 by replica-a itself (restarted under the same id: only the attempt differs), j2 by b.
-    conn.execute("UPDATE jobs SET started_at = now() - interval '2 hours' WHERE id <> 'j3'")
+    conn.execute(
+        "UPDATE leasectl_certs.jobs SET started_at = now() - interval '2 hours' WHERE id <> 'j3'"
+    )
     job_timeout.run(make_ctx(pool, loop="job_timeout"))
     job_retry.run(make_ctx(pool, settings(retry_backoff_base=0.0), loop="job_retry"))
     assert [j["id"] for j in job_processor.claim(make_ctx(pool, replica="replica-a"), 1)] == ["j1"]
@@ -187,23 +208,31 @@ def test_a_stale_batched_completion_leaves_reclaimed_jobs_alone(
     job_processor.process(ctx_a, claimed, settings(complete_batch=100))
 
     assert ctx_a.stats == {"claimed": 3, "completed": 1, "lost": 2}
-    rows = {r[0]: r[1:] for r in conn.execute("SELECT id, status, attempts, claimed_by FROM jobs")}
+    rows = {
+        r[0]: r[1:]
+        for r in conn.execute("SELECT id, status, attempts, claimed_by FROM leasectl_certs.jobs")
+    }
     assert rows == {
         "j1": ("Running", 2, "replica-a"),
         "j2": ("Running", 2, "replica-b"),
         "j3": ("Completed", 1, "replica-a"),
     }
-    assert [r[0] for r in conn.execute("SELECT job_id FROM certificate_versions")] == ["j3"]
+    assert [
+        r[0] for r in conn.execute("SELECT job_id FROM leasectl_certs.certificate_versions")
+    ] == ["j3"]
     completed = conn.execute(
-        "SELECT resource_id FROM audit_events WHERE action = 'job_completed'"
+        "SELECT resource_id FROM leasectl_certs.audit_events WHERE action = 'job_completed'"
     ).fetchall()
     assert completed == [("j3",)]
-    assert scalar(conn, "SELECT status FROM managed_certificates WHERE id = 'c1'") == "Pending"
+    assert (
+        scalar(conn, "SELECT status FROM leasectl_certs.managed_certificates WHERE id = 'c1'")
+        == "Pending"
+    )
 
 
 def _count_completed(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as c:
-        return int(scalar(c, "SELECT count(*) FROM jobs WHERE status = 'Completed'"))
+        return int(scalar(c, "SELECT count(*) FROM leasectl_certs.jobs WHERE status = 'Completed'"))
 
 
 def test_completions_flush_at_size_and_at_age(
@@ -280,10 +309,12 @@ def test_a_stop_flushes_finished_jobs_and_releases_the_rest(
     job_processor.run(ctx)
 
     assert ctx.stats == {"claimed": 10, "completed": 4, "released": 6}
-    rows = {r[0]: r[1:] for r in conn.execute("SELECT id, status, attempts FROM jobs")}
+    rows = {
+        r[0]: r[1:] for r in conn.execute("SELECT id, status, attempts FROM leasectl_certs.jobs")
+    }
     assert {j: rows[j] for j in finished} == {j: ("Completed", 1) for j in finished}
     assert sorted(v for j, v in rows.items() if j not in finished) == [("Pending", 0)] * 6
-    assert scalar(conn, "SELECT count(*) FROM certificate_versions") == 4
+    assert scalar(conn, "SELECT count(*) FROM leasectl_certs.certificate_versions") == 4
 
 
 _VICTIM = """
@@ -326,7 +357,7 @@ def test_sigkill_mid_batch_loses_no_job_and_completes_each_once(
         def mid_batch() -> bool:
             done, running = conn.execute(
                 "SELECT count(*) FILTER (WHERE status = 'Completed'),"
-                " count(*) FILTER (WHERE status = 'Running') FROM jobs"
+                " count(*) FILTER (WHERE status = 'Running') FROM leasectl_certs.jobs"
             ).fetchone() or (0, 0)
             return done >= 20 and running > 0
 
@@ -335,13 +366,17 @@ def test_sigkill_mid_batch_loses_no_job_and_completes_each_once(
         victim.send_signal(signal.SIGKILL)
         victim.wait(30)
     assert victim.returncode == -signal.SIGKILL
-    before = dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+    before = dict(
+        conn.execute("SELECT status, count(*) FROM leasectl_certs.jobs GROUP BY status").fetchall()
+    )
     assert before.get("Running", 0) > 0 and 0 < before.get("Completed", 0) < n
-    status = dict(conn.execute("SELECT id, status FROM jobs").fetchall())
+    status = dict(conn.execute("SELECT id, status FROM leasectl_certs.jobs").fetchall())
     killed_done = {j for j, st in status.items() if st == "Completed"}
     in_flight = {j for j, st in status.items() if st == "Running"}  # claimed, never committed
     # Every committed completion came with its version and audit row; nothing else did.
-    assert {r[0] for r in conn.execute("SELECT job_id FROM certificate_versions")} == killed_done
+    assert {
+        r[0] for r in conn.execute("SELECT job_id FROM leasectl_certs.certificate_versions")
+    } == killed_done
 
     # The claim timeout passes: job_timeout fails the dead claimer's jobs, job_retry puts them
     # back and another replica runs everything that is left.
@@ -350,7 +385,9 @@ def test_sigkill_mid_batch_loses_no_job_and_completes_each_once(
     job_retry.run(make_ctx(pool, cfg, loop="job_retry"))
     job_processor.run(make_ctx(pool, cfg, replica="survivor"))
 
-    rows = conn.execute("SELECT id, status, attempts, claimed_by FROM jobs").fetchall()
+    rows = conn.execute(
+        "SELECT id, status, attempts, claimed_by FROM leasectl_certs.jobs"
+    ).fetchall()
     assert {r[1] for r in rows} == {"Completed"}
     expected = {
         j: (1, "victim")
@@ -361,14 +398,23 @@ def test_sigkill_mid_batch_loses_no_job_and_completes_each_once(
         for j in status
     }
     assert {r[0]: r[2:] for r in rows} == expected
-    versions = conn.execute("SELECT job_id, count(*) FROM certificate_versions GROUP BY job_id")
+    versions = conn.execute(
+        "SELECT job_id, count(*) FROM leasectl_certs.certificate_versions GROUP BY job_id"
+    )
     assert dict(versions.fetchall()) == {r[0]: 1 for r in rows}
     audits = conn.execute(
-        "SELECT resource_id, count(*) FROM audit_events WHERE action = 'job_completed'"
+        "SELECT resource_id, count(*) FROM leasectl_certs.audit_events WHERE action = "
+        "'job_completed'"
         " GROUP BY resource_id"
     )
     assert dict(audits.fetchall()) == {r[0]: 1 for r in rows}
-    assert scalar(conn, "SELECT count(*) FROM managed_certificates WHERE status <> 'Active'") == 0
+    assert (
+        scalar(
+            conn,
+            "SELECT count(*) FROM leasectl_certs.managed_certificates WHERE status <> 'Active'",
+        )
+        == 0
+    )
 
 
 def test_a_stopped_tick_releases_unstarted_jobs(
@@ -385,7 +431,7 @@ def test_a_stopped_tick_releases_unstarted_jobs(
     job_processor.process(ctx, claimed, ctx.config)
 
     assert ctx.stats["released"] == 3
-    rows = conn.execute("SELECT status, attempts, claimed_by FROM jobs").fetchall()
+    rows = conn.execute("SELECT status, attempts, claimed_by FROM leasectl_certs.jobs").fetchall()
     assert rows == [("Pending", 0, None)] * 3
 
 
@@ -418,7 +464,9 @@ def test_retry_backoff_and_max_attempts(
     assert {job_row(conn, j)["status"] for j in delays} == {"Pending"}
     done = job_row(conn, "done")
     assert done["status"] == "Failed" and done["attempts"] == 3  # no attempts left
-    statuses = dict(conn.execute("SELECT id, status FROM managed_certificates").fetchall())
+    statuses = dict(
+        conn.execute("SELECT id, status FROM leasectl_certs.managed_certificates").fetchall()
+    )
     assert statuses == {
         "c0": "RenewalInProgress",
         "c1": "RenewalInProgress",
@@ -426,10 +474,15 @@ def test_retry_backoff_and_max_attempts(
         "c3": "Failed",
     }
     # two replicas at once: each retry (and each exhausted certificate) audited once
-    assert scalar(conn, "SELECT count(*) FROM audit_events WHERE action='job_retry'") == 3
+    assert (
+        scalar(conn, "SELECT count(*) FROM leasectl_certs.audit_events WHERE action='job_retry'")
+        == 3
+    )
     assert (
         scalar(
-            conn, "SELECT count(*) FROM audit_events WHERE action='certificate_renewal_exhausted'"
+            conn,
+            "SELECT count(*) FROM leasectl_certs.audit_events WHERE "
+            "action='certificate_renewal_exhausted'",
         )
         == 1
     )
@@ -441,7 +494,9 @@ def test_retry_backoff_and_max_attempts(
 def test_failing_job_stops_at_max_attempts(
     conn: psycopg.Connection[Any], pool: ConnectionPool
 ) -> None:
-    conn.execute("INSERT INTO issuers (id, name, type) VALUES ('ext', 'ext', 'external')")
+    conn.execute(
+        "INSERT INTO leasectl_certs.issuers (id, name, type) VALUES ('ext', 'ext', 'external')"
+    )
     add_certificate(conn, "c1", issuer_id="ext", status="RenewalInProgress")
     add_job(conn, "j1", "Renewal", certificate_id="c1", max_attempts=3)
     cfg = settings(retry_backoff_base=0.0)
@@ -452,8 +507,14 @@ def test_failing_job_stops_at_max_attempts(
     row = job_row(conn, "j1")
     assert (row["status"], row["attempts"]) == ("Failed", 3)
     assert "external" in row["last_error"]
-    assert scalar(conn, "SELECT status FROM managed_certificates WHERE id='c1'") == "Failed"
-    assert scalar(conn, "SELECT count(*) FROM audit_events WHERE action='job_retry'") == 2
+    assert (
+        scalar(conn, "SELECT status FROM leasectl_certs.managed_certificates WHERE id='c1'")
+        == "Failed"
+    )
+    assert (
+        scalar(conn, "SELECT count(*) FROM leasectl_certs.audit_events WHERE action='job_retry'")
+        == 2
+    )
 
 
 def test_retry_leaves_a_job_whose_certificate_has_another_open_job(
@@ -473,7 +534,7 @@ def test_timeouts_are_guarded_single_statements(
     old = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     recent = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     conn.execute(
-        "INSERT INTO agents (id, name, last_heartbeat_at) VALUES "
+        "INSERT INTO leasectl_certs.agents (id, name, last_heartbeat_at) VALUES "
         "('gone', 'gone', now() - interval '10 minutes'), ('alive', 'alive', now())"
     )
     add_job(conn, "csr-old", status="AwaitingCSR", status_changed_at=old)
@@ -503,7 +564,8 @@ def test_timeouts_are_guarded_single_statements(
     # on the row: the reaper's WHERE is re-checked on the committed row, so it is not reaped.
     with psycopg.connect(conn.info.dsn) as approver:
         approver.execute(
-            "UPDATE jobs SET status='Pending', status_changed_at=now() WHERE id='approved'"
+            "UPDATE leasectl_certs.jobs SET status='Pending', status_changed_at=now() WHERE "
+            "id='approved'"
         )
         ctx = make_ctx(pool, loop="job_timeout")
         reaper = threading.Thread(target=job_timeout.run, args=(ctx,))
@@ -518,7 +580,7 @@ def test_timeouts_are_guarded_single_statements(
         approver.commit()
     reaper.join(10)
 
-    status = dict(conn.execute("SELECT id, status FROM jobs").fetchall())
+    status = dict(conn.execute("SELECT id, status FROM leasectl_certs.jobs").fetchall())
     assert status == {
         "csr-old": "Failed",
         "csr-recent": "AwaitingCSR",
@@ -536,12 +598,14 @@ def test_timeouts_are_guarded_single_statements(
     assert "dead-replica" in job_row(conn, "stuck")["last_error"]
     assert ctx.stats == {"reap_awaiting": 2, "reap_offline_agents": 1, "reap_running": 1}
     actions = dict(
-        conn.execute("SELECT action, count(*) FROM audit_events GROUP BY action").fetchall()
+        conn.execute(
+            "SELECT action, count(*) FROM leasectl_certs.audit_events GROUP BY action"
+        ).fetchall()
     )
     assert actions == {"job_timeout": 2, "job_offline_agent_reap": 1, "job_running_timeout": 1}
 
     job_timeout.run(make_ctx(pool, loop="job_timeout"))  # a second run changes nothing
-    assert scalar(conn, "SELECT count(*) FROM audit_events") == 4
+    assert scalar(conn, "SELECT count(*) FROM leasectl_certs.audit_events") == 4
 
 
 @pytest.mark.parametrize("placement_loop", [job_processor, job_retry, job_timeout])
@@ -565,10 +629,12 @@ def test_any_status_change_restarts_the_timeout_clock(
     old = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     add_job(conn, "j1", status="Pending", status_changed_at=old, created_at=old)
     # a writer that knows nothing about status_changed_at (an API, psql)
-    conn.execute("UPDATE jobs SET status = 'AwaitingCSR' WHERE id = 'j1'")
+    conn.execute("UPDATE leasectl_certs.jobs SET status = 'AwaitingCSR' WHERE id = 'j1'")
     job_timeout.run(make_ctx(pool, loop="job_timeout"))
     assert job_row(conn, "j1")["status"] == "AwaitingCSR"
-    conn.execute("UPDATE jobs SET attempts = 1 WHERE id = 'j1'")  # not a status change
+    conn.execute(
+        "UPDATE leasectl_certs.jobs SET attempts = 1 WHERE id = 'j1'"
+    )  # not a status change
     assert job_row(conn, "j1")["status_changed_at"] > old + dt.timedelta(days=29)
 
 
@@ -600,20 +666,28 @@ def test_jobs_a_dead_tick_left_running_are_run_by_the_next_tick(
             job_processor.run(make_ctx(work, settings()))
         assert fired == [1]
         rows = {
-            r[0]: r[1:] for r in conn.execute("SELECT id, status, attempts, claimed_by FROM jobs")
+            r[0]: r[1:]
+            for r in conn.execute(
+                "SELECT id, status, attempts, claimed_by FROM leasectl_certs.jobs"
+            )
         }
         assert rows == {j: ("Running", 1, "replica-a") for j in ("j0", "j1", "j2")}
 
         ctx = make_ctx(work, settings())
         job_processor.run(ctx)  # the same replica's next tick
     assert ctx.stats == {"claimed": 2, "completed": 2}
-    rows = {r[0]: r[1:] for r in conn.execute("SELECT id, status, attempts, claimed_by FROM jobs")}
+    rows = {
+        r[0]: r[1:]
+        for r in conn.execute("SELECT id, status, attempts, claimed_by FROM leasectl_certs.jobs")
+    }
     assert rows == {
         "j0": ("Completed", 2, "replica-a"),
         "j1": ("Completed", 2, "replica-a"),
         "j2": ("Running", 1, "replica-a"),  # its last attempt: job_timeout's to fail
     }
-    versions = conn.execute("SELECT job_id FROM certificate_versions ORDER BY job_id").fetchall()
+    versions = conn.execute(
+        "SELECT job_id FROM leasectl_certs.certificate_versions ORDER BY job_id"
+    ).fetchall()
     assert versions == [("j0",), ("j1",)]
     # Another replica's Running job is never taken.
     add_certificate(conn, "c3", status="Pending", expires_in=None)

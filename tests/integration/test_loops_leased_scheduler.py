@@ -51,7 +51,7 @@ class Replica:
 
 def queue(conn: psycopg.Connection[Any], first: int, n: int) -> None:
     conn.execute(
-        "INSERT INTO notification_events (id, type, channel, recipient, message) "
+        "INSERT INTO leasectl_certs.notification_events (id, type, channel, recipient, message) "
         "SELECT 'n-' || i, 'RenewalFailure', 'Webhook', 'team', 'renewal ' || i || ' failed' "
         "FROM generate_series(%s::int, %s::int) i",
         (first, first + n - 1),
@@ -59,7 +59,9 @@ def queue(conn: psycopg.Connection[Any], first: int, n: int) -> None:
 
 
 def sent(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT count(*) FROM notification_events WHERE status = 'sent'").fetchone()
+    row = conn.execute(
+        "SELECT count(*) FROM leasectl_certs.notification_events WHERE status = 'sent'"
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -67,7 +69,7 @@ def crl_events(conn: psycopg.Connection[Any]) -> list[tuple[int, int, str]]:
     return [
         (int(r[0]), int(r[1]), str(r[2]))
         for r in conn.execute(
-            "SELECT crl_number, epoch, replica FROM crl_generation_events "
+            "SELECT crl_number, epoch, replica FROM leasectl_certs.crl_generation_events "
             "WHERE succeeded ORDER BY id"
         ).fetchall()
     ]
@@ -78,7 +80,8 @@ def test_two_replicas_one_sender_and_monotonic_crls_across_failover(
 ) -> None:
     cert_pem, key_pem, _ = seeded_ca("Scheduler CA")  # stored encrypted
     conn.execute(
-        "INSERT INTO issuers (id, name, ca_cert_pem, ca_key_pem) VALUES ('ca', 'CA', %s, %s)",
+        "INSERT INTO leasectl_certs.issuers (id, name, ca_cert_pem, ca_key_pem) VALUES ('ca', "
+        "'CA', %s, %s)",
         (cert_pem, key_pem),
     )
     queue(conn, 1, 20)

@@ -58,7 +58,8 @@ def settings(**kw: Any) -> LoopsSettings:
 
 def seed_cert(conn: psycopg.Connection[Any], cid: str = "c1", days: float = 10.5) -> None:
     conn.execute(
-        "INSERT INTO managed_certificates (id, name, common_name, status, expires_at) "
+        "INSERT INTO leasectl_certs.managed_certificates (id, name, common_name, status, "
+        "expires_at) "
         "VALUES (%s, %s, %s, 'Active', now() + make_interval(secs => %s))",
         (cid, f"cert-{cid}", f"{cid}.example.com", days * 86400),
     )
@@ -75,7 +76,8 @@ def queue(
     threshold: int | None = 14,
 ) -> None:
     conn.execute(
-        "INSERT INTO notification_events (id, type, certificate_id, channel, recipient, "
+        "INSERT INTO leasectl_certs.notification_events (id, type, certificate_id, channel, "
+        "recipient, "
         "threshold_days) VALUES (%s, %s, %s, %s, %s, %s)",
         (nid, type_, cert, channel, recipient, threshold),
     )
@@ -85,7 +87,7 @@ def row(conn: psycopg.Connection[Any], nid: str) -> dict[str, Any]:
     cur = conn.cursor(row_factory=psycopg.rows.dict_row)
     r = cur.execute(
         "SELECT *, extract(epoch FROM next_retry_at - now())::float AS due_in "
-        "FROM notification_events WHERE id = %s",
+        "FROM leasectl_certs.notification_events WHERE id = %s",
         (nid,),
     ).fetchone()
     assert r is not None
@@ -207,7 +209,8 @@ def test_failure_schedules_retry_with_backoff_then_dead(
             for attempt in (2, 3, 4, 5):
                 # Drive time through the database instead of sleeping.
                 conn.execute(
-                    "UPDATE notification_events SET next_retry_at = now() - interval '1 second' "
+                    "UPDATE leasectl_certs.notification_events SET next_retry_at = now() - "
+                    "interval '1 second' "
                     "WHERE id = 'n-500'"
                 )
                 tick(retry, pool, retry_lease)
@@ -327,7 +330,8 @@ def test_email_implicit_tls_and_untrusted_server_refused(
             assert tick(send, pool, send_lease).stats == {"failed": 1}
             assert "CERTIFICATE_VERIFY_FAILED" in row(conn, "n-implicit")["last_error"]
             conn.execute(
-                "UPDATE notification_events SET next_retry_at = now() WHERE id = 'n-implicit'"
+                "UPDATE leasectl_certs.notification_events SET next_retry_at = now() WHERE id = "
+                "'n-implicit'"
             )
             assert tick(retry, pool, retry_lease).stats == {"sent": 1}
     assert [m["Message-ID"] for m in inbox.messages] == ["<n-implicit@leasectl>"]
@@ -427,7 +431,7 @@ def test_claim_of_a_dead_tick_goes_out_at_the_next_tick_once(
     queue(conn, "n-orphan", "Webhook", "team-a")
     if mode == "retry":  # a failed row whose retry is due
         conn.execute(
-            "UPDATE notification_events SET status = 'failed', retry_count = 1, "
+            "UPDATE leasectl_certs.notification_events SET status = 'failed', retry_count = 1, "
             "next_retry_at = now() - interval '1 second' WHERE id = 'n-orphan'"
         )
     app_name = f"i23-work-{mode}"
@@ -497,7 +501,8 @@ def test_a_claim_left_by_the_other_notification_loop_waits_for_stale_claim_after
     seed_cert(conn)
     queue(conn, "n-foreign", "Webhook", "team-a")
     conn.execute(
-        "UPDATE notification_events SET status = 'sending', claimed_lease = 'notification_retry', "
+        "UPDATE leasectl_certs.notification_events SET status = 'sending', claimed_lease = "
+        "'notification_retry', "
         "claimed_epoch = 1, claimed_by = 'replica-gone', claimed_at = now() - interval '100 s' "
         "WHERE id = 'n-foreign'"
     )
@@ -513,7 +518,8 @@ def test_a_claim_left_by_the_other_notification_loop_waits_for_stale_claim_after
             assert tick(spec, pool, lease).stats == {}
             assert rx.received == []
             conn.execute(
-                "UPDATE notification_events SET claimed_at = now() - interval '121 s' "
+                "UPDATE leasectl_certs.notification_events SET claimed_at = now() - interval "
+                "'121 s' "
                 "WHERE id = 'n-foreign'"
             )
             assert tick(spec, pool, lease).stats == {"sent": 1}

@@ -36,7 +36,7 @@ def add_policy(
     thresholds: list[int] | None = None,
 ) -> None:
     conn.execute(
-        "INSERT INTO renewal_policies (id, name, renewal_window_days, auto_renew,"
+        "INSERT INTO leasectl_certs.renewal_policies (id, name, renewal_window_days, auto_renew,"
         " alert_channels, alert_severity_map, alert_thresholds_days)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s)",
         (
@@ -54,7 +54,8 @@ def add_policy(
 def seed(conn: psycopg.Connection[Any]) -> None:
     add_issuer(conn)
     conn.execute(
-        "INSERT INTO owners (id, name, email) VALUES ('alice', 'Alice', 'alice@example.test'),"
+        "INSERT INTO leasectl_certs.owners (id, name, email) VALUES ('alice', 'Alice', "
+        "'alice@example.test'),"
         " ('nobody', 'Nobody', NULL)"
     )
     add_policy(conn, "std")
@@ -74,7 +75,9 @@ def seed(conn: psycopg.Connection[Any]) -> None:
     add_certificate(conn, "busy", expires_in=3 * DAY, policy_id="std", **own)
     add_job(conn, "operator-job", "Issuance", certificate_id="busy", status="AwaitingApproval")
     add_certificate(conn, "revoked", status="Revoked", expires_in=3 * DAY, **own)
-    conn.execute("INSERT INTO issuers (id, name, type) VALUES ('acme1', 'acme', 'acme')")
+    conn.execute(
+        "INSERT INTO leasectl_certs.issuers (id, name, type) VALUES ('acme1', 'acme', 'acme')"
+    )
     add_certificate(conn, "acme", issuer_id="acme1", expires_in=20 * DAY, policy_id="std", **own)
 
 
@@ -88,12 +91,14 @@ def test_concurrent_ticks_create_one_job_and_one_alert_each(
     run_concurrently(*(lambda c=c: renewal_check.run(c) for c in ctxs))
 
     jobs = conn.execute(
-        "SELECT certificate_id, count(*) FROM jobs WHERE type = 'Renewal'"
+        "SELECT certificate_id, count(*) FROM leasectl_certs.jobs WHERE type = 'Renewal'"
         " GROUP BY certificate_id ORDER BY 1"
     ).fetchall()
     # window + auto_renew honoured; expired certificates are renewed too; busy has its own job
     assert jobs == [("bad", 1), ("due", 1), ("expired", 1), ("multi", 1), ("orphan", 1)]
-    statuses = dict(conn.execute("SELECT id, status FROM managed_certificates").fetchall())
+    statuses = dict(
+        conn.execute("SELECT id, status FROM leasectl_certs.managed_certificates").fetchall()
+    )
     assert statuses["due"] == "RenewalInProgress"
     assert statuses["manual"] == "Expiring"  # inside the window, but auto_renew is off
     assert statuses["outside"] == "Active"  # outside its 7-day window
@@ -101,11 +106,17 @@ def test_concurrent_ticks_create_one_job_and_one_alert_each(
     assert statuses["busy"] == "Expiring"
     assert statuses["revoked"] == "Revoked"
     assert statuses["acme"] == "Expiring"  # no job: leasectl cannot sign for an ACME issuer
-    assert scalar(conn, "SELECT count(*) FROM audit_events WHERE action='renewal_job_created'") == 5
+    assert (
+        scalar(
+            conn,
+            "SELECT count(*) FROM leasectl_certs.audit_events WHERE action='renewal_job_created'",
+        )
+        == 5
+    )
 
     alerts = conn.execute(
         "SELECT certificate_id, threshold_days, channel, status, recipient"
-        " FROM notification_events WHERE type = 'ExpirationWarning' ORDER BY 1, 2, 3"
+        " FROM leasectl_certs.notification_events WHERE type = 'ExpirationWarning' ORDER BY 1, 2, 3"
     ).fetchall()
     expected = {
         ("due", 30, "Email"),
@@ -132,11 +143,13 @@ def test_concurrent_ticks_create_one_job_and_one_alert_each(
     assert len(alerts) == len(expected)  # once per certificate, threshold and channel
     assert {a[3] for a in alerts} == {"pending"}
     assert {a[4] for a in alerts} == {"alice@example.test"}
-    queued = "SELECT count(*) FROM audit_events WHERE action = 'expiration_alert_queued'"
+    queued = (
+        "SELECT count(*) FROM leasectl_certs.audit_events WHERE action = 'expiration_alert_queued'"
+    )
     assert scalar(conn, queued) == len(expected)
 
     skips = conn.execute(
-        "SELECT resource_id, action, details->>'threshold_days' FROM audit_events"
+        "SELECT resource_id, action, details->>'threshold_days' FROM leasectl_certs.audit_events"
         " WHERE action LIKE 'expiration_alert_skipped%%' ORDER BY 1, 3"
     ).fetchall()
     assert sorted(skips) == sorted(
@@ -148,7 +161,7 @@ def test_concurrent_ticks_create_one_job_and_one_alert_each(
     )
 
     row = conn.execute(
-        "SELECT subject, message, payload FROM notification_events"
+        "SELECT subject, message, payload FROM leasectl_certs.notification_events"
         " WHERE certificate_id = 'expired' AND threshold_days = 0"
     ).fetchone()
     assert row is not None
@@ -159,7 +172,8 @@ def test_concurrent_ticks_create_one_job_and_one_alert_each(
     assert payload["severity"] == "critical" and payload["threshold_days"] == 0
     due_message = scalar(
         conn,
-        "SELECT message FROM notification_events WHERE certificate_id='due' AND threshold_days=14",
+        "SELECT message FROM leasectl_certs.notification_events WHERE certificate_id='due' AND "
+        "threshold_days=14",
     )
     assert due_message.startswith("The certificate for due.example.test will expire in 9 days")
 
@@ -169,17 +183,18 @@ def test_policy_critical_tier_with_no_channels_is_skipped(
 ) -> None:
     seed(conn)
     conn.execute(
-        "UPDATE managed_certificates SET expires_at = now() - interval '1 day' WHERE id = 'multi'"
+        "UPDATE leasectl_certs.managed_certificates SET expires_at = now() - interval '1 day' "
+        "WHERE id = 'multi'"
     )
     renewal_check.run(make_ctx(pool))
     renewal_check.run(make_ctx(pool))
     rows = conn.execute(
-        "SELECT details->>'threshold_days' FROM audit_events"
+        "SELECT details->>'threshold_days' FROM leasectl_certs.audit_events"
         " WHERE action = 'expiration_alert_skipped_no_channels' AND resource_id = 'multi'"
     ).fetchall()
     assert rows == [("0",)]  # the critical tier maps to [] in policy "multi"
     channels = conn.execute(
-        "SELECT threshold_days, channel FROM notification_events"
+        "SELECT threshold_days, channel FROM leasectl_certs.notification_events"
         " WHERE certificate_id = 'multi' ORDER BY 1, 2"
     ).fetchall()
     assert channels == [(7, "Email"), (7, "Webhook"), (14, "Email"), (14, "Webhook"), (30, "Email")]
@@ -190,15 +205,20 @@ def test_completed_renewal_allows_the_next_one_later(
 ) -> None:
     seed(conn)
     renewal_check.run(make_ctx(pool))
-    conn.execute("UPDATE jobs SET status = 'Completed' WHERE certificate_id = 'due'")
+    conn.execute("UPDATE leasectl_certs.jobs SET status = 'Completed' WHERE certificate_id = 'due'")
     # the certificate is still inside its window and back to Expiring: a new job may open
-    conn.execute("UPDATE managed_certificates SET status = 'Expiring' WHERE id = 'due'")
+    conn.execute(
+        "UPDATE leasectl_certs.managed_certificates SET status = 'Expiring' WHERE id = 'due'"
+    )
     renewal_check.run(make_ctx(pool))
-    assert scalar(conn, "SELECT count(*) FROM jobs WHERE certificate_id = 'due'") == 2
+    assert (
+        scalar(conn, "SELECT count(*) FROM leasectl_certs.jobs WHERE certificate_id = 'due'") == 2
+    )
     assert (
         scalar(
             conn,
-            "SELECT count(*) FROM jobs WHERE certificate_id = 'due' AND status = 'Pending'",
+            "SELECT count(*) FROM leasectl_certs.jobs WHERE certificate_id = 'due' AND status = "
+            "'Pending'",
         )
         == 1
     )

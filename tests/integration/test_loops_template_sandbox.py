@@ -140,5 +140,7 @@ def test_digest_template_refusal_is_recorded_not_a_crashed_tick(
             ctx = tick(spec, pool, lease, tick_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     assert ctx.stats == {"failed": 1}
     assert inbox.messages == []
-    status, error = conn.execute("SELECT status, error FROM digest_sends").fetchone() or ("", "")
+    status, error = conn.execute(
+        "SELECT status, error FROM leasectl_certs.digest_sends"
+    ).fetchone() or ("", "")
     assert status == "failed" and "template digest.html.j2 failed: refused by the" in error

@@ -7,10 +7,12 @@ import threading
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg_pool import ConnectionPool
 
 from leasectl.certs import health_check, network_scan
 from leasectl.errors import TickCancelled
+from leasectl.loop import TickContext
 from tests.integration.everywhere_helpers import (
     closed_port,
     make_ctx,
@@ -19,6 +21,7 @@ from tests.integration.everywhere_helpers import (
     scalar,
     tls_server,
 )
+from tests.integration.leased_helpers import one_connection_pool, terminate_backends
 
 __all__ = ["pool"]
 
@@ -31,13 +34,14 @@ def add_target(
     **extra: Any,
 ) -> None:
     conn.execute(
-        "INSERT INTO network_scan_targets (id, name, cidrs, ports, timeout_ms) "
+        "INSERT INTO leasectl_certs.network_scan_targets (id, name, cidrs, ports, timeout_ms) "
         "VALUES (%s, %s, %s, %s, 2000)",
         (target_id, target_id, cidrs, ports),
     )
     for column, value in extra.items():
         conn.execute(
-            f"UPDATE network_scan_targets SET {column} = %s WHERE id = %s",  # test-only
+            # test-only: the column names come from this file
+            f"UPDATE leasectl_certs.network_scan_targets SET {column} = %s WHERE id = %s",
             (value, target_id),
         )
 
@@ -59,7 +63,7 @@ def test_network_scan_finds_the_served_certificate_once(
         assert sum(c.stats.get("targets_scanned", 0) for c in ctxs) == 1
         rows = conn.execute(
             "SELECT fingerprint_sha256, common_name, source_path, agent_id, status, sans,"
-            " is_ca, key_algorithm FROM discovered_certificates"
+            " is_ca, key_algorithm FROM leasectl_certs.discovered_certificates"
         ).fetchall()
         assert rows == [
             (
@@ -75,36 +79,53 @@ def test_network_scan_finds_the_served_certificate_once(
         ]
         scans = conn.execute(
             "SELECT agent_id, certificates_found, certificates_new, directories"
-            " FROM discovery_scans"
+            " FROM leasectl_certs.discovery_scans"
         ).fetchall()
         assert scans == [("server-scanner", 1, 1, ["127.0.0.1/32"])]
         target = conn.execute(
             "SELECT last_scan_at IS NOT NULL, last_scan_certs_found, scan_claimed_by"
-            " FROM network_scan_targets WHERE id = 'lo'"
+            " FROM leasectl_certs.network_scan_targets WHERE id = 'lo'"
         ).fetchone()
         assert target == (True, 1, None)
-        assert scalar(conn, "SELECT last_scan_at FROM network_scan_targets WHERE id='off'") is None
-        assert scalar(conn, "SELECT last_scan_at FROM network_scan_targets WHERE id='held'") is None
-        assert scalar(conn, "SELECT status FROM agents WHERE id = 'server-scanner'") == "Online"
+        assert (
+            scalar(
+                conn, "SELECT last_scan_at FROM leasectl_certs.network_scan_targets WHERE id='off'"
+            )
+            is None
+        )
+        assert (
+            scalar(
+                conn, "SELECT last_scan_at FROM leasectl_certs.network_scan_targets WHERE id='held'"
+            )
+            is None
+        )
+        assert (
+            scalar(conn, "SELECT status FROM leasectl_certs.agents WHERE id = 'server-scanner'")
+            == "Online"
+        )
 
         # Not due again until scan_interval_hours (6) have passed.
         network_scan.run(make_ctx(pool))
-        assert scalar(conn, "SELECT count(*) FROM discovery_scans") == 1
+        assert scalar(conn, "SELECT count(*) FROM leasectl_certs.discovery_scans") == 1
         conn.execute(
-            "UPDATE network_scan_targets SET last_scan_at = now() - interval '7 hours'"
+            "UPDATE leasectl_certs.network_scan_targets SET last_scan_at = now() - interval '7 "
+            "hours'"
             " WHERE id = 'lo'"
         )
         network_scan.run(make_ctx(pool))
-        assert scalar(conn, "SELECT count(*) FROM discovery_scans") == 2
-        assert scalar(conn, "SELECT count(*) FROM discovered_certificates") == 1  # upserted
+        assert scalar(conn, "SELECT count(*) FROM leasectl_certs.discovery_scans") == 2
+        assert (
+            scalar(conn, "SELECT count(*) FROM leasectl_certs.discovered_certificates") == 1
+        )  # upserted
         latest = conn.execute(
-            "SELECT certificates_found, certificates_new FROM discovery_scans ORDER BY id DESC"
+            "SELECT certificates_found, certificates_new FROM leasectl_certs.discovery_scans "
+            "ORDER BY id DESC"
         ).fetchone()
         assert latest == (1, 0)
         assert scalar(
             conn,
-            "SELECT discovery_scan_id = (SELECT max(id) FROM discovery_scans)"
-            " FROM discovered_certificates",
+            "SELECT discovery_scan_id = (SELECT max(id) FROM leasectl_certs.discovery_scans)"
+            " FROM leasectl_certs.discovered_certificates",
         )
 
 
@@ -131,7 +152,8 @@ def add_check(
     down: int = 3,
 ) -> None:
     conn.execute(
-        "INSERT INTO endpoint_health_checks (id, endpoint, expected_fingerprint, status,"
+        "INSERT INTO leasectl_certs.endpoint_health_checks (id, endpoint, expected_fingerprint, "
+        "status,"
         " consecutive_failures, degraded_threshold, down_threshold, check_interval_seconds)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, 300)",
         (check_id, endpoint, expected, status, failures, degraded, down),
@@ -139,12 +161,17 @@ def add_check(
 
 
 def checks(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, int]]:
-    rows = conn.execute("SELECT id, status, consecutive_failures FROM endpoint_health_checks")
+    rows = conn.execute(
+        "SELECT id, status, consecutive_failures FROM leasectl_certs.endpoint_health_checks"
+    )
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
 def make_due(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("UPDATE endpoint_health_checks SET last_checked_at = now() - interval '1 hour'")
+    conn.execute(
+        "UPDATE leasectl_certs.endpoint_health_checks SET last_checked_at = now() - "
+        "interval '1 hour'"
+    )
 
 
 def test_health_check_state_machine(conn: psycopg.Connection[Any], pool: ConnectionPool) -> None:
@@ -169,22 +196,25 @@ def test_health_check_state_machine(conn: psycopg.Connection[Any], pool: Connect
         }
         assert sum(c.stats.get("ok", 0) + c.stats.get("failed", 0) for c in ctxs) == 5
         observed = scalar(
-            conn, "SELECT observed_fingerprint FROM endpoint_health_checks WHERE id = 'good'"
+            conn,
+            "SELECT observed_fingerprint FROM leasectl_certs.endpoint_health_checks WHERE "
+            "id = 'good'",
         )
         assert observed == fp
         row = conn.execute(
             "SELECT tls_version, cert_subject, cert_expiry IS NOT NULL, response_time_ms >= 0"
-            " FROM endpoint_health_checks WHERE id = 'good'"
+            " FROM leasectl_certs.endpoint_health_checks WHERE id = 'good'"
         ).fetchone()
         assert row == ("TLSv1.3", "CN=health.example.test", True, True)
         reason = scalar(
-            conn, "SELECT failure_reason FROM endpoint_health_checks WHERE id = 'closed'"
+            conn,
+            "SELECT failure_reason FROM leasectl_certs.endpoint_health_checks WHERE id = 'closed'",
         )
         assert "ConnectionRefusedError" in reason
 
         # not due: nothing is probed again
         health_check.run(make_ctx(pool))
-        assert scalar(conn, "SELECT count(*) FROM endpoint_health_history") == 5
+        assert scalar(conn, "SELECT count(*) FROM leasectl_certs.endpoint_health_history") == 5
 
         make_due(conn)
         health_check.run(make_ctx(pool))
@@ -195,11 +225,12 @@ def test_health_check_state_machine(conn: psycopg.Connection[Any], pool: Connect
         assert checks(conn)["good"] == ("healthy", 0)
 
     history = conn.execute(
-        "SELECT status FROM endpoint_health_history WHERE health_check_id = 'closed' ORDER BY id"
+        "SELECT status FROM leasectl_certs.endpoint_health_history WHERE health_check_id = "
+        "'closed' ORDER BY id"
     ).fetchall()
     assert [h[0] for h in history] == ["healthy", "degraded", "down"]
     transitions = conn.execute(
-        "SELECT resource_id, details->>'from', details->>'to' FROM audit_events"
+        "SELECT resource_id, details->>'from', details->>'to' FROM leasectl_certs.audit_events"
         " WHERE action = 'health_check_status_transition' ORDER BY id"
     ).fetchall()
     assert sorted(transitions) == sorted(
@@ -214,22 +245,25 @@ def test_health_check_state_machine(conn: psycopg.Connection[Any], pool: Connect
         ]
     )
     acknowledged = scalar(
-        conn, "SELECT acknowledged FROM endpoint_health_checks WHERE id = 'closed'"
+        conn, "SELECT acknowledged FROM leasectl_certs.endpoint_health_checks WHERE id = 'closed'"
     )
     assert acknowledged is False
 
 
 def test_health_history_retention(conn: psycopg.Connection[Any], pool: ConnectionPool) -> None:
     add_check(conn, "c", "127.0.0.1:1")
-    conn.execute("UPDATE endpoint_health_checks SET last_checked_at = now(), enabled = false")
     conn.execute(
-        "INSERT INTO endpoint_health_history (health_check_id, status, checked_at) VALUES"
+        "UPDATE leasectl_certs.endpoint_health_checks SET last_checked_at = now(), enabled = false"
+    )
+    conn.execute(
+        "INSERT INTO leasectl_certs.endpoint_health_history (health_check_id, status, "
+        "checked_at) VALUES"
         " ('c', 'healthy', now() - interval '31 days'),"
         " ('c', 'healthy', now() - interval '29 days')"
     )
     ctx = make_ctx(pool)
     health_check.run(ctx)
-    assert scalar(conn, "SELECT count(*) FROM endpoint_health_history") == 1
+    assert scalar(conn, "SELECT count(*) FROM leasectl_certs.endpoint_health_history") == 1
     assert ctx.stats["history_pruned"] == 1
 
 
@@ -250,7 +284,9 @@ def test_a_stopped_scan_releases_its_claim(
 
         t = threading.Thread(target=scan)
         t.start()
-        claimed = "SELECT scan_claimed_by FROM network_scan_targets WHERE id = 'slow'"
+        claimed = (
+            "SELECT scan_claimed_by FROM leasectl_certs.network_scan_targets WHERE id = 'slow'"
+        )
         for _ in range(250):
             if scalar(conn, claimed):
                 break
@@ -260,7 +296,49 @@ def test_a_stopped_scan_releases_its_claim(
         t.join(10)
     assert len(errors) == 1 and isinstance(errors[0], TickCancelled)
     row = conn.execute(
-        "SELECT scan_claimed_by, scan_claimed_until, last_scan_at FROM network_scan_targets"
+        "SELECT scan_claimed_by, scan_claimed_until, last_scan_at FROM "
+        "leasectl_certs.network_scan_targets"
     ).fetchone()
     assert row == (None, None, None)  # released, and no scan recorded: due again next tick
-    assert scalar(conn, "SELECT count(*) FROM discovery_scans") == 0
+    assert scalar(conn, "SELECT count(*) FROM leasectl_certs.discovery_scans") == 0
+
+
+def test_a_target_a_dead_tick_left_claimed_is_scanned_by_the_next_tick(
+    dsn: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The work connection is terminated right after the claim, and the tick is stopped then:
+    its hand-back runs on the dead connection, so the target stays claimed by this replica
+    (for claim_ttl, 30 min, to everyone else). The replica's next tick scans it at once."""
+    app_name = "i23-scan-work"
+    fired: list[int] = []
+    scan = network_scan.scan_target
+
+    def kill_then_scan(ctx: TickContext, target: dict[str, Any], settings: Any) -> None:
+        if not fired:
+            fired.append(terminate_backends(conn, app_name))
+            ctx.stop.set()  # a shutdown at that instant: the probes stop, the hand-back fails
+        scan(ctx, target, settings)
+
+    monkeypatch.setattr(network_scan, "scan_target", kill_then_scan)
+    with tls_server("orphan.example.test") as server, one_connection_pool(dsn, app_name) as work:
+        add_target(conn, "t", ["127.0.0.1/32"], [server.port])
+        with pytest.raises(psycopg.OperationalError):
+            network_scan.run(make_ctx(work, loop="network_scan"))
+        assert fired == [1]
+        held = "SELECT scan_claimed_by, scan_claimed_until > now() + interval '20 minutes'"
+        assert conn.execute(held + " FROM leasectl_certs.network_scan_targets").fetchone() == (
+            "replica-a",
+            True,
+        )
+        # Another replica leaves it alone (the claim is live for it) ...
+        other = make_ctx(work, loop="network_scan", replica="replica-b")
+        network_scan.run(other)
+        assert other.stats == {}
+        # ... this replica's next tick scans it.
+        ctx = make_ctx(work, loop="network_scan")
+        network_scan.run(ctx)
+    assert ctx.stats["targets_scanned"] == 1 and ctx.stats["certificates_found"] == 1
+    row = conn.execute(
+        "SELECT scan_claimed_by, last_scan_at IS NOT NULL FROM leasectl_certs.network_scan_targets"
+    ).fetchone()
+    assert row == (None, True)

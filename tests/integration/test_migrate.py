@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from leasectl.certs.registry import MIGRATIONS as CERTS_MIGRATIONS
 from leasectl.errors import ChecksumMismatch, MigrationFailed, MigrationLocked
 from leasectl.keys import MIGRATIONS_LEASE
 from leasectl.migrate import discover, migrate, migration_status
@@ -28,7 +29,7 @@ def _write(directory: Path, files: dict[str, str]) -> Path:
 
 
 def _ledger(conn: psycopg.Connection[Any]) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
+    return [r[0] for r in conn.execute("SELECT version FROM leasectl_schema_migrations ORDER BY 1")]
 
 
 def _env() -> dict[str, str]:
@@ -58,13 +59,17 @@ def test_eight_concurrent_migrators_apply_each_version_once(empty_dsn: str, tmp_
         assert m, out
         if m[2]:
             applied_by_proc += [v.strip() for v in m[2].split(",")]
-    versions = [mig.version for mig in discover()]
+    # Bare `migrate` prepares the database for bare `run`: leasectl's and the certificate loops'.
+    versions = [mig.key for mig in discover()]
+    versions += [mig.key for mig in discover(CERTS_MIGRATIONS.path, CERTS_MIGRATIONS.name)]
     # Every version applied by exactly one of the eight processes...
     assert sorted(applied_by_proc) == sorted(versions), applied_by_proc
     with psycopg.connect(empty_dsn) as conn:
         # ...and recorded exactly once.
         assert _ledger(conn) == sorted(versions)
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (len(versions),)
+        assert conn.execute("SELECT count(*) FROM leasectl_schema_migrations").fetchone() == (
+            len(versions),
+        )
 
 
 def test_failed_migration_names_file_line_and_message_and_keeps_nothing(
@@ -121,7 +126,9 @@ def test_failed_migration_line_comes_from_the_error_position(
     assert info.value.line == 3
     assert 'column "no_such_column" does not exist' in str(info.value)
     with psycopg.connect(empty_dsn) as conn:
-        assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone() != (None,)
+        assert conn.execute("SELECT to_regclass('leasectl_schema_migrations')").fetchone() != (
+            None,
+        )
         assert _ledger(conn) == []
         assert conn.execute("SELECT to_regclass('ok')").fetchone() == (None,)
 

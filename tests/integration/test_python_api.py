@@ -148,11 +148,11 @@ def test_user_migrations_applied_once_by_concurrent_apps(dsn: str, tmp_path: Pat
         assert p.returncode == 0, out
     with psycopg.connect(dsn, autocommit=True) as c:
         rows = c.execute(
-            "SELECT version, source FROM schema_migrations WHERE source <> 'leasectl' "
-            "ORDER BY version"
+            "SELECT version, source FROM leasectl_schema_migrations"
+            " WHERE source NOT LIKE 'leasectl%' ORDER BY version"
         ).fetchall()
         own = c.execute(
-            "SELECT count(*) FROM schema_migrations WHERE source = 'leasectl'"
+            "SELECT count(*) FROM leasectl_schema_migrations WHERE source = 'leasectl'"
         ).fetchone()
     assert rows == [
         ("billing/migrations:0001_invoices", "billing/migrations"),
@@ -267,3 +267,34 @@ def test_run_app_with_included_loops_only_and_no_leased(
         p.send_signal(signal.SIGTERM)
     for p in (leader, web):
         assert p.wait(60) == 0
+
+
+def test_status_without_app_judges_the_leases_the_cluster_declares(
+    empty_dsn: str, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """A database used only by the example App: plain ``leasectl status`` (no --app, no
+    config naming the App) expects the App's lease, not the shipped loops'."""
+    env = _env(empty_dsn, REPORT_EVERY="3600")
+    procs.append(subprocess.Popen([sys.executable, str(EXAMPLE)], env=env))
+    status_env = {k: v for k, v in env.items() if k != "LEASECTL_METRICS__LISTEN"}
+
+    def green() -> Any:
+        res = _leasectl("status", "--json", "--max-unheld", "60", env=status_env)
+        return res if res.returncode == 0 and json.loads(res.stdout)["leases"] else None
+
+    res = wait_until(green, timeout=60, interval=0.5, what="status green with the App's lease")
+    leases = {le["name"]: le for le in json.loads(res.stdout)["leases"]}
+    assert set(leases) == {"report"} and leases["report"]["state"] == "held"
+    assert leases["report"]["expected"] is True
+    table = _leasectl("status", env=status_env)
+    assert table.returncode == 0 and "the live and recent replicas" in table.stdout, table.stdout
+    assert "notification_send" not in table.stdout
+
+    procs[0].send_signal(signal.SIGTERM)
+    assert procs[0].wait(60) == 0
+    # Stopped a moment ago: the App's lease is still expected, and free.
+    res = _leasectl("status", "--json", env=status_env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert [(le["name"], le["state"]) for le in json.loads(res.stdout)["leases"]] == [
+        ("report", "free")
+    ]

@@ -83,6 +83,12 @@ def test_wheel_installs_and_migrates_the_embedded_server(tmp_path: Path) -> None
             p.name.removesuffix(".up.sql") for p in (REPO / "migrations").glob("*.up.sql")
         )
         assert expected, "no migrations in the source tree?"
+        # Bare `migrate` prepares for bare `run`: the certificate loops' schema too, shipped
+        # as package data of leasectl.certs.
+        expected += sorted(
+            "leasectl_certs:" + p.name.removesuffix(".up.sql")
+            for p in (REPO / "loops" / "migrations").glob("*.up.sql")
+        )
         assert out.split() == [w for v in expected for w in ("applied", v)], out
         # The embedded default: a server in ./.leasectl/pgdata of the working directory.
         assert (work / ".leasectl/pgdata/PG_VERSION").exists()

@@ -91,3 +91,16 @@ def test_rerun_after_a_lost_lease_is_not_a_second_completion() -> None:
     lines = [done(4.0, "a", 210, "s2"), done(41.0, "b", 1, "s2")]
     twice, reruns, n = unique_slots(lines, hs, ["crl"])
     assert len(twice) == 1 and reruns == []
+
+
+def test_a_commit_acknowledged_while_the_crashing_primary_goes_down_is_replications_loss() -> None:
+    from leasectl.tools.drill.invariants import replication_losses
+
+    # Crash issued at 100.0, the old primary gone at 100.3; one commit was lost.
+    crash = RoundResult(0, "db-failover", "L", "", 1, 100.0, t_down=100.3, lost_commits=1)
+    inserted = {"early": 97.5, "before": 99.0, "during": 100.2, "after": 100.5}
+    missing = list(inserted)
+    assert replication_losses(missing, inserted, [crash], "async") == {"before", "during"}
+    assert replication_losses(missing, inserted, [crash], "sync") == set()
+    clean = RoundResult(1, "db-failover", "L", "", 1, 100.0, t_down=100.3, lost_commits=0)
+    assert replication_losses(missing, inserted, [clean], "async") == set()

@@ -163,6 +163,7 @@ class FakeSession:
         labels: Sequence[str] = (),
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
+        declared_leases: Sequence[str] = (),
     ) -> Drain | None:
         self._call("register_replica")
         self.db.replicas[replica] = (self.db.now, self.backend_pid)

@@ -39,6 +39,7 @@ from leasectl.config import load as load_config
 from leasectl.embedded import EmbeddedPostgres
 from leasectl.migrate import migrate
 from leasectl.settings import Settings
+from leasectl.tools.certs import certs_migrations
 from leasectl.tools.demo import view as screen
 from leasectl.tools.demo.seed import seed
 from leasectl.tools.demo.smtp_sink import SmtpSink
@@ -149,7 +150,7 @@ class Demo:
             admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')  # fixed name
             admin.execute(f'CREATE DATABASE "{DB_NAME}"')
         self.dsn = info.dsn(DB_NAME)
-        applied = migrate(self.dsn)
+        applied = migrate(self.dsn, sources=[certs_migrations()])
         say(f"  database {DB_NAME}: {len(applied)} migrations applied")
         with psycopg.connect(self.dsn) as conn:
             made = seed(conn, self.kek)

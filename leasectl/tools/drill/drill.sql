@@ -1,44 +1,44 @@
 -- name: seed_owner
 -- The drill's owner and local issuer; jobs issue certificates through that issuer's CA.
-INSERT INTO owners (id, name, email) VALUES (%(owner_id)s, 'leasectl drill', 'drill@localhost')
+INSERT INTO leasectl_certs.owners (id, name, email) VALUES (%(owner_id)s, 'leasectl drill', 'drill@localhost')
 ON CONFLICT (id) DO NOTHING
 
 -- name: seed_issuer
-INSERT INTO issuers (id, name, type) VALUES (%(issuer_id)s, 'leasectl drill CA', 'local')
+INSERT INTO leasectl_certs.issuers (id, name, type) VALUES (%(issuer_id)s, 'leasectl drill CA', 'local')
 ON CONFLICT (id) DO NOTHING
 
 -- name: insert_notification
 -- One webhook notification; its id is the Idempotency-Key the sink sees.
-INSERT INTO notification_events (id, type, channel, recipient, subject, message, payload)
+INSERT INTO leasectl_certs.notification_events (id, type, channel, recipient, subject, message, payload)
 VALUES (%(id)s, 'DrillPing', 'Webhook', 'drill-sink', %(subject)s, %(message)s, %(payload)s)
 
 -- name: insert_job
 -- One Issuance job for its own certificate (one open issuance per certificate is a constraint).
 WITH cert AS (
-    INSERT INTO managed_certificates (id, name, common_name, owner_id, issuer_id, status)
+    INSERT INTO leasectl_certs.managed_certificates (id, name, common_name, owner_id, issuer_id, status)
     VALUES (%(cert_id)s, %(cert_id)s, %(common_name)s, %(owner_id)s, %(issuer_id)s, 'Pending')
     RETURNING id
 )
-INSERT INTO jobs (id, type, certificate_id, status, max_attempts)
+INSERT INTO leasectl_certs.jobs (id, type, certificate_id, status, max_attempts)
 SELECT %(job_id)s, 'Issuance', cert.id, 'Pending', 5 FROM cert
 
 -- name: revoke_one
 -- A revocation, so the CRL loop has something new to sign.
-INSERT INTO certificate_revocations (serial_number, reason, revoked_by, issuer_id)
+INSERT INTO leasectl_certs.certificate_revocations (serial_number, reason, revoked_by, issuer_id)
 VALUES (%(serial)s, 'keyCompromise', 'leasectl drill', %(issuer_id)s)
 
 -- name: notifications_state
 -- Final state of the drill's notifications.
 SELECT id, status, last_error, retry_count, claimed_epoch, claimed_by, claimed_lease
-FROM notification_events WHERE id LIKE %(prefix)s
+FROM leasectl_certs.notification_events WHERE id LIKE %(prefix)s
 
 -- name: jobs_state
 SELECT id, status, last_error, attempts, max_attempts
-FROM jobs WHERE id LIKE %(prefix)s
+FROM leasectl_certs.jobs WHERE id LIKE %(prefix)s
 
 -- name: notifications_open
 -- How many of the drill's notifications are not yet final (sent or dead).
-SELECT count(*) FROM notification_events
+SELECT count(*) FROM leasectl_certs.notification_events
 WHERE id LIKE %(prefix)s AND status NOT IN ('sent', 'dead')
 
 -- name: notifications_open_states
@@ -47,12 +47,12 @@ WHERE id LIKE %(prefix)s AND status NOT IN ('sent', 'dead')
 SELECT id, status, coalesce(last_error, '') <> '', retry_count, claimed_lease,
        extract(epoch FROM now() - claimed_at)::float8,
        extract(epoch FROM next_retry_at - now())::float8
-FROM notification_events
+FROM leasectl_certs.notification_events
 WHERE id LIKE %(prefix)s AND status NOT IN ('sent', 'dead')
 
 -- name: jobs_open
 -- Jobs not yet final: Completed, or Failed with attempts exhausted, or Cancelled.
-SELECT count(*) FROM jobs
+SELECT count(*) FROM leasectl_certs.jobs
 WHERE id LIKE %(prefix)s
   AND NOT (status IN ('Completed', 'Cancelled')
            OR (status = 'Failed' AND attempts >= max_attempts))
@@ -60,7 +60,7 @@ WHERE id LIKE %(prefix)s
 -- name: crl_events
 -- CRL numbers in the order they were generated, with the epoch that generated them.
 SELECT issuer_id, crl_number, epoch, replica, started_at, succeeded
-FROM crl_generation_events WHERE succeeded ORDER BY id
+FROM leasectl_certs.crl_generation_events WHERE succeeded ORDER BY id
 
 -- name: tick_ledger
 SELECT loop, tick_at, epoch, replica, outcome, started_at, finished_at

@@ -25,7 +25,8 @@
 
 Lost work after a ``db-failover`` is split in two. With asynchronous replication the old
 primary may have acknowledged commits its standby never received: a feed row acknowledged
-at most :data:`REPLICATION_WINDOW_S` before a crash that lost commits is the replication
+at most :data:`REPLICATION_WINDOW_S` before a crash that lost commits (or while the crashing
+primary was still going down) is the replication
 mode's loss, reported but not held against leasectl. Everything else is leasectl's loss. With
 ``remote_apply`` nothing acknowledged can be lost, so there every missing row is leasectl's.
 """
@@ -355,7 +356,7 @@ def analyze(
         lines,
         hs,
         leased_loops,
-        lambda ts: any(t - REPLICATION_WINDOW_S <= ts <= t for t in crashes),
+        lambda ts: any(a <= ts <= b for a, b in crashes),
     )
     checks.append(
         Check(
@@ -465,16 +466,26 @@ def replication_losses(
     out = set()
     for key in missing:
         at = inserted_at.get(key)
-        if at is not None and any(t - REPLICATION_WINDOW_S <= at <= t for t in crashes):
+        if at is not None and any(a <= at <= b for a, b in crashes):
             out.add(key)
     return out
 
 
-def lossy_failovers(rounds: Sequence[RoundResult], replication: str | None) -> list[float]:
-    """Crash instants of asynchronous failovers whose promotion lacked commits."""
+def lossy_failovers(
+    rounds: Sequence[RoundResult], replication: str | None
+) -> list[tuple[float, float]]:
+    """When asynchronous failovers whose promotion lacked commits could lose an acknowledged
+    commit: from :data:`REPLICATION_WINDOW_S` before the crash was issued until the old
+    primary was gone (``t_down``: it acknowledges commits while ``pg_ctl stop -m immediate``
+    is still on its way, so the last lost commit's acknowledgement often comes after
+    ``t_fault``)."""
     if replication != "async":
         return []
-    return [r.t_fault for r in rounds if r.kind == "db-failover" and (r.lost_commits or 0) > 0]
+    return [
+        (r.t_fault - REPLICATION_WINDOW_S, max(r.t_fault, r.t_down or r.t_fault))
+        for r in rounds
+        if r.kind == "db-failover" and (r.lost_commits or 0) > 0
+    ]
 
 
 def epoch_regressions(acquired: Sequence[tuple[Any, ...]]) -> list[str]:

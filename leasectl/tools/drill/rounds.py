@@ -50,6 +50,7 @@ class RoundResult:
     t_fault: float
     t_lift: float | None = None
     t_accept: float | None = None  # db-restart: the server accepts connections again
+    t_down: float | None = None  # db-failover: the old primary is gone (its stop returned)
     new_holder: str | None = None
     new_epoch: int | None = None
     self_fence_s: float | None = None
@@ -204,7 +205,7 @@ class RoundRunner:
             if self.failover is None:
                 raise faults.FaultError("db-failover needs the drill's replicated server pair")
             fo = self.failover()
-            r.t_fault, r.t_accept = fo.t_stop, fo.t_promoted
+            r.t_fault, r.t_down, r.t_accept = fo.t_stop, fo.t_down, fo.t_promoted
             r.lost_commits, r.timeline = fo.lost_commits, fo.timeline
             r.notes.append(
                 f"promoted to timeline {fo.timeline} {fo.t_promoted - fo.t_stop:.2f}s after the "

@@ -27,6 +27,7 @@ from leasectl.embedded import EmbeddedPostgres
 from leasectl.locks import TcpBound
 from leasectl.migrate import migrate
 from leasectl.settings import DatabaseSettings, LeaseSettings
+from leasectl.tools.certs import certs_migrations
 from leasectl.tools.drill import delivery, faults, liveness, netns, pooler, target, wedge
 from leasectl.tools.drill.cluster import Cluster, LogLine
 from leasectl.tools.drill.feed import Feed
@@ -292,7 +293,7 @@ class Drill:
                 self._nets = netns.NetnsSet(self._slots())
                 self._nets.create()
             admin, direct_for = self._database(work)
-            migrate(admin)
+            migrate(admin, sources=[certs_migrations()])
             if "wedge" in self.kinds:
                 wedge.prepare(admin)
                 self._wedge = wedge.WedgeRounds(work / "wedge")

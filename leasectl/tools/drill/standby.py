@@ -304,6 +304,7 @@ class Failover:
     """What one failover did: when, and what the replication mode lost."""
 
     t_stop: float  # the old primary crashed (stop -m immediate issued)
+    t_down: float  # the old primary is gone (pg_ctl stop -w returned): no commit after this
     t_promoted: float  # the standby accepts writes
     timeline: int  # the new primary's timeline
     lost_commits: int  # transactions the old primary committed that the new one lacks
@@ -348,13 +349,14 @@ class ReplicatedPair:
         """Crash the primary, promote the standby; count what the promotion lost."""
         old, new = self.primary, self.standby
         t_stop = old.stop("immediate")
+        t_down = time.time()
         t_promoted = new.promote()
         self.primary, self.standby = new, old
         lost = 0
         end = replay_end(new)
         if end is not None:
             lost = commits_after(old, end)
-        return Failover(t_stop, t_promoted, current_timeline(new), lost)
+        return Failover(t_stop, t_down, t_promoted, current_timeline(new), lost)
 
     def rebuild_standby(self) -> None:
         """Throw the old primary away and make it the new primary's standby, same port."""
