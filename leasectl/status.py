@@ -348,7 +348,7 @@ def placed(leases: Sequence[LeaseStatus], replicas: Sequence[ReplicaStatus]) -> 
             r.id for r in live if le.name in r.preferred_for and le.name in r.campaigns_for
         )
         away = bool(preferred) and le.state == "held" and le.holder not in preferred
-        heir = next((r.id for r in plan.ranking(le.name) if r.id != le.holder), None)
+        heir = next((rid for rid in _ranking(plan, le.name) if rid != le.holder), None)
         out.append(
             replace(
                 le,
@@ -368,6 +368,12 @@ def _plan(view: tuple[placement.Replica, ...]) -> placement.Placement:
     assignment and the ranking do not depend on how long a replica has been live, so the
     view leaves ``live_for`` at 0 and stays equal from one read to the next."""
     return placement.Placement(view)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ranking(plan: placement.Placement, lease: str) -> tuple[str, ...]:
+    """``plan``'s candidates for ``lease``, best first (cached with the plan: no re-sort)."""
+    return tuple(r.id for r in plan.ranking(lease))
 
 
 def _replica(row: Sequence[Any], lease_ttl: float) -> ReplicaStatus:
