@@ -193,19 +193,20 @@ def _loops(status: ClusterStatus) -> str:
             ran, outcome, took = "–", '<span class="dim">no ledger</span>', "–"
             if lo.placement == "everywhere":
                 outcome = '<span class="dim">everywhere loops keep no ledger</span>'
-        paused_attr, paused = "", "–"
+        paused_attr, paused, flag = "", "–", ""
         if lo.paused is not None:
+            flag = ' <span class="chip paused">paused</span>'  # visible without scrolling
             p = lo.paused
             paused_attr = f' data-paused="{escape(p.reason or "paused")}"'
             paused = (
-                f'<span class="chip paused">paused</span> {escape(p.reason)} '
+                f"{escape(p.reason) or 'paused'} "
                 f'<span class="dim">by {escape(p.paused_by)}, {_age(p.age_s)} ago</span>'
             )
         wedged = (
             f'<span class="bad">{escape(", ".join(lo.wedged_on))}</span>' if lo.wedged_on else "–"
         )
         rows.append(
-            f'<tr id="loop-{escape(lo.name)}"{paused_attr}><td><b>{escape(lo.name)}</b></td>'
+            f'<tr id="loop-{escape(lo.name)}"{paused_attr}><td><b>{escape(lo.name)}</b>{flag}</td>'
             f"<td>{escape(lo.placement)}</td><td>{ran}</td><td>{outcome}</td><td>{took}</td>"
             f"<td>{_time(lo.next_fire)}</td><td>{paused}</td><td>{wedged}</td>"
             f"<td>{len(lo.replicas)}</td></tr>"
