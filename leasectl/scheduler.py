@@ -275,6 +275,10 @@ class Scheduler:
             if not state.ledger_known:
                 state.last_done = self._last_done(spec)
                 state.ledger_known = True
+                if self.control is not None:
+                    # Just acquired: re-read the pauses before a first tick here, in case
+                    # this replica missed the NOTIFY (a standby until now, or reconnecting).
+                    self.control.refresh()
             if self._control_turn(state, lease):
                 continue
             now = self.wall()
