@@ -4,6 +4,7 @@ free names the cooldowns that keep it free and when they end; event reasons are 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,3 +69,31 @@ def test_limit_rate_error_counts_events(tmp_path: Path) -> None:
     res = run_cli("config", "check", "--config", str(bad), env=cli_env())
     assert res.returncode == 2, res
     assert f"limits.smtp.rate: must be > 0, got 0.0 ({bad}:2)" in res.stderr
+
+
+def test_one_metrics_variable() -> None:
+    res = run_cli("run", env=cli_env(LEASECTL_METRICS_LISTEN="127.0.0.1:0"))
+    assert res.returncode == 2, res
+    assert "LEASECTL_METRICS_LISTEN is not read: set LEASECTL_METRICS__LISTEN" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_failed_connects_name_their_connection(tmp_path: Path) -> None:
+    import pytest
+
+    from leasectl.db import lock_connect
+    from leasectl.errors import DatabaseUnavailable
+    from leasectl.settings import DatabaseSettings
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dsn = f"host=127.0.0.1 port={port} user=x dbname=x connect_timeout=2"
+    for app, what in (
+        ("leasectl/r1/watch", "cannot open the watch connection"),
+        ("leasectl/r1/pooler-probe", "cannot open the pooler probe connection"),
+        ("leasectl/r1", "cannot open the lock connection"),
+        ("leasectl/watch", "cannot open the lock connection"),  # a replica called "watch"
+    ):
+        with pytest.raises(DatabaseUnavailable, match=what):
+            lock_connect(dsn, DatabaseSettings(), app)
