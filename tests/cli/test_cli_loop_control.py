@@ -9,15 +9,18 @@ window is as long as several ticks, so a loop that still ran would show.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from tests.cli.conftest import Cluster, kill_group, settled
-from tests.conftest import wait_until
+from tests.cli.conftest import LEASECTL, Cluster, cli_env, kill_group, run_cli, settled
+from tests.conftest import REPO, wait_until
 
 INTERVAL = 0.5
 
@@ -251,3 +254,54 @@ def test_pause_all_freezes_every_loop_and_unknown_names_are_refused(
             timeout=5,
             what="timed resume passed",
         )
+
+
+def test_pause_now_stops_a_running_tick(dsn: str, tmp_path: Path) -> None:
+    """``--now``: the running tick's ``ctx.check()`` raises; without it the tick would run
+    for 30 s. The slot is recorded ``cancelled`` (a resume may run it again)."""
+    env = cli_env(
+        LEASECTL_DSN=dsn,
+        LEASECTL_APP="tests.apps.slow_tick:app",
+        LEASECTL_SCHEDULER__SHUTDOWN_GRACE="1",
+    )
+    log = tmp_path / "slow.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [LEASECTL, "run", "--replica-id", "s1", "--metrics-listen", ""],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+        )  # fmt: skip
+    try:
+        running = wait_until(
+            lambda: query1(dsn, "SELECT tick_at FROM leasectl_ticks WHERE outcome = 'running'"),
+            timeout=60,
+            interval=0.1,
+            what="a tick of slow running",
+        )
+        asked = time.monotonic()
+        res = run_cli("loop", "pause", "slow", "--now", "--reason", "stop it", env=env)
+        assert res.returncode == 0, res.stderr
+        wait_until(
+            lambda: query1(
+                dsn,
+                "SELECT outcome FROM leasectl_ticks WHERE tick_at = %s AND outcome = 'cancelled'",
+                running,
+            ),
+            timeout=10,
+            interval=0.05,
+            what="the running tick cancelled",
+        )
+        assert time.monotonic() - asked < 10  # not the 30 s the tick would have run
+        rows = query1(dsn, "SELECT count(*) FROM leasectl_ticks WHERE outcome = 'running'")
+        assert rows == 0
+    finally:
+        kill_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        finally:
+            kill_group(proc)
+
+
+def query1(dsn: str, sql: str, *params: Any) -> Any:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        row = c.execute(sql, params or None).fetchone()  # type: ignore[arg-type]
+    return row[0] if row else None
