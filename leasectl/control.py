@@ -139,7 +139,7 @@ def resume(
             return None
         when = "" if at is None else f"at {at.isoformat()}"
         _audit(conn, name, by, "loop_resumed", when)
-    return Pause(name, datetime.now().astimezone(), row[0], row[1], age_s=float(row[2]))
+    return Pause(name, row[0], row[1], row[2], resume_at=at, age_s=float(row[3]))
 
 
 def trigger(conn: psycopg.Connection[Any], name: str, *, by: str, reason: str = "") -> int:

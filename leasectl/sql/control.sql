@@ -38,12 +38,12 @@ SET paused_by = excluded.paused_by, reason = excluded.reason, stop_now = exclude
 -- name: resume_now
 -- End a pause now; returns the row that was removed (none: it was not paused).
 DELETE FROM leasectl_loop_pauses WHERE loop = %(loop)s
-RETURNING paused_by, reason, extract(epoch FROM now() - paused_at)::float8 AS age_s
+RETURNING paused_at, paused_by, reason, extract(epoch FROM now() - paused_at)::float8 AS age_s
 
 -- name: resume_at
 -- End a pause at a given time (the row stays until then; status shows when).
 UPDATE leasectl_loop_pauses SET resume_at = %(at)s WHERE loop = %(loop)s
-RETURNING paused_by, reason, extract(epoch FROM now() - paused_at)::float8 AS age_s
+RETURNING paused_at, paused_by, reason, extract(epoch FROM now() - paused_at)::float8 AS age_s
 
 -- name: trigger
 -- Ask for one extra tick of a loop.
