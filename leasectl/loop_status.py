@@ -5,8 +5,11 @@ Part of the one read model behind ``leasectl status`` and the status page
 rows, :func:`loops` turns them and the replicas' rows into :class:`LoopStatus`.
 
 Run history is whatever the tick ledger records (leased loops only; everywhere loops keep no
-ledger). A richer ledger (issue 18: duration, error, next fire from the schedule) plugs in at
-:func:`last_runs` and the ``next_fire`` argument, without changing either view.
+ledger). The views read a loop through the attributes issue 18's run history (``LoopHistory``:
+``loop``, ``placement``, ``last`` with ``replica``/``tick_at``/``started_at``/``seconds``/
+``outcome``/``error``, ``next_fire_at``, ``wedged_on``) also has, and a loop's pause through
+:func:`pause_of` from the pause rows, so that model can replace :class:`LoopStatus` without
+changing either view.
 """
 
 from __future__ import annotations
@@ -35,19 +38,18 @@ class LastRun:
     seconds: float  # so far, while running
     error: str | None
     triggered: bool
-    age_s: float  # since it started
+    started_at: datetime
 
 
 @dataclass(frozen=True)
 class LoopStatus:
     """One loop across the cluster."""
 
-    name: str
+    loop: str
     placement: str  # leased | everywhere
     replicas: tuple[str, ...]  # live replicas that run it (leased: that may hold it)
     last: LastRun | None = None
-    next_fire: datetime | None = None  # when the schedule is known to the reader
-    paused: Pause | None = None  # its own pause, or a pause of every loop
+    next_fire_at: datetime | None = None  # when the schedule is known to the reader
     wedged_on: tuple[str, ...] = ()
 
 
@@ -66,12 +68,12 @@ class Event:
 
 def last_runs(conn: psycopg.Connection[Any], names: Sequence[str]) -> dict[str, LastRun]:
     out = {}
-    for name, tick_at, replica, epoch, outcome, secs, error, triggered, age in conn.execute(
+    for name, tick_at, replica, epoch, outcome, secs, error, triggered, started in conn.execute(
         Q["last_runs"], {"names": list(names)}
     ).fetchall():
         if tick_at is not None:
             out[name] = LastRun(
-                tick_at, replica, int(epoch), outcome, float(secs), error, bool(triggered), age
+                tick_at, replica, int(epoch), outcome, float(secs), error, bool(triggered), started
             )
     return out
 
@@ -83,17 +85,21 @@ def recent_events(conn: psycopg.Connection[Any], limit: int = 30) -> list[Event]
     ]
 
 
+def pause_of(pauses: Iterable[Pause], loop: str) -> Pause | None:
+    """The pause in force for ``loop``: its own, else a pause of every loop (ended: ignored)."""
+    active = {p.loop: p for p in pauses if not p.ended}
+    return active.get(loop) or active.get(ALL)
+
+
 def loops(
     leases: Iterable[str],
     replicas: Iterable[tuple[str, Iterable[str], Iterable[str], bool]],
-    pauses: Iterable[Pause],
     last: Mapping[str, LastRun],
     next_fire: Mapping[str, datetime] | None = None,
 ) -> list[LoopStatus]:
     """Pure: every loop a live replica runs or a lease names.
 
     :param replicas: ``(id, loops, wedged, alive)`` per replica.
-    :param pauses: the pause rows; ended ones are ignored.
     """
     leased = set(leases)
     runs: dict[str, list[str]] = {name: [] for name in leased}
@@ -105,16 +111,14 @@ def loops(
                 bucket.append(rid)
         for name in stuck:
             wedged.setdefault(name, []).append(rid)
-    active = {p.loop: p for p in pauses if not p.ended}
-    every = active.get(ALL)
+    fires = next_fire or {}
     return [
         LoopStatus(
-            name=name,
+            loop=name,
             placement="leased" if name in leased else "everywhere",
             replicas=tuple(runs[name]),  # in the replicas' order (by id)
             last=last.get(name),
-            next_fire=(next_fire or {}).get(name),
-            paused=active.get(name) or every,
+            next_fire_at=fires.get(name),
             wedged_on=tuple(wedged.get(name, ())),
         )
         for name in sorted(runs)

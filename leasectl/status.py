@@ -107,6 +107,10 @@ class ClusterStatus:
     events: list[loop_status.Event] = field(default_factory=list)  # newest first
     database: str = ""  # the DSN read from, redacted
 
+    def paused(self, loop: str) -> Pause | None:
+        """The pause in force for ``loop`` (its own or a pause of every loop), if any."""
+        return loop_status.pause_of(self.pauses, loop)
+
     def unheld(self, max_unheld: float = 0.0) -> list[LeaseStatus]:
         """Expected leases not held for longer than ``max_unheld`` seconds."""
         return [
@@ -315,7 +319,6 @@ def read_cluster(
     loops = loop_status.loops(
         [le.name for le in status.leases],
         [(r.id, r.loops, r.wedged, r.alive) for r in status.replicas],
-        pauses,
         loop_status.last_runs(conn, names),
         next_fire,
     )

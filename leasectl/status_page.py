@@ -50,7 +50,7 @@ def render_page(status: ClusterStatus, identity: Mapping[str, Any], *, refresh: 
         summary, cls = f"{len(unheld)} of {len(status.leases)} leases unheld", "bad"
     else:
         summary, cls = f"all {len(status.leases)} leases held", "ok"
-    paused = [lo.name for lo in status.loops if lo.paused is not None]
+    paused = [lo.loop for lo in status.loops if status.paused(lo.loop) is not None]
     if paused:
         summary += f"; {len(paused)} loop{'s' if len(paused) != 1 else ''} paused"
         cls = cls if cls == "bad" else "warn"
@@ -103,6 +103,10 @@ def _age(seconds: float | None) -> str:
     if seconds < 86400:
         return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
     return f"{seconds / 86400:.1f}d"
+
+
+def _since(now: datetime, then: datetime | None) -> str:
+    return _age((now - then).total_seconds()) if then is not None else "–"
 
 
 def _time(at: datetime | None) -> str:
@@ -181,22 +185,23 @@ def _loops(status: ClusterStatus) -> str:
     for lo in status.loops:
         last = lo.last
         if last is not None:
-            ran = f"{_age(last.age_s)} ago on {escape(last.replica)}"
+            ago = _since(status.taken_at, last.started_at)
+            ran = f"{ago} ago on {escape(last.replica)}"
             outcome_cls = {"ok": "ok", "running": "dim"}.get(last.outcome, "bad")
             outcome = f'<span class="{outcome_cls}">{escape(last.outcome)}</span>'
-            if last.triggered:
+            if getattr(last, "triggered", False):  # a `leasectl loop trigger` run
                 outcome += ' <span class="chip">triggered</span>'
             if last.error:
                 outcome += f' <span class="dim">{escape(redact(last.error))}</span>'
-            took = f"{last.seconds:.3f}s"
+            took = f"{last.seconds:.3f}s" if last.seconds is not None else "–"
         else:
             ran, outcome, took = "–", '<span class="dim">no ledger</span>', "–"
             if lo.placement == "everywhere":
                 outcome = '<span class="dim">everywhere loops keep no ledger</span>'
         paused_attr, paused, flag = "", "–", ""
-        if lo.paused is not None:
+        p = status.paused(lo.loop)
+        if p is not None:
             flag = ' <span class="chip paused">paused</span>'  # visible without scrolling
-            p = lo.paused
             paused_attr = f' data-paused="{escape(p.reason or "paused")}"'
             paused = (
                 f"{escape(p.reason) or 'paused'} "
@@ -206,16 +211,15 @@ def _loops(status: ClusterStatus) -> str:
             f'<span class="bad">{escape(", ".join(lo.wedged_on))}</span>' if lo.wedged_on else "–"
         )
         rows.append(
-            f'<tr id="loop-{escape(lo.name)}"{paused_attr}><td><b>{escape(lo.name)}</b>{flag}</td>'
+            f'<tr id="loop-{escape(lo.loop)}"{paused_attr}><td><b>{escape(lo.loop)}</b>{flag}</td>'
             f"<td>{escape(lo.placement)}</td><td>{ran}</td><td>{outcome}</td><td>{took}</td>"
-            f"<td>{_time(lo.next_fire)}</td><td>{paused}</td><td>{wedged}</td>"
-            f"<td>{len(lo.replicas)}</td></tr>"
+            f"<td>{_time(lo.next_fire_at)}</td><td>{paused}</td><td>{wedged}</td></tr>"
         )
     if not rows:
         return '<p class="dim">No loops registered yet.</p>'
     return (
         "<table><thead><tr><th>loop</th><th>placement</th><th>last run</th><th>outcome</th>"
-        "<th>took</th><th>next fire</th><th>paused</th><th>wedged on</th><th>replicas</th>"
+        "<th>took</th><th>next fire</th><th>paused</th><th>wedged on</th>"
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
 

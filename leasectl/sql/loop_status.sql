@@ -4,8 +4,7 @@
 -- ledger and come back empty. (Issue 18's run history adds columns here: this is the seam.)
 SELECT n.name, t.tick_at, t.replica, t.epoch, t.outcome,
        extract(epoch FROM coalesce(t.finished_at, now()) - t.started_at)::float8 AS seconds,
-       t.error, t.trigger_id IS NOT NULL AS triggered,
-       extract(epoch FROM now() - t.started_at)::float8 AS age_s
+       t.error, t.trigger_id IS NOT NULL AS triggered, t.started_at
 FROM unnest(%(names)s::text[]) AS n(name)
 LEFT JOIN LATERAL (
     SELECT * FROM leasectl_ticks k WHERE k.loop = n.name ORDER BY k.tick_at DESC LIMIT 1

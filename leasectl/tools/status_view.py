@@ -49,20 +49,25 @@ def _loops(status: st.ClusterStatus) -> Table:
         table.add_column(col, no_wrap=col == "loop")
     for lo in status.loops:
         last = lo.last
-        ran = f"{_age(last.age_s)} ago on {last.replica}" if last else "-"
+        ran = "-"
+        if last is not None and last.started_at is not None:
+            age = (status.taken_at - last.started_at).total_seconds()
+            ran = f"{_age(age)} ago on {last.replica}"
         outcome = "-"
         if last:
-            outcome = last.outcome + (" (triggered)" if last.triggered else "")
+            triggered = getattr(last, "triggered", False)  # a `leasectl loop trigger` run
+            outcome = (last.outcome or "-") + (" (triggered)" if triggered else "")
         paused = Text("-")
-        if lo.paused is not None:
-            paused = Text(f"{_age(lo.paused.age_s or None)} {lo.paused.reason}", style="yellow")
+        pause = status.paused(lo.loop)
+        if pause is not None:
+            paused = Text(f"{_age(pause.age_s or None)} {pause.reason}", style="yellow")
         table.add_row(
-            lo.name,
+            lo.loop,
             lo.placement,
             ran,
             Text(outcome, style="red" if last and last.outcome == "failed" else ""),
-            f"{last.seconds:.3f}s" if last else "-",
-            f"{lo.next_fire:%H:%M:%S}" if lo.next_fire else "-",
+            f"{last.seconds:.3f}s" if last and last.seconds is not None else "-",
+            f"{lo.next_fire_at:%H:%M:%S}" if lo.next_fire_at else "-",
             paused,
         )
     return table

@@ -108,7 +108,7 @@ def test_page_serves_the_whole_cluster_without_secrets(
     code, _, text = fetch(r1.metrics_url("/status.json"))
     data: dict[str, Any] = json.loads(text)
     assert code == 200 and data["replica"]["replica"] == "r1"
-    assert {lo["name"] for lo in data["loops"]} >= {"alpha", "beta", "everywhere"}
+    assert {lo["loop"] for lo in data["loops"]} >= {"alpha", "beta", "everywhere"}
     assert "password" not in text.lower()
 
 
