@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unit demo lint typecheck unit venv clean bench docs
+.PHONY: test test-unit demo lint typecheck unit venv clean bench docs sim-soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +21,7 @@ lint: $(STAMP)
 # leasectl/certs is a symlink to loops/: mypy checks the certificate loops under their one
 # import name, leasectl.certs (`mypy leasectl loops` would check them twice, as loops too).
 typecheck: $(STAMP)
-	$(BIN)/mypy leasectl
+	$(BIN)/mypy leasectl tests/sim tests/unit/test_lease_manager.py
 
 # The whole suite, then the 15 slowest tests (a test that grows slow shows up here first).
 test: lint typecheck
@@ -30,6 +30,13 @@ test: lint typecheck
 # The fast tier: no database, no processes (tests/unit, about 20 s; lint and typecheck first).
 test-unit: lint typecheck
 	$(BIN)/pytest -q tests/unit --durations=5
+
+# The lease protocol's simulator on many seeds (docs/testing.md): SECONDS of wall time on
+# JOBS processes, 3/10/30-replica clusters; failing seeds go to sim-failures.jsonl.
+SECONDS ?= 600
+JOBS ?= $(shell nproc)
+sim-soak: $(STAMP)
+	$(BIN)/python -m tests.sim soak --seconds $(SECONDS) --jobs $(JOBS) --out sim-failures.jsonl
 
 demo: $(STAMP)
 	$(BIN)/leasectl demo --replicas 3

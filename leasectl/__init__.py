@@ -29,7 +29,7 @@ from leasectl.errors import (
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import FENCE_SQL, Lease, LeaseEvent
 from leasectl.locks import LockSession
-from leasectl.loop import LoopSpec, TickContext
+from leasectl.loop import AsyncTickContext, LoopSpec, TickContext
 from leasectl.migrate import MigrationSource
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "App",
     "LoopSpec",
     "TickContext",
+    "AsyncTickContext",
     "MigrationSource",
     # leases
     "Lease",

@@ -57,7 +57,8 @@ DESCRIPTIONS: dict[str, str] = {
         "DSN for the lock connection only (must be direct or session-pooled); empty: same as dsn."
         " Secret: lock_dsn_env / lock_dsn_file"
     ),
-    "database.data_dir": "data directory of the embedded PostgreSQL (used when no DSN is set)",
+    "database.data_dir": "data directory of the embedded PostgreSQL (used when no DSN is set); "
+    "the default is looked for from the current folder up, as git finds .git",
     "database.pool_min_size": "connections kept open in the work pool (0: opened on demand, so "
     "an idle follower holds only its lock and watch connections)",
     "database.pool_max_size": "maximum connections of the work pool",
@@ -162,6 +163,11 @@ DESCRIPTIONS: dict[str, str] = {
         "Python package whose settings the loops: section holds (its .registry declares them)"
     ),
     "scheduler.only": "run only these loops (names); empty: every enabled loop",
+    "scheduler.ledger_retention": (
+        "seconds of run history kept in the tick ledger (leasectl_ticks); older rows are "
+        "deleted by the built-in everywhere loop ledger_retention (a loop's latest done slot "
+        "is always kept)"
+    ),
     "scheduler.error_backoff_initial": "first delay after a failed tick (seconds)",
     "scheduler.error_backoff_max": "cap of the failed-tick backoff (seconds)",
     "scheduler.wedge_grace": (
@@ -222,7 +228,14 @@ def describe(path: str, owner: type | None, loops_docs: LoopsDocs | None = None)
     parent, _, name = path.rpartition(".")
     if parent in ld.toggles:
         loop = ld.toggles[parent]
-        return f"run the {loop} loop" if name == "enabled" else f"seconds between {loop} ticks"
+        return {
+            "enabled": f"run the {loop} loop",
+            "cron": (
+                f"cron expression for {loop} instead of interval (e.g. '0 2 * * *'); "
+                "empty: every interval seconds"
+            ),
+            "tz": "IANA time zone the cron expression is read in (e.g. Europe/Berlin)",
+        }.get(name, f"seconds between {loop} ticks")
     if path in ld.toggles:
         return f"the {ld.toggles[path]} loop"
     if path == "loops":

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leasectl.schedule import check_cron, zone_info
+
 #: Field names whose values are secrets: never printed, may come from ``<name>_env`` / ``_file``.
 SECRET_FIELDS = frozenset(
     {"dsn", "lock_dsn", "password", "hmac_key", "webhook_url", "routing_key", "api_key", "kek"}
@@ -237,6 +239,11 @@ def build(
             failed = True
         else:
             kwargs[name] = converted
+    if "cron" in known and "interval" in known and data.get("cron") and "interval" in data:
+        ctx.add(
+            f"{path}.cron", "set either interval or cron, not both (remove interval to use cron)"
+        )
+        failed = True
     if failed:
         return BAD
     if base is not None and isinstance(base, cls):
@@ -414,6 +421,19 @@ def _bounds(path: str, number: Any, ctx: Problems) -> Any:
     return number
 
 
+def _check_schedule(path: str, name: str, value: str, ctx: Problems) -> Any:
+    """A loop's ``cron`` expression or ``tz`` zone, checked as the scheduler will read it."""
+    try:
+        if name == "cron":
+            check_cron(value)
+        else:
+            zone_info(value)
+    except ValueError as exc:
+        ctx.add(path, str(exc))
+        return BAD
+    return value
+
+
 def _check_dsn(path: str, value: str, ctx: Problems) -> Any:
     if not value:
         return value
@@ -428,8 +448,11 @@ def _check_dsn(path: str, value: str, ctx: Problems) -> Any:
 
 
 def _choice(path: str, value: str, ctx: Problems) -> Any:
-    if path.rpartition(".")[2] in ("dsn", "lock_dsn"):
+    name = path.rpartition(".")[2]
+    if name in ("dsn", "lock_dsn"):
         return _check_dsn(path, value, ctx)
+    if name in ("cron", "tz") and (value or name == "tz"):
+        return _check_schedule(path, name, value, ctx)
     choices = CHOICES.get(path)
     if choices is None or value in choices:
         return value

@@ -12,7 +12,7 @@ Example::
 
     app = App()
 
-    @app.loop(every=60, leased=True)
+    @app.loop(cron="0 2 * * *", tz="Europe/Berlin")   # leased: once a night, cluster-wide
     def nightly_report(ctx: TickContext) -> None:
         with ctx.transaction() as cur:        # fenced: commits only under the current epoch
             cur.execute("INSERT INTO reports (day, epoch) VALUES (current_date, %s)", (ctx.epoch,))
@@ -35,27 +35,28 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
-from leasectl import control, logs, status
+from leasectl import control, ledger, logs, status
 from leasectl.config import load_settings
 from leasectl.daemon import EXIT_FORCED, Daemon
 from leasectl.errors import ConfigError, LeasectlError
 from leasectl.failures import describe
 from leasectl.limits import Decision
-from leasectl.loop import LoopSpec, Misfire, TickContext
+from leasectl.loop import AsyncTickContext, LoopSpec, Misfire, TickContext
 from leasectl.migrate import MigrationSource
 from leasectl.settings import Settings
 
 log = logging.getLogger("leasectl.app")
 
-LoopFunction = Callable[[TickContext], None]
+LoopFunction = Callable[[TickContext], None] | Callable[[AsyncTickContext], Awaitable[None]]
+F = TypeVar("F", bound=Callable[..., Any])
 MigrationsArg = Iterable[str | Path | MigrationSource | tuple[str, str | Path]]
 
 
@@ -99,44 +100,70 @@ class App:
 
     def loop(
         self,
-        every: float | timedelta,
+        every: float | timedelta | None = None,
         *,
+        cron: str | None = None,
+        tz: str = "UTC",
         leased: bool = True,
         name: str | None = None,
         timeout: float | timedelta = 60.0,
-        run_on_start: bool = True,
+        run_on_start: bool | None = None,
         misfire: Misfire = "coalesce",
-        jitter: float = 0.1,
+        max_delay: float | timedelta | None = None,
+        catch_up: int = 10,
+        jitter: float | timedelta | None = None,
+        offset: float | timedelta = 0.0,
         description: str = "",
         preferred_holder: str | None = None,
         requires_labels: Iterable[str] = (),
-    ) -> Callable[[LoopFunction], LoopFunction]:
+    ) -> Callable[[F], F]:
         """Declare a periodic loop; the decorated function runs once per tick.
 
-        :param every: seconds (or a timedelta) between ticks. Leased loops run on UTC-aligned
-            slots recorded in the tick ledger, so a slot runs once across the cluster.
+        The function is ``def f(ctx: TickContext) -> None`` or ``async def f(ctx:
+        AsyncTickContext) -> None`` (run on the App's event-loop thread, cancelled on lease
+        loss, shutdown and timeout).
+
+        :param every: seconds (or a timedelta) between ticks; slots at ``offset + k * every``
+            after the Unix epoch (UTC). Exactly one of ``every`` and ``cron``.
+        :param cron: a cron expression (``"0 2 * * *"``, ``"0 9 * * MON-FRI"``), read in ``tz``
+            with Debian cron's DST rules.
+        :param tz: the IANA time zone of ``cron`` (``"Europe/Berlin"``); default UTC.
         :param leased: True: only on the replica holding the lease named ``name``, fenced by
-            its epoch. False: on every replica at once (the tick must be safe for that).
+            its epoch; each slot runs once across the cluster. False: on every replica.
         :param name: the loop's (and its lease's) name; default the function's name.
-        :param timeout: the tick's cooperative deadline (``ctx.check()`` raises past it).
-        :param run_on_start: run at once on start / on first acquiring the lease.
-        :param misfire: after missed slots, ``coalesce`` runs once, ``skip`` waits for the next.
-        :param jitter: fraction of ``every`` by which starts are randomly spread.
+        :param timeout: the tick's deadline (``ctx.check()`` raises past it; an async tick is
+            cancelled).
+        :param run_on_start: run the current slot at once when the ledger has no history for
+            the loop; default True for ``every``, False for ``cron``.
+        :param misfire: after missed slots, ``coalesce`` runs the latest once, ``skip`` only an
+            on-time one, ``all`` runs them in order (at most ``catch_up``).
+        :param max_delay: a slot that can only start this much after its fire time is
+            recorded as missed instead of run (default: no limit; ``skip``: max(jitter, 1 s)).
+        :param catch_up: ``misfire="all"``: at most this many missed slots are run.
+        :param jitter: seconds by which starts are randomly spread; default a tenth of
+            ``every``, at most 10 s, and 0 for ``cron``.
+        :param offset: ``every`` loops: seconds (or a timedelta) into the period at which
+            slots fall (``every=timedelta(days=1), offset=timedelta(hours=2)``: 02:00 UTC).
         :param preferred_holder: leased loops: a replica id or label (``replica.labels``)
             whose replicas hold the lease when they are live (placement ranks them first).
         :param requires_labels: leased loops: only replicas with all these labels may lead it.
+        :raises ConfigError: a bad schedule (both or neither of every/cron, a bad cron
+            expression, an unknown zone, a negative jitter) — at declaration, not at start.
         """
+        if (every is None) == (cron is None):
+            raise ConfigError("@app.loop: give exactly one of every= and cron=")
 
-        def decorate(fn: LoopFunction) -> LoopFunction:
-            self.add(
-                LoopSpec(
-                    name=name or fn.__name__,
-                    interval=_seconds(every, "every"),
+        def decorate(fn: F) -> F:
+            loop_name = name or str(getattr(fn, "__name__", "loop"))
+            try:
+                spec = LoopSpec(
+                    name=loop_name,
+                    interval=_seconds(every, "every") if every is not None else 0.0,
                     placement="leased" if leased else "everywhere",
                     run=fn,
-                    jitter=jitter,
+                    jitter=None if jitter is None else _seconds(jitter, "jitter", zero=True),
                     timeout=_seconds(timeout, "timeout"),
-                    run_on_start=run_on_start,
+                    run_on_start=(cron is None) if run_on_start is None else run_on_start,
                     misfire=misfire,
                     description=description or (fn.__doc__ or "").strip().split("\n")[0],
                     preferred_holder=preferred_holder,
@@ -145,8 +172,17 @@ class App:
                         if isinstance(requires_labels, str)
                         else tuple(requires_labels)
                     ),
+                    cron=cron,
+                    tz=tz,
+                    offset=_seconds(offset, "offset", zero=True),
+                    max_delay=None
+                    if max_delay is None
+                    else _seconds(max_delay, "max_delay", zero=True),
+                    catch_up=catch_up,
                 )
-            )
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            self.add(spec)
             return fn
 
         return decorate
@@ -254,6 +290,7 @@ class App:
             loops = [(s, c) for s, c in loops if s.placement != "leased"]
         if self.settings.limits:
             loops.append((RATE_LIMIT_GC, None))
+        loops.append((ledger.retention_loop(self.settings.scheduler.ledger_retention), None))
         return loops
 
     def _known_names(self) -> set[str]:
@@ -371,6 +408,11 @@ class App:
             if isinstance(source, MigrationSource) and source not in included:
                 included.append(source)
         return included + list(self._migrations)
+
+    @property
+    def included(self) -> list[str]:
+        """The loops packages this App includes (``include()``), in order."""
+        return list(self._included)
 
     @property
     def replica_id(self) -> str | None:
@@ -514,10 +556,10 @@ RATE_LIMIT_GC = LoopSpec(
 )
 
 
-def _seconds(value: float | timedelta, what: str) -> float:
+def _seconds(value: float | timedelta, what: str, *, zero: bool = False) -> float:
     seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if seconds <= 0:
-        raise ConfigError(f"{what} must be > 0 seconds, got {value!r}")
+    if seconds < 0 or (seconds == 0 and not zero):
+        raise ConfigError(f"{what} must be {'>=' if zero else '>'} 0 seconds, got {value!r}")
     return seconds
 
 

@@ -30,8 +30,16 @@ from leasectl import metrics, placement, status_page
 from leasectl._version import __version__
 from leasectl.config import redact_dsn
 from leasectl.control import LoopControl
-from leasectl.db import configured_dsn, make_pool, resolve_dsn, resolve_lock_dsn
+from leasectl.db import (
+    configured_dsn,
+    make_async_pool,
+    make_pool,
+    resolve_dsn,
+    resolve_lock_dsn,
+)
+from leasectl.embedded import locate_data_dir
 from leasectl.errors import DatabaseUnavailable
+from leasectl.event_loop import EventLoopThread
 from leasectl.httpserver import HttpEndpoint
 from leasectl.lease_manager import LeaseManager, make_replica_id
 from leasectl.leases import LeaseEvent
@@ -107,6 +115,7 @@ class Daemon:
         self.limiter: RateLimiter | None = None
         self.control: LoopControl | None = None
         self._dsn = ""
+        self.event_loop: EventLoopThread | None = None  # only with async loops
 
     @property
     def pool(self) -> Any:
@@ -140,12 +149,10 @@ class Daemon:
         pool = self._pool
         if pool is None or not self.migrated:
             raise DatabaseUnavailable("the replica is starting: not migrated yet")
-        leased = {sp.name: sp.interval for sp in self.specs if sp.placement == "leased"}
+        leased = sorted(sp.name for sp in self.specs if sp.placement == "leased")
         try:
             with pool.connection(timeout=5.0) as conn:
-                return read_cluster(
-                    conn, self.settings, expected=sorted(leased), intervals=leased, dsn=self._dsn
-                )
+                return read_cluster(conn, self.settings, expected=leased, dsn=self._dsn)
         except (psycopg.Error, PoolTimeout) as exc:
             raise DatabaseUnavailable(f"cannot read the cluster status: {exc}") from exc
 
@@ -236,6 +243,12 @@ class Daemon:
             leased = [sp.name for sp in self.specs if sp.placement == "leased"]
             self._pool = make_pool(dsn, s.database, f"leasectl-work/{self.replica_id}")
             self.limiter = RateLimiter(self._pool, s.limits)
+            if any(sp.is_async for sp in self.specs):
+                work_name = f"leasectl-work/{self.replica_id}"
+                self.event_loop = EventLoopThread(
+                    lambda: make_async_pool(dsn, s.database, work_name)
+                )
+                self.event_loop.start()
             self.manager = LeaseManager(
                 self.replica_id,
                 leased,
@@ -268,6 +281,7 @@ class Daemon:
                 lease_manager=self.manager if self.may_lead else None,
                 limiter=self.limiter,
                 control=self.control,
+                event_loop=self.event_loop,
             )
             self.scheduler.start()
         except BaseException:
@@ -296,7 +310,7 @@ class Daemon:
                 "leasectl on one machine, runs with fsync off, and no replica on another host "
                 "can see it. Set database.dsn / LEASECTL_DSN for a cluster; stop the embedded "
                 "server with `leasectl embedded stop`.",
-                self.settings.database.data_dir,
+                locate_data_dir(self.settings.database.data_dir),
                 redact_dsn(dsn),
                 extra={"action": "database_embedded", "replica": self.replica_id},
             )
@@ -434,5 +448,7 @@ class Daemon:
             self.control.stop()
         if self.http is not None:
             self.http.stop()
+        if self.event_loop is not None:
+            self.event_loop.stop()
         if self._pool is not None:
             self._pool.close()

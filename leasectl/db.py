@@ -20,9 +20,9 @@ from typing import Any, Self, TypeVar
 import psycopg
 from psycopg import conninfo
 from psycopg.abc import Params, PQGen, Query
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from leasectl.embedded import EmbeddedPostgres
+from leasectl.embedded import EmbeddedPostgres, locate_data_dir
 from leasectl.errors import DatabaseUnavailable
 from leasectl.settings import DatabaseSettings
 
@@ -38,7 +38,7 @@ def configured_dsn(db: DatabaseSettings) -> str | None:
 
 def resolve_dsn(db: DatabaseSettings) -> str:
     """The configured DSN, ``$LEASECTL_DSN``, or the embedded server's."""
-    return configured_dsn(db) or EmbeddedPostgres(db.data_dir).dsn()
+    return configured_dsn(db) or EmbeddedPostgres(locate_data_dir(db.data_dir)).dsn()
 
 
 def resolve_lock_dsn(db: DatabaseSettings, work_dsn: str) -> str:
@@ -247,4 +247,41 @@ def make_pool(
         reconnect_timeout=3600.0,
     )
     pool.open(wait=open_wait, timeout=max(10.0, db.connect_timeout * 2))
+    return pool
+
+
+async def make_async_pool(
+    dsn: str, db: DatabaseSettings, application_name: str
+) -> AsyncConnectionPool:
+    """The async work pool of ``async def`` loops, opened on the running event loop.
+
+    Configured like :func:`make_pool` (idle-in-transaction timeout, no standby, no prepared
+    statements behind a pooler), sized like it, and only made when an App has async loops.
+    """
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.set_autocommit(True)
+        cur = await conn.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, false), "
+            "pg_is_in_recovery(), pg_backend_pid()",
+            (str(db.work_idle_in_transaction_timeout_ms),),
+        )
+        row = await cur.fetchone()
+        if row is not None and row[1]:
+            raise DatabaseUnavailable("work connection reached a server in recovery (a standby)")
+        if row is not None and row[2] != conn.info.backend_pid:
+            conn.prepare_threshold = None
+        await conn.set_autocommit(False)
+
+    pool = AsyncConnectionPool(
+        dsn,
+        min_size=db.pool_min_size,
+        max_size=db.pool_max_size,
+        kwargs=connect_kwargs(dsn, db, application_name),
+        configure=configure,
+        open=False,
+        name=application_name,
+        reconnect_timeout=3600.0,
+    )
+    await pool.open(wait=True, timeout=max(10.0, db.connect_timeout * 2))
     return pool

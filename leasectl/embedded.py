@@ -34,6 +34,30 @@ DEFAULT_DATA_DIR = Path(".leasectl/pgdata")
 _CONF_MARKER = "# --- leasectl embedded settings ---"
 
 
+#: What marks a project's root folder, where a first DSN-less start puts ``.leasectl/pgdata``.
+PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
+
+
+def locate_data_dir(data_dir: Path | str, cwd: Path | None = None) -> Path:
+    """The embedded server's data directory as every command finds it, from any folder of a
+    project: the default (``.leasectl/pgdata``) names the project's one server, like git finds
+    ``.git``: the nearest ``.leasectl/pgdata`` from ``cwd`` up, else one in the nearest folder
+    up with a ``pyproject.toml``, ``setup.py``, ``setup.cfg`` or ``.git``, else in ``cwd``.
+    Any other value (``database.data_dir``, ``--data-dir``) is taken as it is."""
+    path = Path(data_dir).expanduser()
+    here = (cwd or Path.cwd()).resolve()
+    if path != DEFAULT_DATA_DIR:
+        return (here / path).resolve()
+    folders = [here, *here.parents]
+    for folder in folders:
+        if (folder / DEFAULT_DATA_DIR).is_dir():
+            return folder / DEFAULT_DATA_DIR
+    for folder in folders:
+        if any((folder / marker).exists() for marker in PROJECT_MARKERS):
+            return folder / DEFAULT_DATA_DIR
+    return here / DEFAULT_DATA_DIR
+
+
 def bin_dir() -> Path:
     """Directory of the wheel's ``initdb``/``pg_ctl``/``postgres``."""
     with warnings.catch_warnings():

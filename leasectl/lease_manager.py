@@ -38,12 +38,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
-import select
 import socket
 import threading
-import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,15 +59,19 @@ from leasectl.errors import (
 from leasectl.keys import KeyRegistry
 from leasectl.leases import Clock, Lease, LeaseEvent
 from leasectl.locks import (
+    REGISTER_LIVE_S,
     Drain,
     LeaseSession,
     LockSession,
+    PeerWatch,
     WatchSession,
     notify_control,
     request_drain,
 )
+from leasectl.runtime import DEFAULT as DEFAULT_RUNTIME
+from leasectl.runtime import Joinable, Runtime
 from leasectl.settings import CoreSettings
-from leasectl.standby import StandbySession, StandbyView
+from leasectl.standby import StandbyPoll, StandbySession, StandbyView
 
 log = logging.getLogger("leasectl.leases")
 
@@ -89,47 +89,6 @@ STANDBY_APPLICATION_NAME = "leasectl-standby"
 #: re-issued. It bounds what the wait can cost others (a snapshot held, a CREATE INDEX
 #: CONCURRENTLY kept waiting) and costs one statement per period: 0.5 statements/s.
 WATCH_LOCK_TIMEOUT = 2.0
-
-
-class Waker:
-    """A self-pipe: :meth:`wake` (any thread) makes :attr:`fd` readable until :meth:`drain`.
-
-    The manager thread selects on it together with the lock connection's socket, so commands
-    and stop requests end its wait at once instead of at the next poll.
-    """
-
-    def __init__(self) -> None:
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
-        # Closed when the owner is collected, never earlier: a late wake() from another
-        # thread must not write into a descriptor number the process has reused meanwhile.
-        self._close = weakref.finalize(self, _close_fds, self._r, self._w)
-
-    @property
-    def fd(self) -> int:
-        return self._r
-
-    def wake(self) -> None:
-        try:
-            os.write(self._w, b"!")
-        except (BlockingIOError, OSError):
-            pass  # full (already readable) or closed at exit: either way nothing to add
-
-    def drain(self) -> None:
-        try:
-            while os.read(self._r, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
-
-def _close_fds(*fds: int) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 def make_replica_id(configured: str | None = None) -> str:
@@ -176,28 +135,34 @@ class LeaseManager:
         lock_dsn: str | None = None,
         may_lead: bool = True,
         loops: Iterable[str] = (),
-        clock: Clock = time.monotonic,
+        clock: Clock | None = None,
         check_pooler: bool = True,
         session_factory: Callable[[], LeaseSession] | None = None,
         labels: Iterable[str] = (),
         policies: Mapping[str, placement.LeasePolicy] | None = None,
-        watch_factory: Callable[[], WatchSession] | None = None,
+        watch_factory: Callable[[], PeerWatch] | None = None,
+        standby_factory: Callable[[], StandbyPoll] | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
         """``session_factory`` opens the lock connection; the default is
         :meth:`LockSession.connect` with these settings (tests pass an in-memory one).
         ``labels``: this replica's ``replica.labels``; ``policies``: each lease's placement
         wishes as its loop declares them (``leases.loops`` in ``settings`` overrides them).
-        A lease whose ``requires_labels`` this replica lacks is never campaigned for."""
+        A lease whose ``requires_labels`` this replica lacks is never campaigned for.
+        ``runtime``: threads, time, randomness and identity (:mod:`leasectl.runtime`; the
+        simulator passes its own); ``clock`` defaults to the runtime's."""
+        self.runtime: Runtime = runtime or DEFAULT_RUNTIME
         self.replica_id = replica_id
         self.settings = settings
         self.dsn = dsn
         self.lock_dsn = lock_dsn or dsn
         self.may_lead = may_lead
         self.loops = list(loops)
-        self.clock = clock
+        self.clock: Clock = clock or self.runtime.clock
         self.check_pooler = check_pooler
         self._session_factory = session_factory or self._open_lock_session
         self._watch_factory = watch_factory or self._open_watch_session
+        self._standby_factory = standby_factory or self._open_standby
         self.registry = KeyRegistry()
         self.labels = tuple(labels)
         self.spread = settings.leases.placement == "spread"
@@ -238,15 +203,15 @@ class LeaseManager:
         self._plan_key: tuple[int, tuple[str, ...]] | None = None
         self._holds_liveness = False  # this lock session holds the replica's liveness lock
         # the watch thread: which peer to watch, and the session it is waiting on now
-        self._watch_cv = threading.Condition()
+        self._watch_cv = self.runtime.condition()
         self._watch_for: str | None = None
         self._watch_gen = 0  # bumped with every new target or view
         self._watch_skip: tuple[str, int] | None = None  # (peer, gen): its lock was free
-        self._watching: WatchSession | None = None
-        self._watch_thread: threading.Thread | None = None
-        self._waker = Waker()
+        self._watching: PeerWatch | None = None
+        self._watch_thread: Joinable | None = None
+        self._waker = self.runtime.waker()
         # pooled standby: the connection through the work DSN, and what the last look found
-        self._standby: StandbySession | None = None
+        self._standby: StandbyPoll | None = None
         self._want_direct = False  # the standby phase found a reason for a lock session
         self._holders: dict[str, str | None] = {}  # lease -> holder (None: free), last seen
         self._view_hash = ""  # the live view's fingerprint as the last standby poll saw it
@@ -261,13 +226,13 @@ class LeaseManager:
         self._state = _State()
         self._lock = threading.RLock()
         self._listeners: list[Callable[[LeaseEvent], None]] = []
-        self._stop = threading.Event()
+        self._stop = self.runtime.event()
         self._release_on_stop = True
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stopped = self.runtime.event()
+        self._thread: Joinable | None = None
         self._session: LeaseSession | None = None
         self._commands: list[Callable[[LeaseSession], None]] = []
-        self.connected = threading.Event()
+        self.connected = self.runtime.event()
         self.fatal: BaseException | None = None
         self.d_srv: float | None = None
         self.last_heartbeat_ok: float | None = None
@@ -296,13 +261,9 @@ class LeaseManager:
             self._standby_start()
         else:
             self._session = self._connect()
-        self._thread = threading.Thread(target=self._run, name="leasectl-leases", daemon=True)
-        self._thread.start()
+        self._thread = self.runtime.spawn(self._run, "leasectl-leases")
         if self.spread and self.may_lead and not self.pooled:
-            self._watch_thread = threading.Thread(
-                target=self._watch_run, name="leasectl-watch", daemon=True
-            )
-            self._watch_thread.start()
+            self._watch_thread = self.runtime.spawn(self._watch_run, "leasectl-watch")
 
     def stop(self, *, release: bool = True, timeout: float = 10.0) -> None:
         """Stop campaigning; release held leases with NOTIFY (graceful hand-over).
@@ -331,14 +292,14 @@ class LeaseManager:
 
     def wait_for(self, name: str, timeout: float) -> Lease:
         """Block until ``name`` is held by this replica (tests and tools)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        deadline = self.runtime.clock() + timeout
+        while self.runtime.clock() < deadline:
             lease = self.lease(name)
             if lease is not None:
                 return lease
             if self.fatal is not None:
                 raise self.fatal
-            time.sleep(0.01)
+            self.runtime.sleep(0.01)
         raise LeaseTimeout(name, timeout)
 
     def step_down(self, name: str, cooldown: float | None = None) -> None:
@@ -363,7 +324,10 @@ class LeaseManager:
         """
 
         def command(session: LeaseSession) -> None:
-            self._release(session, [name], reason)
+            to = (
+                None if self.runtime.planted("wedge_release_names_nobody") else self._receiver(name)
+            )
+            self._release(session, [name], reason, to=to)
 
         with self._lock:
             self._state.suspended.add(name)  # at once: no campaign may take it back meanwhile
@@ -450,9 +414,7 @@ class LeaseManager:
             session.listen()
             session.listen_control()
             candidacy = self._candidacy()
-            drain = session.register_replica(
-                self.replica_id, **self._identity(candidacy), declared_leases=self.declared
-            )
+            drain = self._register(session, candidacy)
             if drain is not None:
                 self._drain(drain)
                 candidacy = self._candidacy()
@@ -466,6 +428,23 @@ class LeaseManager:
             raise
         self.connected.set()
         return session
+
+    def _register(self, session: LeaseSession, candidacy: list[str]) -> Drain | None:
+        """Take this replica's row; returns a drain asked of it meanwhile (None: none).
+
+        A crashed predecessor's session can outlive it by a moment (or until D_srv after a
+        partition, while it no longer heartbeats): retry until it is gone or silent for
+        ``REGISTER_LIVE_S``; a live duplicate keeps heartbeating and is refused.
+        """
+        deadline = self.clock() + REGISTER_LIVE_S + 1.0
+        ident = self._identity(candidacy)
+        while (
+            got := session.register_replica(self.replica_id, **ident, declared_leases=self.declared)
+        ) is None:
+            if self.clock() >= deadline:
+                raise session.refused(self.replica_id)
+            self._stop.wait(0.2)
+        return got.drain
 
     def _check_lock_session(self, session: LeaseSession) -> None:
         """The safety inequality on the lock session's TCP settings as read back, and a
@@ -518,7 +497,7 @@ class LeaseManager:
                             exc,
                             extra={"action": "reconnect_wait", "replica": self.replica_id},
                         )
-                        self._stop.wait(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+                        self._stop.wait(backoff * self.runtime.uniform(0.8, 1.2))
                         backoff = min(backoff * 2, self.settings.leases.reconnect_max_backoff)
                         self._want_direct = False  # pooled: look again before retrying
                         continue
@@ -563,7 +542,7 @@ class LeaseManager:
         while not self._stop.is_set():
             self._run_commands(session)
             now = self.clock()
-            self._expire(now)
+            self._expire(session, now)
             # Heartbeat and campaign share a wake-up when their deadlines are within the
             # campaign's own jitter of each other (either may run that much early): an idle
             # replica then wakes once a second, not twice (each wake-up costs about 1 ms of CPU).
@@ -581,7 +560,7 @@ class LeaseManager:
             if now >= next_campaign or (beat and next_campaign - now <= slack):
                 self._publish_candidacy(session)
                 due = self._campaign(session)
-                jitter = random.uniform(1 - ls.acquire_jitter, 1 + ls.acquire_jitter)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+                jitter = self.runtime.uniform(1 - ls.acquire_jitter, 1 + ls.acquire_jitter)
                 next_campaign = self.clock() + period * jitter
                 if due is not None:  # a watched free lease becomes this replica's turn
                     next_campaign = min(next_campaign, due)
@@ -651,6 +630,30 @@ class LeaseManager:
             for name in names:
                 self._state.reserved[name] = (target, until)
 
+    def _receiver(self, name: str) -> str | None:
+        """Who should take ``name`` once this replica gives it up (spread placement): the
+        best-ranked live candidate other than this replica (None: nobody, or pack)."""
+        if not self.spread or self._replicas is None:
+            return None
+        ranking = [r.id for r in self._placement().ranking(name) if r.id != self.replica_id]
+        return ranking[0] if ranking else None
+
+    def _end_reservations(self, receiver: str, names: Iterable[str] | None = None) -> bool:
+        """A reservation ends when its receiver took the lease or is gone: honouring it any
+        longer only delays the next candidate (a receiver killed right after it acquired
+        kept every peer away for the whole reservation). True if one ended."""
+        if self.runtime.planted("reservation_outlives_receiver"):
+            return False
+        with self._lock:
+            ended = [
+                n
+                for n, (target, _) in self._state.reserved.items()
+                if target == receiver and (names is None or n in names)
+            ]
+            for n in ended:
+                del self._state.reserved[n]
+        return bool(ended)
+
     def _replica_gone(self, gone: object) -> bool:
         """A peer's lock session ended (its watcher said so) or it is stopping (it said so).
 
@@ -660,6 +663,7 @@ class LeaseManager:
         if not isinstance(gone, str) or gone == self.replica_id:
             return False
         self._drop_from_view(gone)
+        self._end_reservations(gone)
         now, ttl = self.clock(), self.settings.leases.lease_ttl
         # Pooled standbys repeat a crash at every poll until its lease is taken (or lease_ttl
         # has passed): the first word campaigns, the repeats change nothing.
@@ -688,12 +692,20 @@ class LeaseManager:
         for command in commands:
             command(session)
 
-    def _expire(self, now: float) -> None:
-        """Self-fence leases whose validity ran out (heartbeats failing or stuck)."""
+    def _expire(self, session: LeaseSession, now: float) -> None:
+        """Self-fence leases whose validity ran out (heartbeats failing or stuck).
+
+        Then give their locks back: the session may well still hold them (the process was
+        stopped, or its heartbeats were slow, not lost), and the next campaign's try-lock
+        would otherwise stack a second, re-entrant grant on top (one release later the lock
+        would still be held, and the lease stuck here for as long as the session lives).
+        """
         with self._lock:
             expired = [lease for lease in self._state.held.values() if not lease.valid()]
         for lease in expired:
             self._drop(lease, "ttl_expired")
+        if expired and not self.runtime.planted("expired_lock_kept"):
+            session.release([lease.name for lease in expired])
 
     def _heartbeat(self, session: LeaseSession) -> None:
         with self._lock:
@@ -787,14 +799,19 @@ class LeaseManager:
                     r.holder_gone,
                     extra={"action": "lease_free", "replica": self.replica_id},
                 )
+            if r.holder_pid is not None and r.row_holder and r.row_pid == r.holder_pid:
+                self._end_reservations(r.row_holder, [r.name])  # the receiver took it
             if r.holder_gone and r.row_holder and not r.got:
                 # Free, never released, and its holder's lock session is gone: it crashed. Drop
                 # it from the view now (as a watcher's replica_gone would): the lease's next
                 # candidate is rank 0 at once instead of after a heartbeat and a placement step.
                 gone = self._drop_from_view(r.row_holder) or gone
+                gone = self._end_reservations(r.row_holder) or gone
         if gone:
             delays = self._try_delays(watched)
-        due = [free_since[n] + delays[n] for n in watched if n in free_since]
+        with self._lock:  # the rows above may have ended a reservation
+            reserved = {n: r for n, r in self._state.reserved.items() if r[1] > now}
+        due = [free_since[n] + delays[n] for n in watched if n in free_since and n not in reserved]
         due += [reserved[n][1] for n in watched if n in reserved]
         threshold = self.settings.leases.lease_ttl + self.settings.leases.eviction_grace
         for name, ok, age, holder_pid, row_pid, row_holder, _gone in rows:
@@ -821,8 +838,8 @@ class LeaseManager:
         """What this replica publishes in its row, as its lock session registers it and as a
         standby's poll stamps it: the same fields both ways."""
         return {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
+            "host": self.runtime.host,
+            "pid": self.runtime.pid,
             "version": __version__,
             "may_lead": self.may_lead,
             "loops": self.loops,
@@ -909,7 +926,7 @@ class LeaseManager:
                 "database.dsn and the direct server in database.lock_dsn",
                 extra={"action": "config_warning", "replica": self.replica_id},
             )
-        self._standby = self._open_standby()
+        self._standby = self._standby_factory()
         try:
             collision = self._standby.key_collision(self.wanted) if self.wanted else None
             if collision is not None:
@@ -952,7 +969,7 @@ class LeaseManager:
         self._published = candidacy
         now = self.clock()
         if want:
-            jitter = random.uniform(0.5, 1.5)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+            jitter = self.runtime.uniform(0.5, 1.5)
             self._view_due = now + _VIEW_REFRESH * jitter
         if found.replicas is not None:
             self._set_view(found.replicas)
@@ -1032,7 +1049,7 @@ class LeaseManager:
                 return
             try:
                 if self._standby is None:
-                    self._standby = self._open_standby()
+                    self._standby = self._standby_factory()
                 found = self._look()
                 backoff = 0.1
             except DatabaseUnavailable as exc:
@@ -1046,7 +1063,7 @@ class LeaseManager:
                 if self._standby is not None:
                     self._standby.close()
                     self._standby = None
-                self._stop.wait(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+                self._stop.wait(backoff * self.runtime.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, ls.reconnect_max_backoff)
                 continue
             if found is None:  # our id, taken over meanwhile by a live process
@@ -1072,8 +1089,8 @@ class LeaseManager:
             self._waker.drain()
             if self._commands or self._stop.is_set():
                 continue
-            jitter = random.uniform(1 - ls.acquire_jitter, 1 + ls.acquire_jitter)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
-            select.select([self._waker.fd], [], [], ls.heartbeat_interval * jitter)
+            jitter = self.runtime.uniform(1 - ls.acquire_jitter, 1 + ls.acquire_jitter)
+            self._waker.wait(ls.heartbeat_interval * jitter)
 
     def _direct_reason(self) -> str | None:
         """Why this replica needs its lock session now (None: it may be a standby)."""
@@ -1170,7 +1187,7 @@ class LeaseManager:
             # Waiting on the old peer: re-aim now, not after lock_timeout. Off this thread:
             # cancel_safe opens a connection to the server, and the caller (the manager
             # thread, handling a peer's replica_gone) is about to campaign for its leases.
-            threading.Thread(target=busy.cancel, name="leasectl-watch-cancel", daemon=True).start()
+            self.runtime.spawn(busy.cancel, "leasectl-watch-cancel")
 
     def _stop_watching(self) -> None:
         with self._watch_cv:
@@ -1185,7 +1202,7 @@ class LeaseManager:
         every lock_timeout; the server wakes it when the peer's session ends, and the same
         statement tells every replica (``replica_gone``)."""
         backoff = 0.1
-        watch: WatchSession | None = None
+        watch: PeerWatch | None = None
         try:
             while not self._stop.is_set() and not self._stopped.is_set():
                 with self._watch_cv:
@@ -1213,7 +1230,7 @@ class LeaseManager:
                             str(exc).splitlines()[0],
                             extra={"action": "watch_reconnect", "replica": self.replica_id},
                         )
-                        self._stop.wait(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+                        self._stop.wait(backoff * self.runtime.uniform(0.8, 1.2))
                         backoff = min(backoff * 2, self.settings.leases.reconnect_max_backoff)
                         continue
                 with self._watch_cv:
@@ -1316,16 +1333,7 @@ class LeaseManager:
             return
         for target in sorted(set(ready.values())):
             names = sorted(n for n, t in ready.items() if t == target)
-            # Name the receiver first (its NOTIFY is delivered before the release's): it tries
-            # at once and everyone else, this replica included, stays away for a while, so
-            # the lease moves once even while the replicas' views of each other still differ.
-            session.announce(
-                json.dumps(
-                    {"action": "hand_over", "leases": names, "to": target, "from": self.replica_id}
-                )
-            )
-            self._reserve(names, target)
-            self._release(session, names, f"rebalance: to {target}")
+            self._release(session, names, f"rebalance: to {target}", to=target)
         with self._lock:
             for name in ready:
                 self._state.handing_over.pop(name, None)
@@ -1359,6 +1367,7 @@ class LeaseManager:
                 self._state.held[name] = lease
                 self._state.acquired_at[name] = self.clock()
                 self._state.free_since.pop(name, None)
+                self._state.reserved.pop(name, None)
             log.info(
                 "lease %s acquired (epoch %s)",
                 name,
@@ -1402,8 +1411,24 @@ class LeaseManager:
         self._emit(LeaseEvent("evicted", name, None, f"holder {holder}"))
 
     def _release(
-        self, session: LeaseSession, names: list[str], reason: str, *, leaving: bool = False
+        self,
+        session: LeaseSession,
+        names: list[str],
+        reason: str,
+        *,
+        leaving: bool = False,
+        to: str | None = None,
     ) -> None:
+        """Release held leases (record, unlock, NOTIFY: one round trip).
+
+        ``to``: the receiver (a rebalance's better replica, a wedged tick's next candidate).
+        The ``hand_over`` control message naming it goes in the same round trip, ahead of
+        the release's NOTIFY: the receiver tries at once and everyone else, this replica
+        included, stays away for a while (:meth:`_reserve`), so the lease moves once even
+        while the replicas' views of each other still differ. Sent with the release, not a
+        round trip before it, the reservation cannot run out while a slow release is still
+        on its way (a third replica then took the lease, which moved again).
+        """
         with self._lock:
             leases = [self._state.held.pop(n) for n in names if n in self._state.held]
         if not leases:
@@ -1412,13 +1437,22 @@ class LeaseManager:
             return
         for lease in leases:
             lease._lose(reason)  # stop believing before the lock is gone
+        released = [lease.name for lease in leases]
+        announce = None
+        if to is not None:
+            announce = json.dumps(
+                {"action": "hand_over", "leases": released, "to": to, "from": self.replica_id}
+            )
         session.hand_over(
-            [lease.name for lease in leases],
+            released,
             [lease.epoch for lease in leases],
             self.replica_id,
             reason,
             leaving=leaving,
+            announce=announce,
         )
+        if to is not None:
+            self._reserve(released, to)
         for lease in leases:
             log.info(
                 "lease %s released (epoch %s): %s",

@@ -124,6 +124,14 @@ class Lease:
             now = cur.execute(Q["current_epoch"], self.fence_params()).fetchone()
             raise FencingRejected(self.name, self.epoch, now[0] if now else None)
 
+    async def guard_async(self, cur: psycopg.AsyncCursor[Any]) -> None:
+        """:meth:`guard` for an async cursor: the same check, the same statements."""
+        self.check()
+        row = await (await cur.execute(Q["fence"], self.fence_params())).fetchone()
+        if not (row and row[0]):
+            now = await (await cur.execute(Q["current_epoch"], self.fence_params())).fetchone()
+            raise FencingRejected(self.name, self.epoch, now[0] if now else None)
+
     def fence_params(self) -> dict[str, Any]:
         """Parameters for SQL that embeds :data:`FENCE_SQL` in its own WHERE clause."""
         return {"lease_name": self.name, "lease_epoch": self.epoch}

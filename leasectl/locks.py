@@ -94,6 +94,18 @@ class Drain(NamedTuple):
     cooldown: float | None
 
 
+class Registered(NamedTuple):
+    """A lock session's replica row taken (``register_replica``), with a drain asked of this
+    process while it had no lock session (None: none)."""
+
+    drain: Drain | None
+
+
+#: How recently a replica id's other process must have heartbeated to keep its id: a lock
+#: session registering retries for this long (+1 s) before it reports the id as in use.
+REGISTER_LIVE_S = 5.0
+
+
 @dataclass(frozen=True)
 class Holder:
     """The backend holding a lock, from ``pg_locks`` joined with ``pg_stat_activity``."""
@@ -187,7 +199,8 @@ class LeaseSession(Protocol):
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
         declared_leases: Sequence[str] = (),
-    ) -> Drain | None: ...
+    ) -> Registered | None: ...
+    def refused(self, replica: str) -> ConfigError: ...
     def replica_candidacy(
         self, replica: str, campaigns_for: Sequence[str], preferred_for: Sequence[str]
     ) -> None: ...
@@ -216,9 +229,19 @@ class LeaseSession(Protocol):
         reason: str,
         *,
         leaving: bool = False,
+        announce: str | None = None,
     ) -> set[str]: ...
     def release(self, names: Iterable[str], *, notify: bool = True) -> set[str]: ...
     def evict(self, lease: str, pid: int, *, replica: str, reason: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class PeerWatch(Protocol):
+    """The watch connection as the lease manager uses it (:class:`WatchSession` is the real
+    one; the simulator has its own)."""
+
+    def watch(self, replica: str, why: str = "session_ended") -> bool | None: ...
+    def cancel(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -528,16 +551,18 @@ class LockSession:
         labels: Sequence[str] = (),
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
-        live_s: float = 5.0,
+        live_s: float = REGISTER_LIVE_S,
         declared_leases: Sequence[str] = (),
-    ) -> Drain | None:
+    ) -> Registered | None:
         """Announce this replica (and this lock session's backend pid) in ``leasectl_replicas``,
         with what placement ranks it by (its labels and the leases it campaigns for) and the
-        leases its App declares (what ``leasectl status`` expects); returns a ``step-down
-        --replica`` asked of this process while it had no lock session.
+        leases its App declares (what ``leasectl status`` expects); the answer carries a
+        ``step-down --replica`` asked of this process while it had no lock session.
 
-        :raises ConfigError: the id belongs to another process that is live (its lock
-            session exists and it heartbeated within ``live_s``, the default lease_ttl).
+        One attempt: None when the id belongs to another process that is live (its lock
+        session exists and it heartbeated within ``live_s``). The caller retries for a while
+        (a crashed predecessor's session can outlive it by a moment) and then reports
+        :meth:`refused`; the lease manager does, on its runtime.
         """
         params = {
             "id": replica,
@@ -552,17 +577,21 @@ class LockSession:
             "live_s": live_s,
             "declared_leases": list(declared_leases),
         }
-        # A crashed predecessor's session can outlive it by a moment (or until D_srv after a
-        # partition, while it no longer heartbeats): retry until it is gone or silent for
-        # live_s; a live duplicate keeps heartbeating and is refused.
-        deadline = time.monotonic() + live_s + 1.0
-        while (got := self._exec(L["register_replica"], params).fetchone()) is None:
-            if time.monotonic() >= deadline:
-                row = self._exec(L["replica_row"], {"id": replica}).fetchone()
-                raise id_in_use(replica, row)
-            time.sleep(0.2)
+        got = self._exec(L["register_replica"], params).fetchone()
+        if got is None:
+            return None
         _, drain_age, drain_cooldown = got
-        return Drain(float(drain_age), drain_cooldown) if drain_age is not None else None
+        drain = Drain(float(drain_age), drain_cooldown) if drain_age is not None else None
+        return Registered(drain)
+
+    def refused(self, replica: str) -> ConfigError:
+        """The error for an id another live replica uses (after :meth:`register_replica`
+        kept returning None)."""
+        try:
+            row = self._exec(L["replica_row"], {"id": replica}).fetchone()
+        except DatabaseUnavailable:
+            row = None
+        return id_in_use(replica, row)
 
     def replica_candidacy(
         self, replica: str, campaigns_for: Sequence[str], preferred_for: Sequence[str]
@@ -676,13 +705,16 @@ class LockSession:
         reason: str,
         *,
         leaving: bool = False,
+        announce: str | None = None,
     ) -> set[str]:
         """Release held leases gracefully: record it, unlock, NOTIFY; one round trip.
 
         ``leaving``: the replica is stopping; the unlock then also marks it stopped and
         NOTIFYs ``replica_gone`` in the same transaction (``release_leaving``), so peers read
         "gone" and the releases in one batch and the next candidate of each lease takes it in
-        its first campaign.
+        its first campaign. ``announce``: a control message (a hand-over naming its
+        receiver) sent in the same pipeline, committed before the unlock, so every peer reads
+        it before the release's NOTIFY.
         """
         names = list(names)
         if not names:
@@ -694,6 +726,8 @@ class LockSession:
         try:
             with self.conn.pipeline():
                 self.conn.execute(L["record_release"], record)
+                if announce is not None:
+                    self.conn.execute(L["notify_control"], {"payload": announce})
                 if leaving:
                     gone = {"id": replica, "payload": gone_payload(replica, "stop")}
                     released = self.conn.execute(L["release_leaving"], {**unlock, **gone})

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 #: Outcomes of ``leasectl_loop_ticks_total`` (the scheduler's tick results).
-TICK_OUTCOMES: tuple[str, ...] = ("ok", "failed", "lost", "cancelled", "skipped")
+TICK_OUTCOMES: tuple[str, ...] = ("ok", "failed", "lost", "cancelled", "skipped", "missed")
 
 #: Reason classes a free-text lease reason collapses to (:func:`reason_class`), in match order.
 REASON_CLASSES: tuple[str, ...] = (

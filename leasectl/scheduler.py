@@ -1,21 +1,27 @@
 """The scheduler: one thread per loop, leased loops only while their lease is held.
 
-Leased loops run on UTC-aligned slots (``floor(now / interval) * interval``) so every replica
-agrees on slot boundaries, and each tick first claims its slot in ``leasectl_ticks`` with
-the fence check. A slot therefore runs at most once even in a split brain, and after a
-restart or failover the ledger says whether the current slot still needs running:
-``coalesce`` runs it once for all missed slots, ``skip`` runs it only if it is still on time.
+A loop's fire times come from its :mod:`~leasectl.schedule` (every N seconds from a fixed
+anchor, or cron in a time zone), so every replica agrees on them. A leased tick first claims
+its slot (the fire instant) in ``leasectl_ticks`` with the fence check: a slot runs at most
+once even in a split brain, and after a restart or failover the ledger says which slots still
+need running. Misfires (slots that passed with nobody running them): ``coalesce`` runs the
+latest once, ``skip`` only an on-time one, ``all`` catches up in order (at most ``catch_up``);
+a slot later than ``max_delay`` is recorded ``missed`` instead of run.
 
-Everywhere loops run on a monotonic timer with jitter. No loop's ticks overlap (a loop's
-ticks run on its own thread; slots that pass during a long tick are counted as skipped).
-Errors back off exponentially (tenacity's ``wait_exponential``) and never kill the loop.
+Everywhere interval loops run on a monotonic timer with jitter; everywhere cron loops on the
+wall clock. No loop's ticks overlap (a loop's ticks run on its own thread; slots that pass
+during a long tick are counted as skipped). Errors back off exponentially (tenacity's
+``wait_exponential``) and never kill the loop. ``async def`` loops run their tick body on the
+App's event-loop thread (:mod:`leasectl.event_loop`) and are cancelled on lease loss,
+shutdown and timeout.
 
-The time arithmetic is pure (:func:`slot_of`, :func:`next_slot`, :func:`plan_leased`) so
-unit tests step a fake clock instead of sleeping.
+The time arithmetic is pure (:func:`plan_leased`) so unit tests step a fake clock instead of
+sleeping.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import threading
@@ -32,10 +38,11 @@ from psycopg_pool import ConnectionPool
 from leasectl import metrics, sql
 from leasectl.control import ALL, LoopControl, Trigger
 from leasectl.errors import DatabaseUnavailable, FencingRejected, LeaseLost, TickCancelled
+from leasectl.event_loop import EventLoopThread
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import Lease, LeaseEvent
 from leasectl.limits import RateLimiter
-from leasectl.loop import LoopSpec, TickContext
+from leasectl.loop import AsyncTickContext, LoopSpec, TickContext
 from leasectl.settings import SchedulerSettings
 
 log = logging.getLogger("leasectl.scheduler")
@@ -44,6 +51,9 @@ log = logging.getLogger("leasectl.scheduler")
 #: re-reads the wall clock now and then (a leased slot is a wall-clock time, and the clock
 #: may be stepped).
 _MAX_SLEEP = 30.0
+#: How long before its start a leased slot is claimed in the ledger (at most a quarter of the
+#: interval): the fenced claim's round trip then happens before the fire instant, not after.
+_CLAIM_LEAD = 0.25
 Q = sql.load("scheduler")
 
 
@@ -51,7 +61,7 @@ Q = sql.load("scheduler")
 
 
 def slot_of(now: float, interval: float) -> float:
-    """Start (unix seconds) of the slot containing ``now``."""
+    """Start (unix seconds) of the interval slot containing ``now`` (no offset)."""
     return (now // interval) * interval
 
 
@@ -69,36 +79,63 @@ def backoff_delay(failures: int, initial: float, cap: float) -> float:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a leased loop does next: run ``slot`` now, or wait until ``wake_at``."""
+    """What a leased loop does next: run ``slot`` now, or wait until ``wake_at``; first
+    record every slot up to ``missed_through`` as missed (``missed`` of them) if given."""
 
     slot: float | None
     wake_at: float
+    missed_through: float | None = None
+    missed: int = 0  # slots passed over by this decision (metrics)
+
+
+def _previous(spec: LoopSpec, t: float) -> float | None:
+    """The fire strictly before the fire ``t``."""
+    return spec.schedule.latest(t - min(0.001, spec.interval / 4))
 
 
 def plan_leased(
     spec: LoopSpec, now: float, last_done: float | None, started: float | None = None
 ) -> Plan:
-    """Decide, from the ledger's last completed slot, whether the current slot must run.
+    """Decide, from the ledger's last handled slot (run or recorded missed), what to do now.
 
-    - no history: run the current slot if ``run_on_start``; else wait for the first slot
-      boundary after ``started`` (when this replica's scheduler started) and run that one;
-    - current slot done: wait for the next slot;
-    - missed slots: ``coalesce`` runs the current slot once; ``skip`` runs it only while
-      still within its jitter window (on time), else waits for the next slot.
+    - no history: run the current slot if ``run_on_start``; else wait for the first fire
+      after ``started`` (when this replica's scheduler started) and run that one;
+    - current slot handled: wait for the next fire;
+    - missed slots: ``coalesce`` runs the current slot once (the older ones are counted as
+      missed); ``skip`` likewise but only within its grace; ``all`` runs the oldest missed
+      slot first, keeping at most the newest ``catch_up`` of them;
+    - a slot that can only start more than ``spec.grace`` (``max_delay``) after its fire time
+      is recorded as missed, not run.
     """
-    current = slot_of(now, spec.interval)
-    upcoming = current + spec.interval
-    if last_done is not None and last_done >= current:
+    sched = spec.schedule
+    upcoming = sched.next_after(now)
+    current = sched.latest(now)
+    if current is None or (last_done is not None and last_done >= current):
         return Plan(None, upcoming)
-    if last_done is None and not spec.run_on_start:
-        first = next_slot(now if started is None else started, spec.interval)
-        if current < first:
-            return Plan(None, first)
-    if spec.misfire == "skip" and last_done is not None:
-        on_time_window = max(spec.jitter * spec.interval, 1.0)
-        if now - current > on_time_window:
-            return Plan(None, upcoming)
-    return Plan(current, now)
+    older = 0
+    if last_done is None:
+        if not spec.run_on_start:
+            first = sched.next_after(now if started is None else started)
+            if current < first:
+                return Plan(None, first)
+        due = current
+    elif spec.misfire == "all":
+        pending = sched.count_between(last_done, current)
+        if pending > spec.catch_up:
+            oldest_kept: float | None = current
+            for _ in range(spec.catch_up - 1):
+                oldest_kept = _previous(spec, oldest_kept) if oldest_kept is not None else None
+            dropped = _previous(spec, oldest_kept) if oldest_kept is not None else None
+            if dropped is not None and dropped > last_done:
+                return Plan(None, now, missed_through=dropped, missed=pending - spec.catch_up)
+        due = sched.next_after(last_done)
+    else:
+        due = current
+        older = max(0, sched.count_between(last_done, current) - 1)
+    grace = spec.grace
+    if grace is not None and now - due > grace and (last_done is not None or not spec.run_on_start):
+        return Plan(None, upcoming if due == current else now, missed_through=due, missed=older + 1)
+    return Plan(due, now, missed=older)
 
 
 # -- the runtime ------------------------------------------------------------------------------
@@ -109,7 +146,7 @@ class LoopState:
     spec: LoopSpec
     thread: threading.Thread | None = None
     wake: threading.Event = field(default_factory=threading.Event)
-    running_ctx: TickContext | None = None
+    running_ctx: TickContext | AsyncTickContext | None = None
     tick_started: float | None = None  # monotonic start of the running tick
     failures: int = 0
     last_done: float | None = None
@@ -120,6 +157,7 @@ class LoopState:
     pending_start: float = 0.0
     started: float = 0.0
     paused: bool = False  # held back by leasectl.control at its last turn
+    counted_slot: float | None = None  # the slot whose passed-over slots were counted
 
 
 class Scheduler:
@@ -136,10 +174,12 @@ class Scheduler:
         settings: SchedulerSettings | None = None,
         lease_manager: LeaseManager | None = None,
         limiter: RateLimiter | None = None,
+        event_loop: EventLoopThread | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         control: LoopControl | None = None,
     ) -> None:
+        """:param event_loop: the App's event-loop thread, needed when any loop is async."""
         self.replica_id = replica_id
         self.pool = pool
         self.config = config
@@ -150,6 +190,10 @@ class Scheduler:
         self.clock = clock
         self.wall = wall
         self.loops = {s.name: LoopState(s) for s in specs}
+        self.event_loop = event_loop
+        asyncs = [n for n, st in self.loops.items() if st.spec.is_async]
+        if asyncs and event_loop is None:
+            raise ValueError(f"async loops {', '.join(asyncs)} need an event_loop")
         self._stopping = threading.Event()
         self._cancel = threading.Event()
         if lease_manager is not None:
@@ -242,6 +286,9 @@ class Scheduler:
         state.wake.clear()
 
     def _run_everywhere(self, state: LoopState) -> None:
+        if state.spec.cron is not None:
+            self._run_everywhere_cron(state)
+            return
         spec = state.spec
         due = self.clock() if spec.run_on_start else self.clock() + self._jittered(spec)
         while not self._stopping.is_set():
@@ -261,6 +308,34 @@ class Scheduler:
                 due = max(due + spec.interval, end) + self._jitter_offset(spec)
             else:
                 due = end + self._backoff(state)
+
+    def _run_everywhere_cron(self, state: LoopState) -> None:
+        """An everywhere cron loop: each fire on the wall clock (plus jitter), per replica."""
+        spec = state.spec
+        sched = spec.schedule
+        now = self.wall()
+        latest = sched.latest(now)
+        fire = latest if spec.run_on_start and latest is not None else sched.next_after(now)
+        start = fire + random.uniform(0, spec.jitter_s)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+        while not self._stopping.is_set():
+            if self._control_turn(state, None):  # paused, or a trigger ran: the next fire
+                fire = sched.next_after(max(fire, self.wall()))
+                start = max(start, fire + random.uniform(0, spec.jitter_s))  # noqa: S311 - as above
+                continue
+            now = self.wall()
+            if now < start:
+                self._sleep(state, start - now)
+                continue
+            ok = self._tick(state, tick_at=fire, lease=None)
+            end = self.wall()
+            if ok:
+                passed = sched.count_between(fire, end)
+                if passed:
+                    self._count_skipped(state, passed)
+                fire = sched.next_after(max(fire, end))
+                start = fire + random.uniform(0, spec.jitter_s)  # noqa: S311 - as above
+            else:
+                start = end + self._backoff(state)
 
     def _run_leased(self, state: LoopState) -> None:
         spec = state.spec
@@ -283,34 +358,99 @@ class Scheduler:
                 continue
             now = self.wall()
             plan = plan_leased(spec, now, state.last_done, state.started)
+            if plan.missed_through is not None:
+                self._record_missed(state, lease, plan)
+                continue
+            lead = min(_CLAIM_LEAD, spec.interval / 4)
             if plan.slot is None:
-                # Draw the jittered start once per upcoming slot, then sleep towards it.
+                # Draw the jittered start once per upcoming slot, then sleep towards it; the
+                # slot is claimed ``lead`` early so the claim's round trip is not lateness.
                 if state.pending_slot != plan.wake_at:
                     state.pending_slot = plan.wake_at
-                    state.pending_start = plan.wake_at + random.uniform(  # noqa: S311 - jitter spreads timers; nothing secret depends on it
-                        0, spec.jitter * spec.interval
-                    )
-                self._sleep(state, max(state.pending_start - now, 0.0))
-                continue
-            if plan.slot == state.pending_slot and now < state.pending_start:
-                self._sleep(state, state.pending_start - now)
-                continue
+                    spread = spec.jitter_s if spec.grace is None else min(spec.jitter_s, spec.grace)
+                    state.pending_start = plan.wake_at + random.uniform(0, spread)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+                if now < state.pending_start - lead:
+                    self._sleep(state, state.pending_start - lead - now)
+                    continue
+                slot: float = plan.wake_at
+            else:
+                if plan.slot == state.pending_slot and now < state.pending_start - lead:
+                    self._sleep(state, state.pending_start - lead - now)
+                    continue
+                slot = plan.slot
+            start_at = state.pending_start if slot == state.pending_slot else None
             # The manager hands a lease over (placement rebalance) only between ticks.
             if not self.manager.tick_begin(spec.name, lease):
                 self._sleep(state, 0.1)
                 continue
             try:
-                ok = self._leased_tick(state, lease, plan.slot)
+                ok = self._leased_tick(state, lease, slot, plan.missed, start_at)
             finally:
                 self.manager.tick_end(spec.name)
             if ok is None:
-                continue  # slot already done elsewhere; ledger refreshed
+                continue  # slot already done elsewhere, or not run (stopping, lease lost)
             if ok:
-                state.last_done = plan.slot
+                state.last_done = slot
             else:
                 self._sleep(state, self._backoff(state))
 
-    def _leased_tick(self, state: LoopState, lease: Lease, slot: float) -> bool | None:
+    def _wait_until(self, state: LoopState, lease: Lease, start_at: float) -> bool:
+        """Sleep until the wall-clock ``start_at``; False if stopping or the lease went."""
+        while (left := start_at - self.wall()) > 0:
+            state.wake.wait(left)
+            state.wake.clear()
+            if self._stopping.is_set() or not lease.valid():
+                return False
+        return True
+
+    def _record_missed(self, state: LoopState, lease: Lease, plan: Plan) -> None:
+        """Record the slots through ``plan.missed_through`` as missed (fenced), count them."""
+        spec = state.spec
+        assert plan.missed_through is not None  # noqa: S101 - narrows a type for mypy
+        params = {
+            "loop": spec.name,
+            "tick_at": datetime.fromtimestamp(plan.missed_through, UTC),
+            "replica": self.replica_id,
+            "error": f"{plan.missed} slot(s) missed: later than max_delay or beyond catch_up",
+            **lease.fence_params(),
+        }
+        try:
+            with self.pool.connection() as conn:
+                row = conn.execute(Q["miss_tick"], params).fetchone()
+        except psycopg.Error as exc:
+            log.warning(
+                "cannot record missed slots of %s: %s",
+                spec.name,
+                exc,
+                extra={"action": "tick_claim_failed", "loop": spec.name},
+            )
+            self._sleep(state, self._backoff(state))
+            return
+        if row is None:  # done or recorded by another holder, or fenced off
+            state.last_done = self._last_done(spec)
+            if (state.last_done is None or state.last_done < plan.missed_through) and lease.valid():
+                self._sleep(state, 0.2)
+            return
+        state.last_done = plan.missed_through
+        self._count_missed(state, plan.missed)
+        log.warning(
+            "loop %s: %d slot(s) missed through %s (misfire=%s, max_delay=%s)",
+            spec.name,
+            plan.missed,
+            params["tick_at"].isoformat(),
+            spec.misfire,
+            spec.max_delay,
+            extra={"action": "slots_missed", "loop": spec.name, "missed": plan.missed},
+        )
+
+    def _leased_tick(
+        self,
+        state: LoopState,
+        lease: Lease,
+        slot: float,
+        passed_over: int = 0,
+        start_at: float | None = None,
+    ) -> bool | None:
         spec = state.spec
         tick_at = datetime.fromtimestamp(slot, UTC)
         params = {
@@ -337,6 +477,13 @@ class Scheduler:
                 # Not done and not claimable: our epoch is stale; wait for the lease to go.
                 self._sleep(state, 0.2)
             return None
+        if start_at is not None and not self._wait_until(state, lease, start_at):
+            # Claimed early but not run (stopping, lease lost): the row stays 'running' under
+            # this epoch, which the next holder (a higher epoch) claims again.
+            return None
+        if passed_over and state.counted_slot != slot:
+            state.counted_slot = slot  # a retried slot does not count its misses twice
+            self._count_missed(state, passed_over)
         return self._tick(state, tick_at=slot, lease=lease, ledger_params=params)
 
     def _tick(
@@ -350,18 +497,7 @@ class Scheduler:
     ) -> bool:
         spec = state.spec
         started = self.clock()
-        ctx = TickContext(
-            loop=spec.name,
-            replica_id=self.replica_id,
-            pool=self.pool,
-            config=self.configs.get(spec.name, self.config),
-            tick_at=datetime.fromtimestamp(tick_at, UTC),
-            deadline=started + spec.timeout,
-            lease=lease,
-            log=logging.getLogger(f"loops.{spec.name}"),
-            clock=self.clock,
-            limiter=self.limiter,
-        )
+        ctx = self._context(spec, tick_at, lease, started)
         if self._cancel.is_set():
             ctx.stop.set()
         state.running_ctx = ctx
@@ -378,7 +514,11 @@ class Scheduler:
         log.debug("tick %s started", spec.name, extra={"action": "tick_started", **extra})
         error: str | None = None
         try:
-            spec.run(ctx)
+            if isinstance(ctx, AsyncTickContext):
+                assert self.event_loop is not None  # noqa: S101 - checked in __init__
+                self.event_loop.run_tick(spec.run, ctx)
+            else:
+                _check_not_awaitable(spec, spec.run(ctx))
             outcome = "ok"
         except (LeaseLost, FencingRejected) as exc:
             outcome, error = "lost", str(exc)
@@ -406,6 +546,7 @@ class Scheduler:
             # The fenced "slot done" update was refused (or failed): as far as the cluster
             # knows this slot did not complete here, and a newer holder may run it again.
             outcome, error = "lost", "tick completed but its ledger row was fenced off"
+        self._record_run(spec, tick_at, seconds, outcome, error)
         state.ticks += 1
         metrics.LOOP_TICKS.labels(spec.name, outcome).inc()
         metrics.LOOP_TICK_SECONDS.labels(spec.name).observe(seconds)
@@ -466,9 +607,10 @@ class Scheduler:
             return True
         if state.paused:
             state.paused = False
-            if lease is not None:  # slots that passed while paused are not run: the next one is
-                done = slot_of(self.wall(), state.spec.interval)
-                state.last_done = max(state.last_done or done, done)
+            latest = state.spec.schedule.latest(self.wall())
+            if lease is not None and latest is not None:
+                # Slots that passed while paused are not run (nor recorded missed): the next.
+                state.last_done = max(state.last_done or latest, latest)
             log.info(
                 "loop %s resumed",
                 state.spec.name,
@@ -536,6 +678,55 @@ class Scheduler:
                     state.running_ctx.stop.set()
                 state.wake.set()
 
+    def _context(
+        self, spec: LoopSpec, tick_at: float, lease: Lease | None, started: float
+    ) -> TickContext | AsyncTickContext:
+        common: dict[str, Any] = {
+            "loop": spec.name,
+            "replica_id": self.replica_id,
+            "config": self.configs.get(spec.name, self.config),
+            "tick_at": datetime.fromtimestamp(tick_at, UTC),
+            "deadline": started + spec.timeout,
+            "lease": lease,
+            # Not "loops.<name>": that reads like the shipped ``loops`` package.
+            "log": logging.getLogger(f"leasectl.loop.{spec.name}"),
+            "clock": self.clock,
+            "limiter": self.limiter,
+        }
+        if spec.is_async:
+            assert self.event_loop is not None and self.event_loop.pool is not None  # noqa: S101 - checked in __init__; the pool opens with the thread
+            return AsyncTickContext(pool=self.event_loop.pool, **common)
+        return TickContext(pool=self.pool, **common)
+
+    def _record_run(
+        self, spec: LoopSpec, tick_at: float, seconds: float, outcome: str, error: str | None
+    ) -> None:
+        """Upsert this replica's last run of the loop and its next fire (``leasectl status``)."""
+        end = self.wall()
+        if spec.placement == "leased" or spec.cron is not None:
+            upcoming = spec.schedule.next_after(max(tick_at, end))
+        else:
+            upcoming = end + spec.interval
+        params = {
+            "loop": spec.name,
+            "replica": self.replica_id,
+            "placement": spec.placement,
+            "schedule": spec.schedule.describe(),
+            "tz": spec.schedule.zone,
+            "tick_at": datetime.fromtimestamp(tick_at, UTC),
+            "started_at": datetime.fromtimestamp(end - seconds, UTC),
+            "finished_at": datetime.fromtimestamp(end, UTC),
+            "seconds": seconds,
+            "outcome": outcome,
+            "error": error[:2000] if error else None,
+            "next_fire_at": datetime.fromtimestamp(upcoming, UTC),
+        }
+        try:
+            with self.pool.connection() as conn:
+                conn.execute(Q["record_run"], params)
+        except psycopg.Error as exc:  # history is a courtesy; the tick's outcome stands
+            log.debug("cannot record the run of %s: %s", spec.name, exc)
+
     def _finish(self, params: dict[str, Any], outcome: str, error: str | None) -> bool:
         """Record the slot's outcome, fenced; False when it could not be recorded."""
         try:
@@ -565,13 +756,17 @@ class Scheduler:
         s = self.settings
         return backoff_delay(max(1, state.failures), s.error_backoff_initial, s.error_backoff_max)
 
+    def _count_missed(self, state: LoopState, n: int) -> None:
+        if n > 0:
+            metrics.LOOP_TICKS.labels(state.spec.name, "missed").inc(n)
+
     def _count_skipped(self, state: LoopState, n: int) -> None:
         state.skipped += n
         metrics.LOOP_TICKS.labels(state.spec.name, "skipped").inc(n)
 
     @staticmethod
     def _jitter_offset(spec: LoopSpec) -> float:
-        return random.uniform(-spec.jitter, spec.jitter) * spec.interval  # noqa: S311 - jitter spreads timers; nothing secret depends on it
+        return random.uniform(-spec.jitter_s, spec.jitter_s)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
 
     def _jittered(self, spec: LoopSpec) -> float:
         return spec.interval + self._jitter_offset(spec)
@@ -585,3 +780,16 @@ class Scheduler:
             if ctx is not None and ctx.lease is not None and ctx.lease.epoch == event.epoch:
                 ctx.stop.set()
         state.wake.set()
+
+
+def _check_not_awaitable(spec: LoopSpec, result: object) -> None:
+    """A sync loop function that returned an awaitable ran nothing: fail its tick loudly."""
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if callable(close):
+            close()  # no "coroutine was never awaited" warning on top of the real error
+        raise TypeError(
+            f"loop {spec.name}: its function returned an awaitable "
+            f"({type(result).__name__}) instead of running; declare it `async def` so "
+            "leasectl awaits it on the App's event loop"
+        )

@@ -20,7 +20,7 @@ soon a lease without a live heir is taken (docs/operator/running-a-cluster.md, s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Protocol, Self
 
 import psycopg
 
@@ -43,6 +43,33 @@ class StandbyView(NamedTuple):
     holders: dict[str, str | None]  # lease -> the replica its row names while locked; None: free
     view_hash: str  # fingerprint of ``replicas``: pass it to the next poll
     drain: Drain | None = None  # a step-down --replica asked of this replica (None: not asked)
+
+
+class StandbyPoll(Protocol):
+    """A standby's connection as the lease manager uses it (:class:`StandbySession` is the
+    real one; the simulator has its own)."""
+
+    def poll(
+        self,
+        replica: str,
+        *,
+        host: str,
+        pid: int,
+        version: str,
+        may_lead: bool,
+        loops: Sequence[str],
+        labels: Sequence[str],
+        campaigns_for: Sequence[str],
+        preferred_for: Sequence[str],
+        names: Sequence[str],
+        live_s: float,
+        seen: str = "",
+        want_view: bool = True,
+    ) -> StandbyView | None: ...
+    def key_collision(self, names: Sequence[str]) -> tuple[str, str, int] | None: ...
+    def refused(self, replica: str) -> ConfigError: ...
+    def stopped(self, replica: str) -> None: ...
+    def close(self) -> None: ...
 
 
 class StandbySession:

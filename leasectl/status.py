@@ -32,11 +32,12 @@ from leasectl.config import redact_dsn
 from leasectl.control import Pause, read_pauses
 from leasectl.db import configured_dsn
 from leasectl.db import connect as db_connect
-from leasectl.embedded import EmbeddedPostgres
+from leasectl.embedded import EmbeddedPostgres, locate_data_dir
 from leasectl.errors import DatabaseUnavailable, NotMigrated
 from leasectl.keys import int4_hash, namespace_for
 from leasectl.lease_manager import request_step_down
 from leasectl.limits import read_fill
+from leasectl.schedule import zone_info
 from leasectl.settings import Settings
 
 Q = sql.load("status")
@@ -96,13 +97,75 @@ class ReplicaStatus:
 
 
 @dataclass(frozen=True)
+class LoopRun:
+    """A loop's last run on one replica, as that replica recorded it after the tick."""
+
+    replica: str
+    tick_at: datetime | None  # the slot / fire time it ran for
+    started_at: datetime | None
+    seconds: float | None
+    outcome: str | None  # ok | failed | lost | cancelled
+    error: str | None  # this run's error (None when ok)
+    last_error: str | None  # the latest error on that replica, kept across later ok runs
+    last_error_at: datetime | None
+    next_fire_at: datetime | None  # in the loop's zone
+    wedged: bool  # that replica reports the loop's tick wedged
+    live: bool  # that replica is live
+
+
+@dataclass(frozen=True)
+class TickRecord:
+    """One slot of a leased loop in the tick ledger."""
+
+    tick_at: datetime
+    replica: str
+    epoch: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    seconds: float | None
+    outcome: str  # running | ok | failed | lost | cancelled | missed
+    attempts: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class LoopHistory:
+    """What ``leasectl status`` shows of one loop: its schedule, where and how it last ran
+    (everywhere loops: per replica), its next fire time, and optionally the ledger's newest
+    slots. The one read model of loop run history (the CLI and status pages render it)."""
+
+    loop: str
+    placement: str  # leased | everywhere
+    schedule: str  # "every 60s", "cron '0 2 * * *' Europe/Berlin"
+    tz: str
+    runs: tuple[LoopRun, ...]  # newest first; leased: each replica that ran it
+    recent: tuple[TickRecord, ...] = ()  # leased: newest slots first (when asked)
+
+    @property
+    def last(self) -> LoopRun | None:
+        """Where and how the loop last ran (the newest run on any replica)."""
+        return self.runs[0] if self.runs else None
+
+    @property
+    def next_fire_at(self) -> datetime | None:
+        live = [r.next_fire_at for r in self.runs if r.live and r.next_fire_at is not None]
+        if self.placement == "leased" or not live:
+            return self.last.next_fire_at if self.last else None
+        return min(live)
+
+    @property
+    def wedged_on(self) -> tuple[str, ...]:
+        return tuple(r.replica for r in self.runs if r.wedged and r.live)
+
+
+@dataclass(frozen=True)
 class ClusterStatus:
     leases: list[LeaseStatus]
     replicas: list[ReplicaStatus]
     taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     expected_source: str = ""  # where the expected lease names came from
     rate_limits: list[dict[str, Any]] = field(default_factory=list)  # buckets' fill
-    loops: list[loop_status.LoopStatus] = field(default_factory=list)
+    loops: list[LoopHistory] = field(default_factory=list)  # last runs, next fires
     pauses: list[Pause] = field(default_factory=list)  # every pause row (ended ones too)
     events: list[loop_status.Event] = field(default_factory=list)  # newest first
     database: str = ""  # the DSN read from, redacted
@@ -140,13 +203,36 @@ class ClusterStatus:
         return {
             "leases": rows(self.leases),
             "replicas": rows(self.replicas),
-            "loops": rows(self.loops),
             "pauses": rows(self.pauses),
             "events": rows(self.events),
             "rate_limits": self.rate_limits,
+            "loops": [loop_json(h) for h in self.loops],
             "database": self.database,
             "taken_at": self.taken_at.isoformat(),
         }
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isinf(value) else round(value, 3)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple | list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def loop_json(h: LoopHistory) -> dict[str, Any]:
+    """One loop for ``--json``: the dataclass, plus where it last ran, its next fire (in its
+    zone) and where it is wedged."""
+    out: dict[str, Any] = _clean(asdict(h))
+    last = h.last
+    out["last"] = _clean(asdict(last)) if last else None
+    out["next_fire_at"] = _clean(h.next_fire_at)
+    out["wedged_on"] = list(h.wedged_on)
+    return out
 
 
 # -- connecting ---------------------------------------------------------------------------
@@ -157,11 +243,13 @@ def status_dsn(settings: Settings) -> str:
     dsn = configured_dsn(settings.database)
     if dsn:
         return dsn
-    info = EmbeddedPostgres(settings.database.data_dir).info()
+    data_dir = locate_data_dir(settings.database.data_dir)
+    info = EmbeddedPostgres(data_dir).info()
     if info is None:
         raise DatabaseUnavailable(
-            f"no DSN configured and the embedded server in {settings.database.data_dir} is not "
-            "running; pass --dsn / set LEASECTL_DSN, or start the cluster (leasectl run, make demo)"
+            f"no DSN configured and the embedded PostgreSQL in {data_dir} is not running: "
+            "start it with `leasectl embedded start` (`leasectl run` and `leasectl migrate` "
+            "start it too), or pass --dsn / set LEASECTL_DSN"
         )
     return info.dsn()
 
@@ -227,6 +315,14 @@ def declared_leases(
     return names, "the live and recent replicas"
 
 
+def replica_sessions(dsn: str) -> list[tuple[str, list[str]]]:
+    """``(database, replica ids)`` for every database of the server at ``dsn`` where a
+    leasectl replica has a session (any database: the server is what would be stopped)."""
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        rows = conn.execute(Q["replica_sessions"], {}).fetchall()
+    return [(db, sorted(ids)) for db, ids in rows]
+
+
 # -- reading ----------------------------------------------------------------------------
 
 
@@ -285,17 +381,12 @@ def read_cluster(
     expected: Sequence[str] | None = None,
     expected_source: str = "",
     all_replicas: bool = False,
-    intervals: dict[str, float] | None = None,
     dsn: str = "",
     events: int = 30,
 ) -> ClusterStatus:
-    """The one read model of the cluster: leases, replicas, loops (last run, pause,
-    wedged), rate-limit fill, recent events. ``leasectl status`` and the status page render
-    it; any replica reads the whole cluster.
-
-    :param intervals: leased loops' intervals, when the reader knows them: their next slot
-        is shown (slots are UTC-aligned, the same on every replica).
-    """
+    """The one read model of the cluster: leases, replicas, loops (run history, next
+    fire, wedged), pauses, rate-limit fill, recent events. ``leasectl status`` and the status
+    page render it; any replica reads the whole cluster."""
     # The events first: every acquisition the timeline shows is then in the leases too.
     recent = loop_status.recent_events(conn, events) if events else []
     status = read_status(
@@ -306,30 +397,78 @@ def read_cluster(
         all_replicas=all_replicas,
         expected_source=expected_source,
     )
-    pauses = read_pauses(conn)
-    names = sorted(
-        {le.name for le in status.leases} | {n for r in status.replicas for n in r.loops}
-    )
-    now = time.time()
-    next_fire = {
-        name: datetime.fromtimestamp((now // every + 1) * every, UTC)
-        for name, every in (intervals or {}).items()
-        if every > 0
-    }
-    loops = loop_status.loops(
-        [le.name for le in status.leases],
-        [(r.id, r.loops, r.wedged, r.alive) for r in status.replicas],
-        loop_status.last_runs(conn, names),
-        next_fire,
-    )
     return replace(
         status,
         rate_limits=read_fill(conn, settings.limits),
-        loops=loops,
-        pauses=pauses,
+        loops=read_loop_history(conn, all_replicas=all_replicas),
+        pauses=read_pauses(conn),
         events=recent,
         database=redact_dsn(dsn) if dsn else "",
     )
+
+
+def read_loop_history(
+    conn: psycopg.Connection[Any],
+    *,
+    loop: str | None = None,
+    history: int = 0,
+    all_replicas: bool = False,
+    recent_s: float = 600.0,
+) -> list[LoopHistory]:
+    """Every loop's last runs and next fire time (``loop``: that one only), with the newest
+    ``history`` slots of the ledger for leased loops. Next fire times are in each loop's zone.
+
+    Loops appear once they have run somewhere (the rows are written after each tick).
+    """
+    try:
+        rows = conn.execute(
+            Q["loop_runs"], {"loop": loop, "all": all_replicas, "recent_s": recent_s}
+        ).fetchall()
+    except psycopg.errors.UndefinedTable:
+        return []  # a database migrated by an older leasectl: no run history yet
+    grouped: dict[str, list[Sequence[Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row[0], []).append(row)
+    out = []
+    for name, group in grouped.items():
+        first = group[0]
+        tz = first[4]
+        zone = zone_info(tz) if tz else UTC
+        runs = tuple(
+            LoopRun(
+                replica=r[1],
+                tick_at=r[5],
+                started_at=r[6],
+                seconds=float(r[7]) if r[7] is not None else None,
+                outcome=r[8],
+                error=r[9],
+                last_error=r[10],
+                last_error_at=r[11],
+                next_fire_at=r[12].astimezone(zone) if r[12] is not None else None,
+                wedged=bool(r[13]),
+                live=bool(r[14]),
+            )
+            for r in group
+        )
+        recent: tuple[TickRecord, ...] = ()
+        if history > 0 and first[2] == "leased":
+            ticks = conn.execute(Q["loop_ticks"], {"loop": name, "limit": history}).fetchall()
+            recent = tuple(
+                TickRecord(
+                    tick_at=t[0],
+                    replica=t[1],
+                    epoch=int(t[2]),
+                    started_at=t[3],
+                    finished_at=t[4],
+                    seconds=float(t[5]) if t[5] is not None else None,
+                    outcome=t[6],
+                    attempts=int(t[7]),
+                    error=t[8],
+                )
+                for t in ticks
+            )
+        out.append(LoopHistory(name, first[2], first[3], tz, runs, recent))
+    return out
 
 
 def placed(leases: Sequence[LeaseStatus], replicas: Sequence[ReplicaStatus]) -> list[LeaseStatus]:

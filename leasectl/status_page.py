@@ -187,17 +187,16 @@ def _loops(status: ClusterStatus) -> str:
         if last is not None:
             ago = _since(status.taken_at, last.started_at)
             ran = f"{ago} ago on {escape(last.replica)}"
-            outcome_cls = {"ok": "ok", "running": "dim"}.get(last.outcome, "bad")
-            outcome = f'<span class="{outcome_cls}">{escape(last.outcome)}</span>'
+            what = last.outcome or "running"
+            outcome_cls = {"ok": "ok", "running": "dim"}.get(what, "bad")
+            outcome = f'<span class="{outcome_cls}">{escape(what)}</span>'
             if getattr(last, "triggered", False):  # a `leasectl loop trigger` run
                 outcome += ' <span class="chip">triggered</span>'
             if last.error:
                 outcome += f' <span class="dim">{escape(redact(last.error))}</span>'
             took = f"{last.seconds:.3f}s" if last.seconds is not None else "–"
         else:
-            ran, outcome, took = "–", '<span class="dim">no ledger</span>', "–"
-            if lo.placement == "everywhere":
-                outcome = '<span class="dim">everywhere loops keep no ledger</span>'
+            ran, outcome, took = "–", '<span class="dim">not run yet</span>', "–"
         paused_attr, paused, flag = "", "–", ""
         p = status.paused(lo.loop)
         if p is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
@@ -61,6 +62,14 @@ def duration_label(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def schedule_of(toggle: LoopToggle) -> dict[str, Any]:
+    """``LoopSpec`` keywords for a toggle's schedule: ``cron`` + ``tz`` when set (the
+    interval then only stands for the typical gap), else ``interval``."""
+    if toggle.cron:
+        return {"interval": 0.0, "cron": toggle.cron, "tz": toggle.tz}
+    return {"interval": toggle.interval}
+
+
 def everywhere(
     name: str,
     toggle: LoopToggle,
@@ -75,7 +84,7 @@ def everywhere(
         return None
     return LoopSpec(
         name=name,
-        interval=toggle.interval,
+        **schedule_of(toggle),
         placement="everywhere",
         run=run,
         timeout=timeout,

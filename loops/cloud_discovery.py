@@ -32,7 +32,7 @@ from cryptography import x509
 
 from leasectl import sql
 from leasectl.certs import discovered
-from leasectl.certs._common import within_limit
+from leasectl.certs._common import schedule_of, within_limit
 from leasectl.certs.ca import CertificateInfo, describe
 from leasectl.certs.settings import AwsSourceSettings, LoopsSettings
 from leasectl.errors import LeasectlError
@@ -304,7 +304,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
         return None
     return LoopSpec(
         name="cloud_discovery",
-        interval=cd.loop.interval,
+        **schedule_of(cd.loop),
         placement="leased",
         run=AwsDiscovery(cd.aws).run,
         timeout=1800.0,

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from psycopg.rows import dict_row
 
 from leasectl import sql
+from leasectl.certs._common import schedule_of
 from leasectl.certs.ca import CAError, load_issuer_ca
 from leasectl.certs.settings import CaSettings, LoopsSettings
 from leasectl.errors import ConfigError, FencingRejected, LeasectlError
@@ -236,7 +237,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
         )
     return LoopSpec(
         name="crl_generation",
-        interval=crl.loop.interval,
+        **schedule_of(crl.loop),
         placement="leased",
         run=CrlGenerator(crl.next_update, settings.ca).run,
         timeout=300.0,

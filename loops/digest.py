@@ -20,7 +20,7 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from leasectl import sql
-from leasectl.certs._common import email_domain, within_limit
+from leasectl.certs._common import email_domain, schedule_of, within_limit
 from leasectl.certs.metrics import NOTIFICATIONS
 from leasectl.certs.notify.dispatch import call_budget
 from leasectl.certs.notify.email import SmtpSender
@@ -184,7 +184,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
     templates = Templates(settings.notifications.templates_dir)  # checks digest.html.j2 too
     return LoopSpec(
         name="digest",
-        interval=ds.loop.interval,
+        **schedule_of(ds.loop),
         placement="leased",
         run=Digest(ds, templates, smtp).run,
         timeout=300.0,

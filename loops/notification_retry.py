@@ -8,6 +8,7 @@ for the same reason as notification_send: a retry is an external side effect.
 
 from __future__ import annotations
 
+from leasectl.certs._common import schedule_of
 from leasectl.certs.notify.dispatch import Channels, Dispatcher, tick_timeout
 from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec
@@ -24,7 +25,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
     dispatcher = Dispatcher(Channels.from_settings(ns), ns, "retry")
     return LoopSpec(
         name="notification_retry",
-        interval=ns.retry.interval,
+        **schedule_of(ns.retry),
         placement="leased",
         run=dispatcher.run,
         timeout=tick_timeout(ns, "retry"),

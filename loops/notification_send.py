@@ -9,6 +9,7 @@ case exactly-once; the epoch fence plus the idempotency key cover the failover w
 
 from __future__ import annotations
 
+from leasectl.certs._common import schedule_of
 from leasectl.certs.notify.dispatch import Channels, Dispatcher, tick_timeout
 from leasectl.certs.settings import LoopsSettings
 from leasectl.loop import LoopSpec
@@ -25,7 +26,7 @@ def build(settings: LoopsSettings) -> LoopSpec | None:
     dispatcher = Dispatcher(Channels.from_settings(ns), ns, "send")
     return LoopSpec(
         name="notification_send",
-        interval=ns.send.interval,
+        **schedule_of(ns.send),
         placement="leased",
         run=dispatcher.run,
         timeout=tick_timeout(ns, "send"),

@@ -1,6 +1,7 @@
 """Settings of the fifteen loops: the ``loops:`` section of leasectl.yaml.
 
-Each loop has ``enabled`` and ``interval`` (seconds); channel and source settings sit beside.
+Each loop has ``enabled`` and ``interval`` (seconds), or ``cron`` + ``tz`` instead of
+``interval``; channel and source settings sit beside.
 Secrets (SMTP password, webhook HMAC key, chat webhook URLs, PagerDuty routing key, OpsGenie
 API key, the CA key-encryption key) are plain fields here; the config loader resolves
 ``*_env`` / ``*_file`` indirections before building these objects and redacts them on output.
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 class LoopToggle:
     enabled: bool = True
     interval: float = 60.0
+    cron: str = ""  # a cron expression instead of interval ("0 2 * * *"); empty: interval
+    tz: str = "UTC"  # the IANA zone cron is read in
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from leasectl.cli import exit_codes
 from leasectl.cli.args import add_common, dsn_override, settings_from
+from leasectl.cli.run import add_app_argument, app_on, includes_shipped_loops, named_app
 from leasectl.cli.timing import add_timing_arguments
-from leasectl.config import Loaded, blame, load_traced, parse_yaml, to_yaml
+from leasectl.config import Loaded, blame, dump, load_traced, parse_yaml
 from leasectl.errors import ConfigError
 from leasectl.loop import LoopSpec
 from leasectl.settings import SchedulerSettings
@@ -25,9 +28,11 @@ def add_config_parser(sub: Any) -> None:
     actions = p.add_subparsers(dest="config_command", required=True)
     show = actions.add_parser("show", help="print the effective configuration (secrets redacted)")
     add_common(show)
+    add_app_argument(show)
     show.set_defaults(handler=cmd_config_show)
     check = actions.add_parser("check", help="validate the configuration; exit 2 if invalid")
     add_common(check)
+    add_app_argument(check)
     check.set_defaults(handler=cmd_config_check)
     explain = actions.add_parser(
         "explain-timing", help="the same as `leasectl timing`: bounds and the safety inequality"
@@ -36,8 +41,17 @@ def add_config_parser(sub: Any) -> None:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
+    """The settings the App uses: the ``loops:`` section only when it includes the shipped
+    loops (bare ``run`` does; an ``--app`` without them never reads it)."""
+    app = named_app(args)
     # Never fails for a secret that is not set here: it shows where it would come from.
-    sys.stdout.write(to_yaml(settings_from(args, unset_secrets=""), redact=True))
+    probe = settings_from(args, loops=False)
+    with_loops = includes_shipped_loops(app, probe)
+    settings = settings_from(args, unset_secrets="") if with_loops else probe
+    data = dump(settings, redact=True)
+    if data.get("loops") is None:
+        data.pop("loops", None)
+    sys.stdout.write(yaml.safe_dump(data, sort_keys=False, width=100))
     return exit_codes.OK
 
 
@@ -49,6 +63,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     loop module is built on its own so that every loop's problems are reported together),
     and ``scheduler.only`` naming a loop that does not exist.
     """
+    app = named_app(args)
+    if app is not None:
+        return _check_app(args, app)
     try:
         loaded = load_traced(args.config, overrides=dsn_override(args) or None)
     except ConfigError as exc:
@@ -105,6 +122,35 @@ def _unknown_only(path: str | None) -> str | None:
         f"scheduler.only: unknown loop(s) {', '.join(unknown)}; known: "
         f"{', '.join(sorted(known))} ({where})"
     )
+
+
+def _check_app(args: argparse.Namespace, app: Any) -> int:
+    """``config check --app``: the configuration as that App reads it (the ``loops:``
+    section only if it includes the shipped loops), then its loops built as ``run`` builds
+    them, and ``scheduler.only`` against their names."""
+    probe = load_traced(args.config, overrides=dsn_override(args) or None, loops=False)
+    loaded = probe
+    if includes_shipped_loops(app, probe.settings):
+        loaded = load_traced(args.config, overrides=dsn_override(args) or None)
+    app = app_on(args, loaded.settings, app)
+    try:
+        specs = app.loops()
+    except ConfigError as exc:
+        problems = [_located(p, loaded) for p in exc.problems]
+        raise ConfigError(problems, blame(problems, loaded.source)) from None
+    known = {s.name for s in specs}
+    unknown = [n for n in loaded.settings.scheduler.only if n not in known]
+    if unknown:
+        problems = [
+            f"scheduler.only: unknown loop(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(known))} ({loaded.origin('scheduler.only')})"
+        ]
+        raise ConfigError(problems, blame(problems, loaded.source))
+    leased = sum(1 for s in specs if s.placement == "leased")
+    print(
+        f"configuration is valid for --app {args.app}: {len(specs)} loops enabled ({leased} leased)"
+    )
+    return exit_codes.OK
 
 
 _KEY = re.compile(r"\bloops(?:\.[a-z_][a-z0-9_]*)+")

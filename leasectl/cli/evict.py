@@ -43,7 +43,11 @@ def cmd_evict(args: argparse.Namespace) -> int:
             print(
                 f"Evict the holder of lease {args.lease}: {who}?{also}\n"
                 "Its lock session is terminated, so every lease it holds moves "
-                f"({', '.join(moving)}); the replica self-fences and peers take over.",
+                f"({', '.join(moving)}); peers take them with new epochs at their next "
+                "campaign.\nIf that replica is still running, or only stopped "
+                "(paused, a long GC), it may go on BELIEVING it holds them for up to "
+                "lease_ttl: its writes fenced with a lease's epoch are refused, but its "
+                "unfenced side effects (external calls) can overlap the new holders'.",
                 file=sys.stderr,
             )
             print("Type 'yes' to evict: ", end="", file=sys.stderr, flush=True)

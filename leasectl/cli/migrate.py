@@ -15,6 +15,7 @@ from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument, add_common, settings_from
 from leasectl.cli.run import add_app_argument, migration_sources_from
 from leasectl.db import configured_dsn, resolve_dsn, resolve_lock_dsn
+from leasectl.embedded import locate_data_dir
 from leasectl.migrate import migrate, migration_status
 from leasectl.status import status_dsn
 
@@ -44,7 +45,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return exit_codes.OK if not st.changed else exit_codes.CHECK_FAILED
     if configured_dsn(settings.database) is None:
         print(
-            f"no DSN configured: using the embedded PostgreSQL in {settings.database.data_dir} "
+            f"no DSN configured: using the embedded PostgreSQL in "
+            f"{locate_data_dir(settings.database.data_dir)} "
             "(for trying leasectl on one machine; stop it with `leasectl embedded stop`)",
             file=sys.stderr,
         )

@@ -75,6 +75,29 @@ def app_from_args(args: argparse.Namespace) -> App:
     return app
 
 
+def named_app(args: argparse.Namespace) -> App | None:
+    """``--app``'s App, imported but not configured yet (None without ``--app``)."""
+    return app_from_args(args) if getattr(args, "app", None) else None
+
+
+def app_on(args: argparse.Namespace, settings: Settings, app: App | None = None) -> App:
+    """The App a reading command describes (``timing``, ``config check``), on settings it
+    already loaded (without the loops' secrets): ``--app``'s, or the shipped loops as bare
+    ``leasectl run`` runs them."""
+    if app is None:
+        app = named_app(args)
+    if app is None:
+        app = App(settings=settings)
+        app.include(settings.scheduler.loops_package)
+    app.configure(settings=settings)
+    return app
+
+
+def includes_shipped_loops(app: App | None, settings: Settings) -> bool:
+    """Whether the App reads the config's ``loops:`` section (no ``--app``: yes)."""
+    return app is None or settings.scheduler.loops_package in app.included
+
+
 def migration_sources_from(args: argparse.Namespace, settings: Settings) -> list[MigrationSource]:
     """The migration folders of the App the command line names (``migrate``): ``--app``'s, or
     the shipped loops' when there is none. Reads no loop settings (no secrets needed)."""

@@ -31,11 +31,13 @@ from leasectl.cli.args import add_argument, add_common, settings_from
 from leasectl.cli.run import add_app_argument, app_from_args
 from leasectl.errors import DatabaseUnavailable
 from leasectl.settings import Settings
-from leasectl.tools.status_view import render
+from leasectl.tools.status_view import render, render_loop
 
 
 def add_status_parser(sub: Any) -> None:
-    p = sub.add_parser("status", help="lease and replica status, from the database only")
+    p = sub.add_parser(
+        "status", help="lease, replica and loop status (last runs, next fires), from the database"
+    )
     add_common(p)
     add_app_argument(p)
     add_argument(p, "--json", env="STATUS_JSON", action="store_true", help="print JSON")
@@ -65,6 +67,21 @@ def add_status_parser(sub: Any) -> None:
         env="STATUS_ALL_REPLICAS",
         action="store_true",
         help="also list replicas stopped long ago",
+    )
+    add_argument(
+        p,
+        "--loop",
+        env="STATUS_LOOP",
+        default=None,
+        help="show one loop: its last run per replica, next fire, and its recent runs",
+    )
+    add_argument(
+        p,
+        "--history",
+        env="STATUS_HISTORY",
+        type=int,
+        default=20,
+        help="with --loop: how many of the ledger's newest slots to list (leased loops)",
     )
     p.set_defaults(handler=cmd_status)
 
@@ -106,8 +123,30 @@ def read(
         )
 
 
+def cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
+    """``status --loop NAME``: one loop's last runs, next fire time and recent runs."""
+    with st.connect(st.status_dsn(settings), settings) as conn:
+        found = st.read_loop_history(
+            conn, loop=args.loop, history=max(0, args.history), all_replicas=args.all_replicas
+        )
+    if not found:
+        print(
+            f"loop {args.loop!r}: no run recorded (not declared, never ran, or its history "
+            "is older than scheduler.ledger_retention)",
+            file=sys.stderr,
+        )
+        return exit_codes.CHECK_FAILED
+    if args.json:
+        print(json.dumps({**st.loop_json(found[0])}, indent=2))
+    else:
+        Console(width=None if sys.stdout.isatty() else 160).print(render_loop(found[0]))
+    return exit_codes.OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from(args, unset_secrets="loops")
+    if args.loop:
+        return cmd_loop(args, settings)
     wanted = expected(args, settings)
     if args.watch:
         return _watch(args, settings, wanted)

@@ -16,14 +16,15 @@ settings instead of asking the server).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from leasectl import status as st
+from leasectl.app import App
 from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument, add_common, settings_from
+from leasectl.cli.run import add_app_argument, app_on
 from leasectl.db import is_unix_socket, resolve_lock_dsn
 from leasectl.locks import LockSession, TcpBound
 from leasectl.settings import Settings
@@ -74,6 +75,7 @@ def add_timing_parser(sub: Any) -> None:
 def add_timing_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``timing`` (shared with ``config explain-timing``)."""
     add_common(p)
+    add_app_argument(p)
     add_argument(p, "--json", env="TIMING_JSON", action="store_true", help="print JSON")
     add_argument(
         p,
@@ -87,6 +89,7 @@ def add_timing_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_timing(args: argparse.Namespace) -> int:
     settings = settings_from(args, unset_secrets="loops")
+    app = app_on(args, settings)
     if args.offline:
         db = settings.database
         dsn = db.lock_dsn or db.dsn
@@ -97,7 +100,7 @@ def cmd_timing(args: argparse.Namespace) -> int:
             db.tcp_user_timeout_ms,
             bool(dsn) and is_unix_socket(dsn),
         )
-        timing = explain(settings, tcp, source="configured", timeouts=_leased_timeouts(settings))
+        timing = explain(settings, tcp, source="configured", timeouts=_leased_timeouts(app))
     else:
         tcp, via_pooler = read_tcp(settings)
         timing = explain(
@@ -105,7 +108,7 @@ def cmd_timing(args: argparse.Namespace) -> int:
             tcp,
             source="server",
             via_pooler=via_pooler,
-            timeouts=_leased_timeouts(settings),
+            timeouts=_leased_timeouts(app),
         )
     if args.json:
         print(json.dumps(asdict(timing), indent=2))
@@ -132,16 +135,20 @@ def read_tcp(settings: Settings) -> tuple[TcpBound, bool]:
         session.close()
 
 
-def _leased_timeouts(settings: Settings) -> dict[str, float]:
-    """Each enabled leased loop's tick timeout (for the wedged-tick bound); empty when the
-    loops package cannot be built here."""
+def _leased_timeouts(app: App) -> dict[str, float]:
+    """Each leased loop's tick timeout (for the wedged-tick bound) of the App the command
+    describes (``--app``'s, or the shipped loops), after ``scheduler.only``; empty when its
+    loops cannot be built here."""
     try:
-        registry = importlib.import_module(settings.scheduler.loops_package + ".registry")
-        config = settings.loops if settings.loops is not None else registry.SETTINGS_CLASS()
-        specs = registry.build_loops(config)
+        specs = app.loops()
     except Exception:  # the bound is then shown as a formula only
         return {}
-    return {s.name: float(s.timeout) for s in specs if s.placement == "leased"}
+    only = app.settings.scheduler.only
+    return {
+        s.name: float(s.timeout)
+        for s in specs
+        if s.placement == "leased" and (not only or s.name in only)
+    }
 
 
 def explain(

@@ -89,6 +89,32 @@ WHERE event = 'step_down_requested' AND lease IN (%(lease)s, '*')
   AND at > now() - interval '1 hour'
 ORDER BY id
 
+-- name: loop_runs
+-- Every loop's last run on every replica that recorded one (migration 0013), with whether
+-- that replica is live and has the loop wedged. Replicas not seen for recent_s are left out
+-- unless all is set; a leased loop keeps its rows (where it last ran matters after a crash).
+SELECT r.loop, r.replica, r.placement, r.schedule, r.tz, r.tick_at, r.started_at,
+       r.seconds, r.outcome, r.error, r.last_error, r.last_error_at, r.next_fire_at,
+       coalesce(r.loop = ANY(rep.wedged), false) AS wedged,
+       coalesce(rep.stopped_at IS NULL
+                AND rep.last_seen > now() - make_interval(secs => %(recent_s)s), false) AS live
+FROM leasectl_loop_runs r
+LEFT JOIN leasectl_replicas rep ON rep.id = r.replica
+WHERE (%(loop)s::text IS NULL OR r.loop = %(loop)s)
+  AND (%(all)s OR r.placement = 'leased'
+       OR rep.last_seen > now() - make_interval(secs => %(recent_s)s))
+ORDER BY r.loop, r.started_at DESC NULLS LAST, r.replica
+
+-- name: loop_ticks
+-- A leased loop's newest slots from the tick ledger: its run history.
+SELECT tick_at, replica, epoch, started_at, finished_at,
+       extract(epoch FROM finished_at - started_at)::float8 AS seconds,
+       outcome, attempts, error
+FROM leasectl_ticks
+WHERE loop = %(loop)s
+ORDER BY tick_at DESC
+LIMIT %(limit)s
+
 -- name: declared_leases
 -- What `leasectl status` expects without --app: the leases the live and recent replicas'
 -- Apps declare (migration 0017), from the same replicas the `replicas` query lists.
@@ -100,3 +126,13 @@ WHERE r.last_seen > now() - make_interval(secs => %(recent_s)s)
        WHERE a.application_name = left('leasectl/' || r.id, 63)
          AND a.datname = current_database())
 ORDER BY 1
+
+-- name: replica_sessions
+-- Per database of the server, the replicas with a session on it: lock sessions
+-- (leasectl/<id>) and work pools (leasectl-work/<id>, which a pooled standby has without a
+-- lock session). `leasectl embedded stop` refuses while there are any.
+SELECT datname, array_agg(DISTINCT regexp_replace(application_name, '^leasectl(-work)?/', ''))
+FROM pg_stat_activity
+WHERE application_name LIKE 'leasectl/%%' OR application_name LIKE 'leasectl-work/%%'
+GROUP BY datname
+ORDER BY datname

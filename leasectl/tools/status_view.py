@@ -6,6 +6,8 @@ Pure: :class:`leasectl.status.ClusterStatus` (read by the core) in, a rich rende
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Group
@@ -13,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from leasectl import status as st
+from leasectl.control import Pause
 
 
 def _age(seconds: float | None) -> str:
@@ -40,37 +43,6 @@ def _placement(le: st.LeaseStatus) -> Text:
     if le.state == "held" and le.holder != le.placed_on:
         return Text(f"{le.placed_on} (moving)", style="yellow")
     return Text(le.placed_on, style="green" if le.holder == le.placed_on else "")
-
-
-def _loops(status: st.ClusterStatus) -> Table:
-    """One row per loop: where and when it last ran (leased loops: the ledger), paused."""
-    table = Table(title="loops", title_justify="left")
-    for col in ("loop", "placement", "last run", "outcome", "took", "next", "paused"):
-        table.add_column(col, no_wrap=col == "loop")
-    for lo in status.loops:
-        last = lo.last
-        ran = "-"
-        if last is not None and last.started_at is not None:
-            age = (status.taken_at - last.started_at).total_seconds()
-            ran = f"{_age(age)} ago on {last.replica}"
-        outcome = "-"
-        if last:
-            triggered = getattr(last, "triggered", False)  # a `leasectl loop trigger` run
-            outcome = (last.outcome or "-") + (" (triggered)" if triggered else "")
-        paused = Text("-")
-        pause = status.paused(lo.loop)
-        if pause is not None:
-            paused = Text(f"{_age(pause.age_s or None)} {pause.reason}", style="yellow")
-        table.add_row(
-            lo.loop,
-            lo.placement,
-            ran,
-            Text(outcome, style="red" if last and last.outcome == "failed" else ""),
-            f"{last.seconds:.3f}s" if last and last.seconds is not None else "-",
-            f"{lo.next_fire_at:%H:%M:%S}" if lo.next_fire_at else "-",
-            paused,
-        )
-    return table
 
 
 def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
@@ -156,8 +128,6 @@ def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
             parts.append(Text(f"! {r.id}: wedged tick(s): {', '.join(r.wedged)}", style="red"))
     if not status.leases:
         parts.append(Text("no leases expected or recorded yet", style="dim"))
-    if status.loops:
-        parts.append(_loops(status))
     for p in status.pauses:
         if not p.ended:
             what = "every loop" if p.loop == "*" else p.loop
@@ -183,6 +153,100 @@ def render(status: st.ClusterStatus, max_unheld: float = 0.0) -> Group:
                 str(b["updated_at"] or "-")[11:19],
             )
         parts.append(limits)
+    if status.loops:
+        parts.append(_loops_table(status.loops, status.taken_at, status.paused))
     if status.expected_source:
         parts.append(Text(f"expected leases from {status.expected_source}", style="dim"))
+    return Group(*parts)
+
+
+_OUTCOME_STYLE = {"ok": "green", "failed": "bold red", "lost": "yellow", "cancelled": "yellow"}
+
+
+def _when(at: datetime | None, now: datetime) -> str:
+    return "-" if at is None else _age((now - at).total_seconds()) + " ago"
+
+
+def _local(at: datetime | None) -> str:
+    return "-" if at is None else at.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _error(text: str | None, width: int = 60) -> str:
+    if not text:
+        return "-"
+    line = text.strip().splitlines()[0]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _loops_table(
+    loops: list[st.LoopHistory],
+    now: datetime,
+    paused: Callable[[str], Pause | None] = lambda loop: None,
+) -> Table:
+    """Per loop (everywhere loops: per replica): where and when it last ran, for how long,
+    the outcome, the last error, the next fire time in the loop's zone, wedged, paused."""
+    table = Table(title="loops (last run, next fire)", title_justify="left")
+    for col in ("loop", "schedule", "ran on", "last run", "took", "outcome", "next fire",
+                "last error", "paused"):  # fmt: skip
+        table.add_column(col)
+    for h in loops:
+        runs = h.runs[:1] if h.placement == "leased" else [r for r in h.runs if r.live]
+        for run in runs or h.runs[:1]:
+            outcome = Text(run.outcome or "-", style=_OUTCOME_STYLE.get(run.outcome or "", ""))
+            if run.wedged and run.live:
+                outcome = Text("WEDGED", style="bold red")
+            next_fire = h.next_fire_at if h.placement == "leased" else run.next_fire_at
+            table.add_row(
+                h.loop,
+                h.schedule,
+                run.replica,
+                _when(run.started_at, now),
+                f"{run.seconds:.3f}s" if run.seconds is not None else "-",
+                outcome,
+                _local(next_fire),
+                _error(run.last_error),
+                _paused(paused(h.loop)),
+            )
+    return table
+
+
+def _paused(pause: Pause | None) -> Text:
+    if pause is None:
+        return Text("-")
+    return Text(f"{_age(pause.age_s or None)} ago: {pause.reason or 'paused'}", style="yellow")
+
+
+def render_loop(h: st.LoopHistory) -> Group:
+    """``leasectl status --loop NAME``: the loop's last run per replica and its recent slots."""
+    now = datetime.now(UTC)
+    parts: list[Any] = [
+        Text(f"{h.loop}: {h.placement}, {h.schedule}; next fire {_local(h.next_fire_at)}"),
+        _loops_table([h], now),
+    ]
+    if h.wedged_on:
+        parts.append(Text(f"! wedged on: {', '.join(h.wedged_on)}", style="red"))
+    for run in h.runs:
+        if run.last_error:
+            parts.append(
+                Text(f"last error on {run.replica} ({_local(run.last_error_at)}): {run.last_error}")
+            )
+    if h.recent:
+        ticks = Table(title="recent runs (tick ledger, newest first)", title_justify="left")
+        for col in ("slot", "replica", "epoch", "started", "took", "outcome", "attempts", "error"):
+            ticks.add_column(col)
+        zone = h.next_fire_at.tzinfo if h.next_fire_at is not None else UTC
+        for t in h.recent:
+            ticks.add_row(
+                _local(t.tick_at.astimezone(zone)),
+                t.replica,
+                str(t.epoch),
+                _when(t.started_at, now),
+                f"{t.seconds:.3f}s" if t.seconds is not None else "-",
+                Text(t.outcome, style=_OUTCOME_STYLE.get(t.outcome, "")),
+                str(t.attempts),
+                _error(t.error),
+            )
+        parts.append(ticks)
+    elif h.placement == "everywhere":
+        parts.append(Text("everywhere loops keep only their last run per replica", style="dim"))
     return Group(*parts)

@@ -222,6 +222,11 @@ def test_reading_commands_need_no_loop_secrets(dsn: str, tmp_path: Path) -> None
     show = leasectl("config", "show", env=env)
     assert show.returncode == 0, show.stderr
     assert "<from env H9_NOT_SET_KEY: not set>" in show.stdout
+    with psycopg.connect(dsn, autocommit=True) as c:  # a replica of the shipped loops stopped
+        c.execute(
+            "INSERT INTO leasectl_replicas (id, host, pid, version, stopped_at, declared_leases)"
+            " VALUES ('gone', 'h', 1, '0', now(), '{notification_send}')"
+        )
     status = leasectl("status", "--json", env=env)
     assert status.returncode == 1, status.stderr  # nothing runs: unheld, but it read the status
     assert '"notification_send"' in status.stdout and "Traceback" not in status.stderr

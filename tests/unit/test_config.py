@@ -189,3 +189,44 @@ def test_partial_nested_section_keeps_the_fields_own_defaults(tmp_path: Path) ->
     s = load_settings(str(cfg))
     assert s.loops.gc.sessions.interval == 3600.0
     assert s.loops.jobs.processor.interval == 30.0 and not s.loops.jobs.processor.enabled
+
+
+def test_loop_cron_and_tz_are_checked_with_file_and_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "loops:\n"
+        "  crl:\n"
+        "    loop:\n"
+        "      cron: '0 25 * * *'\n"
+        "      tz: Europe/Nowhere\n"
+        "  notifications:\n"
+        "    send:\n"
+        "      interval: 30\n"
+        "      cron: '*/5 * * * *'\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        load(path, environ={})
+    text = str(err.value)
+    assert "loops.crl.loop.cron: bad cron expression '0 25 * * *': Bad hour" in text
+    assert f"({path}:4)" in text
+    assert "loops.crl.loop.tz: unknown time zone 'Europe/Nowhere'" in text and f"{path}:5" in text
+    assert "loops.notifications.send.cron: set either interval or cron, not both" in text
+
+
+def test_shipped_loop_takes_cron_and_tz_from_its_settings(tmp_path: Path) -> None:
+    from leasectl.certs.registry import build_loops
+
+    path = write(
+        tmp_path,
+        "loops:\n  crl:\n    loop:\n      cron: '0 3 * * *'\n      tz: Europe/Berlin\n"
+        "    next_update: 200000\n",
+    )
+    settings = load(path, environ={})
+    assert settings.loops.crl.loop.cron == "0 3 * * *"  # type: ignore[attr-defined]
+    spec = next(s for s in build_loops(settings.loops) if s.name == "crl_generation")  # type: ignore[arg-type]
+    assert (spec.cron, spec.tz, spec.interval, spec.jitter_s) == (
+        "0 3 * * *",
+        "Europe/Berlin",
+        86400.0,
+        0.0,
+    )

@@ -144,3 +144,10 @@ def test_delay_per_fault_kind_counts_against_the_last_fault_before_delivery() ->
     assert out["none"]["max"] == 1.0 and out["kill"]["max"] == 2.5
     storm = out["backend-kill-storm"]
     assert storm["max"] == 11.0 and storm["slowest"] == "c" and storm["n"] == 2
+
+
+def test_delay_of_a_row_inserted_while_the_cluster_started_counts_from_cluster_up() -> None:
+    out = delays_by_kind(
+        {"early": 0.0, "late": 12.0}, {"early": 11.0, "late": 12.5}, [], since=10.0
+    )
+    assert out["none"]["max"] == 1.0 and out["none"]["slowest"] == "early"

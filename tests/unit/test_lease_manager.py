@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from leasectl.errors import (
+    ConfigError,
     DatabaseUnavailable,
     KeyCollision,
     NotMigrated,
@@ -28,9 +29,9 @@ from leasectl.lease_manager import LeaseManager
 from leasectl.leases import LeaseEvent
 from leasectl.locks import (
     Contender,
-    Drain,
     Heartbeat,
     LeaseSession,
+    Registered,
     TcpBound,
     gone_payload,
     translate_error,
@@ -164,13 +165,19 @@ class FakeSession:
         campaigns_for: Sequence[str] = (),
         preferred_for: Sequence[str] = (),
         declared_leases: Sequence[str] = (),
-    ) -> Drain | None:
+    ) -> Registered | None:
         self._call("register_replica")
         self.db.replicas[replica] = (self.db.now, self.backend_pid)
         self.db.placement[replica] = ReplicaRow(
             list(campaigns_for) if may_lead else [], list(preferred_for), self.db.now, list(labels)
         )
-        return None
+        return Registered(None)
+
+    def refused(self, replica: str) -> ConfigError:
+        return ConfigError(f"replica id {replica!r} in use")
+
+    def replica_wedged(self, replica: str, loops: Sequence[str]) -> None:
+        self._call("replica_wedged")
 
     def replica_candidacy(
         self, replica: str, campaigns_for: Sequence[str], preferred_for: Sequence[str]
@@ -290,8 +297,11 @@ class FakeSession:
         reason: str,
         *,
         leaving: bool = False,
+        announce: str | None = None,
     ) -> set[str]:
         self._call("hand_over")
+        if announce is not None:
+            self.db.notify("leasectl_control", announce)
         if leaving:
             self.db.placement[replica].stopped = True
             self.db.notify("leasectl_control", gone_payload(replica, "stop"))
@@ -442,14 +452,30 @@ def test_a_heartbeat_that_fails_past_lease_ttl_self_fences() -> None:
         m._heartbeat(s)
     clock.now = 104.9
     assert lease.valid()  # belief lasts until the last good renewal + lease_ttl, not longer
-    m._expire(clock())
+    m._expire(s, clock())
     assert m.lease("x") is not None
     clock.now = 105.0
     assert not lease.valid() and lease.lost_reason == "ttl_expired"
-    m._expire(clock())
+    with pytest.raises(DatabaseUnavailable):  # giving the lock back fails too: reconnect
+        m._expire(s, clock())
     assert m.held() == {} and "x" not in m._state.held
     assert lease.lost_event.is_set()
     assert [(e.kind, e.reason) for e in events if e.kind == "lost"] == [("lost", "ttl_expired")]
+
+
+def test_a_lease_that_expired_on_a_live_session_gives_its_lock_back() -> None:
+    """A stopped holder (SIGSTOP longer than lease_ttl, not yet evicted) resumes: it drops the
+    lease and unlocks it, so its next campaign takes one grant, not a stacked second one
+    (simulator seed 56: one release later the lock stayed held and the lease stuck here)."""
+    db, clock = FakeDatabase(), FakeClock(100.0)
+    m, s, events = manager(db, "a", ["x"], clock)
+    m._campaign(s)
+    assert m.lease("x") is not None
+    clock.now = 100.0 + TTL  # no heartbeat meanwhile: the process was stopped
+    m._expire(s, clock())
+    assert m.lease("x") is None and "x" not in db.locks  # unlocked
+    m._campaign(s)
+    assert m.lease("x") is not None and db.locks["x"] == s.backend_pid
 
 
 def test_a_heartbeat_that_finds_the_epoch_moved_drops_the_lease_and_unlocks() -> None:
@@ -745,6 +771,34 @@ def test_a_better_replica_joining_gets_its_leases_handed_over_once_settled() -> 
     assert all(m._state.handing_over == {} for m, _, _ in (a, b, c))
 
 
+def test_a_hand_over_names_its_receiver_in_the_releases_round_trip() -> None:
+    """The announce is no longer a round trip of its own before the release: peers read it in
+    the same batch as the release's NOTIFY (first), so their reservation starts when the
+    lease is free and a slow release cannot use it up (issue 20: the lease moved twice). The
+    receiver taking the lease ends every peer's reservation."""
+    db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
+    a = manager(db, "a", SIX, clock, SPREAD)
+    beat(a)
+    a[0]._campaign(a[1])
+    db.now, clock.now = 10.0, 110.0
+    b, c = manager(db, "b", SIX, clock, SPREAD), manager(db, "c", SIX, clock, SPREAD)
+    beat(a, b, c)
+    db.now, clock.now = 13.0, 113.0
+    beat(a, b, c)
+    moving = dict(a[0]._state.handing_over)
+    assert moving
+    a[1].calls.clear()
+    a[0]._hand_over_idle(a[1])
+    assert "announce" not in a[1].calls and "hand_over" in a[1].calls
+    first = b[1].inbox[0]
+    assert first.startswith("{") and '"hand_over"' in first  # before the releases
+    deliver(a, b, c)
+    assert all(n in m.held() for n, t in moving.items() for m, _, _ in (b, c) if m.replica_id == t)
+    for m, sess, _ in (a, b, c):
+        m._campaign(sess)  # each sees the receiver holding the lease: its reservation ends
+    assert all(n not in m._state.reserved for m, _, _ in (a, b, c) for n in moving)
+
+
 def test_a_running_tick_delays_the_hand_over_and_no_tick_starts_meanwhile() -> None:
     db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
     a = manager(db, "a", SIX, clock, SPREAD)
@@ -905,8 +959,8 @@ def test_requires_labels_and_preferred_holder_from_the_configuration() -> None:
     a._session, b._session = a._connect(), b._connect()
     assert "loop-0" not in db.placement["a"].campaigns_for
     assert db.placement["b"].preferred_for == ["loop-1"]
-    members = [(a, s_a, []), (b, s_b, [])]
-    beat(*members)  # type: ignore[arg-type]
+    members: list[tuple[LeaseManager, FakeSession, list[LeaseEvent]]] = [(a, s_a, []), (b, s_b, [])]
+    beat(*members)
     a._campaign(s_a)
     b._campaign(s_b)
     assert "loop-0" in b.held() and "loop-1" in b.held()
@@ -1087,13 +1141,14 @@ def test_commands_stop_and_a_pending_hand_over_wake_the_thread() -> None:
     m._campaign(s)
     fd = m._waker.fd
     assert not readable(fd)
-    for command in (
+    commands: tuple[Callable[[], None], ...] = (
         lambda: m.step_down("x"),
         lambda: m.abandon("y", "wedged_tick"),
         lambda: m.resume("y"),
         lambda: m.report_wedged(["y"]),
         m.stop,
-    ):
+    )
+    for command in commands:
         command()
         assert readable(fd)
         m._waker.drain()

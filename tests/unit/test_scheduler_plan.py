@@ -52,13 +52,72 @@ def test_done_slot_is_not_repeated_after_restart() -> None:
 def test_coalesce_runs_current_slot_once_for_many_missed() -> None:
     plan = plan_leased(spec(misfire="coalesce"), 1290, last_done=500)
     assert plan.slot == 1200
+    assert plan.missed == 6  # 600, 700, ..., 1100 are passed over (counted in metrics)
+
+
+def test_max_delay_records_a_late_slot_as_missed_instead_of_running_it() -> None:
+    # The 13-hour outage: the 02:00 slot must not run at 15:00 unasked.
+    daily = spec(interval=86400.0, offset=7200.0, jitter=0.0, max_delay=3600.0)
+    two_am = 86400.0 * 100 + 7200
+    late = plan_leased(daily, two_am + 13 * 3600, last_done=two_am - 86400)
+    assert late.slot is None and late.missed_through == two_am and late.missed == 1
+    assert late.wake_at == two_am + 86400
+    on_time = plan_leased(daily, two_am + 600, last_done=two_am - 86400)
+    assert on_time.slot == two_am and on_time.missed == 0
+
+
+def test_misfire_all_runs_missed_slots_in_order_bounded_by_catch_up() -> None:
+    every = spec(misfire="all", catch_up=3, jitter=0.0)
+    # last done 500; due 600..1200 (7 slots); only the newest 3 (1000, 1100, 1200) run.
+    first = plan_leased(every, 1290, last_done=500)
+    assert first.slot is None and first.missed_through == 900 and first.missed == 4
+    assert [plan_leased(every, 1290, last_done=d).slot for d in (900, 1000, 1100)] == [
+        1000,
+        1100,
+        1200,
+    ]
+    assert plan_leased(every, 1290, last_done=1200).slot is None
+    # max_delay still applies to each caught-up slot.
+    strict = spec(misfire="all", catch_up=3, jitter=0.0, max_delay=150.0)
+    plan = plan_leased(strict, 1290, last_done=1000)
+    assert plan.slot is None and plan.missed_through == 1100 and plan.wake_at == 1290
+    assert plan_leased(strict, 1290, last_done=1100).slot == 1200
+
+
+def test_offset_anchors_interval_slots() -> None:
+    daily = spec(interval=86400.0, offset=7200.0, jitter=0.0)
+    plan = plan_leased(daily, 86400.0 * 5 + 3600, last_done=86400.0 * 4 + 7200)
+    assert plan.slot is None and plan.wake_at == 86400.0 * 5 + 7200
+
+
+def test_default_jitter_is_bounded_seconds_and_zero_for_cron() -> None:
+    assert spec(jitter=None, interval=30.0).jitter_s == 3.0
+    assert spec(jitter=None, interval=86400.0).jitter_s == 10.0
+    assert spec(jitter=None, interval=0.0, cron="0 2 * * *").jitter_s == 0.0
+    with pytest.raises(ValueError, match="jitter"):
+        spec(jitter=100.0, interval=100.0)
+
+
+def test_cron_spec_rejects_both_schedules_and_bad_input() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        spec(interval=60.0, cron="* * * * *")
+    with pytest.raises(ValueError, match="bad cron expression '0 25 \\* \\* \\*'"):
+        spec(interval=0.0, cron="0 25 * * *")
+    with pytest.raises(ValueError, match="unknown time zone 'Europe/Nowhere'"):
+        spec(interval=0.0, cron="0 2 * * *", tz="Europe/Nowhere")
+    with pytest.raises(ValueError, match="tz is for cron"):
+        spec(interval=60.0, tz="Europe/Berlin")
+    with pytest.raises(ValueError, match="misfire"):
+        spec(misfire="later")
 
 
 def test_skip_drops_a_late_slot_but_runs_an_on_time_one() -> None:
-    late = plan_leased(spec(misfire="skip"), 1290, last_done=500)
+    # skip's grace defaults to max(jitter, 1 s): 10 s here (jitter is in seconds).
+    late = plan_leased(spec(misfire="skip", jitter=10.0), 1290, last_done=500)
     assert late.slot is None and late.wake_at == 1300
-    on_time = plan_leased(spec(misfire="skip"), 1205, last_done=500)
-    assert on_time.slot == 1200
+    assert late.missed_through == 1200 and late.missed == 7  # 600..1200, recorded missed
+    on_time = plan_leased(spec(misfire="skip", jitter=10.0), 1205, last_done=500)
+    assert on_time.slot == 1200 and on_time.missed == 6
 
 
 def test_backoff_grows_exponentially_and_is_capped() -> None:

@@ -176,13 +176,16 @@ def delays_by_kind(
     inserted_at: Mapping[str, float],
     delivered_at: Mapping[str, float],
     faults: Sequence[tuple[float, str]],
+    since: float = 0.0,
 ) -> dict[str, dict[str, float | None | str]]:
     """Per fault kind: delivery delay percentiles (insert acknowledged -> first delivery) and
     the slowest notification's id.
 
     A notification counts against the last fault before its delivery (the one it waited
     through, or whose aftermath it was inserted in); one delivered before the first fault
-    counts under ``none``. ``faults`` are (instant, kind), on the clock of both maps.
+    counts under ``none``. ``faults`` are (instant, kind), on the clock of both maps. The
+    delay runs from ``since`` (the cluster is up) for rows inserted before it: the feed
+    starts with the replicas, and their start-up is not a fault's delay.
     """
     ordered = sorted(faults)
     delays: dict[str, list[tuple[float, str]]] = {}
@@ -190,6 +193,7 @@ def delays_by_kind(
         start = inserted_at.get(key)
         if start is None:
             continue
+        start = max(start, since)
         kind = "none"
         for t, k in ordered:
             if t <= at:

@@ -219,11 +219,13 @@ def analyze(
     same_clock: bool,
     replication: str | None = None,
     still_due: Collection[str] = (),
+    cluster_up: float = 0.0,
 ) -> Analysis:
     """Check every invariant over the drained run.
 
     ``still_due``: notifications the drain stopped waiting for while still within their
-    delivery bound (an interrupted drill): reported, not judged lost.
+    delivery bound (an interrupted drill): reported, not judged lost. ``cluster_up``: when
+    every replica had started (notification delays of earlier rows count from then).
     """
     like = {"prefix": feed.prefix + "%"}
     with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
@@ -384,7 +386,8 @@ def analyze(
 
     _attribute(rounds, ovs, dups)
     summary = summarize_rounds(rounds)
-    delays = delays_by_kind(feed.inserted_at, first, [(r.t_fault, r.kind) for r in rounds])
+    faults = [(r.t_fault, r.kind) for r in rounds]
+    delays = delays_by_kind(feed.inserted_at, first, faults, since=cluster_up)
     for row in summary:
         row["notification_delay"] = delays.get(row["kind"])
     return Analysis(

@@ -78,6 +78,8 @@ def to_json(result: DrillResult) -> dict[str, Any]:
         "deliveries": [
             [d.key, d.epoch, d.replica, d.at, d.verified, d.status] for d in result.deliveries
         ],
+        # feed row id -> when its insert was acknowledged (the delivery delays' start)
+        "inserted_at": result.inserted_at,
     }
 
 

@@ -81,6 +81,7 @@ class DrillResult:
     replicas: list[dict[str, Any]]
     lines: list[LogLine]
     deliveries: list[Delivery] = field(default_factory=list)
+    inserted_at: dict[str, float] = field(default_factory=dict)  # feed row id -> acknowledged
     interrupted: bool = False
     setup_notes: list[str] = field(default_factory=list)
 
@@ -367,6 +368,7 @@ class Drill:
                 custom=self._custom_rounds(tgt),
             )
             self._wait_started(cluster, 90.0)
+            cluster_up = time.time()
             plan = faults.schedule(self.kinds, self.opts.rounds)
             self.progress(0, len(plan), None, "cluster up")
             try:
@@ -416,6 +418,7 @@ class Drill:
                 still_due=self._drain_watch.still_due(time.monotonic())
                 if self._drain_watch is not None
                 else (),
+                cluster_up=cluster_up,
             )
             self._liveness(analysis, admin, rounds, tgt, started, finished)
             return DrillResult(
@@ -428,6 +431,7 @@ class Drill:
                 replicas=cluster.describe(),
                 lines=cluster.snapshot(),
                 deliveries=sink.deliveries(),
+                inserted_at=dict(self._feed.inserted_at),
                 setup_notes=self.notes,
                 interrupted=self.interrupted,
             )

@@ -1,0 +1,1 @@
+"""A deterministic simulator of the lease protocol (docs/testing.md, "Simulation")."""
