@@ -2,10 +2,11 @@
 
 Builds the cluster the page reads, on the embedded PostgreSQL: 30 replica rows, each with a
 live lock session (``application_name leasectl/<id>``) holding the advisory locks of its 10
-leases, 300 lease rows, a tick ledger of ``--ledger`` slots per leased loop (the page reads each
-loop's latest row through the ledger's index), 5,000 lease events, 20 rate-limit buckets and
-a pause. Then times what a replica does per request to ``/``: ``status.read_cluster`` through
-a pool connection plus ``status_page.render_page``, ``--n`` requests per round, three rounds.
+leases, 300 lease rows, a tick ledger of ``--ledger`` slots per leased loop, the run history
+(each leased loop's last run on its holder, one everywhere loop's on all 30 replicas), 5,000
+lease events, 20 rate-limit buckets and a pause. Then times what a replica does per request
+to ``/``: ``status.read_cluster`` through a pool connection plus ``status_page.render_page``,
+``--n`` requests per round, three rounds.
 Wall time (p50, p99, max) and this process's CPU time per request (load-independent: the
 rest is the server's time and waiting for a core); the 1-minute load average is printed with
 each round, since the machine is shared. Goal: p99 < 100 ms. Usage::
@@ -64,6 +65,20 @@ def build(dsn: str, ledger: int) -> list[psycopg.Connection[object]]:
             "SELECT l.name, now() - make_interval(secs => s * 60), 7, l.holder, now(), 'ok' "
             "FROM leasectl_leases l, generate_series(1, %s) s",
             (ledger,),
+        )
+        # Run history (issue 18): each leased loop's last run on its holder, and one
+        # everywhere loop's last run on every replica.
+        c.execute(
+            "INSERT INTO leasectl_loop_runs (loop, replica, placement, schedule, tz, tick_at, "
+            "started_at, finished_at, seconds, outcome, next_fire_at) "
+            "SELECT name, holder, 'leased', 'every 60s', 'UTC', now(), now(), now(), 0.01, "
+            "'ok', now() + interval '60 seconds' FROM leasectl_leases"
+        )
+        c.execute(
+            "INSERT INTO leasectl_loop_runs (loop, replica, placement, schedule, tz, tick_at, "
+            "started_at, finished_at, seconds, outcome, next_fire_at) "
+            "SELECT 'mailer', id, 'everywhere', 'every 5s', 'UTC', now(), now(), now(), 0.01, "
+            "'ok', now() + interval '5 seconds' FROM leasectl_replicas"
         )
         c.execute(
             "INSERT INTO leasectl_lease_events (lease, epoch, replica, event, reason) "
@@ -136,6 +151,7 @@ def main() -> int:
                         size = len(page.encode())
                     cpu = (time.process_time() - cpu0) / args.n * 1000
                     assert len(status.leases) == REPLICAS * PER_REPLICA, len(status.leases)
+                    assert len(status.loops) == REPLICAS * PER_REPLICA + 1, len(status.loops)
                     assert len(status.replicas) == REPLICAS, len(status.replicas)
                     held = sum(le.state == "held" for le in status.leases)
                     assert held == 300, [(le.name, le.state, le.reason) for le in status.leases][:3]
