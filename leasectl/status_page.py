@@ -212,7 +212,7 @@ def _loops(status: ClusterStatus) -> str:
         rows.append(
             f'<tr id="loop-{escape(lo.loop)}"{paused_attr}><td><b>{escape(lo.loop)}</b>{flag}</td>'
             f"<td>{escape(lo.placement)}</td><td>{ran}</td><td>{outcome}</td><td>{took}</td>"
-            f"<td>{_time(lo.next_fire_at)}</td><td>{paused}</td><td>{wedged}</td></tr>"
+            f"<td>{'–' if p is not None else _time(lo.next_fire_at)}</td><td>{paused}</td><td>{wedged}</td></tr>"
         )
     if not rows:
         return '<p class="dim">No loops registered yet.</p>'
