@@ -206,13 +206,14 @@ def _loops(status: ClusterStatus) -> str:
                 f"{escape(p.reason) or 'paused'} "
                 f'<span class="dim">by {escape(p.paused_by)}, {_age(p.age_s)} ago</span>'
             )
+        fires = "–" if p is not None else _time(lo.next_fire_at)  # paused: it will not fire
         wedged = (
             f'<span class="bad">{escape(", ".join(lo.wedged_on))}</span>' if lo.wedged_on else "–"
         )
         rows.append(
             f'<tr id="loop-{escape(lo.loop)}"{paused_attr}><td><b>{escape(lo.loop)}</b>{flag}</td>'
             f"<td>{escape(lo.placement)}</td><td>{ran}</td><td>{outcome}</td><td>{took}</td>"
-            f"<td>{'–' if p is not None else _time(lo.next_fire_at)}</td><td>{paused}</td><td>{wedged}</td></tr>"
+            f"<td>{fires}</td><td>{paused}</td><td>{wedged}</td></tr>"
         )
     if not rows:
         return '<p class="dim">No loops registered yet.</p>'
