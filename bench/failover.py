@@ -21,9 +21,17 @@ the round then starts at a random phase of the standbys' poll cycle (uniform ove
 interval, 0.6 s), as a real crash would. After each round a fresh replica replaces the one
 that left. Percentiles are nearest-rank.
 
+``--kind daemons`` runs the same rounds with real ``leasectl run`` daemons (what users run:
+the scheduler, its loops and the metrics server around the same lease manager), on the
+CLI tests' loops (``tests.cli.cluster_loops``: ticks of 0.5 s that only check their lease),
+default lease settings. t0 is the database clock read right before the signal, t1 the new
+holder's ``acquired`` event (``now()`` of its epoch bump); ``--kind both`` reports the two
+kinds side by side.
+
 Usage::
 
     .venv/bin/python bench/failover.py --rounds 60
+    .venv/bin/python bench/failover.py --rounds 50 --kind both
 """
 
 from __future__ import annotations
@@ -31,9 +39,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,9 +106,9 @@ def watched(conn: psycopg.Connection[Any], replica: str) -> bool:
     return bool(row and row[0])
 
 
-def holder_of(conn: psycopg.Connection[Any]) -> str | None:
+def holder_of(conn: psycopg.Connection[Any], lease: str = LEASE) -> str | None:
     row = conn.execute(
-        "SELECT holder FROM leasectl_leases WHERE name = %s AND released_at IS NULL", (LEASE,)
+        "SELECT holder FROM leasectl_leases WHERE name = %s AND released_at IS NULL", (lease,)
     ).fetchone()
     return str(row[0]) if row else None
 
@@ -222,6 +232,126 @@ def run(dsn: str, mode: str, rounds: int, replicas: int, verbose: bool) -> list[
     return latencies
 
 
+DAEMON_LEASE = "alpha"
+
+
+class Daemon:
+    """One ``leasectl run`` process (its own process group), logging to a file."""
+
+    def __init__(self, dsn: str, rid: str, tmp: Path, config: Path) -> None:
+        self.id = rid
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
+        env["PYTHONPATH"] = str(REPO)
+        env["LEASECTL_CONFIG"] = str(config)
+        self.log = open(tmp / f"{rid}.log", "w")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "leasectl"), "run", "--replica-id", rid],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.log.close()
+
+
+def _db_now(conn: psycopg.Connection[Any]) -> float:
+    row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+def _acquired_after(conn: psycopg.Connection[Any], epoch: int) -> tuple[str, int, float] | None:
+    row = conn.execute(
+        "SELECT replica, epoch, extract(epoch FROM at)::float8 FROM leasectl_lease_events"
+        " WHERE lease = %s AND event = 'acquired' AND epoch > %s ORDER BY epoch LIMIT 1",
+        (DAEMON_LEASE, epoch),
+    ).fetchone()
+    return (str(row[0]), int(row[1]), float(row[2])) if row else None
+
+
+def run_daemons(dsn: str, mode: str, rounds: int, replicas: int, verbose: bool) -> list[float]:
+    """As :func:`run`, with ``leasectl run`` daemons; times on the database clock."""
+    import yaml
+
+    tmp = Path(tempfile.mkdtemp(prefix="leasectl-bench-daemons-"))
+    config = tmp / "leasectl.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "database": {"dsn": dsn},
+                "scheduler": {
+                    "loops_package": "tests.cli.cluster_loops",
+                    "shutdown_grace": 2.0,
+                    "only": [DAEMON_LEASE],
+                },
+                "metrics": {"listen": ""},
+            }
+        )
+    )
+    conn = psycopg.connect(dsn, autocommit=True)
+    seq = 0
+    live: dict[str, Daemon] = {}
+    latencies: list[float] = []
+    row = conn.execute("SELECT coalesce(max(epoch), 0) FROM leasectl_leases").fetchone()
+    last_epoch = int(row[0]) if row else 0
+    try:
+        while len(latencies) < rounds:
+            while len(live) < replicas:
+                seq += 1
+                d = Daemon(dsn, f"d{mode[0]}{seq}", tmp, config)
+                live[d.id] = d
+            name = wait_for(lambda: holder_of(conn, DAEMON_LEASE) in live, 60, "a holder")
+            name = holder_of(conn, DAEMON_LEASE)
+            holder = live[str(name)]
+            standbys = [d for d in live.values() if d is not holder]
+            for s in standbys:
+                wait_for(lambda s=s: campaigned(conn, s.id), 30, f"{s.id} campaign")
+            if mode == "crash":
+                wait_for(lambda h=holder.id: watched(conn, h), 30, f"a watcher of {holder.id}")
+            time.sleep(random.uniform(0, POLL_CYCLE))
+            if holder_of(conn, DAEMON_LEASE) != holder.id:
+                continue  # a placement rebalance moved the lease meanwhile: start again
+            row = conn.execute(
+                "SELECT epoch FROM leasectl_leases WHERE name = %s", (DAEMON_LEASE,)
+            ).fetchone()
+            last_epoch = int(row[0]) if row else last_epoch
+            t0 = _db_now(conn)
+            holder.signal(signal.SIGKILL if mode == "crash" else signal.SIGTERM)
+            taker, epoch, t1 = wait_for(
+                lambda e=last_epoch: _acquired_after(conn, e), 15, "the takeover"
+            )
+            last_epoch = epoch
+            latencies.append(t1 - t0)
+            if verbose:
+                print(f"daemons {mode} round {len(latencies)}: {(t1 - t0) * 1000:.1f} ms ({taker})")
+            holder.proc.wait(15)
+            holder.close()
+            del live[holder.id]
+    finally:
+        for d in live.values():
+            d.signal(signal.SIGTERM)
+        for d in live.values():
+            try:
+                d.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+            d.close()
+        conn.close()
+    return latencies
+
+
 def summary(mode: str, values: list[float]) -> dict[str, Any]:
     ms = [v * 1000 for v in values]
     return {
@@ -241,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicas", type=int, default=3, help="replica processes (>= 2)")
     p.add_argument("--dsn", help="server DSN (default: a throwaway embedded server)")
     p.add_argument("--mode", choices=["crash", "graceful", "both"], default="both")
+    p.add_argument(
+        "--kind",
+        choices=["light", "daemons", "both"],
+        default="light",
+        help="light replica processes (tests/replica_proc.py), leasectl run daemons, or both",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -256,7 +392,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dsn = fresh_database(server_dsn)
         modes = ["crash", "graceful"] if args.mode == "both" else [args.mode]
-        results = [summary(m, run(dsn, m, args.rounds, args.replicas, args.verbose)) for m in modes]
+        kinds = ["light", "daemons"] if args.kind == "both" else [args.kind]
+        results = []
+        for kind in kinds:
+            fn = run if kind == "light" else run_daemons
+            for m in modes:
+                values = fn(dsn, m, args.rounds, args.replicas, args.verbose)
+                results.append({"kind": kind, **summary(m, values)})
     finally:
         if server is not None:
             server.stop("immediate")
@@ -267,11 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print("| mode | rounds | p50 | p99 | max | mean | min | goal (p99) |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| kind | mode | rounds | p50 | p99 | max | mean | min | goal (p99) |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in results:
             print(
-                f"| {r['mode']} | {r['rounds']} | {r['p50_ms']} ms | {r['p99_ms']} ms | "
+                f"| {r['kind']} | {r['mode']} | {r['rounds']} | {r['p50_ms']} ms | "
+                f"{r['p99_ms']} ms | "
                 f"{r['max_ms']} ms | {r['mean_ms']} ms | {r['min_ms']} ms | "
                 f"<= {goals[r['mode']]:.0f} ms |"
             )

@@ -20,6 +20,7 @@ from leasectl.errors import (
     MigrationError,
     MigrationFailed,
     MigrationLocked,
+    MissingExtra,
     NotMigrated,
     RowLockTimeout,
     SafetyInequalityViolated,
@@ -49,6 +50,7 @@ __all__ = [
     # errors
     "LeasectlError",
     "ConfigError",
+    "MissingExtra",
     "DatabaseUnavailable",
     "NotMigrated",
     "RowLockTimeout",

@@ -43,7 +43,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self, TypeVar
 
-from leasectl import control, ledger, logs, status
+from leasectl import ledger, logs, loop_control, status
 from leasectl.config import load_settings
 from leasectl.daemon import EXIT_FORCED, Daemon
 from leasectl.errors import ConfigError, LeasectlError
@@ -86,6 +86,7 @@ class App:
         self._dsn = dsn
         self._config = str(config) if config is not None else None
         self._settings = settings
+        self._settings_given = settings is not None  # else loaded, and reloaded on include()
         self._overrides: dict[str, Any] = {}
         self._migrations = [_migration_source(m) for m in migrations]
         self._replica_id = replica_id
@@ -204,6 +205,8 @@ class App:
         self._refuse_if_started("include a package")
         if package not in self._included:
             self._included.append(package)
+            if not self._settings_given:
+                self._settings = None  # its loops: section is read now, if it is the package
 
     def configure(
         self,
@@ -239,17 +242,23 @@ class App:
             self._overrides["logging.format"] = log_format
         # Given settings are used as they are; otherwise rebuilt with the overrides on next use.
         self._settings = settings
+        self._settings_given = settings is not None
 
     # -- what it would run -----------------------------------------------------------------
 
     @property
     def settings(self) -> Settings:
-        """The effective settings (loaded on first use; :class:`ConfigError` if invalid)."""
+        """The effective settings (loaded on first use; :class:`ConfigError` if invalid).
+
+        The config's ``loops:`` section is read (and ``scheduler.loops_package`` imported)
+        only when this App includes that package: an App of one's own never imports the
+        certificate loops, nor needs their settings to be valid.
+        """
         if self._settings is None:
             overrides = dict(self._overrides)
             if self._dsn:
                 overrides["database.dsn"] = self._dsn
-            settings = load_settings(self._config, overrides=overrides)
+            settings = load_settings(self._config, overrides=overrides, loops=self._included)
             if self._replica_id:
                 settings = replace(settings, replica=replace(settings.replica, id=self._replica_id))
             self._settings = settings
@@ -371,18 +380,18 @@ class App:
         :raises UnknownLoop: the cluster knows no loop of that name (``.known`` lists them).
         """
         with self._control_connection() as conn:
-            control.pause(conn, name, by=by or _caller(), reason=reason, now=now)
+            loop_control.pause(conn, name, by=by or _caller(), reason=reason, now=now)
 
     def resume(self, name: str, *, at: datetime | None = None, by: str | None = None) -> bool:
         """End the pause of ``name`` now (or at ``at``); False if it was not paused."""
         with self._control_connection() as conn:
-            return control.resume(conn, name, by=by or _caller(), at=at) is not None
+            return loop_control.resume(conn, name, by=by or _caller(), at=at) is not None
 
     def trigger(self, name: str, *, reason: str = "", by: str | None = None) -> int:
         """Run one extra tick of ``name`` as soon as possible: on the lease holder (at most
         once across the cluster), or on every replica for an everywhere loop; the trigger id."""
         with self._control_connection() as conn:
-            return control.trigger(conn, name, by=by or _caller(), reason=reason)
+            return loop_control.trigger(conn, name, by=by or _caller(), reason=reason)
 
     @contextmanager
     def _control_connection(self) -> Iterator[Any]:

@@ -29,7 +29,6 @@ from psycopg_pool import PoolTimeout
 from leasectl import metrics, placement, status_page
 from leasectl._version import __version__
 from leasectl.config import redact_dsn
-from leasectl.control import LoopControl
 from leasectl.db import (
     configured_dsn,
     make_async_pool,
@@ -45,6 +44,7 @@ from leasectl.lease_manager import LeaseManager, make_replica_id
 from leasectl.leases import LeaseEvent
 from leasectl.limits import RateLimiter
 from leasectl.loop import LoopSpec
+from leasectl.loop_control import LoopControl
 from leasectl.migrate import MigrationSource, migrate
 from leasectl.scheduler import Scheduler
 from leasectl.settings import Settings

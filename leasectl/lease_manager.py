@@ -35,7 +35,6 @@ better candidate has been live for ``rebalance_after`` and the lease has stayed 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -46,7 +45,7 @@ from typing import Any
 
 import psycopg
 
-from leasectl import placement
+from leasectl import control, placement, timing
 from leasectl._version import __version__
 from leasectl.errors import (
     DatabaseUnavailable,
@@ -222,7 +221,7 @@ class LeaseManager:
         self._idle_since: float | None = None  # direct but needed by nothing, since
         self._gone_said: dict[str, float] = {}  # replica -> when its replica_gone was acted on
         self._exit_listeners: list[Callable[[], None]] = []
-        self._control_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._control_listeners: list[Callable[[control.LoopControlChanged], None]] = []
         self._state = _State()
         self._lock = threading.RLock()
         self._listeners: list[Callable[[LeaseEvent], None]] = []
@@ -242,9 +241,9 @@ class LeaseManager:
     def add_listener(self, fn: Callable[[LeaseEvent], None]) -> None:
         self._listeners.append(fn)
 
-    def add_control_listener(self, fn: Callable[[dict[str, Any]], None]) -> None:
+    def add_control_listener(self, fn: Callable[[control.LoopControlChanged], None]) -> None:
         """Call ``fn`` (on the manager thread) with each ``loop_control`` message of the
-        control channel (:mod:`leasectl.control`: pause, resume, trigger)."""
+        control channel (:mod:`leasectl.loop_control`: pause, resume, trigger)."""
         self._control_listeners.append(fn)
 
     def add_exit_listener(self, fn: Callable[[], None]) -> None:
@@ -453,16 +452,9 @@ class LeaseManager:
         s = self.settings
         assert session.tcp is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
         self.d_srv = session.tcp.d_srv
-        budget = s.leases.lease_ttl + s.leases.safety_margin
-        if self.d_srv is not None and budget > self.d_srv:
-            raise SafetyInequalityViolated(
-                f"lease_ttl ({s.leases.lease_ttl}s) + safety_margin ({s.leases.safety_margin}s)"
-                f" = {budget}s exceeds D_srv = {self.d_srv}s, the earliest time the server "
-                f"may drop a silent holder (tcp_keepalives_idle={session.tcp.idle}, "
-                f"interval={session.tcp.interval}, count={session.tcp.count}, "
-                f"tcp_user_timeout={session.tcp.user_timeout_ms}ms as read back with SHOW). "
-                "Lower lease_ttl or raise the keepalive/user-timeout settings."
-            )
+        problem = timing.inequality_violation(s.leases, session.tcp)
+        if problem is not None:
+            raise SafetyInequalityViolated(problem)
         if session.via_pooler:
             log.warning(
                 "the lock connection goes through a (session-mode) pooler: the TCP settings "
@@ -579,38 +571,18 @@ class LeaseManager:
     def _on_notify(self, session: LeaseSession, payload: str) -> bool:
         """Handle a notification; True when a campaign should run now."""
         if payload.startswith("{"):
-            try:
-                msg = json.loads(payload)
-            except ValueError:
-                return False
-            if msg.get("action") == "replica_gone":
-                return self._replica_gone(msg.get("replica"))
-            if msg.get("action") == "loop_control":
+            msg = control.parse(payload)
+            if isinstance(msg, control.ReplicaGone):
+                return self._replica_gone(msg.replica)
+            if isinstance(msg, control.HandOver):
+                self._reserve(list(msg.leases), msg.to)
+                return msg.to == self.replica_id
+            if isinstance(msg, control.LoopControlChanged):
                 for fn in self._control_listeners:
                     fn(msg)
                 return False
-            if msg.get("action") == "hand_over":
-                to, leases = msg.get("to"), msg.get("leases")
-                if isinstance(to, str) and isinstance(leases, list):
-                    self._reserve([n for n in leases if isinstance(n, str)], to)
-                    return to == self.replica_id
-                return False
-            if msg.get("action") == "step_down":
-                lease, replica = msg.get("lease"), msg.get("replica")
-                names = [lease] if lease else list(self._state.held)
-                if replica and replica != self.replica_id:
-                    return False
-                cooldown = float(msg.get("cooldown") or self.settings.leases.step_down_cooldown)
-                with self._lock:
-                    mine = [n for n in names if n in self._state.held]
-                    # `step-down --replica <this one>` drains the replica: it stays away from
-                    # every lease for the cooldown, not only those it held (with spread
-                    # placement it would otherwise be handed others meanwhile).
-                    away = self.wanted if replica and not lease else mine
-                    for n in away:
-                        self._state.cooldown_until[n] = self.clock() + cooldown
-                if mine:
-                    self._release(session, mine, "step_down")
+            if isinstance(msg, control.StepDown):
+                self._step_down_asked(session, msg)
             return False
         if payload not in self.wanted:
             return False
@@ -618,6 +590,23 @@ class LeaseManager:
             if payload not in self._state.held:
                 self._state.free_since.setdefault(payload, self.clock())
         return True
+
+    def _step_down_asked(self, session: LeaseSession, msg: control.StepDown) -> None:
+        """``leasectl step-down`` for a lease, a replica (this one?) or everything."""
+        if msg.replica and msg.replica != self.replica_id:
+            return
+        names = [msg.lease] if msg.lease else list(self._state.held)
+        cooldown = msg.cooldown or self.settings.leases.step_down_cooldown
+        with self._lock:
+            mine = [n for n in names if n in self._state.held]
+            # `step-down --replica <this one>` drains the replica: it stays away from every
+            # lease for the cooldown, not only those it held (with spread placement it would
+            # otherwise be handed others meanwhile).
+            away = self.wanted if msg.replica and not msg.lease else mine
+            for n in away:
+                self._state.cooldown_until[n] = self.clock() + cooldown
+        if mine:
+            self._release(session, mine, "step_down")
 
     def _reserve(self, names: list[str], target: str) -> None:
         """Only ``target`` tries these leases for a while (a rebalance handed them to it).
@@ -1440,9 +1429,7 @@ class LeaseManager:
         released = [lease.name for lease in leases]
         announce = None
         if to is not None:
-            announce = json.dumps(
-                {"action": "hand_over", "leases": released, "to": to, "from": self.replica_id}
-            )
+            announce = control.encode(control.HandOver(tuple(released), to, self.replica_id))
         session.hand_over(
             released,
             [lease.epoch for lease in leases],
@@ -1541,9 +1528,7 @@ def request_step_down(
 ) -> None:
     """Ask the holder(s) to release a lease and stay away for ``cooldown`` seconds (NOTIFY;
     for a whole replica also kept in its row, which a pooled standby reads at its next poll)."""
-    payload = json.dumps(
-        {"action": "step_down", "lease": lease, "replica": replica, "cooldown": cooldown}
-    )
+    payload = control.encode(control.StepDown(lease, replica, cooldown))
     if replica and not lease:
         request_drain(conn, replica, cooldown)
     notify_control(conn, payload)

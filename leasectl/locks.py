@@ -32,7 +32,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import random
 import secrets
 import selectors
@@ -43,7 +42,7 @@ from typing import Any, NamedTuple, Protocol, Self
 
 import psycopg
 
-from leasectl import sql
+from leasectl import control, sql
 from leasectl.db import is_unix_socket, lock_connect
 from leasectl.errors import (
     ConfigError,
@@ -82,7 +81,7 @@ def replica_key(replica: str) -> int:
 
 def gone_payload(replica: str, why: str) -> str:
     """The control-channel message that says ``replica``'s lock session ended or is ending."""
-    return json.dumps({"action": "replica_gone", "replica": replica, "why": why})
+    return control.encode(control.ReplicaGone(replica, why))
 
 
 class Drain(NamedTuple):

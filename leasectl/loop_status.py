@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from leasectl import sql
-from leasectl.control import ALL, Pause
+from leasectl.loop_control import ALL, Pause
 
 Q = sql.load("loop_status")
 

@@ -36,13 +36,13 @@ import tenacity
 from psycopg_pool import ConnectionPool
 
 from leasectl import metrics, sql
-from leasectl.control import ALL, LoopControl, Trigger
 from leasectl.errors import DatabaseUnavailable, FencingRejected, LeaseLost, TickCancelled
 from leasectl.event_loop import EventLoopThread
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import Lease, LeaseEvent
 from leasectl.limits import RateLimiter
 from leasectl.loop import AsyncTickContext, LoopSpec, TickContext
+from leasectl.loop_control import ALL, LoopControl, Trigger
 from leasectl.settings import SchedulerSettings
 
 log = logging.getLogger("leasectl.scheduler")
@@ -120,8 +120,8 @@ def plan_leased(
                 return Plan(None, first)
         due = current
     elif spec.misfire == "all":
-        pending = sched.count_between(last_done, current)
-        if pending > spec.catch_up:
+        if sched.count_between(last_done, current, limit=spec.catch_up + 1) > spec.catch_up:
+            pending = sched.count_between(last_done, current)  # once per outage: for metrics
             oldest_kept: float | None = current
             for _ in range(spec.catch_up - 1):
                 oldest_kept = _previous(spec, oldest_kept) if oldest_kept is not None else None

@@ -29,7 +29,6 @@ import psycopg
 
 from leasectl import loop_status, placement, sql
 from leasectl.config import redact_dsn
-from leasectl.control import Pause, read_pauses
 from leasectl.db import configured_dsn
 from leasectl.db import connect as db_connect
 from leasectl.embedded import EmbeddedPostgres, locate_data_dir
@@ -37,6 +36,7 @@ from leasectl.errors import DatabaseUnavailable, NotMigrated
 from leasectl.keys import int4_hash, namespace_for
 from leasectl.lease_manager import request_step_down
 from leasectl.limits import read_fill
+from leasectl.loop_control import Pause, read_pauses
 from leasectl.schedule import zone_info
 from leasectl.settings import Settings
 

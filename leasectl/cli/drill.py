@@ -7,19 +7,17 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+from leasectl import extras
 from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument, add_common
 from leasectl.cli.run import add_app_argument
 from leasectl.errors import ConfigError
 from leasectl.tools.drill.faults import KINDS, parse_kinds
-from leasectl.tools.drill.report import checks_table, ms, summary_table, write_html, write_json
-from leasectl.tools.drill.rounds import RoundResult
-from leasectl.tools.drill.runner import Drill, DrillOptions
+
+if TYPE_CHECKING:
+    from leasectl.tools.drill.rounds import RoundResult
 
 
 def add_drill_parser(sub: Any) -> None:
@@ -121,6 +119,28 @@ def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
+    # The drill's own dependencies (rich, the certificate loops, the embedded server) are the
+    # 'demo' extra: imported here, so `import leasectl.cli` and every other command work
+    # without it.
+    extras.require("demo", "leasectl drill")
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from leasectl.tools.drill.report import (
+        checks_table,
+        ms,
+        summary_table,
+        write_html,
+        write_json,
+    )
+    from leasectl.tools.drill.runner import Drill, DrillOptions
+
     console = Console(stderr=True)
     try:
         kinds = parse_kinds(args.faults)

@@ -13,7 +13,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from leasectl import control
+from leasectl import loop_control as control
 from leasectl import status as st
 from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument, add_common, settings_from

@@ -15,7 +15,7 @@ from typing import Any
 
 from leasectl import logs
 from leasectl.app import App, load_app
-from leasectl.cli.args import add_argument, add_common
+from leasectl.cli.args import add_argument, add_common, settings_from
 from leasectl.errors import ConfigError
 from leasectl.migrate import MigrationSource
 from leasectl.settings import Settings
@@ -71,7 +71,8 @@ def app_from_args(args: argparse.Namespace) -> App:
         app.configure(config=args.config, dsn=args.dsn)
         return app
     app = App(config=args.config, dsn=args.dsn)
-    app.include(app.settings.scheduler.loops_package)
+    # Validated whole (the loops: section too, every problem at once) to learn the package.
+    app.include(settings_from(args).scheduler.loops_package)
     return app
 
 

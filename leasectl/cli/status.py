@@ -16,14 +16,11 @@ more than ``--max-unheld`` seconds; 2 cannot connect or the database is not migr
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
 from typing import Any
-
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
 
 from leasectl import status as st
 from leasectl.cli import exit_codes
@@ -31,7 +28,15 @@ from leasectl.cli.args import add_argument, add_common, settings_from
 from leasectl.cli.run import add_app_argument, app_from_args
 from leasectl.errors import DatabaseUnavailable
 from leasectl.settings import Settings
-from leasectl.tools.status_view import render, render_loop
+from leasectl.tools.status_view import (
+    Section,
+    loop_sections,
+    plain_text,
+    render,
+    render_text,
+    rich_group,
+    sections,
+)
 
 
 def add_status_parser(sub: Any) -> None:
@@ -139,7 +144,7 @@ def cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps({**st.loop_json(found[0])}, indent=2))
     else:
-        Console(width=None if sys.stdout.isatty() else 160).print(render_loop(found[0]))
+        _print(loop_sections(found[0]))
     return exit_codes.OK
 
 
@@ -154,7 +159,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status.to_json(), indent=2))
     else:
-        Console(width=None if sys.stdout.isatty() else 160).print(render(status, args.max_unheld))
+        _print(sections(status, args.max_unheld))
     return exit_codes.CHECK_FAILED if status.unheld(args.max_unheld) else exit_codes.OK
 
 
@@ -172,6 +177,11 @@ def _watch(
         except KeyboardInterrupt:
             return code
 
+    if not _have_rich():
+        return _watch_text(args, settings, wanted)
+    from rich.live import Live
+    from rich.text import Text
+
     code = exit_codes.OK
     with Live(Text("reading status..."), refresh_per_second=4, screen=False) as live:
         try:
@@ -188,3 +198,40 @@ def _watch(
                 time.sleep(args.interval)
         except KeyboardInterrupt:
             return code
+
+
+def _print(parts: list[Section]) -> None:
+    """Tables drawn by rich when it is installed, else as plain aligned text."""
+    if _have_rich():
+        from rich.console import Console
+
+        Console(width=None if sys.stdout.isatty() else 160).print(rich_group(parts))
+    else:
+        sys.stdout.write(plain_text(parts))
+
+
+def _have_rich() -> bool:
+    """rich (the ``demo`` extra) draws the tables; without it they are plain text."""
+    return importlib.util.find_spec("rich") is not None
+
+
+def _watch_text(
+    args: argparse.Namespace, settings: Settings, wanted: tuple[list[str] | None, str]
+) -> int:
+    """``--watch`` without rich: the plain tables again at every refresh."""
+    code = exit_codes.OK
+    clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            try:
+                status = read(args, settings, wanted)
+                code = exit_codes.CHECK_FAILED if status.unheld(args.max_unheld) else exit_codes.OK
+                text = render_text(status, args.max_unheld)
+            except DatabaseUnavailable as exc:
+                code = exit_codes.CANNOT_START
+                text = f"database unavailable: {exc}\n"
+            sys.stdout.write(clear + text + ("" if clear else "\n"))
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return code

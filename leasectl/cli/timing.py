@@ -28,6 +28,7 @@ from leasectl.cli.run import add_app_argument, app_on
 from leasectl.db import is_unix_socket, resolve_lock_dsn
 from leasectl.locks import LockSession, TcpBound
 from leasectl.settings import Settings
+from leasectl.timing import safety_rules
 
 
 @dataclass(frozen=True)
@@ -168,26 +169,12 @@ def explain(
     checks: list[str] = []
     ok = True
 
-    def rule(holds: bool, text: str) -> None:
-        nonlocal ok
-        ok = ok and holds
-        checks.append(f"{text}: {'ok' if holds else 'VIOLATED'}")
-
-    if d_srv is None:
-        checks.append(
-            f"lease_ttl + safety_margin = {budget:g}s <= D_srv: exempt (Unix socket: no "
-            "partition possible)"
-        )
-    else:
-        rule(budget <= d_srv, f"lease_ttl + safety_margin = {budget:g}s <= D_srv = {d_srv:g}s")
-    rule(
-        ls.eviction_grace >= ls.safety_margin,
-        f"eviction_grace = {ls.eviction_grace:g}s >= safety_margin = {ls.safety_margin:g}s",
-    )
-    rule(
-        ls.heartbeat_interval < ls.lease_ttl,
-        f"heartbeat_interval = {ls.heartbeat_interval:g}s < lease_ttl = {ls.lease_ttl:g}s",
-    )
+    for r in safety_rules(ls, d_srv):  # the same rules the lease manager's start check uses
+        if r.holds is None:
+            checks.append(r.text)
+        else:
+            ok = ok and r.holds
+            checks.append(f"{r.text}: {'ok' if r.holds else 'VIOLATED'}")
     backoff = ls.reconnect_max_backoff * 1.2
     hang = evict + 2 * a_max
     crash = Fault(

@@ -106,9 +106,10 @@ WHERE (%(loop)s::text IS NULL OR r.loop = %(loop)s)
 ORDER BY r.loop, r.started_at DESC NULLS LAST, r.replica
 
 -- name: loop_ticks
--- A leased loop's newest slots from the tick ledger: its run history.
+-- A leased loop's newest slots from the tick ledger: its run history. A slot is claimed up
+-- to 0.25 s before its fire time (started_at), and its body starts no earlier than tick_at.
 SELECT tick_at, replica, epoch, started_at, finished_at,
-       extract(epoch FROM finished_at - started_at)::float8 AS seconds,
+       extract(epoch FROM finished_at - greatest(started_at, tick_at))::float8 AS seconds,
        outcome, attempts, error
 FROM leasectl_ticks
 WHERE loop = %(loop)s

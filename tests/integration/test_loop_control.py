@@ -12,7 +12,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from leasectl import App
-from leasectl.control import ALL, LoopControl, UnknownLoop
+from leasectl.loop_control import ALL, LoopControl, UnknownLoop
 
 
 def _replica(conn: psycopg.Connection[Any], loops: list[str]) -> None:

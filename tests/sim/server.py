@@ -294,7 +294,7 @@ class Server:
         now = self.world.now
         out = []
         for rid, r in sorted(self.data.replicas.items()):
-            if r.stopped_at is not None or r.last_seen < now - live_s:
+            if r.stopped_at is not None or not r.may_lead or r.last_seen < now - live_s:
                 continue
             connected = r.standby or (
                 r.backend_pid is not None
@@ -306,7 +306,7 @@ class Server:
             out.append(
                 Replica(
                     rid,
-                    frozenset(r.campaigns_for if r.may_lead else ()),
+                    frozenset(r.campaigns_for),
                     frozenset(r.preferred_for),
                     frozenset(r.wedged),
                     now - r.connected_at,
@@ -600,9 +600,6 @@ class SimLockSession:
             out = []
             for n in [*names, *[w for w in watch if w not in names]]:
                 row = srv.data.leases.get(n)
-                if n in got:
-                    out.append(Contender(n, True, None, None, None, None))
-                    continue
                 hp = srv.holder_pid(srv.lease_key(n))
                 if hp == b.pid:
                     hp = None  # pg_locks excludes our own backend
@@ -615,7 +612,7 @@ class SimLockSession:
                 out.append(
                     Contender(
                         n,
-                        False,
+                        n in got,
                         srv.renewed_age(n, hp),
                         hp,
                         row.holder_pid if row else None,
@@ -810,19 +807,10 @@ class SimStandbySession:
         }
 
         def go(b: Backend) -> StandbyView | None:
-            old = srv.data.replicas.get(replica)
-            if (
-                old is not None
-                and not old.standby
-                and (old.host, old.pid) == (host, pid)
-                and (old.backend_pid in srv.backends)
-            ):
-                row: ReplicaRow | None = old  # our own lock session owns the row now
-                old.last_seen = srv.world.now
-            else:
-                row = srv.register(None, replica, ident, standby=True, live_s=live_s)
+            row = srv.register(None, replica, ident, standby=True, live_s=live_s)
             if row is None:
                 return None
+            now = srv.world.now
             view = srv.live_view(replica, live_s)
             digest = hashlib.sha256(
                 json.dumps(
@@ -838,19 +826,28 @@ class SimStandbySession:
                     )
                 ).encode()
             ).hexdigest()[:16]
+            # held: the row names a lock session that has not released it and still exists
             holders: dict[str, str | None] = {}
+            crashed: set[str] = set()
             for n in names:
-                hp = srv.holder_pid(srv.lease_key(n))
                 lr = srv.data.leases.get(n)
-                holders[n] = (
-                    None if hp is None else (lr.holder if lr and lr.holder_pid == hp else "?")
+                if lr is None:
+                    holders[n] = None
+                    continue
+                locked = lr.released_at is None and lr.holder_pid in srv.backends
+                holders[n] = lr.holder if locked else None
+                if lr.released_at is None and lr.renewed_at > now - live_s and not locked:
+                    crashed.add(lr.holder)
+            for c in sorted(crashed):  # a crash seen by a standby: told to every lock session
+                srv.notify(
+                    CONTROL,
+                    json.dumps(
+                        {"action": "replica_gone", "replica": c, "why": "crash seen by a standby"}
+                    ),
                 )
             send = want_view and digest != seen
             return StandbyView(
-                view if send else None,
-                holders,
-                digest if send else seen,
-                _drain(row, srv.world.now),
+                view if send else None, holders, digest if send else seen, _drain(row, now)
             )
 
         return self.conn.run(go)
