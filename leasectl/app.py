@@ -368,7 +368,7 @@ class App:
             raise LeasectlError("App.limit() needs a running App: call start() first")
         return daemon.limiter.acquire(name, scope, wait=wait)
 
-    # -- operator control (leasectl.control): the same as `leasectl loop ...` ---------------
+    # -- operator control (leasectl.loop_control): the same as `leasectl loop ...` ---------------
 
     def pause(
         self, name: str, *, reason: str = "", by: str | None = None, now: bool = False

@@ -156,7 +156,7 @@ class LoopState:
     pending_slot: float | None = None
     pending_start: float = 0.0
     started: float = 0.0
-    paused: bool = False  # held back by leasectl.control at its last turn
+    paused: bool = False  # held back by leasectl.loop_control at its last turn
     counted_slot: float | None = None  # the slot whose passed-over slots were counted
 
 
@@ -574,7 +574,7 @@ class Scheduler:
         )
         return outcome == "ok"
 
-    # -- operator control (leasectl.control) --------------------------------------------------
+    # -- operator control (leasectl.loop_control) -----------------------------------------------
 
     def _control_turn(self, state: LoopState, lease: Lease | None) -> bool:
         """Before a scheduled tick: run a pending trigger, or hold a paused loop back.

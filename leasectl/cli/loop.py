@@ -1,6 +1,6 @@
 """``leasectl loop pause | resume | trigger``: operator control of loops, cluster-wide.
 
-Thin: the rows, the audit and the NOTIFY are :mod:`leasectl.control`'s. Each action names
+Thin: the rows, the audit and the NOTIFY are :mod:`leasectl.loop_control`'s. Each action names
 who did it (``--by``, default ``cli:<OS user>@<host>``) and why (``--reason``); both land in
 the lease events table and the replicas' logs. An unknown loop name is refused with the
 names the cluster knows (from the replicas' rows, not this host's configuration), exit 2.
