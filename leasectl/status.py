@@ -126,6 +126,7 @@ class TickRecord:
     outcome: str  # running | ok | failed | lost | cancelled | missed
     attempts: int
     error: str | None
+    triggered: bool = False  # an extra tick asked by `leasectl loop trigger`, not a slot
 
 
 @dataclass(frozen=True)
@@ -464,6 +465,7 @@ def read_loop_history(
                     outcome=t[6],
                     attempts=int(t[7]),
                     error=t[8],
+                    triggered=bool(t[9]),
                 )
                 for t in ticks
             )

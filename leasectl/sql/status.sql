@@ -110,7 +110,8 @@ ORDER BY r.loop, r.started_at DESC NULLS LAST, r.replica
 -- to 0.25 s before its fire time (started_at), and its body starts no earlier than tick_at.
 SELECT tick_at, replica, epoch, started_at, finished_at,
        extract(epoch FROM finished_at - greatest(started_at, tick_at))::float8 AS seconds,
-       outcome, attempts, error
+       outcome, attempts, error,
+       trigger_id IS NOT NULL AS triggered  -- a `leasectl loop trigger` run (migration 0014)
 FROM leasectl_ticks
 WHERE loop = %(loop)s
 ORDER BY tick_at DESC

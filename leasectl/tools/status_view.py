@@ -272,7 +272,10 @@ def loop_sections(h: st.LoopHistory) -> list[Section]:
                 str(t.epoch),
                 _when(t.started_at, now),
                 f"{t.seconds:.3f}s" if t.seconds is not None else "-",
-                Cell(t.outcome, _OUTCOME_STYLE.get(t.outcome, "")),
+                Cell(
+                    t.outcome + (" (triggered)" if t.triggered else ""),
+                    _OUTCOME_STYLE.get(t.outcome, ""),
+                ),
                 str(t.attempts),
                 _error(t.error),
             )

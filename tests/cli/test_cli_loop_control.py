@@ -177,6 +177,8 @@ def test_trigger_runs_exactly_once_across_a_graceful_hand_over(
         ).fetchall()
     assert all(by == rep and e1 == e2 for by, rep, e1, e2 in claims), claims
     assert [e[0] for e in events(dsn, "loop_triggered")] == ["alpha"] * 3
+    history = cluster.cli("status", "--loop", "alpha")
+    assert history.stdout.count("ok (triggered)") == 3, history.stdout
 
     # An everywhere loop's trigger runs once on every replica.
     since = time.time()
