@@ -14,6 +14,7 @@ replica (lease manager or a loop thread died: we stop rather than run without le
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -37,9 +38,9 @@ from leasectl.db import (
     resolve_lock_dsn,
 )
 from leasectl.embedded import locate_data_dir
-from leasectl.errors import DatabaseUnavailable
+from leasectl.errors import ConfigError, DatabaseUnavailable
 from leasectl.event_loop import EventLoopThread
-from leasectl.httpserver import HttpEndpoint
+from leasectl.httpserver import HttpEndpoint, Page
 from leasectl.lease_manager import LeaseManager, make_replica_id
 from leasectl.leases import LeaseEvent
 from leasectl.limits import RateLimiter
@@ -47,7 +48,7 @@ from leasectl.loop import LoopSpec
 from leasectl.loop_control import LoopControl
 from leasectl.migrate import MigrationSource, migrate
 from leasectl.scheduler import Scheduler
-from leasectl.settings import Settings
+from leasectl.settings import MetricsSettings, Settings
 from leasectl.status import ClusterStatus, read_cluster
 
 log = logging.getLogger("leasectl.daemon")
@@ -94,8 +95,14 @@ class Daemon:
         configs: Mapping[str, Any] | None = None,
         migrations: Sequence[MigrationSource] = (),
         no_leased: bool = False,
+        leases: Mapping[str, placement.LeasePolicy] | None = None,
+        idle_leases: Sequence[str] = (),
     ) -> None:
         self.settings = settings
+        #: leases without loops (``app.lease`` / ``@app.leader``) and their placement wishes;
+        #: ``idle_leases`` are campaigned for only once :meth:`LeaseManager.resume` says so
+        self.leases = dict(leases or {})
+        self.idle_leases = list(idle_leases)
         self.specs = list(specs)
         self.configs = dict(configs or {})
         self.migrations = list(migrations)
@@ -117,10 +124,36 @@ class Daemon:
         self._dsn = ""
         self.event_loop: EventLoopThread | None = None  # only with async loops
 
-    @property
-    def pool(self) -> Any:
-        """The work pool (None before start and after stop)."""
-        return self._pool
+    def _open_http(self, listen: str) -> HttpEndpoint:
+        """Bind the HTTP endpoint; only the *default* port falls back to a free one.
+
+        The default config must start several replicas on one host (the first thing a new user
+        tries). A port an operator chose is theirs to fix, so a clash there stays an error.
+        """
+        try:
+            return HttpEndpoint(listen, self.health, self.ready, self._pages())
+        except ConfigError as exc:
+            cause = exc.__cause__
+            in_use = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
+            if listen != MetricsSettings.listen or not in_use:
+                raise
+        host = listen.rpartition(":")[0]
+        http = HttpEndpoint(f"{host}:0", self.health, self.ready, self._pages())
+        log.warning(
+            "metrics.listen %s (the default) is in use, most likely by another replica on this "
+            "host: serving /metrics, /healthz and /readyz on %s:%d instead (the status page "
+            "too); give each replica its own metrics.listen (LEASECTL_METRICS__LISTEN) for a "
+            "port Prometheus can find",
+            listen,
+            host,
+            http.port,
+            extra={"action": "metrics_port_fallback", "replica": self.replica_id},
+        )
+        return http
+
+    def _pages(self) -> dict[str, Page]:
+        """The status page (``/``) and its JSON (``/status.json``): see status-page.md."""
+        return {"/": self.status_html, "/status.json": self.status_json}
 
     # -- health -----------------------------------------------------------------------------
 
@@ -214,12 +247,7 @@ class Daemon:
         try:
             if s.metrics.enabled and s.metrics.listen:
                 # Bound before anything else: a port clash must fail before we campaign.
-                self.http = HttpEndpoint(
-                    s.metrics.listen,
-                    self.health,
-                    self.ready,
-                    {"/": self.status_html, "/status.json": self.status_json},
-                ).start()
+                self.http = self._open_http(s.metrics.listen).start()
             self.specs, dropped = placement.runnable(self.specs, s.replica.labels, s.leases.loops)
             for name, needs in dropped.items():
                 log.info(
@@ -241,6 +269,10 @@ class Daemon:
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied), extra={"action": "migrated"})
             leased = [sp.name for sp in self.specs if sp.placement == "leased"]
+            if self.may_lead:
+                idle = set(self.idle_leases)
+                metrics.declare_leases([n for n in self.leases if n not in idle])
+                metrics.declare_leases(idle, wanted=False)
             self._pool = make_pool(dsn, s.database, f"leasectl-work/{self.replica_id}")
             self.limiter = RateLimiter(self._pool, s.limits)
             if any(sp.is_async for sp in self.specs):
@@ -251,14 +283,15 @@ class Daemon:
                 self.event_loop.start()
             self.manager = LeaseManager(
                 self.replica_id,
-                leased,
+                leased + list(self.leases),
                 s.core,
                 dsn=dsn,
                 lock_dsn=lock_dsn,
                 may_lead=self.may_lead,
-                loops=[sp.name for sp in self.specs],
+                loops=[sp.name for sp in self.specs] + list(self.leases),
                 labels=s.replica.labels,
-                policies=placement.declared(self.specs),
+                policies={**placement.declared(self.specs), **self.leases},
+                on_demand=self.idle_leases,
             )
             self.control = LoopControl(
                 self._pool,
@@ -300,6 +333,11 @@ class Daemon:
             target=self._supervise, name="leasectl-supervisor", daemon=True
         )
         self._supervisor.start()
+
+    @property
+    def pool(self) -> Any:
+        """The work pool (a ``psycopg_pool.ConnectionPool``) once started."""
+        return self._pool
 
     def _announce_database(self, dsn: str, lock_dsn: str, embedded: bool) -> None:
         """Say which database this replica leads on: a host that forgot its DSN must not

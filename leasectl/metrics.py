@@ -12,7 +12,7 @@ is already 1 hides that first event from ``increase()``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -37,6 +37,7 @@ REASON_CLASSES: tuple[str, ...] = (
     "fatal",
     "wedged",
     "rebalance",
+    "released",  # a ``with app.lease(...)`` block was left
 )
 
 #: ``reason`` values of ``leasectl_lease_transitions_total`` declared at 0 for every lease.
@@ -173,14 +174,24 @@ def declare(specs: Sequence[LoopSpec], *, may_lead: bool, now: float | None = No
         if REGISTRY.get_sample_value(_LAST_SUCCESS, {"loop": spec.name}) is None:
             LOOP_LAST_SUCCESS.labels(spec.name).set(started)
         if spec.placement == "leased":
-            LEASE_WANTED.labels(spec.name).set(1)
-            LEASE_HELD.labels(spec.name)
-            for reason in TRANSITION_REASONS:
-                LEASE_TRANSITIONS.labels(spec.name, reason)
+            declare_leases([spec.name])
     for reason in SELF_FENCE_REASONS:
         SELF_FENCE.labels(reason)
     for hook in list(_declare_hooks):
         hook()
+
+
+def declare_leases(names: Iterable[str], *, wanted: bool = True) -> None:
+    """The series of leases this replica campaigns for (leased loops, ``app.lease``,
+    ``@app.leader``): wanted 1, held and every transition reason at 0.
+
+    ``wanted=False``: a ``with app.lease()`` block's lease, wanted only while a block waits
+    or runs (:mod:`leasectl.leader` sets the gauge then), so "lease unheld" stays quiet."""
+    for name in names:
+        LEASE_WANTED.labels(name).set(1 if wanted else 0)
+        LEASE_HELD.labels(name)
+        for reason in TRANSITION_REASONS:
+            LEASE_TRANSITIONS.labels(name, reason)
 
 
 def reason_class(reason: str) -> str:

@@ -6,8 +6,8 @@ Thin: the data comes from :mod:`leasectl.status` as dataclasses and the tables f
 Reading status never needs the loops' secrets: the configuration is validated, but a secret
 whose environment variable is not set stays unresolved (``unset_secrets="loops"``). The
 expected leases are those the live and recent replicas declare (each registers its App's
-leased loops, after ``--only``), or with ``--app`` that App's leased loops after
-``scheduler.only``.
+leased loops, after ``--only``, and its @leader functions' leases), or with ``--app`` that
+App's leased loops after ``scheduler.only`` and its @leader functions' leases.
 
 Exit codes of ``status``: 0 every expected lease is held; 1 a lease is unheld or stale for
 more than ``--max-unheld`` seconds; 2 cannot connect or the database is not migrated.
@@ -110,6 +110,9 @@ def expected(args: argparse.Namespace, settings: Settings) -> tuple[list[str] | 
     only = settings.scheduler.only
     if only:
         names = [n for n in names if n in only]
+    # A leader function's lease should always be held; a ``with app.lease()`` block's only
+    # while a block runs (listed when recorded, never reported unheld).
+    names += [d.name for d in app.leases() if d.leader is not None]
     return names, f"--app {args.app}"
 
 

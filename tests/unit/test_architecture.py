@@ -238,3 +238,30 @@ def test_the_cli_and_an_app_import_no_optional_part() -> None:
         [sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+#: Third-party frameworks only leasectl.integrations may import (each is an optional extra).
+FRAMEWORKS = (
+    "anyio",
+    "django",
+    "fastapi",
+    "flask",
+    "gunicorn",
+    "opentelemetry",
+    "starlette",
+    "uvicorn",
+)
+
+
+def test_only_the_integrations_import_a_framework_and_nothing_imports_them() -> None:
+    mods = _modules()
+    known = set(mods)
+    bad = []
+    for name, path in sorted(mods.items()):
+        if name.startswith("leasectl.integrations"):
+            continue
+        for dep in sorted(_imports(path, name, known)):
+            if dep.split(".")[0] in FRAMEWORKS or dep.startswith("leasectl.integrations"):
+                bad.append(f"{name} imports {dep}")
+    assert not bad, "\n".join(bad)
+    assert "leasectl.integrations.asgi" in mods and "leasectl.integrations.otel" in mods
