@@ -143,7 +143,8 @@ def test_trigger_runs_exactly_once_across_a_graceful_hand_over(
         ids.append(int(res.stdout.split("trigger ")[1].split()[0]))
         # A graceful hand-over right behind the trigger.
         assert before[0] is not None
-        cluster.cli("step-down", "--lease", "alpha", "--wait", "0")
+        # (a short cooldown: three step-downs in a row must not leave every replica away)
+        cluster.cli("step-down", "--lease", "alpha", "--wait", "0", "--cooldown", "1")
         wait_until(lambda: claimed(dsn, ids[-1]), timeout=20, interval=0.1, what="trigger claimed")
     with psycopg.connect(dsn, autocommit=True) as c:
         wait_until(
