@@ -132,7 +132,10 @@ def draw_options(seed: int, *, replicas: tuple[int, int] = (2, 5), **over: Any) 
     more = random.Random(f"options-more:{seed}")  # drawn apart: older seeds keep their draws
     kinds += tuple(k for k in MORE_FAULTS if more.random() < 0.5)
     drift = 0.0 if more.random() < 0.6 else more.uniform(0.0, 0.002)
+    step_clock = more.random() < 0.5
     server_faults = rng.random() < 0.3
+    if server_faults and step_clock:
+        kinds += ("clock_step",)
     if not server_faults:
         kinds = tuple(k for k in kinds if k not in ("terminate", "restart", "failover"))
     opts = Options(
@@ -452,6 +455,8 @@ class Sim:
         up to now or just before a renewal the evicter could not have seen yet (it read the
         age one round trip ago, and a stopped holder may resume meanwhile)."""
         srv = self.server
+        if srv.clock_offset:
+            return  # ages read on a stepped clock: not the protocol's promise
         limit = self.settings.leases.lease_ttl + self.settings.leases.eviction_grace
         row = srv.data.leases.get(lease)
         if row is None or row.holder_pid != pid:
@@ -570,6 +575,14 @@ class Sim:
                 srv.max_connections = 10_000
 
             self.world.at(now + d, unfull)
+        elif kind == "clock_step":
+            # NTP or an operator steps the database server's wall clock: now() jumps, and
+            # every renewal age read on it with it (a forward step past eviction_grace can
+            # evict a live holder: docs/safety.md, "What exactly is guaranteed")
+            step = self.rng.uniform(-10.0, 20.0)
+            text = f"the server's clock steps {step:+.1f}s"
+            self.server_faulted = True
+            self.server.clock_offset += step
         elif kind == "pooler_restart":
             text = "the standbys' pooler restarts"
             for sb in [x for x in self.server.backends.values() if x.kind == "standby"]:

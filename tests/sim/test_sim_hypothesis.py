@@ -27,7 +27,7 @@ class LeaseWorld(RuleBasedStateMachine):
         self.sim.world.run_until(5.0)
 
     @rule(
-        kind=st.sampled_from(FAULTS + MORE_FAULTS),
+        kind=st.sampled_from((*FAULTS, *MORE_FAULTS, "clock_step")),
         sub=st.integers(0, 2**32 - 1),
         dt=st.floats(0.05, 15.0),
     )
