@@ -51,6 +51,7 @@ bench: $(STAMP) bench-venv
 	$(BIN)/python bench/placement.py --rounds 5
 	$(BIN)/python bench/scale.py --leases 1,100 --replicas 1,10 --kills 5
 	$(BIN)/python bench/limits.py --n 500 --rounds 1
+	$(BIN)/python bench/scheduler.py --ticks 40 --rounds 1 --n 300 --ledger-seconds 15
 	$(BIN)/python bench/bulk_renewal.py --certs 1000
 	.venv-bench/bin/python bench/jobs.py --jobs 5000 --rounds 1
 
@@ -70,7 +71,7 @@ clean:
 .PHONY: bench-jobs bench-venv bench-full
 bench-venv:
 	test -x .venv-bench/bin/python || $(PY) -m venv .venv-bench
-	test -f .venv-bench/.installed || (.venv-bench/bin/pip install -q -e . procrastinate \
+	test -f .venv-bench/.installed || (.venv-bench/bin/pip install -q -e '.[certs,embedded]' procrastinate \
 		&& touch .venv-bench/.installed)
 
 bench-jobs: bench-venv

@@ -5,6 +5,7 @@ This module only re-exports; the names in ``__all__`` are the canonical import p
 
 from __future__ import annotations
 
+from leasectl._lease_block import LeaseBlock
 from leasectl._version import __version__
 from leasectl.app import App
 from leasectl.errors import (
@@ -20,12 +21,14 @@ from leasectl.errors import (
     MigrationError,
     MigrationFailed,
     MigrationLocked,
+    MissingExtra,
     NotMigrated,
     RowLockTimeout,
     SafetyInequalityViolated,
     TickCancelled,
     UnsupportedTopology,
 )
+from leasectl.leader import LeaseHandle
 from leasectl.lease_manager import LeaseManager
 from leasectl.leases import FENCE_SQL, Lease, LeaseEvent
 from leasectl.locks import LockSession
@@ -43,12 +46,15 @@ __all__ = [
     # leases
     "Lease",
     "LeaseEvent",
+    "LeaseBlock",
+    "LeaseHandle",
     "LeaseManager",
     "LockSession",
     "FENCE_SQL",
     # errors
     "LeasectlError",
     "ConfigError",
+    "MissingExtra",
     "DatabaseUnavailable",
     "NotMigrated",
     "RowLockTimeout",

@@ -27,24 +27,31 @@ DSN anywhere, the embedded PostgreSQL.
 
 from __future__ import annotations
 
+import getpass
 import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self, TypeVar
 
-from leasectl import ledger, logs
+from leasectl import ledger, logs, loop_control, status
+from leasectl._lease_block import LeaseBlock
+from leasectl._wrap import AsyncTickWrapper, TickWrapper, wrap_tick
 from leasectl.config import load_settings
 from leasectl.daemon import EXIT_FORCED, Daemon
 from leasectl.errors import ConfigError, LeasectlError
 from leasectl.failures import describe
+from leasectl.leader import LeaderFunction, Leadership, LeaderWrapper, LeaseDecl
+from leasectl.leases import LeaseEvent
 from leasectl.limits import Decision
 from leasectl.loop import AsyncTickContext, LoopSpec, Misfire, TickContext
 from leasectl.migrate import MigrationSource
@@ -83,6 +90,7 @@ class App:
         self._dsn = dsn
         self._config = str(config) if config is not None else None
         self._settings = settings
+        self._settings_given = settings is not None  # else loaded, and reloaded on include()
         self._overrides: dict[str, Any] = {}
         self._migrations = [_migration_source(m) for m in migrations]
         self._replica_id = replica_id
@@ -92,6 +100,12 @@ class App:
         self._daemon: Daemon | None = None
         self._lock = threading.Lock()
         self._stop_early = threading.Event()  # a stop signal came (maybe during start())
+        self._leases: dict[str, LeaseDecl] = {}  # leases without loops (leasectl.leader)
+        self._leadership: Leadership | None = None
+        self._lease_listeners: list[tuple[str, Callable[[LeaseEvent], None]]] = []
+        self._tick_wrappers: list[TickWrapper] = []
+        self._async_tick_wrappers: list[AsyncTickWrapper] = []
+        self._leader_wrappers: list[LeaderWrapper] = []
 
     # -- declaring -------------------------------------------------------------------------
 
@@ -191,6 +205,112 @@ class App:
             raise ConfigError(f"loop {spec.name!r} is declared twice in this App")
         self._own[spec.name] = spec
 
+    def lease(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        preferred_holder: str | None = None,
+        requires_labels: Iterable[str] = (),
+    ) -> LeaseBlock:
+        """A lease without a loop: ``with app.lease(name) as lease:`` (or ``async with``)
+        waits until this replica holds it and releases it (NOTIFY) when the block ends.
+
+        Declare it before :meth:`start` (calling this once at import is enough); the replica
+        campaigns for it only while a block waits or runs. See :mod:`leasectl.leader`.
+
+        :param timeout: seconds to wait for it (:class:`LeaseTimeout`); default forever.
+        :raises ConfigError: a name not declared before start, or one a loop or leader uses.
+        """
+        if name not in self._leases:
+            self._refuse_if_started(f"declare lease {name!r} (declare it before start())")
+            self._declare(LeaseDecl(name, None, preferred_holder, _labels(requires_labels)))
+        elif self._leases[name].leader is not None:
+            raise ConfigError(f"lease {name!r} belongs to a @leader function; pick another name")
+        return LeaseBlock(name, self._running_leadership, timeout)
+
+    def leader(
+        self,
+        name: str | None = None,
+        *,
+        preferred_holder: str | None = None,
+        requires_labels: Iterable[str] = (),
+    ) -> Callable[[LeaderFunction], LeaderFunction]:
+        """Run the decorated long-running function (sync or ``async``) only while this
+        replica holds lease ``name`` (default: the function's name).
+
+        It gets a :class:`~leasectl.leader.LeaseHandle`; when the lease is lost or released
+        (or the App stops) ``handle.done`` is set and an ``async`` function is cancelled; it
+        runs again when the lease is regained (client-go's ``RunOrDie``).
+        """
+
+        def decorate(fn: LeaderFunction) -> LeaderFunction:
+            self._refuse_if_started("add a leader")
+            self._declare(
+                LeaseDecl(name or fn.__name__, fn, preferred_holder, _labels(requires_labels))
+            )
+            return fn
+
+        return decorate
+
+    def is_leader(self, name: str) -> bool:
+        """True while this replica holds lease ``name`` (a loop's, a block's or a leader's)."""
+        daemon = self._daemon
+        manager = daemon.manager if daemon is not None else None
+        return manager is not None and manager.lease(name) is not None
+
+    def on_acquired(self, fn: Callable[[LeaseEvent], None]) -> Callable[[LeaseEvent], None]:
+        """Call ``fn(event)`` each time this replica acquires any lease. It runs on the lease
+        manager's thread: keep it short and never block (hand work to your own thread)."""
+        self._lease_listeners.append(("acquired", fn))
+        return fn
+
+    def on_lost(self, fn: Callable[[LeaseEvent], None]) -> Callable[[LeaseEvent], None]:
+        """Call ``fn(event)`` each time this replica stops holding a lease (lost, released,
+        stepped down); ``event.reason`` says why. Same thread rules as :meth:`on_acquired`."""
+        self._lease_listeners.append(("lost", fn))
+        return fn
+
+    def wrap(
+        self,
+        *,
+        tick: TickWrapper | None = None,
+        async_tick: AsyncTickWrapper | None = None,
+        leader: LeaderWrapper | None = None,
+    ) -> None:
+        """Run every tick / ``async`` tick / leader run inside ``tick(ctx, run)`` /
+        ``await async_tick(ctx, run)`` / ``leader(handle, run)`` (tracing:
+        :func:`leasectl.integrations.otel.instrument`). Outermost first."""
+        self._refuse_if_started("wrap")
+        if tick is not None:
+            self._tick_wrappers.append(tick)
+        if async_tick is not None:
+            self._async_tick_wrappers.append(async_tick)
+        if leader is not None:
+            self._leader_wrappers.append(leader)
+
+    def leases(self) -> list[LeaseDecl]:
+        """The leases without loops this App declares (``lease`` blocks and leaders)."""
+        return list(self._leases.values())
+
+    def _declare(self, decl: LeaseDecl) -> None:
+        if decl.name in self._own:
+            raise ConfigError(f"lease {decl.name!r}: a loop has the same name")
+        if decl.name in self._leases:
+            raise ConfigError(f"lease {decl.name!r} is declared twice in this App")
+        self._leases[decl.name] = decl
+
+    def _running_leadership(self) -> Leadership:
+        leadership = self._leadership
+        if leadership is None and self._daemon is not None:
+            raise LeasectlError(
+                "app.lease(...): this replica never leads (replica.may_lead: false or "
+                "--no-leased), so it cannot hold a lease"
+            )
+        if leadership is None:
+            raise LeasectlError("app.lease(...) needs a running App: call start() first")
+        return leadership
+
     def include(self, package: str) -> None:
         """Add the loops of a loops package (``"leasectl.certs"``: the shipped certificate loops).
 
@@ -201,6 +321,8 @@ class App:
         self._refuse_if_started("include a package")
         if package not in self._included:
             self._included.append(package)
+            if not self._settings_given:
+                self._settings = None  # its loops: section is read now, if it is the package
 
     def configure(
         self,
@@ -236,17 +358,23 @@ class App:
             self._overrides["logging.format"] = log_format
         # Given settings are used as they are; otherwise rebuilt with the overrides on next use.
         self._settings = settings
+        self._settings_given = settings is not None
 
     # -- what it would run -----------------------------------------------------------------
 
     @property
     def settings(self) -> Settings:
-        """The effective settings (loaded on first use; :class:`ConfigError` if invalid)."""
+        """The effective settings (loaded on first use; :class:`ConfigError` if invalid).
+
+        The config's ``loops:`` section is read (and ``scheduler.loops_package`` imported)
+        only when this App includes that package: an App of one's own never imports the
+        certificate loops, nor needs their settings to be valid.
+        """
         if self._settings is None:
             overrides = dict(self._overrides)
             if self._dsn:
                 overrides["database.dsn"] = self._dsn
-            settings = load_settings(self._config, overrides=overrides)
+            settings = load_settings(self._config, overrides=overrides, loops=self._included)
             if self._replica_id:
                 settings = replace(settings, replica=replace(settings.replica, id=self._replica_id))
             self._settings = settings
@@ -311,23 +439,50 @@ class App:
                 raise LeasectlError("this App is already running; stop() it first")
             settings = self.settings
             selected = self._selected()
+            clash = sorted(set(self._leases) & {spec.name for spec, _ in selected})
+            if clash:
+                raise ConfigError(f"lease(s) {', '.join(clash)}: a loop has the same name")
             daemon = Daemon(
                 settings,
-                [spec for spec, _ in selected],
+                [
+                    wrap_tick(spec, self._tick_wrappers, self._async_tick_wrappers)
+                    for spec, _ in selected
+                ],
                 configs={spec.name: config for spec, config in selected},
                 migrations=self.migration_sources,
                 no_leased=self._no_leased,
+                leases={d.name: d.policy for d in self._leases.values()},
+                idle_leases=[d.name for d in self._leases.values() if d.leader is None],
             )
             daemon.start()
             self._daemon = daemon
+            if daemon.manager is not None and daemon.may_lead:
+                for kind, fn in self._lease_listeners:
+                    daemon.manager.add_listener(_only(kind, fn))
+                self._leadership = Leadership(
+                    daemon.manager,
+                    daemon.pool,
+                    self._leases,
+                    wrappers=self._leader_wrappers,
+                    backoff=(
+                        settings.scheduler.error_backoff_initial,
+                        settings.scheduler.error_backoff_max,
+                    ),
+                )
+                self._leadership.start()
 
     def stop(self, grace: float | None = None) -> int:
         """Drain running ticks (up to ``grace``, default ``scheduler.shutdown_grace``),
         release every lease with NOTIFY, stop. Returns the exit code ``run`` would."""
         with self._lock:
             daemon, self._daemon = self._daemon, None
+            leadership, self._leadership = self._leadership, None
         if daemon is None:
             return 0
+        if leadership is not None:
+            # Leader functions stop while their leases are still held: no overlap with the
+            # next holder; the daemon then releases every lease.
+            leadership.stop(daemon.settings.scheduler.shutdown_grace if grace is None else grace)
         return daemon.stop(grace)
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -355,6 +510,54 @@ class App:
         if daemon is None or daemon.limiter is None:
             raise LeasectlError("App.limit() needs a running App: call start() first")
         return daemon.limiter.acquire(name, scope, wait=wait)
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, why): what ``/healthz`` answers (for a host app's own health route)."""
+        daemon = self._daemon
+        return daemon.health() if daemon is not None else (False, "not running")
+
+    def ready(self) -> tuple[bool, str]:
+        """(ready, why): what ``/readyz`` answers."""
+        daemon = self._daemon
+        return daemon.ready() if daemon is not None else (False, "not running")
+
+    # -- operator control (leasectl.loop_control): the same as `leasectl loop ...` ---------------
+
+    def pause(
+        self, name: str, *, reason: str = "", by: str | None = None, now: bool = False
+    ) -> None:
+        """Pause loop ``name`` on every replica of the cluster until :meth:`resume`
+        (``"*"``: every loop). A paused leased loop keeps its lease and starts no tick.
+
+        :param now: also tell a running tick to stop (``ctx.check()`` raises).
+        :raises UnknownLoop: the cluster knows no loop of that name (``.known`` lists them).
+        """
+        with self._control_connection() as conn:
+            loop_control.pause(conn, name, by=by or _caller(), reason=reason, now=now)
+
+    def resume(self, name: str, *, at: datetime | None = None, by: str | None = None) -> bool:
+        """End the pause of ``name`` now (or at ``at``); False if it was not paused."""
+        with self._control_connection() as conn:
+            return loop_control.resume(conn, name, by=by or _caller(), at=at) is not None
+
+    def trigger(self, name: str, *, reason: str = "", by: str | None = None) -> int:
+        """Run one extra tick of ``name`` as soon as possible: on the lease holder (at most
+        once across the cluster), or on every replica for an everywhere loop; the trigger id."""
+        with self._control_connection() as conn:
+            return loop_control.trigger(conn, name, by=by or _caller(), reason=reason)
+
+    @contextmanager
+    def _control_connection(self) -> Iterator[Any]:
+        """The running replica's pool, or a connection of its own (the App need not run)."""
+        daemon = self._daemon
+        pool = daemon.pool if daemon is not None else None
+        if pool is not None:
+            with pool.connection() as conn:  # committed as the block ends
+                yield conn
+            return
+        settings = self.settings
+        with status.connect(status.status_dsn(settings), settings, "app") as conn:
+            yield conn
 
     @property
     def migration_sources(self) -> list[MigrationSource]:
@@ -476,6 +679,15 @@ def load_app(target: str) -> App:
 # -- helpers -------------------------------------------------------------------------------
 
 
+def _caller() -> str:
+    """Who an App's control call is audited as: ``app:<OS user>@<host>``."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"app:{user}@{socket.gethostname()}"
+
+
 def _report_start_failure(exc: BaseException) -> int:
     """A user's own script gets ``leasectl run``'s manners (:mod:`leasectl.failures`): the
     same lines on stderr and the same exit code; the traceback only with debug logging."""
@@ -504,6 +716,21 @@ RATE_LIMIT_GC = LoopSpec(
     timeout=30.0,
     description="delete idle rate-limit buckets",
 )
+
+
+def _labels(labels: Iterable[str]) -> tuple[str, ...]:
+    return (labels,) if isinstance(labels, str) else tuple(labels)
+
+
+def _only(kind: str, fn: Callable[[LeaseEvent], None]) -> Callable[[LeaseEvent], None]:
+    """A manager listener passing ``fn`` the acquisitions, or the losses and releases."""
+    kinds = ("acquired",) if kind == "acquired" else ("lost", "released")
+
+    def listener(event: LeaseEvent) -> None:
+        if event.kind in kinds:
+            fn(event)
+
+    return listener
 
 
 def _seconds(value: float | timedelta, what: str, *, zero: bool = False) -> float:

@@ -24,7 +24,7 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from leasectl import _config_docs
+from leasectl import _config_docs, extras
 from leasectl._config_schema import (
     BAD,
     REDACTED,
@@ -45,7 +45,7 @@ from leasectl._config_schema import (
     show,
 )
 from leasectl.errors import ConfigError
-from leasectl.settings import Settings
+from leasectl.settings import SchedulerSettings, Settings
 
 ENV_PREFIX = "LEASECTL_"
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -58,7 +58,7 @@ def load_settings(
     path: str | None = None,
     overrides: dict[str, Any] | None = None,
     *,
-    loops: bool = True,
+    loops: bool | Collection[str] = True,
     unset_secrets: str | None = None,
 ) -> Settings:
     """Load, merge and validate the configuration.
@@ -66,7 +66,9 @@ def load_settings(
     :param path: the YAML file (``--config``); None: ``$LEASECTL_CONFIG`` or the packaged one.
     :param overrides: dotted key path → value, applied last (command-line flags).
     :param loops: False skips the ``loops:`` section (``settings.loops`` stays None), for
-        commands that only read lease state and must not need the loops' secrets.
+        commands that only read lease state and must not need the loops' secrets. A
+        collection of package names: read it only when ``scheduler.loops_package`` is one of
+        them (an App reads it only for a package it includes, and imports no other).
     :param unset_secrets: a key-path prefix (``"loops"``; ``""`` for every section) under
         which a secret whose ``_env`` variable is not set (or ``_file`` unreadable) is left
         :class:`~leasectl._config_schema.Unresolved` instead of being a problem: for
@@ -82,7 +84,7 @@ def load(
     overrides: Mapping[str, Any] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
-    loops: bool = True,
+    loops: bool | Collection[str] = True,
     unset_secrets: str | None = None,
 ) -> Settings:
     """:func:`load_settings` with an explicit environment (tests)."""
@@ -109,7 +111,7 @@ def load_traced(
     overrides: Mapping[str, Any] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
-    loops: bool = True,
+    loops: bool | Collection[str] = True,
     unset_secrets: str | None = None,
 ) -> Loaded:
     """:func:`load` that also returns where each key was set."""
@@ -135,6 +137,12 @@ def load_traced(
     for key, value in (overrides or {}).items():
         if value is not None:
             _set(data, key, value, "command line", origins, problems)
+    if not isinstance(loops, bool):
+        loops = _loops_package(data) in loops
+    elif loops and _not_installed(_loops_package(data)) and not _set_by_user("loops", origins):
+        # The shipped loops without their extra, and only the packaged defaults for them:
+        # nothing to validate; including them says which extra to install.
+        loops = False
     if not loops and isinstance(data, dict):
         data = {k: v for k, v in data.items() if k != "loops"}
         problems = [p for p in problems if not p.startswith("loops.")]
@@ -148,6 +156,29 @@ def load_traced(
         unset_secrets=unset_secrets,
     )
     return Loaded(settings, source, origins)
+
+
+def _not_installed(package: str) -> bool:
+    """A package that ships with leasectl but whose extra is not installed."""
+    extra = extras.PACKAGES.get(package)
+    return extra is not None and bool(extras.missing(extra))
+
+
+def _set_by_user(prefix: str, origins: Mapping[str, str]) -> bool:
+    """Whether a key under ``prefix`` comes from anywhere but the packaged defaults."""
+    return any(
+        (key == prefix or key.startswith(prefix + ".")) and not origin.startswith(PACKAGED)
+        for key, origin in origins.items()
+    )
+
+
+def _loops_package(data: Any) -> str:
+    """``scheduler.loops_package`` as given (before validation), else its default."""
+    scheduler = data.get("scheduler") if isinstance(data, Mapping) else None
+    candidate = scheduler.get("loops_package") if isinstance(scheduler, Mapping) else None
+    if isinstance(candidate, str) and candidate:
+        return candidate
+    return SchedulerSettings().loops_package
 
 
 _WHERE = re.compile(r"\(([^()]*)\)$")
@@ -191,12 +222,7 @@ def from_mapping(
     loops_data = data.get("loops")
     core = {k: v for k, v in data.items() if k != "loops"}
     settings = build(Settings, core, "", ctx)
-    package = "leasectl.certs"
-    if settings is not BAD:
-        package = settings.scheduler.loops_package
-    elif isinstance(core.get("scheduler"), Mapping):
-        candidate = core["scheduler"].get("loops_package")
-        package = candidate if isinstance(candidate, str) and candidate else "leasectl.certs"
+    package = settings.scheduler.loops_package if settings is not BAD else _loops_package(core)
     loops_obj: Any = None
     if loops:
         loops_cls = loops_settings_class(package, ctx)

@@ -14,13 +14,21 @@ replica (lease manager or a loop thread died: we stop rather than run without le
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from leasectl import metrics, placement
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from leasectl import metrics, placement, status_page
+from leasectl._version import __version__
 from leasectl.config import redact_dsn
 from leasectl.db import (
     configured_dsn,
@@ -30,15 +38,18 @@ from leasectl.db import (
     resolve_lock_dsn,
 )
 from leasectl.embedded import locate_data_dir
+from leasectl.errors import ConfigError, DatabaseUnavailable
 from leasectl.event_loop import EventLoopThread
-from leasectl.httpserver import HttpEndpoint
+from leasectl.httpserver import HttpEndpoint, Page
 from leasectl.lease_manager import LeaseManager, make_replica_id
 from leasectl.leases import LeaseEvent
 from leasectl.limits import RateLimiter
 from leasectl.loop import LoopSpec
+from leasectl.loop_control import LoopControl
 from leasectl.migrate import MigrationSource, migrate
 from leasectl.scheduler import Scheduler
-from leasectl.settings import Settings
+from leasectl.settings import MetricsSettings, Settings
+from leasectl.status import ClusterStatus, read_cluster
 
 log = logging.getLogger("leasectl.daemon")
 
@@ -84,8 +95,14 @@ class Daemon:
         configs: Mapping[str, Any] | None = None,
         migrations: Sequence[MigrationSource] = (),
         no_leased: bool = False,
+        leases: Mapping[str, placement.LeasePolicy] | None = None,
+        idle_leases: Sequence[str] = (),
     ) -> None:
         self.settings = settings
+        #: leases without loops (``app.lease`` / ``@app.leader``) and their placement wishes;
+        #: ``idle_leases`` are campaigned for only once :meth:`LeaseManager.resume` says so
+        self.leases = dict(leases or {})
+        self.idle_leases = list(idle_leases)
         self.specs = list(specs)
         self.configs = dict(configs or {})
         self.migrations = list(migrations)
@@ -103,7 +120,40 @@ class Daemon:
         self._stopped = False
         self.wedged: set[str] = set()
         self.limiter: RateLimiter | None = None
+        self.control: LoopControl | None = None
+        self._dsn = ""
         self.event_loop: EventLoopThread | None = None  # only with async loops
+
+    def _open_http(self, listen: str) -> HttpEndpoint:
+        """Bind the HTTP endpoint; only the *default* port falls back to a free one.
+
+        The default config must start several replicas on one host (the first thing a new user
+        tries). A port an operator chose is theirs to fix, so a clash there stays an error.
+        """
+        try:
+            return HttpEndpoint(listen, self.health, self.ready, self._pages())
+        except ConfigError as exc:
+            cause = exc.__cause__
+            in_use = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
+            if listen != MetricsSettings.listen or not in_use:
+                raise
+        host = listen.rpartition(":")[0]
+        http = HttpEndpoint(f"{host}:0", self.health, self.ready, self._pages())
+        log.warning(
+            "metrics.listen %s (the default) is in use, most likely by another replica on this "
+            "host: serving /metrics, /healthz and /readyz on %s:%d instead (the status page "
+            "too); give each replica its own metrics.listen (LEASECTL_METRICS__LISTEN) for a "
+            "port Prometheus can find",
+            listen,
+            host,
+            http.port,
+            extra={"action": "metrics_port_fallback", "replica": self.replica_id},
+        )
+        return http
+
+    def _pages(self) -> dict[str, Page]:
+        """The status page (``/``) and its JSON (``/status.json``): see status-page.md."""
+        return {"/": self.status_html, "/status.json": self.status_json}
 
     # -- health -----------------------------------------------------------------------------
 
@@ -121,6 +171,52 @@ class Daemon:
         if hb is None or time.monotonic() - hb > limit:
             return False, "no successful heartbeat recently"
         return True, "ok"
+
+    # -- the status page ----------------------------------------------------------------------
+
+    def cluster_status(self) -> ClusterStatus:
+        """The cluster read model, read through the work pool (any replica sees it all).
+
+        :raises DatabaseUnavailable: not started, or the database cannot be read.
+        """
+        pool = self._pool
+        if pool is None or not self.migrated:
+            raise DatabaseUnavailable("the replica is starting: not migrated yet")
+        leased = sorted(sp.name for sp in self.specs if sp.placement == "leased")
+        try:
+            with pool.connection(timeout=5.0) as conn:
+                return read_cluster(conn, self.settings, expected=leased, dsn=self._dsn)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise DatabaseUnavailable(f"cannot read the cluster status: {exc}") from exc
+
+    def identity(self) -> dict[str, Any]:
+        """This replica as the status page shows it (nothing secret)."""
+        return {
+            "replica": self.replica_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "may lead": self.may_lead,
+            "labels": list(self.settings.replica.labels),
+            "holds": sorted(self.manager.held()) if self.manager else [],
+            "loops here": [sp.name for sp in self.specs],
+            "health": self.health()[1],
+        }
+
+    def status_html(self) -> tuple[int, bytes, str]:
+        try:
+            page = status_page.render_page(self.cluster_status(), self.identity())
+        except DatabaseUnavailable as exc:
+            page = status_page.error_page(str(exc), self.identity())
+            return 503, page.encode(), "text/html; charset=utf-8"
+        return 200, page.encode(), "text/html; charset=utf-8"
+
+    def status_json(self) -> tuple[int, bytes, str]:
+        try:
+            data = {**self.cluster_status().to_json(), "replica": self.identity()}
+        except DatabaseUnavailable as exc:
+            return 503, json.dumps({"error": str(exc)}).encode(), "application/json"
+        return 200, json.dumps(data, default=str).encode(), "application/json"
 
     def ready(self) -> tuple[bool, str]:
         if not self.migrated:
@@ -146,11 +242,12 @@ class Daemon:
         embedded = configured_dsn(s.database) is None
         dsn = resolve_dsn(s.database)
         lock_dsn = resolve_lock_dsn(s.database, dsn)
+        self._dsn = dsn
         self._announce_database(dsn, lock_dsn, embedded)
         try:
             if s.metrics.enabled and s.metrics.listen:
                 # Bound before anything else: a port clash must fail before we campaign.
-                self.http = HttpEndpoint(s.metrics.listen, self.health, self.ready).start()
+                self.http = self._open_http(s.metrics.listen).start()
             self.specs, dropped = placement.runnable(self.specs, s.replica.labels, s.leases.loops)
             for name, needs in dropped.items():
                 log.info(
@@ -172,6 +269,10 @@ class Daemon:
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied), extra={"action": "migrated"})
             leased = [sp.name for sp in self.specs if sp.placement == "leased"]
+            if self.may_lead:
+                idle = set(self.idle_leases)
+                metrics.declare_leases([n for n in self.leases if n not in idle])
+                metrics.declare_leases(idle, wanted=False)
             self._pool = make_pool(dsn, s.database, f"leasectl-work/{self.replica_id}")
             self.limiter = RateLimiter(self._pool, s.limits)
             if any(sp.is_async for sp in self.specs):
@@ -182,15 +283,24 @@ class Daemon:
                 self.event_loop.start()
             self.manager = LeaseManager(
                 self.replica_id,
-                leased,
+                leased + list(self.leases),
                 s.core,
                 dsn=dsn,
                 lock_dsn=lock_dsn,
                 may_lead=self.may_lead,
-                loops=[sp.name for sp in self.specs],
+                loops=[sp.name for sp in self.specs] + list(self.leases),
                 labels=s.replica.labels,
-                policies=placement.declared(self.specs),
+                policies={**placement.declared(self.specs), **self.leases},
+                on_demand=self.idle_leases,
             )
+            self.control = LoopControl(
+                self._pool,
+                leased=leased,
+                everywhere=[sp.name for sp in self.specs if sp.placement != "leased"],
+                poll_interval=s.scheduler.control_poll_interval,
+            )
+            self.control.start()  # pauses read before the first tick can start
+            self.manager.add_control_listener(self.control.poke)
             self.manager.add_listener(metrics_listener)
             self.manager.add_exit_listener(self._attention.set)
             self.manager.start()
@@ -203,6 +313,7 @@ class Daemon:
                 settings=s.scheduler,
                 lease_manager=self.manager if self.may_lead else None,
                 limiter=self.limiter,
+                control=self.control,
                 event_loop=self.event_loop,
             )
             self.scheduler.start()
@@ -222,6 +333,11 @@ class Daemon:
             target=self._supervise, name="leasectl-supervisor", daemon=True
         )
         self._supervisor.start()
+
+    @property
+    def pool(self) -> Any:
+        """The work pool (a ``psycopg_pool.ConnectionPool``) once started."""
+        return self._pool
 
     def _announce_database(self, dsn: str, lock_dsn: str, embedded: bool) -> None:
         """Say which database this replica leads on: a host that forgot its DSN must not
@@ -366,6 +482,8 @@ class Daemon:
         self.request_stop()
         if self.manager is not None:
             self.manager.stop(release=True)
+        if self.control is not None:
+            self.control.stop()
         if self.http is not None:
             self.http.stop()
         if self.event_loop is not None:

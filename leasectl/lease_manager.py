@@ -102,7 +102,8 @@ class _State:
     held: dict[str, Lease] = field(default_factory=dict)
     cooldown_until: dict[str, float] = field(default_factory=dict)
     mismatch_since: dict[str, float] = field(default_factory=dict)
-    suspended: set[str] = field(default_factory=set)  # not campaigned for: a wedged tick
+    # not campaigned for: a wedged tick's loop, an on-demand lease no block wants now
+    suspended: set[str] = field(default_factory=set)
     free_since: dict[str, float] = field(default_factory=dict)  # seen free (not ours) since
     acquired_at: dict[str, float] = field(default_factory=dict)  # monotonic, held leases
     handing_over: dict[str, str] = field(default_factory=dict)  # lease -> better replica
@@ -142,6 +143,7 @@ class LeaseManager:
         watch_factory: Callable[[], PeerWatch] | None = None,
         standby_factory: Callable[[], StandbyPoll] | None = None,
         runtime: Runtime | None = None,
+        on_demand: Iterable[str] = (),
     ) -> None:
         """``session_factory`` opens the lock connection; the default is
         :meth:`LockSession.connect` with these settings (tests pass an in-memory one).
@@ -149,7 +151,9 @@ class LeaseManager:
         wishes as its loop declares them (``leases.loops`` in ``settings`` overrides them).
         A lease whose ``requires_labels`` this replica lacks is never campaigned for.
         ``runtime``: threads, time, randomness and identity (:mod:`leasectl.runtime`; the
-        simulator passes its own); ``clock`` defaults to the runtime's."""
+        simulator passes its own); ``clock`` defaults to the runtime's.
+        ``on_demand``: wanted leases campaigned for only between :meth:`resume` and
+        :meth:`abandon` (``with app.lease()`` blocks); not declared as expected held."""
         self.runtime: Runtime = runtime or DEFAULT_RUNTIME
         self.replica_id = replica_id
         self.settings = settings
@@ -168,8 +172,9 @@ class LeaseManager:
         #: leases.standby: pooled: a lock session only while needed (holder, choice, heir)
         self.pooled = self.spread and settings.leases.standby == "pooled"
         names = list(wanted)
+        idle = set(on_demand)
         #: every lease this replica's App declares (published for ``leasectl status``)
-        self.declared = sorted(names)
+        self.declared = sorted(n for n in names if n not in idle)
         declared = policies or {}
         overrides = settings.leases.loops
         self.policies: dict[str, placement.LeasePolicy] = {}
@@ -221,7 +226,8 @@ class LeaseManager:
         self._idle_since: float | None = None  # direct but needed by nothing, since
         self._gone_said: dict[str, float] = {}  # replica -> when its replica_gone was acted on
         self._exit_listeners: list[Callable[[], None]] = []
-        self._state = _State()
+        self._control_listeners: list[Callable[[control.LoopControlChanged], None]] = []
+        self._state = _State(suspended=set(idle) & set(names))
         self._lock = threading.RLock()
         self._listeners: list[Callable[[LeaseEvent], None]] = []
         self._stop = self.runtime.event()
@@ -239,6 +245,11 @@ class LeaseManager:
 
     def add_listener(self, fn: Callable[[LeaseEvent], None]) -> None:
         self._listeners.append(fn)
+
+    def add_control_listener(self, fn: Callable[[control.LoopControlChanged], None]) -> None:
+        """Call ``fn`` (on the manager thread) with each ``loop_control`` message of the
+        control channel (:mod:`leasectl.loop_control`: pause, resume, trigger)."""
+        self._control_listeners.append(fn)
 
     def add_exit_listener(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` (on the manager thread) when the thread ends, fatally or not: the
@@ -571,6 +582,10 @@ class LeaseManager:
             if isinstance(msg, control.HandOver):
                 self._reserve(list(msg.leases), msg.to)
                 return msg.to == self.replica_id
+            if isinstance(msg, control.LoopControlChanged):
+                for fn in self._control_listeners:
+                    fn(msg)
+                return False
             if isinstance(msg, control.StepDown):
                 self._step_down_asked(session, msg)
             return False

@@ -56,7 +56,8 @@ class LoopSpec:
     """Declaration of one periodic loop.
 
     :param interval: seconds between scheduled slots (slots at ``offset + k * interval`` after
-        the Unix epoch). With ``cron``, give 0: it is set to the typical gap between fires.
+        the Unix epoch). With ``cron``, give 0: it is set to the longest gap between the next
+        fires (``weekdays at 09:00``: 3 days), which the staleness alert multiplies.
     :param run: ``def f(ctx: TickContext) -> None``, or ``async def f(ctx: AsyncTickContext)``
         (run on the App's event-loop thread, cancelled on lease loss, shutdown and timeout).
     :param jitter: seconds by which each start is randomly delayed (leased loops: ``0 ..

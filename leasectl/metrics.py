@@ -12,7 +12,7 @@ is already 1 hides that first event from ``increase()``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -37,6 +37,7 @@ REASON_CLASSES: tuple[str, ...] = (
     "fatal",
     "wedged",
     "rebalance",
+    "released",  # a ``with app.lease(...)`` block was left
 )
 
 #: ``reason`` values of ``leasectl_lease_transitions_total`` declared at 0 for every lease.
@@ -121,6 +122,18 @@ LOOP_WEDGED = Gauge(
     ["loop"],
     registry=REGISTRY,
 )
+LOOP_PAUSED_SINCE = Gauge(
+    "leasectl_loop_paused_since_timestamp_seconds",
+    "Unix time since which the loop is paused cluster-wide (leasectl loop pause); 0: not paused",
+    ["loop"],
+    registry=REGISTRY,
+)
+LOOP_TRIGGERED = Counter(
+    "leasectl_loop_triggered_ticks_total",
+    "Extra ticks this replica ran because an operator triggered the loop (leasectl loop trigger)",
+    ["loop"],
+    registry=REGISTRY,
+)
 
 _declare_hooks: list[Callable[[], None]] = []
 
@@ -154,19 +167,31 @@ def declare(specs: Sequence[LoopSpec], *, may_lead: bool, now: float | None = No
             LOOP_TICKS.labels(spec.name, outcome)
         LOOP_TICK_SECONDS.labels(spec.name)
         LOOP_WEDGED.labels(spec.name)
+        LOOP_PAUSED_SINCE.labels(spec.name)
+        LOOP_TRIGGERED.labels(spec.name)
         if spec.placement == "leased" and not may_lead:
             continue  # never runs here: no last success to stand in for, no lease to want
         if REGISTRY.get_sample_value(_LAST_SUCCESS, {"loop": spec.name}) is None:
             LOOP_LAST_SUCCESS.labels(spec.name).set(started)
         if spec.placement == "leased":
-            LEASE_WANTED.labels(spec.name).set(1)
-            LEASE_HELD.labels(spec.name)
-            for reason in TRANSITION_REASONS:
-                LEASE_TRANSITIONS.labels(spec.name, reason)
+            declare_leases([spec.name])
     for reason in SELF_FENCE_REASONS:
         SELF_FENCE.labels(reason)
     for hook in list(_declare_hooks):
         hook()
+
+
+def declare_leases(names: Iterable[str], *, wanted: bool = True) -> None:
+    """The series of leases this replica campaigns for (leased loops, ``app.lease``,
+    ``@app.leader``): wanted 1, held and every transition reason at 0.
+
+    ``wanted=False``: a ``with app.lease()`` block's lease, wanted only while a block waits
+    or runs (:mod:`leasectl.leader` sets the gauge then), so "lease unheld" stays quiet."""
+    for name in names:
+        LEASE_WANTED.labels(name).set(1 if wanted else 0)
+        LEASE_HELD.labels(name)
+        for reason in TRANSITION_REASONS:
+            LEASE_TRANSITIONS.labels(name, reason)
 
 
 def reason_class(reason: str) -> str:
@@ -183,6 +208,12 @@ def reason_class(reason: str) -> str:
 RATE_LIMIT_ALLOWED = Counter(
     "leasectl_rate_limit_allowed_total",
     "Events the cluster-wide rate limit allowed, by limit name",
+    ["limit"],
+    registry=REGISTRY,
+)
+RATE_LIMIT_UNCONFIGURED = Counter(
+    "leasectl_rate_limit_unconfigured_total",
+    "Events asked of a rate limit name that has no limits.<name> entry (not limited: a typo?)",
     ["limit"],
     registry=REGISTRY,
 )

@@ -30,7 +30,7 @@ from cronsim import CronSim, CronSimError
 
 #: How many fires :meth:`Schedule.count_between` counts before it stops (the answer is then
 #: "at least this many"): a missed-slot count for metrics, not worth unbounded work.
-COUNT_CAP = 100_000
+COUNT_CAP = 10_000
 
 
 class Schedule(Protocol):
@@ -47,8 +47,8 @@ class Schedule(Protocol):
         """The last fire at or before ``t`` (None: none in the last 50 years)."""
         ...
 
-    def count_between(self, after: float, until: float) -> int:
-        """Fires in ``(after, until]``, up to :data:`COUNT_CAP`."""
+    def count_between(self, after: float, until: float, limit: int = COUNT_CAP) -> int:
+        """Fires in ``(after, until]``, up to ``limit``."""
         ...
 
     def describe(self) -> str: ...
@@ -108,10 +108,10 @@ class Every:
     def next_after(self, t: float) -> float:
         return self.latest(t) + self.interval
 
-    def count_between(self, after: float, until: float) -> int:
+    def count_between(self, after: float, until: float, limit: int = COUNT_CAP) -> int:
         if until <= after:
             return 0
-        return min(COUNT_CAP, int(round((self.latest(until) - self.latest(after)) / self.interval)))
+        return min(limit, int(round((self.latest(until) - self.latest(after)) / self.interval)))
 
     def describe(self) -> str:
         text = f"every {self.interval:g}s"
@@ -168,9 +168,9 @@ class Cron:
             return fire
         return None  # pragma: no cover - 64 DST corrections in a row do not happen
 
-    def count_between(self, after: float, until: float) -> int:
+    def count_between(self, after: float, until: float, limit: int = COUNT_CAP) -> int:
         n, t = 0, after
-        while n < COUNT_CAP:
+        while n < limit:
             t = self.next_after(t)
             if t > until:
                 break
@@ -181,12 +181,18 @@ class Cron:
         return f"cron {self.expr!r} {self.tz}"
 
 
-def nominal_interval(schedule: Schedule, now: float) -> float:
-    """A typical gap between fires (the gap after the next one), for metrics and reports."""
+def nominal_interval(schedule: Schedule, now: float, fires: int = 32) -> float:
+    """The longest gap between the next ``fires`` fires: what ``leasectl_loop_interval_seconds``
+    exports for a cron loop, so the staleness alert (no success in 3 intervals) does not fire
+    over a weekday loop's weekend."""
     if isinstance(schedule, Every):
         return schedule.interval
-    first = schedule.next_after(now)
-    return schedule.next_after(first) - first
+    longest, t = 0.0, schedule.next_after(now)
+    for _ in range(fires):
+        following = schedule.next_after(t)
+        longest = max(longest, following - t)
+        t = following
+    return longest
 
 
 def local_time(t: float, tz: str) -> datetime:

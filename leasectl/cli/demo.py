@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from leasectl import extras
 from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument
-from leasectl.tools.demo.runner import Demo
 
 
 def add_demo_parser(sub: Any) -> None:
@@ -35,6 +35,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.replicas <= 9:
         print("leasectl demo: --replicas must be between 1 and 9", file=sys.stderr)
         return exit_codes.CANNOT_START
+    # rich, the certificate loops and the embedded server: the 'demo' extra, imported only here
+    extras.require("demo", "leasectl demo")
+    from leasectl.tools.demo.runner import Demo
+
     return Demo(
         args.replicas, Path(args.workdir), duration=args.duration, keep_server=args.keep_server
     ).run()

@@ -6,8 +6,8 @@ Thin: the data comes from :mod:`leasectl.status` as dataclasses and the tables f
 Reading status never needs the loops' secrets: the configuration is validated, but a secret
 whose environment variable is not set stays unresolved (``unset_secrets="loops"``). The
 expected leases are those the live and recent replicas declare (each registers its App's
-leased loops, after ``--only``), or with ``--app`` that App's leased loops after
-``scheduler.only``.
+leased loops, after ``--only``, and its @leader functions' leases), or with ``--app`` that
+App's leased loops after ``scheduler.only`` and its @leader functions' leases.
 
 Exit codes of ``status``: 0 every expected lease is held; 1 a lease is unheld or stale for
 more than ``--max-unheld`` seconds; 2 cannot connect or the database is not migrated.
@@ -16,24 +16,27 @@ more than ``--max-unheld`` seconds; 2 cannot connect or the database is not migr
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
-from dataclasses import replace
 from typing import Any
-
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
 
 from leasectl import status as st
 from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument, add_common, settings_from
 from leasectl.cli.run import add_app_argument, app_from_args
 from leasectl.errors import DatabaseUnavailable
-from leasectl.limits import read_fill
 from leasectl.settings import Settings
-from leasectl.tools.status_view import render, render_loop
+from leasectl.tools.status_view import (
+    Section,
+    loop_sections,
+    plain_text,
+    render,
+    render_text,
+    rich_group,
+    sections,
+)
 
 
 def add_status_parser(sub: Any) -> None:
@@ -107,6 +110,9 @@ def expected(args: argparse.Namespace, settings: Settings) -> tuple[list[str] | 
     only = settings.scheduler.only
     if only:
         names = [n for n in names if n in only]
+    # A leader function's lease should always be held; a ``with app.lease()`` block's only
+    # while a block runs (listed when recorded, never reported unheld).
+    names += [d.name for d in app.leases() if d.leader is not None]
     return names, f"--app {args.app}"
 
 
@@ -115,16 +121,14 @@ def read(
 ) -> st.ClusterStatus:
     with st.connect(st.status_dsn(settings), settings) as conn:
         expected, source = st.declared_leases(conn) if wanted is DECLARED else wanted
-        status = st.read_status(
+        return st.read_cluster(
             conn,
-            namespace=settings.leases.namespace,
-            lease_ttl=settings.leases.lease_ttl,
+            settings,
             expected=expected,
-            all_replicas=args.all_replicas,
             expected_source=source,
+            all_replicas=args.all_replicas,
+            events=0,  # the terminal view has no timeline; the status page does
         )
-        loops = st.read_loop_history(conn, all_replicas=args.all_replicas)
-        return replace(status, rate_limits=read_fill(conn, settings.limits), loops=loops)
 
 
 def cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
@@ -143,7 +147,7 @@ def cmd_loop(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps({**st.loop_json(found[0])}, indent=2))
     else:
-        Console(width=None if sys.stdout.isatty() else 160).print(render_loop(found[0]))
+        _print(loop_sections(found[0]))
     return exit_codes.OK
 
 
@@ -158,7 +162,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status.to_json(), indent=2))
     else:
-        Console(width=None if sys.stdout.isatty() else 160).print(render(status, args.max_unheld))
+        _print(sections(status, args.max_unheld))
     return exit_codes.CHECK_FAILED if status.unheld(args.max_unheld) else exit_codes.OK
 
 
@@ -176,6 +180,11 @@ def _watch(
         except KeyboardInterrupt:
             return code
 
+    if not _have_rich():
+        return _watch_text(args, settings, wanted)
+    from rich.live import Live
+    from rich.text import Text
+
     code = exit_codes.OK
     with Live(Text("reading status..."), refresh_per_second=4, screen=False) as live:
         try:
@@ -192,3 +201,40 @@ def _watch(
                 time.sleep(args.interval)
         except KeyboardInterrupt:
             return code
+
+
+def _print(parts: list[Section]) -> None:
+    """Tables drawn by rich when it is installed, else as plain aligned text."""
+    if _have_rich():
+        from rich.console import Console
+
+        Console(width=None if sys.stdout.isatty() else 160).print(rich_group(parts))
+    else:
+        sys.stdout.write(plain_text(parts))
+
+
+def _have_rich() -> bool:
+    """rich (the ``demo`` extra) draws the tables; without it they are plain text."""
+    return importlib.util.find_spec("rich") is not None
+
+
+def _watch_text(
+    args: argparse.Namespace, settings: Settings, wanted: tuple[list[str] | None, str]
+) -> int:
+    """``--watch`` without rich: the plain tables again at every refresh."""
+    code = exit_codes.OK
+    clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            try:
+                status = read(args, settings, wanted)
+                code = exit_codes.CHECK_FAILED if status.unheld(args.max_unheld) else exit_codes.OK
+                text = render_text(status, args.max_unheld)
+            except DatabaseUnavailable as exc:
+                code = exit_codes.CANNOT_START
+                text = f"database unavailable: {exc}\n"
+            sys.stdout.write(clear + text + ("" if clear else "\n"))
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return code

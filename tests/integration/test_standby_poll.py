@@ -87,7 +87,18 @@ def test_the_poll_reports_who_holds_each_lease(dsn: str) -> None:
         assert lock.try_acquire(["sp-a"]) == {"sp-a"}
         lock.bump_epoch(["sp-a"], "holder", "test")
         assert poll(s, "w", seen.view_hash).holders["sp-a"] == "holder"  # type: ignore[union-attr]
+        pid = lock.backend_pid
         lock.close()
+        # The server ends the backend after the client has gone: the session has ended once
+        # its pg_stat_activity row is gone (reading at once raced that exit under load).
+        with psycopg.connect(dsn, autocommit=True) as c:
+            wait_until(
+                lambda: c.execute(
+                    "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)", (pid,)
+                ).fetchone()[0],
+                timeout=10,
+                what="the holder's lock session ended",
+            )
         after = poll(s, "w", seen.view_hash)
         assert after is not None and after.holders == {"sp-a": None, "sp-b": None}
     finally:

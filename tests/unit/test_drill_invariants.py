@@ -104,3 +104,27 @@ def test_a_commit_acknowledged_while_the_crashing_primary_goes_down_is_replicati
     assert replication_losses(missing, inserted, [crash], "sync") == set()
     clean = RoundResult(1, "db-failover", "L", "", 1, 100.0, t_down=100.3, lost_commits=0)
     assert replication_losses(missing, inserted, [clean], "async") == set()
+
+
+def test_a_lagging_standby_widens_the_replication_window_to_its_first_lost_commit() -> None:
+    from leasectl.tools.drill.invariants import replication_losses
+    from leasectl.tools.drill.standby import parse_commits
+
+    # pg_waldump (TZ=UTC) of the old primary's WAL past the standby's replay end.
+    waldump = (
+        "rmgr: Heap len (rec/tot): 54/54, tx: 901, lsn: 0/0301A0B8, desc: INSERT off: 3\n"
+        "rmgr: Transaction len (rec/tot): 34/34, tx: 901, lsn: 0/0301A0F0, prev 0/0301A0B8, "
+        "desc: COMMIT 2026-12-07 19:30:55.250000 UTC\n"
+        "rmgr: Transaction len (rec/tot): 34/34, tx: 902, lsn: 0/0301A128, prev 0/0301A0F0, "
+        "desc: COMMIT 2026-12-07 19:30:58.500000 UTC\n"
+    )
+    lost = parse_commits(waldump)
+    assert lost.count == 2 and lost.first_at == 1796671855.25
+    assert parse_commits("desc: COMMIT\n").first_at is None  # no time: the 2 s default applies
+    crash = RoundResult(
+        0, "db-failover", "L", "", 1, lost.first_at + 4.0, t_down=lost.first_at + 4.2,
+        lost_commits=lost.count, first_lost_at=lost.first_at,
+    )  # fmt: skip
+    at = lost.first_at
+    inserted = {"before-lag": at - 0.1, "lagged": at + 0.5, "late": at + 4.1}
+    assert replication_losses(list(inserted), inserted, [crash], "async") == {"lagged", "late"}

@@ -133,3 +133,12 @@ def test_every_with_offset_and_describe() -> None:
     assert daily.describe() == "every 86400s +7200s"
     with pytest.raises(ValueError, match="offset"):
         Every(60, offset=60)
+
+
+def test_a_cron_loops_interval_is_its_longest_gap_for_the_staleness_alert() -> None:
+    weekdays = LoopSpec(
+        name="standup", interval=0, placement="leased", run=_noop, cron="0 9 * * MON-FRI"
+    )
+    assert weekdays.interval == 3 * 86400.0  # Friday 09:00 to Monday 09:00
+    hourly = LoopSpec(name="h", interval=0, placement="everywhere", run=_noop, cron="0 * * * *")
+    assert hourly.interval == 3600.0

@@ -307,11 +307,12 @@ def analyze(
     repl_lost_jobs = replication_losses(missing_jobs, feed.inserted_at, rounds, replication)
     lost_jobs += [jid for jid in missing_jobs if jid not in repl_lost_jobs]
     completed = sum(1 for row in jobs if row[1] == "Completed")
+    failed_for_good = sum(1 for row in jobs if row[1] == "Failed" and row[3] >= row[4] and row[2])
     checks.append(
         Check(
             "no_lost_job",
             not lost_jobs,
-            f"{len(jobs)} jobs: {completed} completed, {len(jobs) - completed - len(lost_jobs)} "
+            f"{len(jobs)} jobs: {completed} completed, {failed_for_good} "
             f"failed for good with a reason, {len(lost_jobs)} lost"
             + (f"; {len(repl_lost_jobs)} lost by async replication" if repl_lost_jobs else ""),
             sorted(lost_jobs)[:10],
@@ -478,14 +479,20 @@ def lossy_failovers(
     rounds: Sequence[RoundResult], replication: str | None
 ) -> list[tuple[float, float]]:
     """When asynchronous failovers whose promotion lacked commits could lose an acknowledged
-    commit: from :data:`REPLICATION_WINDOW_S` before the crash was issued until the old
+    commit: from the first lost commit's commit time (``first_lost_at``, from the old
+    primary's WAL; without it, :data:`REPLICATION_WINDOW_S` before the crash) until the old
     primary was gone (``t_down``: it acknowledges commits while ``pg_ctl stop -m immediate``
     is still on its way, so the last lost commit's acknowledgement often comes after
-    ``t_fault``)."""
+    ``t_fault``). A loaded standby can lag by more than a few seconds: the WAL says how far."""
     if replication != "async":
         return []
     return [
-        (r.t_fault - REPLICATION_WINDOW_S, max(r.t_fault, r.t_down or r.t_fault))
+        (
+            min(r.first_lost_at, r.t_fault)
+            if r.first_lost_at is not None
+            else r.t_fault - REPLICATION_WINDOW_S,
+            max(r.t_fault, r.t_down or r.t_fault),
+        )
         for r in rounds
         if r.kind == "db-failover" and (r.lost_commits or 0) > 0
     ]

