@@ -14,6 +14,7 @@ replica (lease manager or a loop thread died: we stop rather than run without le
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ from leasectl.db import (
     resolve_lock_dsn,
 )
 from leasectl.embedded import locate_data_dir
+from leasectl.errors import ConfigError
 from leasectl.event_loop import EventLoopThread
 from leasectl.httpserver import HttpEndpoint
 from leasectl.lease_manager import LeaseManager, make_replica_id
@@ -38,7 +40,7 @@ from leasectl.limits import RateLimiter
 from leasectl.loop import LoopSpec
 from leasectl.migrate import MigrationSource, migrate
 from leasectl.scheduler import Scheduler
-from leasectl.settings import Settings
+from leasectl.settings import MetricsSettings, Settings
 
 log = logging.getLogger("leasectl.daemon")
 
@@ -111,6 +113,32 @@ class Daemon:
         self.limiter: RateLimiter | None = None
         self.event_loop: EventLoopThread | None = None  # only with async loops
 
+    def _open_http(self, listen: str) -> HttpEndpoint:
+        """Bind the HTTP endpoint; only the *default* port falls back to a free one.
+
+        The default config must start several replicas on one host (the first thing a new user
+        tries). A port an operator chose is theirs to fix, so a clash there stays an error.
+        """
+        try:
+            return HttpEndpoint(listen, self.health, self.ready)
+        except ConfigError as exc:
+            cause = exc.__cause__
+            in_use = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
+            if listen != MetricsSettings.listen or not in_use:
+                raise
+        host = listen.rpartition(":")[0]
+        http = HttpEndpoint(f"{host}:0", self.health, self.ready)
+        log.warning(
+            "metrics.listen %s (the default) is in use, most likely by another replica on this "
+            "host: serving /metrics, /healthz and /readyz on %s:%d instead; give each replica "
+            "its own metrics.listen (LEASECTL_METRICS__LISTEN) for a port Prometheus can find",
+            listen,
+            host,
+            http.port,
+            extra={"action": "metrics_port_fallback", "replica": self.replica_id},
+        )
+        return http
+
     # -- health -----------------------------------------------------------------------------
 
     def health(self) -> tuple[bool, str]:
@@ -156,7 +184,7 @@ class Daemon:
         try:
             if s.metrics.enabled and s.metrics.listen:
                 # Bound before anything else: a port clash must fail before we campaign.
-                self.http = HttpEndpoint(s.metrics.listen, self.health, self.ready).start()
+                self.http = self._open_http(s.metrics.listen).start()
             self.specs, dropped = placement.runnable(self.specs, s.replica.labels, s.leases.loops)
             for name, needs in dropped.items():
                 log.info(

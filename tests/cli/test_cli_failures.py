@@ -100,6 +100,59 @@ def test_metrics_port_in_use(dsn: str, tmp_path: Path) -> None:
     assert_clean(res, 2, "metrics.listen", "--metrics-listen")
 
 
+def test_a_second_replica_on_the_default_port_serves_on_a_free_one(
+    dsn: str, tmp_path: Path
+) -> None:
+    """The default metrics.listen already taken (by another replica on this host): the replica
+    starts anyway, says where it serves instead, and answers there. A chosen port stays an
+    error (test_metrics_port_in_use)."""
+    import urllib.request
+
+    env = cli_env(write_config(tmp_path / "c.yaml", dsn))
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            taken.bind(("127.0.0.1", 9464))
+            taken.listen()
+        except OSError:
+            pass  # someone else holds it: in use either way
+        proc = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "leasectl"), "run", "--replica-id", "second"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            lines: list[str] = []
+            assert proc.stderr is not None
+
+            def moved() -> re.Match[str] | None:
+                line = proc.stderr.readline() if proc.stderr else ""
+                lines.append(line)
+                assert line or proc.poll() is None, "".join(lines)
+                return re.search(
+                    r"serving /metrics, /healthz and /readyz on 127\.0\.0\.1:(\d+)", line
+                )
+
+            found = wait_until(moved, timeout=60, interval=0, what="the fallback port logged")
+            port = int(found.group(1))
+            assert port != 9464
+
+            def healthy() -> bool:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                        return bool(r.status == 200)
+                except OSError:  # 503 while starting (HTTPError is an OSError)
+                    return False
+
+            wait_until(healthy, timeout=60, interval=0.2, what="/healthz 200 on the fallback port")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+
+
 def test_data_dir_that_cannot_be_created(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

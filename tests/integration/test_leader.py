@@ -375,3 +375,22 @@ def test_a_leader_that_returns_while_leading_is_started_again(dsn: str) -> None:
         assert len(set(runs)) == 1, "restarted under the same epoch: the lease never moved"
     finally:
         app.stop(grace=5)
+
+
+def test_a_block_right_after_another_gets_a_fresh_hold(dsn: str) -> None:
+    """Leaving a block queues its release; the next block of the same process must wait for
+    a new hold (a higher epoch), not take the handle that is about to be released."""
+    app = _app(dsn)
+    block = app.lease("again")
+    app.start()
+    try:
+        epochs = []
+        for _ in range(3):
+            with block as lease:
+                epochs.append(lease.epoch)
+                with lease.transaction() as cur:  # the hold is real: the fence passes
+                    cur.execute("SELECT 1")
+                assert lease and not lease.lost.is_set()
+        assert epochs == sorted(set(epochs)), epochs
+    finally:
+        app.stop(grace=5)
