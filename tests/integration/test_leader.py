@@ -85,8 +85,10 @@ def test_lease_block_waits_holds_and_hands_over_on_exit(
     block.__exit__(None, None, None)
     wait_until(lambda: not b.is_leader("blk"), 5, what="b released on exit")
     wait_until(
-        lambda: _sample("leasectl_lease_transitions_total", lease="blk", reason="released")
-        == released + 2,
+        lambda: (
+            _sample("leasectl_lease_transitions_total", lease="blk", reason="released")
+            == released + 2
+        ),
         5,
         what="both releases counted",
     )
