@@ -41,6 +41,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -349,6 +350,7 @@ def run_daemons(dsn: str, mode: str, rounds: int, replicas: int, verbose: bool) 
                 pass
             d.close()
         conn.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     return latencies
 
 

@@ -12,8 +12,10 @@ the core never imports ``loops``.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
+import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -172,7 +174,14 @@ DESCRIPTIONS: dict[str, str] = {
         "seconds past a loop's timeout after which a still-running tick is wedged (it ignored "
         "ctx.check() and cancellation)"
     ),
-    "metrics.listen": "HOST:PORT of /metrics, /healthz, /readyz; empty disables the server",
+    "scheduler.control_poll_interval": (
+        "seconds between re-reads of the loop pauses and triggers (leasectl loop ...); a "
+        "NOTIFY makes replicas with a lock session read them at once, this bounds the rest"
+    ),
+    "metrics.listen": (
+        "HOST:PORT of /metrics, /healthz, /readyz and the status page (/, /status.json); keep "
+        "it on loopback or behind an authenticating proxy; empty disables the server"
+    ),
     "metrics.enabled": "record and serve metrics",
     "logging.format": "text (human) or json (one object per line)",
     "limits": "cluster-wide rate limits shared by every replica (kept in PostgreSQL): "
@@ -347,6 +356,11 @@ def render_reference(
                 out += [f"## `{path}`", "", text, ""] if text else [f"## `{path}`", ""]
                 rows = ["| key | type | default | description |", "|---|---|---|---|"]
             continue
+        if "." not in path:  # a top-level map (limits): a section of its own, per entry's keys
+            out.extend([*rows, ""] if rows else [])
+            rows = []
+            out += _map_section(path, tp, text)
+            continue
         shown = _yaml_value(default).replace("|", "\\|")
         tname = type_name(tp).replace("|", "\\|")
         rows.append(
@@ -356,6 +370,35 @@ def render_reference(
         )
     out.extend(rows)
     return "\n".join(out) + "\n"
+
+
+#: The keys of one ``limits.<name>`` entry (LimitSettings), for the reference.
+MAP_ENTRY_DOCS: dict[str, str] = {
+    "rate": "events allowed per `per` seconds (a count, > 0)",
+    "per": "the period the rate counts over, in seconds (> 0)",
+    "burst": "events allowed at once: the bucket's size (>= 1)",
+    "per_scope": "true: each scope (ctx.limit(name, scope)) gets its own bucket with these numbers",
+}
+
+
+def _map_section(path: str, tp: Any, text: str) -> list[str]:
+    """``## `limits```: what the map is for, then the keys of one entry."""
+    entry = typing.get_args(tp)[1]
+    rows = [f"## `{path}`", "", text[:1].upper() + text[1:] + ".", ""]
+    rows += [
+        f"Each entry is `{path}.<name>: {{...}}` in the file; from the environment, one key "
+        f"at a time: `LEASECTL_{path.upper()}__<NAME>__RATE` and so on.",
+        "",
+        "| key | type | default | description |",
+        "|---|---|---|---|",
+    ]
+    for f in dataclasses.fields(entry):
+        doc = MAP_ENTRY_DOCS.get(f.name, "")
+        rows.append(
+            f"| `{path}.<name>.{f.name}` | {type_name(f.type)} | `{_yaml_value(f.default)}` "
+            f"| {doc} |"
+        )
+    return [*rows, ""]
 
 
 def _wrap(text: str, width: int) -> list[str]:

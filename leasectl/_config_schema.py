@@ -407,7 +407,8 @@ def _bounds(path: str, number: Any, ctx: Problems) -> Any:
             ctx.add(path, f"must be >= 1, got {number}")
             return BAD
     elif positive and number <= 0:
-        ctx.add(path, f"must be > 0 seconds, got {number}")
+        unit = "" if name == "rate" else " seconds"  # a rate counts events
+        ctx.add(path, f"must be > 0{unit}, got {number}")
         return BAD
     elif number < 0:
         ctx.add(path, f"must be >= 0, got {number}")

@@ -27,20 +27,23 @@ DSN anywhere, the embedded PostgreSQL.
 
 from __future__ import annotations
 
+import getpass
 import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self, TypeVar
 
-from leasectl import ledger, logs
+from leasectl import ledger, logs, loop_control, status
 from leasectl._lease_block import LeaseBlock
 from leasectl._wrap import AsyncTickWrapper, TickWrapper, wrap_tick
 from leasectl.config import load_settings
@@ -518,6 +521,44 @@ class App:
         daemon = self._daemon
         return daemon.ready() if daemon is not None else (False, "not running")
 
+    # -- operator control (leasectl.loop_control): the same as `leasectl loop ...` ---------------
+
+    def pause(
+        self, name: str, *, reason: str = "", by: str | None = None, now: bool = False
+    ) -> None:
+        """Pause loop ``name`` on every replica of the cluster until :meth:`resume`
+        (``"*"``: every loop). A paused leased loop keeps its lease and starts no tick.
+
+        :param now: also tell a running tick to stop (``ctx.check()`` raises).
+        :raises UnknownLoop: the cluster knows no loop of that name (``.known`` lists them).
+        """
+        with self._control_connection() as conn:
+            loop_control.pause(conn, name, by=by or _caller(), reason=reason, now=now)
+
+    def resume(self, name: str, *, at: datetime | None = None, by: str | None = None) -> bool:
+        """End the pause of ``name`` now (or at ``at``); False if it was not paused."""
+        with self._control_connection() as conn:
+            return loop_control.resume(conn, name, by=by or _caller(), at=at) is not None
+
+    def trigger(self, name: str, *, reason: str = "", by: str | None = None) -> int:
+        """Run one extra tick of ``name`` as soon as possible: on the lease holder (at most
+        once across the cluster), or on every replica for an everywhere loop; the trigger id."""
+        with self._control_connection() as conn:
+            return loop_control.trigger(conn, name, by=by or _caller(), reason=reason)
+
+    @contextmanager
+    def _control_connection(self) -> Iterator[Any]:
+        """The running replica's pool, or a connection of its own (the App need not run)."""
+        daemon = self._daemon
+        pool = daemon.pool if daemon is not None else None
+        if pool is not None:
+            with pool.connection() as conn:  # committed as the block ends
+                yield conn
+            return
+        settings = self.settings
+        with status.connect(status.status_dsn(settings), settings, "app") as conn:
+            yield conn
+
     @property
     def migration_sources(self) -> list[MigrationSource]:
         """The migration folders applied after leasectl's: each included package's
@@ -636,6 +677,15 @@ def load_app(target: str) -> App:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _caller() -> str:
+    """Who an App's control call is audited as: ``app:<OS user>@<host>``."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"app:{user}@{socket.gethostname()}"
 
 
 def _report_start_failure(exc: BaseException) -> int:

@@ -4,9 +4,10 @@ Every lock session LISTENs on ``leasectl_control``. Four kinds of sender write t
 stopping replica and a watcher (``replica_gone``), a standby's poll that sees a crashed holder
 (``replica_gone``, built in PL/pgSQL by ``leasectl_standby_poll``, migration 0012: keep its
 fields in step with :class:`ReplicaGone`), a rebalance or a wedged tick's release
-(``hand_over``) and ``leasectl step-down`` (``step_down``). :func:`parse` turns a payload into
-one of the classes below, or None for anything it does not know (an older or newer version's
-message is ignored, never an error).
+(``hand_over``), ``leasectl step-down`` (``step_down``) and ``leasectl loop pause | resume |
+trigger`` (``loop_control``: re-read the loop pauses and triggers, :mod:`leasectl.loop_control`).
+:func:`parse` turns a payload into one of the classes below, or None for anything it does
+not know (an older or newer version's message is ignored, never an error).
 """
 
 from __future__ import annotations
@@ -43,7 +44,16 @@ class StepDown:
     cooldown: float | None = None
 
 
-Message = ReplicaGone | HandOver | StepDown
+@dataclass(frozen=True)
+class LoopControlChanged:
+    """A loop's pause or trigger rows changed (``leasectl loop ...``): re-read them now. The
+    rows are the truth; this only says when to look (:mod:`leasectl.loop_control`)."""
+
+    loop: str
+    event: str = ""
+
+
+Message = ReplicaGone | HandOver | StepDown | LoopControlChanged
 
 
 def encode(msg: Message) -> str:
@@ -54,6 +64,8 @@ def encode(msg: Message) -> str:
         return json.dumps(
             {"action": "hand_over", "leases": list(msg.leases), "to": msg.to, "from": msg.sender}
         )
+    if isinstance(msg, LoopControlChanged):
+        return json.dumps({"action": "loop_control", "loop": msg.loop, "event": msg.event})
     return json.dumps(
         {
             "action": "step_down",
@@ -88,5 +100,10 @@ def parse(payload: str) -> Message | None:
             lease if isinstance(lease, str) and lease else None,
             replica if isinstance(replica, str) and replica else None,
             float(cooldown) if isinstance(cooldown, int | float) and cooldown else None,
+        )
+    if action == "loop_control":
+        loop = raw.get("loop")
+        return (
+            LoopControlChanged(loop, str(raw.get("event") or "")) if isinstance(loop, str) else None
         )
     return None

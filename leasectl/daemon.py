@@ -15,13 +15,20 @@ replica (lease manager or a loop thread died: we stop rather than run without le
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from leasectl import metrics, placement
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from leasectl import metrics, placement, status_page
+from leasectl._version import __version__
 from leasectl.config import redact_dsn
 from leasectl.db import (
     configured_dsn,
@@ -31,16 +38,18 @@ from leasectl.db import (
     resolve_lock_dsn,
 )
 from leasectl.embedded import locate_data_dir
-from leasectl.errors import ConfigError
+from leasectl.errors import ConfigError, DatabaseUnavailable
 from leasectl.event_loop import EventLoopThread
-from leasectl.httpserver import HttpEndpoint
+from leasectl.httpserver import HttpEndpoint, Page
 from leasectl.lease_manager import LeaseManager, make_replica_id
 from leasectl.leases import LeaseEvent
 from leasectl.limits import RateLimiter
 from leasectl.loop import LoopSpec
+from leasectl.loop_control import LoopControl
 from leasectl.migrate import MigrationSource, migrate
 from leasectl.scheduler import Scheduler
 from leasectl.settings import MetricsSettings, Settings
+from leasectl.status import ClusterStatus, read_cluster
 
 log = logging.getLogger("leasectl.daemon")
 
@@ -111,6 +120,8 @@ class Daemon:
         self._stopped = False
         self.wedged: set[str] = set()
         self.limiter: RateLimiter | None = None
+        self.control: LoopControl | None = None
+        self._dsn = ""
         self.event_loop: EventLoopThread | None = None  # only with async loops
 
     def _open_http(self, listen: str) -> HttpEndpoint:
@@ -120,24 +131,29 @@ class Daemon:
         tries). A port an operator chose is theirs to fix, so a clash there stays an error.
         """
         try:
-            return HttpEndpoint(listen, self.health, self.ready)
+            return HttpEndpoint(listen, self.health, self.ready, self._pages())
         except ConfigError as exc:
             cause = exc.__cause__
             in_use = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
             if listen != MetricsSettings.listen or not in_use:
                 raise
         host = listen.rpartition(":")[0]
-        http = HttpEndpoint(f"{host}:0", self.health, self.ready)
+        http = HttpEndpoint(f"{host}:0", self.health, self.ready, self._pages())
         log.warning(
             "metrics.listen %s (the default) is in use, most likely by another replica on this "
-            "host: serving /metrics, /healthz and /readyz on %s:%d instead; give each replica "
-            "its own metrics.listen (LEASECTL_METRICS__LISTEN) for a port Prometheus can find",
+            "host: serving /metrics, /healthz and /readyz on %s:%d instead (the status page "
+            "too); give each replica its own metrics.listen (LEASECTL_METRICS__LISTEN) for a "
+            "port Prometheus can find",
             listen,
             host,
             http.port,
             extra={"action": "metrics_port_fallback", "replica": self.replica_id},
         )
         return http
+
+    def _pages(self) -> dict[str, Page]:
+        """The status page (``/``) and its JSON (``/status.json``): see status-page.md."""
+        return {"/": self.status_html, "/status.json": self.status_json}
 
     # -- health -----------------------------------------------------------------------------
 
@@ -155,6 +171,52 @@ class Daemon:
         if hb is None or time.monotonic() - hb > limit:
             return False, "no successful heartbeat recently"
         return True, "ok"
+
+    # -- the status page ----------------------------------------------------------------------
+
+    def cluster_status(self) -> ClusterStatus:
+        """The cluster read model, read through the work pool (any replica sees it all).
+
+        :raises DatabaseUnavailable: not started, or the database cannot be read.
+        """
+        pool = self._pool
+        if pool is None or not self.migrated:
+            raise DatabaseUnavailable("the replica is starting: not migrated yet")
+        leased = sorted(sp.name for sp in self.specs if sp.placement == "leased")
+        try:
+            with pool.connection(timeout=5.0) as conn:
+                return read_cluster(conn, self.settings, expected=leased, dsn=self._dsn)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise DatabaseUnavailable(f"cannot read the cluster status: {exc}") from exc
+
+    def identity(self) -> dict[str, Any]:
+        """This replica as the status page shows it (nothing secret)."""
+        return {
+            "replica": self.replica_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "may lead": self.may_lead,
+            "labels": list(self.settings.replica.labels),
+            "holds": sorted(self.manager.held()) if self.manager else [],
+            "loops here": [sp.name for sp in self.specs],
+            "health": self.health()[1],
+        }
+
+    def status_html(self) -> tuple[int, bytes, str]:
+        try:
+            page = status_page.render_page(self.cluster_status(), self.identity())
+        except DatabaseUnavailable as exc:
+            page = status_page.error_page(str(exc), self.identity())
+            return 503, page.encode(), "text/html; charset=utf-8"
+        return 200, page.encode(), "text/html; charset=utf-8"
+
+    def status_json(self) -> tuple[int, bytes, str]:
+        try:
+            data = {**self.cluster_status().to_json(), "replica": self.identity()}
+        except DatabaseUnavailable as exc:
+            return 503, json.dumps({"error": str(exc)}).encode(), "application/json"
+        return 200, json.dumps(data, default=str).encode(), "application/json"
 
     def ready(self) -> tuple[bool, str]:
         if not self.migrated:
@@ -180,6 +242,7 @@ class Daemon:
         embedded = configured_dsn(s.database) is None
         dsn = resolve_dsn(s.database)
         lock_dsn = resolve_lock_dsn(s.database, dsn)
+        self._dsn = dsn
         self._announce_database(dsn, lock_dsn, embedded)
         try:
             if s.metrics.enabled and s.metrics.listen:
@@ -230,6 +293,14 @@ class Daemon:
                 policies={**placement.declared(self.specs), **self.leases},
                 on_demand=self.idle_leases,
             )
+            self.control = LoopControl(
+                self._pool,
+                leased=leased,
+                everywhere=[sp.name for sp in self.specs if sp.placement != "leased"],
+                poll_interval=s.scheduler.control_poll_interval,
+            )
+            self.control.start()  # pauses read before the first tick can start
+            self.manager.add_control_listener(self.control.poke)
             self.manager.add_listener(metrics_listener)
             self.manager.add_exit_listener(self._attention.set)
             self.manager.start()
@@ -242,6 +313,7 @@ class Daemon:
                 settings=s.scheduler,
                 lease_manager=self.manager if self.may_lead else None,
                 limiter=self.limiter,
+                control=self.control,
                 event_loop=self.event_loop,
             )
             self.scheduler.start()
@@ -410,6 +482,8 @@ class Daemon:
         self.request_stop()
         if self.manager is not None:
             self.manager.stop(release=True)
+        if self.control is not None:
+            self.control.stop()
         if self.http is not None:
             self.http.stop()
         if self.event_loop is not None:

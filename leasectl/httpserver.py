@@ -1,4 +1,9 @@
-"""The daemon's small HTTP endpoint: /metrics, /healthz, /readyz (stdlib server, one thread)."""
+"""The daemon's small HTTP endpoint (stdlib server, one thread per request).
+
+``/metrics``, ``/healthz``, ``/readyz``, and the read-only status page: ``/`` (HTML, see
+:mod:`leasectl.status_page`) and ``/status.json`` (the same read model as ``leasectl status
+--json``). Only GET; the bind address is loopback unless configured otherwise.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,21 @@ from leasectl.errors import ConfigError
 from leasectl.metrics import REGISTRY
 
 Check = Callable[[], tuple[bool, str]]
+#: A page: (HTTP status, body, content type).
+Page = Callable[[], tuple[int, bytes, str]]
 
 
 class HttpEndpoint:
     """Serves metrics and health on ``listen`` (``host:port``; port 0 picks a free one)."""
 
-    def __init__(self, listen: str, health: Check, ready: Check) -> None:
+    def __init__(
+        self, listen: str, health: Check, ready: Check, pages: dict[str, Page] | None = None
+    ) -> None:
         host, sep, port = listen.rpartition(":")
         if not sep or not port.isdigit():
             raise ConfigError(f"metrics.listen: expected HOST:PORT, got {listen!r}")
         checks = {"/healthz": health, "/readyz": ready}
+        served = dict(pages or {})
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -32,6 +42,8 @@ class HttpEndpoint:
                 elif path in checks:
                     ok, why = checks[path]()
                     self._reply(200 if ok else 503, (why + "\n").encode(), "text/plain")
+                elif path in served:
+                    self._reply(*served[path]())
                 else:
                     self._reply(404, b"not found\n", "text/plain")
 
@@ -39,6 +51,13 @@ class HttpEndpoint:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Content-Type-Options", "nosniff")
+                self.send_header("Referrer-Policy", "no-referrer")
+                self.send_header(
+                    "Content-Security-Policy",
+                    "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+                )
                 self.end_headers()
                 self.wfile.write(body)
 

@@ -162,6 +162,9 @@ class Leadership:
         self._mutex = {name: threading.Lock() for name in decls}  # one block per process
         self._running: dict[str, LeaseHandle] = {}  # leader name -> its current run
         self._blocks: dict[str, LeaseHandle] = {}  # block lease -> the handle inside it
+        # block lease -> the lease the last block left: its release is queued to the manager,
+        # so the next block must not take that handle (it is about to be lost) but a new one
+        self._left: dict[str, Lease] = {}
         self._tasks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Task[None]]] = {}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -233,7 +236,7 @@ class Leadership:
         try:
             self._want(name)
             try:
-                lease = self._wait_held(name, deadline, timeout, cancel)
+                lease = self._wait_held(name, deadline, timeout, cancel, self._left.get(name))
             except BaseException:
                 self._unwant(name)
                 raise
@@ -252,6 +255,7 @@ class Leadership:
         with self._cv:
             if self._blocks.get(handle.name) is handle:
                 del self._blocks[handle.name]
+            self._left[handle.name] = handle.lease
         try:
             self._unwant(handle.name)
         finally:
@@ -281,11 +285,12 @@ class Leadership:
         deadline: float | None,
         timeout: float | None,
         cancel: threading.Event | None = None,
+        skip: Lease | None = None,
     ) -> Lease:
         with self._cv:
             while True:
                 lease = self.manager.lease(name)
-                if lease is not None:
+                if lease is not None and lease is not skip:
                     return lease
                 if cancel is not None and cancel.is_set():
                     raise TickCancelled(f"wait for lease {name!r} cancelled")

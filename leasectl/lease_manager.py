@@ -226,6 +226,7 @@ class LeaseManager:
         self._idle_since: float | None = None  # direct but needed by nothing, since
         self._gone_said: dict[str, float] = {}  # replica -> when its replica_gone was acted on
         self._exit_listeners: list[Callable[[], None]] = []
+        self._control_listeners: list[Callable[[control.LoopControlChanged], None]] = []
         self._state = _State(suspended=set(idle) & set(names))
         self._lock = threading.RLock()
         self._listeners: list[Callable[[LeaseEvent], None]] = []
@@ -244,6 +245,11 @@ class LeaseManager:
 
     def add_listener(self, fn: Callable[[LeaseEvent], None]) -> None:
         self._listeners.append(fn)
+
+    def add_control_listener(self, fn: Callable[[control.LoopControlChanged], None]) -> None:
+        """Call ``fn`` (on the manager thread) with each ``loop_control`` message of the
+        control channel (:mod:`leasectl.loop_control`: pause, resume, trigger)."""
+        self._control_listeners.append(fn)
 
     def add_exit_listener(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` (on the manager thread) when the thread ends, fatally or not: the
@@ -576,6 +582,10 @@ class LeaseManager:
             if isinstance(msg, control.HandOver):
                 self._reserve(list(msg.leases), msg.to)
                 return msg.to == self.replica_id
+            if isinstance(msg, control.LoopControlChanged):
+                for fn in self._control_listeners:
+                    fn(msg)
+                return False
             if isinstance(msg, control.StepDown):
                 self._step_down_asked(session, msg)
             return False

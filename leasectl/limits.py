@@ -28,6 +28,8 @@ Example::
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from leasectl import metrics, sql
 from leasectl.errors import ConfigError, DatabaseUnavailable
 from leasectl.settings import LimitSettings
 
+log = logging.getLogger("leasectl.limits")
 Q = sql.load("limits")
 
 #: Longest single sleep while waiting for a bucket: re-asking is cheap, oversleeping is not.
@@ -83,6 +86,26 @@ class RateLimiter:
         for name in self.limits:
             metrics.RATE_LIMIT_ALLOWED.labels(name)
             metrics.RATE_LIMIT_THROTTLED.labels(name)
+        self._warned: set[str] = set()
+        self._warn_lock = threading.Lock()
+
+    def _unconfigured(self, name: str) -> None:
+        """A name with no ``limits.<name>`` is unlimited: often a typo. Count every use, and
+        say so once per name (not per event: a loop may ask thousands of times a minute)."""
+        metrics.RATE_LIMIT_UNCONFIGURED.labels(name).inc()
+        with self._warn_lock:
+            if name in self._warned:
+                return
+            self._warned.add(name)
+        known = ", ".join(sorted(self.limits)) or "none configured"
+        log.warning(
+            "rate limit %r is not configured (limits.%s): its events are not limited; "
+            "configured limits: %s",
+            name,
+            name,
+            known,
+            extra={"action": "rate_limit_unconfigured", "limit": name},
+        )
 
     def try_acquire(self, name: str, scope: str | None = None) -> Decision:
         """One event now, or a refusal saying when to ask again.
@@ -91,6 +114,7 @@ class RateLimiter:
         """
         limit = self.limits.get(name)
         if limit is None:
+            self._unconfigured(name)
             return Decision(True, 0.0, name)
         key = bucket_key(name, scope, limit)
         interval = limit.per / limit.rate

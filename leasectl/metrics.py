@@ -122,6 +122,18 @@ LOOP_WEDGED = Gauge(
     ["loop"],
     registry=REGISTRY,
 )
+LOOP_PAUSED_SINCE = Gauge(
+    "leasectl_loop_paused_since_timestamp_seconds",
+    "Unix time since which the loop is paused cluster-wide (leasectl loop pause); 0: not paused",
+    ["loop"],
+    registry=REGISTRY,
+)
+LOOP_TRIGGERED = Counter(
+    "leasectl_loop_triggered_ticks_total",
+    "Extra ticks this replica ran because an operator triggered the loop (leasectl loop trigger)",
+    ["loop"],
+    registry=REGISTRY,
+)
 
 _declare_hooks: list[Callable[[], None]] = []
 
@@ -155,6 +167,8 @@ def declare(specs: Sequence[LoopSpec], *, may_lead: bool, now: float | None = No
             LOOP_TICKS.labels(spec.name, outcome)
         LOOP_TICK_SECONDS.labels(spec.name)
         LOOP_WEDGED.labels(spec.name)
+        LOOP_PAUSED_SINCE.labels(spec.name)
+        LOOP_TRIGGERED.labels(spec.name)
         if spec.placement == "leased" and not may_lead:
             continue  # never runs here: no last success to stand in for, no lease to want
         if REGISTRY.get_sample_value(_LAST_SUCCESS, {"loop": spec.name}) is None:
@@ -194,6 +208,12 @@ def reason_class(reason: str) -> str:
 RATE_LIMIT_ALLOWED = Counter(
     "leasectl_rate_limit_allowed_total",
     "Events the cluster-wide rate limit allowed, by limit name",
+    ["limit"],
+    registry=REGISTRY,
+)
+RATE_LIMIT_UNCONFIGURED = Counter(
+    "leasectl_rate_limit_unconfigured_total",
+    "Events asked of a rate limit name that has no limits.<name> entry (not limited: a typo?)",
     ["limit"],
     registry=REGISTRY,
 )

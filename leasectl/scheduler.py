@@ -42,6 +42,7 @@ from leasectl.lease_manager import LeaseManager
 from leasectl.leases import Lease, LeaseEvent
 from leasectl.limits import RateLimiter
 from leasectl.loop import AsyncTickContext, LoopSpec, TickContext
+from leasectl.loop_control import ALL, LoopControl, Trigger
 from leasectl.settings import SchedulerSettings
 
 log = logging.getLogger("leasectl.scheduler")
@@ -155,6 +156,7 @@ class LoopState:
     pending_slot: float | None = None
     pending_start: float = 0.0
     started: float = 0.0
+    paused: bool = False  # held back by leasectl.loop_control at its last turn
     counted_slot: float | None = None  # the slot whose passed-over slots were counted
 
 
@@ -175,6 +177,7 @@ class Scheduler:
         event_loop: EventLoopThread | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        control: LoopControl | None = None,
     ) -> None:
         """:param event_loop: the App's event-loop thread, needed when any loop is async."""
         self.replica_id = replica_id
@@ -195,6 +198,9 @@ class Scheduler:
         self._cancel = threading.Event()
         if lease_manager is not None:
             lease_manager.add_listener(self._on_lease_event)
+        self.control = control
+        if control is not None:
+            control.add_listener(self._on_control)
 
     @property
     def leased_names(self) -> list[str]:
@@ -286,6 +292,9 @@ class Scheduler:
         spec = state.spec
         due = self.clock() if spec.run_on_start else self.clock() + self._jittered(spec)
         while not self._stopping.is_set():
+            if self._control_turn(state, None):
+                due = max(due, self.clock() + self._jittered(spec))  # resumed: the next slot
+                continue
             now = self.clock()
             if now < due:
                 self._sleep(state, due - now)
@@ -309,6 +318,10 @@ class Scheduler:
         fire = latest if spec.run_on_start and latest is not None else sched.next_after(now)
         start = fire + random.uniform(0, spec.jitter_s)  # noqa: S311 - jitter spreads timers; nothing secret depends on it
         while not self._stopping.is_set():
+            if self._control_turn(state, None):  # paused, or a trigger ran: the next fire
+                fire = sched.next_after(max(fire, self.wall()))
+                start = max(start, fire + random.uniform(0, spec.jitter_s))  # noqa: S311 - as above
+                continue
             now = self.wall()
             if now < start:
                 self._sleep(state, start - now)
@@ -337,6 +350,12 @@ class Scheduler:
             if not state.ledger_known:
                 state.last_done = self._last_done(spec)
                 state.ledger_known = True
+                if self.control is not None:
+                    # Just acquired: re-read the pauses before a first tick here, in case
+                    # this replica missed the NOTIFY (a standby until now, or reconnecting).
+                    self.control.refresh()
+            if self._control_turn(state, lease):
+                continue
             now = self.wall()
             plan = plan_leased(spec, now, state.last_done, state.started)
             if plan.missed_through is not None:
@@ -474,6 +493,7 @@ class Scheduler:
         tick_at: float,
         lease: Lease | None,
         ledger_params: dict[str, Any] | None = None,
+        trigger: Trigger | None = None,
     ) -> bool:
         spec = state.spec
         started = self.clock()
@@ -489,6 +509,8 @@ class Scheduler:
             "lease": spec.name if lease else None,
             "tick_at": ctx.tick_at.isoformat(),
         }
+        if trigger is not None:
+            extra.update(trigger=trigger.id, triggered_by=trigger.requested_by)
         log.debug("tick %s started", spec.name, extra={"action": "tick_started", **extra})
         error: str | None = None
         try:
@@ -533,7 +555,7 @@ class Scheduler:
             metrics.LOOP_LAST_SUCCESS.labels(spec.name).set(self.wall())
         elif outcome == "failed":
             state.failures += 1
-        level = logging.INFO if outcome == "ok" and lease is not None else logging.DEBUG
+        level = logging.INFO if outcome == "ok" and (lease or trigger) else logging.DEBUG
         if outcome not in ("ok",):
             level = logging.WARNING
         log.log(
@@ -551,6 +573,110 @@ class Scheduler:
             },
         )
         return outcome == "ok"
+
+    # -- operator control (leasectl.loop_control) -----------------------------------------------
+
+    def _control_turn(self, state: LoopState, lease: Lease | None) -> bool:
+        """Before a scheduled tick: run a pending trigger, or hold a paused loop back.
+
+        True when this turn was taken (the caller loops again). A paused leased loop keeps
+        its lease; its slots pass unrun, and after the resume it waits for the next slot.
+        """
+        control = self.control
+        if control is None:
+            return False
+        if not control.loaded.is_set():  # pauses unknown yet (database down at start)
+            self._sleep(state, 0.5)
+            return True
+        pending = control.pending_trigger(state.spec.name)
+        if pending is not None:
+            self._triggered_tick(state, lease, pending)
+            return True
+        pause = control.paused(state.spec.name)
+        if pause is not None:
+            if not state.paused:
+                log.info(
+                    "loop %s paused by %s%s",
+                    state.spec.name,
+                    pause.paused_by,
+                    f": {pause.reason}" if pause.reason else "",
+                    extra={"action": "loop_held", "loop": state.spec.name, "by": pause.paused_by},
+                )
+            state.paused = True
+            self._sleep(state, _MAX_SLEEP)  # a resume or a trigger wakes it
+            return True
+        if state.paused:
+            state.paused = False
+            latest = state.spec.schedule.latest(self.wall())
+            if lease is not None and latest is not None:
+                # Slots that passed while paused are not run (nor recorded missed): the next.
+                state.last_done = max(state.last_done or latest, latest)
+            log.info(
+                "loop %s resumed",
+                state.spec.name,
+                extra={"action": "loop_unheld", "loop": state.spec.name},
+            )
+            return lease is None  # everywhere: reschedule from now
+        return False
+
+    def _triggered_tick(self, state: LoopState, lease: Lease | None, pending: Trigger) -> None:
+        """One extra tick: on every replica (everywhere loop) or, claimed under the fence and
+        recorded in the ledger, on the holder (leased)."""
+        assert self.control is not None  # noqa: S101 - only called with a control
+        spec = state.spec
+        if lease is None:
+            self.control.done(pending)
+            metrics.LOOP_TRIGGERED.labels(spec.name).inc()
+            self._tick(state, tick_at=self.wall(), lease=None, trigger=pending)
+            return
+        assert self.manager is not None  # noqa: S101 - a lease comes from the manager
+        if not self.manager.tick_begin(spec.name, lease):
+            self._sleep(state, 0.1)
+            return
+        try:
+            params: dict[str, Any] = {
+                "loop": spec.name,
+                "replica": self.replica_id,
+                "trigger": pending.id,
+                **lease.fence_params(),
+            }
+            try:
+                with self.pool.connection() as conn:
+                    row = conn.execute(Q["claim_trigger"], params).fetchone()
+            except psycopg.Error as exc:
+                log.warning(
+                    "cannot claim trigger %d of %s: %s",
+                    pending.id,
+                    spec.name,
+                    exc,
+                    extra={"action": "trigger_claim_failed", "loop": spec.name},
+                )
+                self._sleep(state, self._backoff(state))
+                return
+            self.control.done(pending)  # ours now, or claimed elsewhere / fenced off
+            if row is None:
+                return
+            metrics.LOOP_TRIGGERED.labels(spec.name).inc()
+            params = {**params, "tick_at": row[0]}
+            del params["trigger"]
+            self._tick(
+                state,
+                tick_at=row[0].timestamp(),
+                lease=lease,
+                ledger_params=params,
+                trigger=pending,
+            )
+        finally:
+            self.manager.tick_end(spec.name)
+
+    def _on_control(self, changed: set[str], stop_now: set[str]) -> None:
+        """Pauses or triggers changed: wake the loops concerned; ``--now`` stops their ticks."""
+        every = ALL in changed
+        for name, state in self.loops.items():
+            if every or name in changed:
+                if (ALL in stop_now or name in stop_now) and state.running_ctx is not None:
+                    state.running_ctx.stop.set()
+                state.wake.set()
 
     def _context(
         self, spec: LoopSpec, tick_at: float, lease: Lease | None, started: float

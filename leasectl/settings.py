@@ -104,6 +104,7 @@ class SchedulerSettings:
     error_backoff_initial: float = 1.0
     error_backoff_max: float = 300.0
     wedge_grace: float = 30.0  # a tick running past timeout + this is wedged
+    control_poll_interval: float = 2.0  # re-read loop pauses/triggers (a missed NOTIFY)
     ledger_retention: float = 604800.0  # seconds of tick-ledger history kept (7 days)
 
 

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from leasectl import extras
 from leasectl import status as st
 from leasectl.cli import exit_codes
 from leasectl.cli.args import add_common, settings_from
@@ -61,6 +62,7 @@ def _secret(env: str | None, file: str | None, what: str) -> str:
 
 def cmd_ca(args: argparse.Namespace) -> int:
     # the CLI's one use of the certificate loops, imported only when `ca` runs
+    extras.require("certs", "leasectl ca")
     from leasectl.certs.ca_keys import CaKeyError, rotate_kek
 
     old = None if args.from_plaintext else _secret(args.old_kek_env, args.old_kek_file, "old KEK")

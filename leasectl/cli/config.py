@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -15,9 +17,10 @@ from leasectl.cli import exit_codes
 from leasectl.cli.args import add_common, dsn_override, settings_from
 from leasectl.cli.run import add_app_argument, app_on, includes_shipped_loops, named_app
 from leasectl.cli.timing import add_timing_arguments
-from leasectl.config import Loaded, blame, dump, load_traced
+from leasectl.config import Loaded, blame, dump, load_traced, parse_yaml
 from leasectl.errors import ConfigError
 from leasectl.loop import LoopSpec
+from leasectl.settings import SchedulerSettings
 
 
 def add_config_parser(sub: Any) -> None:
@@ -63,7 +66,15 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     app = named_app(args)
     if app is not None:
         return _check_app(args, app)
-    loaded = load_traced(args.config, overrides=dsn_override(args) or None)
+    try:
+        loaded = load_traced(args.config, overrides=dsn_override(args) or None)
+    except ConfigError as exc:
+        # The file has other problems: still say if scheduler.only names no loop, so one
+        # run of `config check` lists everything (it was reported only when alone).
+        extra = _unknown_only(args.config)
+        if extra is None:
+            raise
+        raise ConfigError([*exc.problems, extra], exc.source) from exc
     settings = loaded.settings
     package = settings.scheduler.loops_package
     registry = importlib.import_module(package + ".registry")
@@ -81,6 +92,36 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     leased = sum(1 for s in specs if s.placement == "leased")
     print(f"configuration is valid: {len(specs)} loops enabled ({leased} leased)")
     return exit_codes.OK
+
+
+def _unknown_only(path: str | None) -> str | None:
+    """``scheduler.only`` names that no loop module of the package has, read from the raw
+    file and environment (used when the file does not validate, so no settings exist)."""
+    try:
+        text = Path(path).read_text() if path else ""
+        data, lines = parse_yaml(text, path or "") if text else ({}, {})
+        scheduler = data.get("scheduler") or {} if isinstance(data, dict) else {}
+        only: Any = os.environ.get("LEASECTL_SCHEDULER__ONLY", scheduler.get("only") or [])
+        names = [n.strip() for n in only.split(",")] if isinstance(only, str) else list(only)
+        package = os.environ.get(
+            "LEASECTL_SCHEDULER__LOOPS_PACKAGE",
+            scheduler.get("loops_package") or SchedulerSettings().loops_package,
+        )
+        known = set(importlib.import_module(f"{package}.registry").LOOP_MODULES)
+    except Exception:  # noqa: BLE001 - best effort: the other problems are reported anyway
+        return None
+    unknown = [str(n) for n in names if n and n not in known]
+    if not unknown:
+        return None
+    where = (
+        "env LEASECTL_SCHEDULER__ONLY"
+        if "LEASECTL_SCHEDULER__ONLY" in os.environ
+        else f"{path}:{lines.get('scheduler.only', '?')}"
+    )
+    return (
+        f"scheduler.only: unknown loop(s) {', '.join(unknown)}; known: "
+        f"{', '.join(sorted(known))} ({where})"
+    )
 
 
 def _check_app(args: argparse.Namespace, app: Any) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -31,14 +32,22 @@ def cmd_evict(args: argparse.Namespace) -> int:
             f"replica {current.holder or '?'} (backend pid {current.backend_pid}, "
             f"epoch {current.epoch}, state {current.state})"
         )
+        # The whole lock session goes: every lease it holds moves, not only --lease.
+        everything = st.read_status(conn, namespace=ns, lease_ttl=math.inf, expected=[])
+        moving = sorted(
+            le.name for le in everything.leases if le.backend_pid == current.backend_pid
+        ) or [args.lease]
+        others = [n for n in moving if n != args.lease]
+        also = f" It also holds {', '.join(others)}: they move too." if others else ""
         if not args.yes:
             print(
-                f"Evict the holder of lease {args.lease}: {who}?\n"
-                "Its lock session is terminated and a peer takes the lease with a new epoch at "
-                "its next campaign.\nIf that replica is still running, or only stopped "
-                "(paused, a long GC), it may go on BELIEVING it holds the lease for up to "
-                "lease_ttl: its writes fenced with the lease's epoch are refused, but its "
-                "unfenced side effects (external calls) can overlap the new holder's.",
+                f"Evict the holder of lease {args.lease}: {who}?{also}\n"
+                "Its lock session is terminated, so every lease it holds moves "
+                f"({', '.join(moving)}); peers take them with new epochs at their next "
+                "campaign.\nIf that replica is still running, or only stopped "
+                "(paused, a long GC), it may go on BELIEVING it holds them for up to "
+                "lease_ttl: its writes fenced with a lease's epoch are refused, but its "
+                "unfenced side effects (external calls) can overlap the new holders'.",
                 file=sys.stderr,
             )
             print("Type 'yes' to evict: ", end="", file=sys.stderr, flush=True)
@@ -49,5 +58,5 @@ def cmd_evict(args: argparse.Namespace) -> int:
         if not st.evict(conn, args.lease, namespace=ns, backend_pid=current.backend_pid):
             print(f"{who} no longer holds {args.lease}; nothing evicted", file=sys.stderr)
             return exit_codes.CHECK_FAILED
-    print(f"evicted {who} from lease {args.lease}")
+    print(f"evicted {who}: its lock session held {', '.join(moving)}, which move to peers")
     return exit_codes.OK

@@ -31,6 +31,7 @@ from leasectl.cli.demo import add_demo_parser
 from leasectl.cli.drill import add_drill_parser
 from leasectl.cli.embedded import add_embedded_parser
 from leasectl.cli.evict import add_evict_parser
+from leasectl.cli.loop import add_loop_parser
 from leasectl.cli.migrate import add_migrate_parser
 from leasectl.cli.run import add_run_parser
 from leasectl.cli.status import add_status_parser
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_status_parser,
         add_step_down_parser,
         add_evict_parser,
+        add_loop_parser,
         add_config_parser,
         add_ca_parser,
         add_timing_parser,
@@ -81,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = str(args.command) + (
         f" {args.config_command}" if getattr(args, "config_command", None) else ""
     )
+    if getattr(args, "loop_command", None):
+        command += f" {args.loop_command}"
     try:
         code = int(args.handler(args))
         sys.stdout.flush()  # a closed pipe shows here, not as a message at interpreter exit

@@ -16,6 +16,7 @@ from typing import Any
 from leasectl import logs
 from leasectl.app import App, load_app
 from leasectl.cli.args import add_argument, add_common, settings_from
+from leasectl.errors import ConfigError
 from leasectl.migrate import MigrationSource
 from leasectl.settings import Settings
 
@@ -36,7 +37,13 @@ def add_run_parser(sub: Any) -> None:
         help="never lead: run only everywhere loops (web-only nodes)",
     )
     add_argument(p, "--log-format", env="LOG_FORMAT", choices=["text", "json"], help="log format")
-    add_argument(p, "--metrics-listen", env="METRICS_LISTEN", help="HOST:PORT for /metrics")
+    # One variable for the flag and the setting (metrics.listen): LEASECTL_METRICS__LISTEN.
+    add_argument(
+        p,
+        "--metrics-listen",
+        env="METRICS__LISTEN",
+        help="HOST:PORT of /metrics, /healthz and the status page (metrics.listen)",
+    )
     p.set_defaults(handler=cmd_run)
 
 
@@ -103,6 +110,11 @@ def migration_sources_from(args: argparse.Namespace, settings: Settings) -> list
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if "LEASECTL_METRICS_LISTEN" in os.environ:
+        raise ConfigError(
+            "LEASECTL_METRICS_LISTEN is not read: set LEASECTL_METRICS__LISTEN (one variable "
+            "for metrics.listen and --metrics-listen)"
+        )
     app = app_from_args(args)
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     app.configure(

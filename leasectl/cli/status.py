@@ -20,7 +20,6 @@ import importlib.util
 import json
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 from leasectl import status as st
@@ -28,7 +27,6 @@ from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument, add_common, settings_from
 from leasectl.cli.run import add_app_argument, app_from_args
 from leasectl.errors import DatabaseUnavailable
-from leasectl.limits import read_fill
 from leasectl.settings import Settings
 from leasectl.tools.status_view import (
     Section,
@@ -123,16 +121,14 @@ def read(
 ) -> st.ClusterStatus:
     with st.connect(st.status_dsn(settings), settings) as conn:
         expected, source = st.declared_leases(conn) if wanted is DECLARED else wanted
-        status = st.read_status(
+        return st.read_cluster(
             conn,
-            namespace=settings.leases.namespace,
-            lease_ttl=settings.leases.lease_ttl,
+            settings,
             expected=expected,
-            all_replicas=args.all_replicas,
             expected_source=source,
+            all_replicas=args.all_replicas,
+            events=0,  # the terminal view has no timeline; the status page does
         )
-        loops = st.read_loop_history(conn, all_replicas=args.all_replicas)
-        return replace(status, rate_limits=read_fill(conn, settings.limits), loops=loops)
 
 
 def cmd_loop(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from leasectl import status as st
@@ -54,6 +55,11 @@ def cmd_step_down(args: argparse.Namespace) -> int:
             cooldown=args.cooldown,
             wait=args.wait,
         )
+        away = {
+            name: st.step_down_cooldowns(conn, name, settings.leases.step_down_cooldown)
+            for name, (before, after) in moves.items()
+            if not st._moved(before, after) and args.wait > 0
+        }
     if not moves:
         print(
             f"replica {args.replica} holds no lease: nothing moved (it is still asked to stay "
@@ -73,5 +79,18 @@ def cmd_step_down(args: argparse.Namespace) -> int:
         else:
             state = after.holder if after.state == "held" else after.state
             print(f"{name}: not moved within {args.wait:g}s (now {state})", file=sys.stderr)
+            for rid, until in away.get(name, []):
+                left = (until - datetime.now(UTC)).total_seconds()
+                print(
+                    f"  {rid} stays away from {name} after a step-down until "
+                    f"{until.astimezone():%H:%M:%S} ({left:.0f}s from now)",
+                    file=sys.stderr,
+                )
+            if after.state == "free" and away.get(name):
+                print(
+                    f"  {name} is taken when a candidate's cooldown ends, or by a replica that "
+                    "is not in one",
+                    file=sys.stderr,
+                )
             code = exit_codes.CHECK_FAILED
     return code

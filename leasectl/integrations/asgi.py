@@ -28,12 +28,18 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-import anyio.to_thread
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-
 from leasectl.app import App
+from leasectl.extras import require
+
+try:
+    import anyio.to_thread
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+except ImportError:  # one line naming the extra, not an ImportError from deep inside
+    require("fastapi", "leasectl.integrations.asgi")
+    raise
+
 from leasectl.integrations._endpoints import HEALTH_PATHS, check, metrics_body
 from leasectl.integrations.starter import Starter, endpoint_off, starting
 

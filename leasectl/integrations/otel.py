@@ -33,15 +33,20 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
-
 from leasectl._version import __version__
 from leasectl.app import App
 from leasectl.errors import FencingRejected, LeaseLost, TickCancelled
+from leasectl.extras import require
 from leasectl.leader import LeaseHandle
 from leasectl.leases import LeaseEvent
 from leasectl.loop import AsyncTickContext, TickContext
+
+try:
+    from opentelemetry import trace
+    from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
+except ImportError:  # one line naming the extra, not an ImportError from deep inside
+    require("otel", "leasectl.integrations.otel")
+    raise
 
 log = logging.getLogger("leasectl.otel")
 

@@ -37,8 +37,9 @@ RETURNING tick_at
 -- name: last_done
 -- The latest slot this loop handled (ran, or recorded missed), whoever did: how a restart
 -- or failover knows which slots still need running.
+-- A triggered extra tick (leasectl loop trigger; trigger_id set) is no slot.
 SELECT max(tick_at) FROM leasectl_ticks
-WHERE loop = %(loop)s AND outcome IN ('ok', 'missed')
+WHERE loop = %(loop)s AND outcome IN ('ok', 'missed') AND trigger_id IS NULL
 
 -- name: record_run
 -- The last run of a loop on this replica (status' loops table). Not fenced: each replica
@@ -58,3 +59,19 @@ SET placement = excluded.placement, schedule = excluded.schedule, tz = excluded.
     last_error = coalesce(excluded.last_error, r.last_error),
     last_error_at = coalesce(excluded.last_error_at, r.last_error_at),
     next_fire_at = excluded.next_fire_at, updated_at = now()
+
+-- name: claim_trigger
+-- The holder claims a leased loop's trigger under the fence and records its run in the tick
+-- ledger (tick_at: when it was asked for), in one statement: a trigger runs at most once
+-- across the cluster, and never under a superseded epoch. No row: claimed already, or fenced.
+WITH t AS (
+    UPDATE leasectl_loop_triggers
+    SET claimed_by = %(replica)s, claimed_epoch = %(lease_epoch)s, claimed_at = now()
+    WHERE id = %(trigger)s AND claimed_at IS NULL
+      AND (SELECT leasectl_fence(%(lease_name)s, %(lease_epoch)s))
+    RETURNING id, loop, requested_at
+)
+INSERT INTO leasectl_ticks (loop, tick_at, epoch, replica, started_at, outcome, attempts, trigger_id)
+SELECT t.loop, t.requested_at, %(lease_epoch)s, %(replica)s, now(), 'running', 1, t.id FROM t
+ON CONFLICT (loop, tick_at) DO NOTHING
+RETURNING tick_at

@@ -80,6 +80,15 @@ WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 2
 INSERT INTO leasectl_lease_events (lease, epoch, replica, event, reason)
 VALUES (%(lease)s, %(epoch)s, %(replica)s, %(event)s, %(reason)s)
 
+-- name: step_downs
+-- Step-down requests of the last hour that concern a lease (its own, or a whole replica's):
+-- which replicas may still be staying away from it (`leasectl step-down` explains a lease
+-- left free).
+SELECT at, reason FROM leasectl_lease_events
+WHERE event = 'step_down_requested' AND lease IN (%(lease)s, '*')
+  AND at > now() - interval '1 hour'
+ORDER BY id
+
 -- name: loop_runs
 -- Every loop's last run on every replica that recorded one (migration 0013), with whether
 -- that replica is live and has the loop wedged. Replicas not seen for recent_s are left out
@@ -101,7 +110,8 @@ ORDER BY r.loop, r.started_at DESC NULLS LAST, r.replica
 -- to 0.25 s before its fire time (started_at), and its body starts no earlier than tick_at.
 SELECT tick_at, replica, epoch, started_at, finished_at,
        extract(epoch FROM finished_at - greatest(started_at, tick_at))::float8 AS seconds,
-       outcome, attempts, error
+       outcome, attempts, error,
+       trigger_id IS NOT NULL AS triggered  -- a `leasectl loop trigger` run (migration 0014)
 FROM leasectl_ticks
 WHERE loop = %(loop)s
 ORDER BY tick_at DESC

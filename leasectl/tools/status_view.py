@@ -9,11 +9,12 @@ Both draw the same cells: text with a style name that only rich shows.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from leasectl import status as st
+from leasectl.loop_control import Pause
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -149,6 +150,17 @@ def sections(status: st.ClusterStatus, max_unheld: float = 0.0) -> list[Section]
             out.append(Section(f"! {r.id}: wedged tick(s): {', '.join(r.wedged)}", style="red"))
     if not status.leases:
         out.append(Section("no leases expected or recorded yet", style="dim"))
+    for p in status.pauses:
+        if not p.ended:
+            what = "every loop" if p.loop == "*" else p.loop
+            until = f", resumes at {p.resume_at:%Y-%m-%d %H:%M:%S %Z}" if p.resume_at else ""
+            why = f": {p.reason}" if p.reason else ""
+            out.append(
+                Section(
+                    f"! {what}: PAUSED by {p.paused_by} {_age(p.age_s)} ago{why}{until}",
+                    style="bold yellow",
+                )
+            )
     if status.rate_limits:
         rows = []
         for b in status.rate_limits:
@@ -157,7 +169,7 @@ def sections(status: st.ClusterStatus, max_unheld: float = 0.0) -> list[Section]
                 _row(
                     b["key"],
                     Cell(
-                        f"{fill:.0%}" if fill is not None else "not configured",
+                        f"{fill:.0%} used" if fill is not None else "not configured",
                         "bold red" if fill is not None and fill >= 1 else "",
                     ),
                     f"{b['backlog_s']:.2f}s",
@@ -167,12 +179,12 @@ def sections(status: st.ClusterStatus, max_unheld: float = 0.0) -> list[Section]
         out.append(
             Section(
                 "rate limits (shared by the cluster)",
-                ("bucket", "fill", "backlog", "last used"),
+                ("bucket", "used (of burst)", "backlog", "last used"),
                 tuple(rows),
             )
         )
     if status.loops:
-        out.append(_loops_table(status.loops, status.taken_at))
+        out.append(_loops_table(status.loops, status.taken_at, status.paused))
     if status.expected_source:
         out.append(Section(f"expected leases from {status.expected_source}", style="dim"))
     return out
@@ -196,9 +208,13 @@ def _error(text: str | None, width: int = 60) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def _loops_table(loops: list[st.LoopHistory], now: datetime) -> Section:
+def _loops_table(
+    loops: list[st.LoopHistory],
+    now: datetime,
+    paused: Callable[[str], Pause | None] = lambda loop: None,
+) -> Section:
     """Per loop (everywhere loops: per replica): where and when it last ran, for how long,
-    the outcome, the last error, the next fire time in the loop's zone, wedged."""
+    the outcome, the last error, the next fire time in the loop's zone, wedged, paused."""
     rows = []
     for h in loops:
         runs = h.runs[:1] if h.placement == "leased" else [r for r in h.runs if r.live]
@@ -217,11 +233,18 @@ def _loops_table(loops: list[st.LoopHistory], now: datetime) -> Section:
                     outcome,
                     _local(next_fire),
                     _error(run.last_error),
+                    _paused(paused(h.loop)),
                 )
             )
     columns = ("loop", "schedule", "ran on", "last run", "took", "outcome", "next fire",
-               "last error")  # fmt: skip
+               "last error", "paused")  # fmt: skip
     return Section("loops (last run, next fire)", columns, tuple(rows))
+
+
+def _paused(pause: Pause | None) -> Cell:
+    if pause is None:
+        return Cell("-")
+    return Cell(f"{_age(pause.age_s or None)} ago: {pause.reason or 'paused'}", "yellow")
 
 
 def loop_sections(h: st.LoopHistory) -> list[Section]:
@@ -249,7 +272,10 @@ def loop_sections(h: st.LoopHistory) -> list[Section]:
                 str(t.epoch),
                 _when(t.started_at, now),
                 f"{t.seconds:.3f}s" if t.seconds is not None else "-",
-                Cell(t.outcome, _OUTCOME_STYLE.get(t.outcome, "")),
+                Cell(
+                    t.outcome + (" (triggered)" if t.triggered else ""),
+                    _OUTCOME_STYLE.get(t.outcome, ""),
+                ),
                 str(t.attempts),
                 _error(t.error),
             )

@@ -31,7 +31,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cli_env(config: Path | None = None, **extra: str) -> dict[str, str]:
+def cli_env(config: Path | None = None, /, **extra: str) -> dict[str, str]:
     """The environment of a CLI subprocess: repo on the path, no stray LEASECTL_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
     env["PYTHONPATH"] = str(REPO)
@@ -171,6 +171,23 @@ class Cluster:
             kill_group(r.proc)  # the group too: nothing may survive the test
             if r.proc.poll() is None:
                 r.proc.wait(5)
+
+
+def settled(cluster: Cluster) -> dict[str, tuple[str, int]]:
+    """``{lease: (holder, epoch)}`` once every lease is held where placement puts it (right
+    after start, spread placement still moves leases off the first replica up)."""
+
+    def check() -> dict[str, tuple[str, int]] | None:
+        leases = cluster.status()["leases"]
+        ok = leases and all(
+            le["state"] == "held" and le["holder"] == le["placed_on"] for le in leases
+        )
+        return {le["name"]: (le["holder"], le["epoch"]) for le in leases} if ok else None
+
+    result: dict[str, tuple[str, int]] = wait_until(
+        check, timeout=30, interval=0.2, what="leases settled on their placement"
+    )
+    return result
 
 
 def write_config(path: Path, dsn: str, **sections: dict[str, Any]) -> Path:

@@ -103,6 +103,12 @@ def test_liveness_alerts_fire_on_cluster_series(tmp_path: Path) -> None:
         ),
         _series("leasectl_loop_last_success_timestamp_seconds", {**a, "loop": "e"}, "0x40"),
         _series("leasectl_loop_wedged", {**a, "loop": "e"}, "0x7 1x32"),
+        # Leased loop p, 30 s interval, paused on b since t=60 s: never stale, paused long.
+        _series(
+            "leasectl_loop_interval_seconds", {**b, "loop": "p", "placement": "leased"}, "30x40"
+        ),
+        _series("leasectl_loop_last_success_timestamp_seconds", {**b, "loop": "p"}, "0x40"),
+        _series("leasectl_loop_paused_since_timestamp_seconds", {**b, "loop": "p"}, "0x3 60x1100"),
         # b self-fences twice; the counter starts at 0, so increase() sees the first one.
         _series("leasectl_self_fence_total", {**b, "reason": "ttl_expired"}, "0x10 1x10 2x19"),
     ]
@@ -137,6 +143,12 @@ def test_liveness_alerts_fire_on_cluster_series(tmp_path: Path) -> None:
                         "eval_time": "2m15s",
                         "alertname": "LeasectlLoopWedged",
                         "exp_alerts": [{"exp_labels": {"severity": "critical", **a, "loop": "e"}}],
+                    },
+                    {"eval_time": "4h", "alertname": "LeasectlLoopPausedLong", "exp_alerts": []},
+                    {
+                        "eval_time": "4h2m",
+                        "alertname": "LeasectlLoopPausedLong",
+                        "exp_alerts": [{"exp_labels": {"severity": "warning", "loop": "p"}}],
                     },
                     {"eval_time": "4m", "alertname": "LeasectlSelfFencing", "exp_alerts": []},
                     {

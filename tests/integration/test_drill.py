@@ -30,6 +30,8 @@ def _drill(tmp_path: Path, *args: str) -> dict[str, Any]:
     out_json = tmp_path / "drill.json"
     cmd = [sys.executable, "-m", "leasectl.cli", "drill", "--replicas", "3", "--no-progress"]
     cmd += ["--json", str(out_json), *args]
+    if "--report" not in args:  # the default report file lands in the cwd (the repository)
+        cmd += ["--report", str(tmp_path / "drill-report.html")]
     external = os.environ.get("LEASECTL_TEST_DSN")
     if external:
         cmd += ["--dsn", external]

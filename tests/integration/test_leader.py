@@ -60,6 +60,7 @@ def test_lease_block_waits_holds_and_hands_over_on_exit(
     assert declared == [([],), ([],)], "a block's lease must not be expected held by status"
     assert _sample("leasectl_lease_wanted", lease="blk") == 0  # "lease unheld" stays quiet
     released = _sample("leasectl_lease_transitions_total", lease="blk", reason="released")
+    assert released is not None
     with a.lease("blk", timeout=20) as held:
         assert a.is_leader("blk") and held and held.epoch >= 1
         assert _sample("leasectl_lease_wanted", lease="blk") == 1
@@ -85,8 +86,10 @@ def test_lease_block_waits_holds_and_hands_over_on_exit(
     block.__exit__(None, None, None)
     wait_until(lambda: not b.is_leader("blk"), 5, what="b released on exit")
     wait_until(
-        lambda: _sample("leasectl_lease_transitions_total", lease="blk", reason="released")
-        == released + 2,
+        lambda: (
+            _sample("leasectl_lease_transitions_total", lease="blk", reason="released")
+            == released + 2
+        ),
         5,
         what="both releases counted",
     )
@@ -186,7 +189,7 @@ def pair(dsn: str) -> Iterator[tuple[Proc, Proc]]:
 
 
 def _acquired(e: dict[str, Any]) -> bool:
-    return e["ev"] == "acquired" and e["lease"] == "consumer"
+    return bool(e["ev"] == "acquired" and e["lease"] == "consumer")
 
 
 def _consumed(dsn: str) -> list[tuple[Any, ...]]:
@@ -373,5 +376,24 @@ def test_a_leader_that_returns_while_leading_is_started_again(dsn: str) -> None:
     try:
         wait_until(lambda: len(runs) >= 2, 20, what="a second run after the back-off")
         assert len(set(runs)) == 1, "restarted under the same epoch: the lease never moved"
+    finally:
+        app.stop(grace=5)
+
+
+def test_a_block_right_after_another_gets_a_fresh_hold(dsn: str) -> None:
+    """Leaving a block queues its release; the next block of the same process must wait for
+    a new hold (a higher epoch), not take the handle that is about to be released."""
+    app = _app(dsn)
+    block = app.lease("again")
+    app.start()
+    try:
+        epochs = []
+        for _ in range(3):
+            with block as lease:
+                epochs.append(lease.epoch)
+                with lease.transaction() as cur:  # the hold is real: the fence passes
+                    cur.execute("SELECT 1")
+                assert lease and not lease.lost.is_set()
+        assert epochs == sorted(set(epochs)), epochs
     finally:
         app.stop(grace=5)

@@ -155,7 +155,7 @@ def test_spread_crash_takeover_and_graceful_rebalance(
     # Every lease that had to move moved, and none moved twice (no ping-pong).
     moved = {n for n in LOOPS if after_crash[n] != placed[n]}
     counts = Counter(e[1] for e in released)
-    assert set(counts) >= moved and max(counts.values()) == 1, counts
+    assert set(counts) >= moved and max(counts.values()) == 1, (counts, since)
 
     # Zero interrupted ticks in the rebalance, zero overlap anywhere.
     interrupted = _q(

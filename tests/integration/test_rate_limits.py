@@ -111,3 +111,28 @@ def test_database_unreachable_fails_closed() -> None:
         limiter = RateLimiter(pool, {"smtp": LimitSettings(rate=1)})
         with pytest.raises(DatabaseUnavailable, match="fail closed"):
             limiter.try_acquire("smtp")
+
+
+def test_unconfigured_limit_name_is_counted_and_warned_once(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from leasectl.metrics import REGISTRY
+
+    def used() -> float:
+        value = REGISTRY.get_sample_value(
+            "leasectl_rate_limit_unconfigured_total", {"limit": "smpt"}
+        )
+        return value or 0.0
+
+    before = used()
+    with ConnectionPool(dsn, min_size=1, max_size=1) as pool:
+        limiter = RateLimiter(pool, {"smtp": LimitSettings(rate=1, per=60, burst=1)})
+        with caplog.at_level("WARNING", logger="leasectl.limits"):
+            decisions = [limiter.try_acquire("smpt") for _ in range(3)]
+    assert all(d.allowed for d in decisions)  # not configured: not limited
+    assert used() - before == 3
+    warnings = [r.getMessage() for r in caplog.records if r.name == "leasectl.limits"]
+    assert warnings == [
+        "rate limit 'smpt' is not configured (limits.smpt): its events are not limited; "
+        "configured limits: smtp"
+    ]

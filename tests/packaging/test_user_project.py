@@ -184,6 +184,11 @@ def test_core_wheel_runs_a_project_with_its_own_loops(
     # The certificate loops without the certs extra: one line naming it.
     res = run([leasectl, "run", "--dsn", empty_dsn], project, expect=2, timeout=60)
     assert "pip install 'leasectl[certs]'" in res.stderr and "Traceback" not in res.stderr
+    ca = ["ca", "rotate-kek", "--from-plaintext", "--new-kek-env", "K", "--dsn", empty_dsn]
+    for args, extra in ((ca, "certs"), (["demo"], "demo"), (["drill"], "demo")):
+        res = run([leasectl, *args], project, expect=2, timeout=60)
+        assert f"pip install 'leasectl[{extra}]'" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     res = run([py, "-c", "import leasectl.certs"], project, expect=1)
     assert res.stderr.strip().splitlines()[-1] == (
         "ImportError: the certificate loops (leasectl.certs) needs the 'certs' extra, which "

@@ -47,6 +47,10 @@ from tests.sim.server import (
 )
 from tests.sim.world import Proc, SimRuntime, World
 
+#: Added after the first soak, drawn from their own stream (the first kinds' seeds unchanged):
+#: max_connections refusals for a while, a restart of the standbys' transaction pooler.
+MORE_FAULTS = ("full", "pooler_restart")
+
 #: The TCP settings the simulated lock sessions report (the defaults): D_srv = 9 s.
 TCP = TcpBound(4, 1, 4, 9000, unix_socket=False)
 
@@ -93,6 +97,7 @@ class Options:
     faults_for: float
     kinds: tuple[str, ...]
     server_faults: bool
+    drift: float = 0.0  # each process's monotonic clock runs at 1 +- up to this rate
     # planted bugs (the simulator must catch each): see tests/sim/test_planted.py
     fence_check: bool = True
     report_tcp: bool = True
@@ -124,7 +129,13 @@ def draw_options(seed: int, *, replicas: tuple[int, int] = (2, 5), **over: Any) 
     rng = random.Random(f"options:{seed}")
     ttl = rng.choice([3.0, 4.0, 5.0, 6.0])
     kinds = tuple(k for k in FAULTS if rng.random() < 0.6) or ("crash",)
+    more = random.Random(f"options-more:{seed}")  # drawn apart: older seeds keep their draws
+    kinds += tuple(k for k in MORE_FAULTS if more.random() < 0.5)
+    drift = 0.0 if more.random() < 0.6 else more.uniform(0.0, 0.002)
+    step_clock = more.random() < 0.5
     server_faults = rng.random() < 0.3
+    if server_faults and step_clock:
+        kinds += ("clock_step",)
     if not server_faults:
         kinds = tuple(k for k in kinds if k not in ("terminate", "restart", "failover"))
     opts = Options(
@@ -148,6 +159,7 @@ def draw_options(seed: int, *, replicas: tuple[int, int] = (2, 5), **over: Any) 
         faults_for=120.0,
         kinds=kinds or ("crash",),
         server_faults=server_faults,
+        drift=drift,
     )
     if opts.placement == "pack":
         opts = replace(opts, standby="direct")
@@ -312,6 +324,10 @@ class Sim:
         proc = Proc(rid or r.rid, self.next_os_pid)
         rng = random.Random(f"{self.opts.seed}:{proc.os_pid}")
         rt = SimRuntime(self.world, proc, rng, "sim", frozenset(self.opts.bugs))
+        if self.opts.drift:
+            skew = random.Random(f"drift:{self.opts.seed}:{proc.os_pid}")
+            rt.rate = 1.0 + skew.uniform(-self.opts.drift, self.opts.drift)
+            rt.base = skew.uniform(0.0, 1e6)  # monotonic clocks of processes share no origin
         replica_id = rid or r.rid
         # planted: claim a Unix socket (no D_srv, the check exempt) while the links can drop
         tcp = TCP if self.opts.report_tcp else TcpBound(0, 0, 0, 0, unix_socket=True)
@@ -439,6 +455,8 @@ class Sim:
         up to now or just before a renewal the evicter could not have seen yet (it read the
         age one round trip ago, and a stopped holder may resume meanwhile)."""
         srv = self.server
+        if srv.clock_offset:
+            return  # ages read on a stepped clock: not the protocol's promise
         limit = self.settings.leases.lease_ttl + self.settings.leases.eviction_grace
         row = srv.data.leases.get(lease)
         if row is None or row.holder_pid != pid:
@@ -547,6 +565,28 @@ class Sim:
         elif kind == "duplicate" and r is not None:
             text = f"duplicate id {r.rid}"
             self._duplicate(r)
+        elif kind == "full":
+            d = self.rng.uniform(1.0, 10.0)
+            text = f"max_connections reached for {d:.1f}s"
+            srv = self.server
+            srv.max_connections = sum(1 for b in srv.backends.values() if b.alive)
+
+            def unfull() -> None:
+                srv.max_connections = 10_000
+
+            self.world.at(now + d, unfull)
+        elif kind == "clock_step":
+            # NTP or an operator steps the database server's wall clock: now() jumps, and
+            # every renewal age read on it with it (a forward step past eviction_grace can
+            # evict a live holder: docs/safety.md, "What exactly is guaranteed")
+            step = self.rng.uniform(-10.0, 20.0)
+            text = f"the server's clock steps {step:+.1f}s"
+            self.server_faulted = True
+            self.server.clock_offset += step
+        elif kind == "pooler_restart":
+            text = "the standbys' pooler restarts"
+            for sb in [x for x in self.server.backends.values() if x.kind == "standby"]:
+                self.server.end(sb, "pooler restart")
         elif kind == "restart":
             d = self.rng.uniform(0.5, 5.0)
             text = f"server restart, down {d:.1f}s"

@@ -140,6 +140,7 @@ class Server:
         self.on_evict: Callable[[str, int, str], None] = lambda _l, _p, _r: None
         self.idle_tx_timeout = 4.0  # database.work_idle_in_transaction_timeout_ms
         self.violation: Violation | None = None  # the first, even if the caller swallowed it
+        self.clock_offset = 0.0  # the server's wall clock minus real time (clock steps)
         self.closed_clients: set[int] = set()  # backends whose client closed while cut off
         self.stamps: dict[int, list[float]] = {}  # backend -> its renewals (S4)
 
@@ -147,6 +148,10 @@ class Server:
 
     def up(self) -> bool:
         return self.world.now >= self.down_until
+
+    def db_now(self) -> float:
+        """``now()``: the server's wall clock, which an operator or NTP may step."""
+        return self.world.now + self.clock_offset
 
     def violate(self, code: str, text: str) -> Violation:
         """Record an invariant's failure (the manager may catch what is raised into it)."""
@@ -291,7 +296,7 @@ class Server:
 
     def live_view(self, me: str, live_s: float) -> list[Replica]:
         """leasectl_live_replicas(me, live_s)."""
-        now = self.world.now
+        now = self.db_now()
         out = []
         for rid, r in sorted(self.data.replicas.items()):
             if r.stopped_at is not None or not r.may_lead or r.last_seen < now - live_s:
@@ -327,9 +332,9 @@ class Server:
             if epoch <= prev:
                 raise self.violate("S3", f"lease {name}: epoch {epoch} issued again (had {prev})")
             self.issued[name] = epoch
-            now = self.world.now
+            now = self.db_now()
             self.data.leases[name] = LeaseRow(epoch, 0, replica, b.pid, now, now)
-            self.stamps.setdefault(b.pid, []).append(now)
+            self.stamps.setdefault(b.pid, []).append(self.world.now)  # S4: real time
             self.events.append((now, "acquired", name, epoch, replica))
             out.append((name, epoch))
         return out
@@ -342,7 +347,7 @@ class Server:
         r = self.data.replicas.get(row.holder)
         if r is not None and r.backend_pid == holder_pid and holder_pid is not None:
             renewed = max(renewed, r.last_seen)
-        return self.world.now - renewed
+        return self.db_now() - renewed
 
     def register(
         self,
@@ -353,7 +358,7 @@ class Server:
         standby: bool,
         live_s: float,
     ) -> ReplicaRow | None:
-        now = self.world.now
+        now = self.db_now()
         old = self.data.replicas.get(replica)
         same = old is not None and (old.host, old.pid) == (ident["host"], ident["pid"])
         if (
@@ -549,7 +554,7 @@ class SimLockSession:
             row = self.server.register(b, replica, ident, standby=False, live_s=5.0)
             if row is None:
                 return None
-            return Registered(_drain(row, self.server.world.now))
+            return Registered(_drain(row, self.server.db_now()))
 
         return self.conn.run(go)
 
@@ -570,7 +575,7 @@ class SimLockSession:
         def go(b: Backend) -> None:
             row = self.server.data.replicas.get(replica)
             if row is not None:
-                row.stopped_at = row.last_seen = self.server.world.now
+                row.stopped_at = row.last_seen = self.server.db_now()
             self.server.notify(CONTROL, gone_payload(replica, "stop"))
 
         self.conn.run(go)
@@ -646,7 +651,7 @@ class SimLockSession:
                     unproven.append(name)
             r = srv.data.replicas.get(replica)
             if r is not None:
-                r.last_seen = srv.world.now
+                r.last_seen = srv.db_now()
                 r.backend_pid = b.pid
             srv.stamps.setdefault(b.pid, []).append(srv.world.now)
             view = srv.live_view(replica, live_s) if live_s is not None else None
@@ -667,7 +672,7 @@ class SimLockSession:
         srv = self.server
 
         def go(b: Backend) -> set[str]:
-            now = srv.world.now
+            now = srv.db_now()
             for name, epoch in zip(names, epochs, strict=True):
                 row = srv.data.leases.get(name)
                 if row and row.epoch == epoch and row.holder == replica:
@@ -810,7 +815,7 @@ class SimStandbySession:
             row = srv.register(None, replica, ident, standby=True, live_s=live_s)
             if row is None:
                 return None
-            now = srv.world.now
+            now = srv.db_now()
             view = srv.live_view(replica, live_s)
             digest = hashlib.sha256(
                 json.dumps(
@@ -862,7 +867,7 @@ class SimStandbySession:
         def go(b: Backend) -> None:
             r = self.server.data.replicas.get(replica)
             if r is not None and r.standby:
-                r.stopped_at = r.last_seen = self.server.world.now
+                r.stopped_at = r.last_seen = self.server.db_now()
 
         self.conn.run(go)
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
-from tests.sim.scenario import FAULTS, Fault, Sim, draw_options
+from tests.sim.scenario import FAULTS, MORE_FAULTS, Fault, Sim, draw_options
 
 
 class LeaseWorld(RuleBasedStateMachine):
@@ -26,7 +26,11 @@ class LeaseWorld(RuleBasedStateMachine):
         self.sim.start(horizon=10_000.0)
         self.sim.world.run_until(5.0)
 
-    @rule(kind=st.sampled_from(FAULTS), sub=st.integers(0, 2**32 - 1), dt=st.floats(0.05, 15.0))
+    @rule(
+        kind=st.sampled_from((*FAULTS, *MORE_FAULTS, "clock_step")),
+        sub=st.integers(0, 2**32 - 1),
+        dt=st.floats(0.05, 15.0),
+    )
     def fault(self, kind: str, sub: int, dt: float) -> None:
         now = self.sim.world.now
         self.sim.inject(Fault(now, kind, sub))

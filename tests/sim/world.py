@@ -274,6 +274,8 @@ class SimRuntime:
         bugs: frozenset[str] = frozenset(),
     ) -> None:
         self.bugs = bugs
+        self.rate = 1.0  # clock rate drift (the simulator sets it per process)
+        self.base = 0.0
         self.world = world
         self.proc = proc
         self.rng = rng
@@ -289,7 +291,9 @@ class SimRuntime:
         return self.proc.os_pid
 
     def clock(self) -> float:
-        return self.world.now
+        if self.rate == 1.0 and self.base == 0.0:
+            return self.world.now
+        return self.base + self.rate * self.world.now
 
     def uniform(self, a: float, b: float) -> float:
         return self.rng.uniform(a, b)

@@ -11,6 +11,8 @@ def test_every_message_round_trips() -> None:
         control.HandOver(("a", "b"), "r2", "r1"),
         control.StepDown("a", None, 5.0),
         control.StepDown(None, "r3", None),
+        control.LoopControlChanged("mailer", "loop_paused"),
+        control.LoopControlChanged("*", ""),
     ):
         assert control.parse(control.encode(msg)) == msg
 

@@ -78,4 +78,6 @@ def test_unheld_respects_max_and_expected() -> None:
     assert [le.name for le in status.unheld(30)] == ["c"]
     data = status.to_json()
     assert data["leases"][3]["unheld_for_s"] is None  # inf is not JSON
-    assert set(data) == {"leases", "replicas", "rate_limits", "loops", "taken_at"}
+    assert set(data) == {
+        "leases", "replicas", "loops", "pauses", "events", "rate_limits", "database", "taken_at",
+    }  # fmt: skip

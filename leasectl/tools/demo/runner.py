@@ -294,6 +294,11 @@ class Demo:
                     if conn is None or conn.closed:
                         conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3)
                     assert self.settings is not None  # noqa: S101 - narrows a type for mypy; the invariant holds by construction
+                    # Events first, the leases after: every acquisition the events table shows
+                    # is then in the lease matrix too (read the other way round, the first
+                    # frame showed every lease "never acquired" next to its acquisitions).
+                    events = conn.execute(Q["recent_events"], {"n": 6}).fetchall()
+                    counters = conn.execute(Q["counters"]).fetchone()
                     self._status = st.read_status(
                         conn,
                         namespace=self.settings.leases.namespace,
@@ -301,8 +306,6 @@ class Demo:
                         expected=expected,
                         expected_source=source,
                     )
-                    counters = conn.execute(Q["counters"]).fetchone()
-                    events = conn.execute(Q["recent_events"], {"n": 6}).fetchall()
                     per_loop = {
                         loop: (age, by, int(n))
                         for loop, age, by, n in conn.execute(Q["per_loop"]).fetchall()

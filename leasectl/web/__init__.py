@@ -1,0 +1,1 @@
+"""The status page's template and style sheet (package data; no JavaScript, nothing fetched)."""
