@@ -467,7 +467,11 @@ class Scheduler:
                 "cannot claim tick of %s: %s",
                 spec.name,
                 exc,
-                extra={"action": "tick_claim_failed", "loop": spec.name},
+                extra={
+                    "action": "tick_claim_failed",
+                    "loop": spec.name,
+                    "tick_at": tick_at.isoformat(),
+                },
             )
             return False
         if row is None:

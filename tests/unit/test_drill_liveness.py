@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from leasectl.tools.drill.invariants import REPLICATION_WINDOW_S
@@ -159,3 +161,31 @@ def test_a_lossy_async_failover_also_tolerates_the_slots_just_before_the_crash()
         [_round("db-failover", t_accept=T0 + 6.0)], [], {"send": SEND}, [], T0 + 30
     )
     assert w.start == T0 + 4.2
+
+
+def test_a_slot_whose_claim_failed_is_in_error_backoff_not_undone() -> None:
+    """The published 30-round drill's drill_wedge slot 20:04:40: slot 38's finish died with its
+    work backend (row left 'running'), 39 ran, 40 has no row, 41 ran 1 s late. A failed claim
+    leaves no row; the holder's tick_claim_failed line names the slot and stands in for it."""
+    from leasectl.tools.drill.cluster import LogLine
+    from leasectl.tools.drill.liveness import claim_failures
+
+    wedge = LoopPolicy("wedge", 1.0, "coalesce")
+    rows = [ok(i, loop="wedge") for i in range(10) if i not in (4, 5)]
+    assert classify_slots(wedge, rows).undone == [T0 + 4, T0 + 5]
+    slot = datetime.fromtimestamp(T0 + 4, UTC).isoformat()
+    lines = [
+        LogLine(T0 + 3.8, "r1", "tick_claim_failed", None, None, "", "wedge", None, slot),
+        # Another loop's failed claim, or one naming no slot, excuses nothing here.
+        LogLine(T0 + 3.8, "r1", "tick_claim_failed", None, None, "", "send", None, slot),
+        LogLine(T0 + 3.8, "r1", "tick_claim_failed", None, None, "", "wedge", None, None),
+    ]
+    failed = claim_failures(lines, ["wedge"])
+    assert [(r.loop, r.tick_at, r.outcome) for r in failed] == [("wedge", T0 + 4, "claim_failed")]
+    lv = classify_slots(wedge, rows, claim_failures=failed)
+    assert lv.ok and lv.backoff == 2 and lv.done == 8  # slot 4 attempted, 5 in its backoff
+    # A failed claim of a slot that later ran counts as the run, not as backoff.
+    lv = classify_slots(wedge, [ok(i, loop="wedge") for i in range(10)], claim_failures=failed)
+    assert lv.ok and lv.backoff == 0 and lv.done == 10
+    # Without the log line the same gap is still a violation.
+    assert classify_slots(wedge, rows, claim_failures=[]).undone == [T0 + 4, T0 + 5]

@@ -15,7 +15,10 @@ last one it saw. Each slot is one of:
 - **misfire**: the loop's previous tick was still running when the slot began, so the loop's
   misfire policy folded it into the next run (``coalesce``) or dropped it (``skip``);
 - **error backoff**: the previous attempted slot failed and the scheduler was backing off
-  (then the misfire policy coalesced or skipped it);
+  (then the misfire policy coalesced or skipped it). An attempt whose ledger claim itself
+  failed (a database error, e.g. on a work connection a fault had killed) leaves no row: the
+  holder's ``tick_claim_failed`` log line, which names the slot, stands in for it (the slot
+  and the ones its backoff passed over are in error backoff);
 - **undone**: none of the above. That is a liveness violation: the lease was held (or should
   have been) and nobody ran the slot.
 
@@ -30,11 +33,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from leasectl import sql
+from leasectl.tools.drill.cluster import LogLine
 from leasectl.tools.drill.invariants import REPLICATION_WINDOW_S, Check
 from leasectl.tools.drill.rounds import RoundResult
 from leasectl.tools.drill.stats import Holding
@@ -120,10 +125,13 @@ def classify_slots(
     windows: Sequence[Window] = (),
     *,
     backoff_max: float = 300.0,
+    claim_failures: Sequence[LedgerRow] = (),
 ) -> LoopLiveness:
     """Walk every slot of ``policy.name`` from its first to its last row and classify it.
 
-    Pure: ``rows`` are the loop's ledger rows (any order), ``windows`` the tolerated ones.
+    Pure: ``rows`` are the loop's ledger rows (any order), ``windows`` the tolerated ones,
+    ``claim_failures`` the attempts whose claim failed before a row existed
+    (:func:`claim_failures`: outcome ``claim_failed``).
     """
     out = LoopLiveness(policy.name, policy.interval, policy.misfire)
     mine = sorted((r for r in rows if r.loop == policy.name), key=lambda r: r.tick_at)
@@ -131,13 +139,18 @@ def classify_slots(
         return out
     step = policy.interval
     by_slot = {_key(r.tick_at, step): r for r in mine}
+    claimed_not = {
+        _key(r.tick_at, step): r
+        for r in claim_failures
+        if r.loop == policy.name and _key(r.tick_at, step) not in by_slot
+    }
     own_windows = [w for w in windows if w.lease == policy.name]
     first, last = _key(mine[0].tick_at, step), _key(mine[-1].tick_at, step)
     previous: LedgerRow | None = None  # the latest attempted slot before this one
     for k in range(first, last + 1):
         s = k * step
         out.slots += 1
-        row = by_slot.get(k)
+        row = by_slot.get(k) or claimed_not.get(k)
         if row is not None and row.outcome == "ok":
             out.done += 1
         elif row is not None and row.outcome == "failed":
@@ -147,9 +160,11 @@ def classify_slots(
             out.windows[w.why] = out.windows.get(w.why, 0) + 1
         elif _busy_at(s, mine):
             out.misfired += 1
+        elif row is not None and row.outcome == "claim_failed":
+            out.backoff += 1  # attempted: the claim failed, the scheduler backed off
         elif (
             previous is not None
-            and previous.outcome == "failed"
+            and previous.outcome in ("failed", "claim_failed")
             and s <= (previous.finished_at or previous.tick_at) + backoff_max + step
         ):
             out.backoff += 1
@@ -264,6 +279,23 @@ def _handover_gaps(
     return out
 
 
+def claim_failures(lines: Sequence[LogLine], loops: Sequence[str]) -> list[LedgerRow]:
+    """The holders' failed claims (``tick_claim_failed`` log lines naming their slot) of
+    ``loops``, as rows with outcome ``claim_failed`` (``finished_at``: when it was logged)."""
+    out = []
+    for line in lines:
+        if line.action != "tick_claim_failed" or line.loop is None or not line.tick_at:
+            continue
+        if line.loop not in loops:
+            continue
+        try:
+            at = datetime.fromisoformat(line.tick_at).timestamp()
+        except ValueError:
+            continue
+        out.append(LedgerRow(line.loop, at, "claim_failed", None, line.ts, line.replica))
+    return out
+
+
 def read_ledger(dsn: str, loops: Sequence[str], since: float) -> list[LedgerRow]:
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
         rows = conn.execute(Q["leased_ticks"], {"loops": list(loops), "since": since}).fetchall()
@@ -279,12 +311,14 @@ def check(
     since: float,
     run_end: float,
     backoff_max: float,
+    lines: Sequence[LogLine] = (),
 ) -> tuple[Check, list[LoopLiveness]]:
     """The ``liveness`` check over the run, and the per-loop classification behind it."""
     rows = read_ledger(admin_dsn, sorted(policies), since)
     windows = fault_windows(rounds, holdings, policies, rows, run_end)
+    failed_claims = claim_failures(lines, sorted(policies))
     per_loop = [
-        classify_slots(p, rows, windows, backoff_max=backoff_max)
+        classify_slots(p, rows, windows, backoff_max=backoff_max, claim_failures=failed_claims)
         for p in sorted(policies.values(), key=lambda p: p.name)
     ]
     undone = [f"{lv.loop}: slot {_iso(s)} left undone" for lv in per_loop for s in lv.undone]
@@ -304,8 +338,6 @@ def check(
 
 
 def _iso(t: float) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(t, UTC).isoformat()
 
 

@@ -14,7 +14,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -401,11 +401,12 @@ class Drill:
             )
             cluster.stop_all()
             finished = time.time()
+            lines = cluster.snapshot()
             analysis = analyze(
                 admin_dsn=admin,
                 feed=self._feed,
                 deliveries=sink.deliveries(),
-                lines=cluster.snapshot(),
+                lines=lines,
                 rounds=rounds,
                 caps=runner.caps,
                 process_ends=cluster.process_ends(),
@@ -420,7 +421,7 @@ class Drill:
                 else (),
                 cluster_up=cluster_up,
             )
-            self._liveness(analysis, admin, rounds, tgt, started, finished)
+            self._liveness(analysis, admin, rounds, tgt, started, finished, lines)
             return DrillResult(
                 options=self.opts,
                 skipped=self.skipped,
@@ -482,6 +483,7 @@ class Drill:
         tgt: target.Target,
         started: float,
         finished: float,
+        lines: Sequence[LogLine] = (),
     ) -> None:
         """Add the liveness check; drop the domain checks the App's loops cannot back."""
         check, per_loop = liveness.check(
@@ -492,6 +494,7 @@ class Drill:
             since=started,
             run_end=finished,
             backoff_max=300.0,
+            lines=lines,
         )
         analysis.checks.append(check)
         analysis.liveness = liveness.to_json(per_loop)
