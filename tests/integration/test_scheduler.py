@@ -6,9 +6,11 @@ two daemons would; only the process boundary is missing (the drills cover that).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -260,3 +262,40 @@ def test_everywhere_cron_loop_fires_on_whole_seconds(replicas: list[Replica], ds
     assert all(f.microsecond == 0 for f in fires)
     gaps = [(b - a).total_seconds() for a, b in zip(fires, fires[1:], strict=False)]
     assert all(g >= 1 and g == int(g) for g in gaps), gaps  # a slow tick skips, never drifts
+
+
+def test_a_failed_claim_names_its_slot_and_the_loop_goes_on(
+    dsn: str,
+    conn: psycopg.Connection[Any],
+    tick_log: None,
+    replicas: list[Replica],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A claim that fails (here: the ledger is unreachable) leaves no row; its log line names
+    the slot, so an operator (and the drill's liveness check) can tell an attempted slot from
+    one nobody ran. Once the ledger is back, the loop claims and runs slots again."""
+    caplog.set_level(logging.WARNING, logger="leasectl.scheduler")
+    spec = LoopSpec(name="digest", interval=0.2, placement="leased", run=record_tick, jitter=0.0)
+    a = Replica("A", dsn, [spec])
+    replicas.append(a)
+    a.manager.wait_for("digest", 5)
+    wait_until(
+        lambda: one(conn.execute("SELECT count(*) FROM tick_log"))[0] >= 1, what="a first tick"
+    )
+    conn.execute("ALTER TABLE leasectl_ticks RENAME TO leasectl_ticks_away")
+
+    def failed_claims() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "action", "") == "tick_claim_failed"]
+
+    wait_until(lambda: len(failed_claims()) >= 2, what="claims failing while the ledger is away")
+    conn.execute("ALTER TABLE leasectl_ticks_away RENAME TO leasectl_ticks")
+    for rec in failed_claims():
+        assert getattr(rec, "loop", None) == "digest"
+        slot = datetime.fromisoformat(getattr(rec, "tick_at", "")).timestamp()
+        assert slot == pytest.approx(round(slot / 0.2) * 0.2, abs=1e-6)  # a slot boundary
+    n = one(conn.execute("SELECT count(*) FROM tick_log"))[0]
+    wait_until(
+        lambda: one(conn.execute("SELECT count(*) FROM tick_log"))[0] >= n + 2,
+        what="ticks again once the ledger is back",
+    )
+    assert a.scheduler.dead_threads() == []
