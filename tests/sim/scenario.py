@@ -17,8 +17,9 @@ Invariants (docs/testing.md):
 * L1  after the faults, every lease is held by one live replica within the timing bound;
 * L2  at the end of the quiet phase (spread placement), every lease is held by the replica
       placement chooses over the server's live view;
-* L3  one move per rebalance: once the membership has settled (from the L1 bound on), a
-      lease is acquired at most once more;
+* L3  one move per rebalance: in the quiet phase (its reboots are one membership change) a
+      lease is handed over by a rebalance at most once, and once the membership has settled
+      (from the L1 bound on) it is acquired at most once more;
 * L4  ``stop()`` returns within its ``timeout`` (plus one round trip of slack);
 * C1  every placement cache of every running manager (``_placement()``'s plan,
       ``_want_view``'s margin, ``_direct_reason``'s answer) equals a fresh computation from
@@ -294,6 +295,7 @@ class Sim:
         self.hooks: list[Callable[[str, Proc, LeaseEvent], None]] = []
         self.settled_at: float | None = None  # L3: acquisitions counted from here
         self.moves: dict[str, list[str]] = {}  # L3: lease -> acquirers since settled_at
+        self.rebalanced: dict[str, list[str]] = {}  # L3: lease -> quiet-phase hand-overs
         ls = self.settings.leases
         a_max = ls.acquire_interval * (1 + ls.acquire_jitter)
         hang = ls.lease_ttl + ls.eviction_grace + 2 * a_max
@@ -443,6 +445,9 @@ class Sim:
             self.acquisitions += 1
             if self.settled_at is not None:
                 self.moves.setdefault(ev.lease, []).append(f"{rid}@{self.world.now:.3f}")
+        elif ev.kind == "released" and self.quiet_mode and ev.reason.startswith("rebalance"):
+            move = f"{rid} {ev.reason}@{self.world.now:.3f}"
+            self.rebalanced.setdefault(ev.lease, []).append(move)
         self.log(f"{rid} {ev.kind} {ev.lease} e{ev.epoch} {ev.reason}")
 
     # -- invariants -------------------------------------------------------------------------
@@ -795,6 +800,9 @@ class Sim:
     def one_move(self) -> None:
         """L3: from the L1 bound on (membership settled, every lease held), a lease moves at
         most once: a rebalance hands it to its final holder directly."""
+        for name, who in sorted(self.rebalanced.items()):
+            if len(who) > 1:
+                raise self.fail("L3", f"{name} rebalanced {len(who)} times when quiet: {who}")
         for name, who in sorted(self.moves.items()):
             if len(who) > 1:
                 raise self.fail("L3", f"{name} moved {len(who)} times after settling: {who}")
