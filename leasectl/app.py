@@ -453,12 +453,11 @@ class App:
                 no_leased=self._no_leased,
                 leases={d.name: d.policy for d in self._leases.values()},
                 idle_leases=[d.name for d in self._leases.values() if d.leader is None],
+                lease_listeners=[_only(kind, fn) for kind, fn in self._lease_listeners],
             )
             daemon.start()
             self._daemon = daemon
             if daemon.manager is not None and daemon.may_lead:
-                for kind, fn in self._lease_listeners:
-                    daemon.manager.add_listener(_only(kind, fn))
                 self._leadership = Leadership(
                     daemon.manager,
                     daemon.pool,

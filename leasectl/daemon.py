@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -97,8 +97,11 @@ class Daemon:
         no_leased: bool = False,
         leases: Mapping[str, placement.LeasePolicy] | None = None,
         idle_leases: Sequence[str] = (),
+        lease_listeners: Sequence[Callable[[LeaseEvent], None]] = (),
     ) -> None:
         self.settings = settings
+        #: added before the manager campaigns, so they hear this replica's first acquisition
+        self.lease_listeners = list(lease_listeners)
         #: leases without loops (``app.lease`` / ``@app.leader``) and their placement wishes;
         #: ``idle_leases`` are campaigned for only once :meth:`LeaseManager.resume` says so
         self.leases = dict(leases or {})
@@ -302,6 +305,8 @@ class Daemon:
             self.control.start()  # pauses read before the first tick can start
             self.manager.add_control_listener(self.control.poke)
             self.manager.add_listener(metrics_listener)
+            for listener in self.lease_listeners:
+                self.manager.add_listener(listener)
             self.manager.add_exit_listener(self._attention.set)
             self.manager.start()
             self.scheduler = Scheduler(

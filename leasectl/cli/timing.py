@@ -24,7 +24,7 @@ from leasectl import status as st
 from leasectl.app import App
 from leasectl.cli import exit_codes
 from leasectl.cli.args import add_argument, add_common, settings_from
-from leasectl.cli.run import add_app_argument, app_on
+from leasectl.cli.run import add_app_argument, app_on, includes_shipped_loops, named_app
 from leasectl.db import is_unix_socket, resolve_lock_dsn
 from leasectl.locks import LockSession, TcpBound
 from leasectl.settings import Settings
@@ -89,8 +89,13 @@ def add_timing_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_timing(args: argparse.Namespace) -> int:
-    settings = settings_from(args, unset_secrets="loops")
-    app = app_on(args, settings)
+    named = named_app(args)
+    # The loops: section only for an App that includes the shipped loops (an --app without
+    # them never imports them).
+    settings = settings_from(args, loops=False)
+    if includes_shipped_loops(named, settings):
+        settings = settings_from(args, unset_secrets="loops")
+    app = app_on(args, settings, named)
     if args.offline:
         db = settings.database
         dsn = db.lock_dsn or db.dsn

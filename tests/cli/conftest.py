@@ -31,7 +31,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cli_env(config: Path | None = None, **extra: str) -> dict[str, str]:
+def cli_env(config: Path | None = None, /, **extra: str) -> dict[str, str]:
     """The environment of a CLI subprocess: repo on the path, no stray LEASECTL_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
     env["PYTHONPATH"] = str(REPO)

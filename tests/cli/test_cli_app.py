@@ -5,12 +5,15 @@ migrations, not the shipped certificate loops'."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
 import yaml
 
 from tests.cli.conftest import LEASECTL, cli_env
+from tests.conftest import REPO
 
 APP = """
 from pathlib import Path
@@ -39,8 +42,6 @@ def _project(tmp_path: Path) -> Path:
 
 
 def _run(project: Path, *args: str, **env: str) -> tuple[int, str, str]:
-    import subprocess
-
     res = subprocess.run(
         [LEASECTL, *args],
         env=cli_env(**env),
@@ -82,6 +83,19 @@ def test_timing_reports_the_apps_leased_loops(tmp_path: Path) -> None:
     assert timing["wedged"]["report"] > 20
     code, out, _ = _run(project, "timing", "--offline", "--json")
     assert code == 0 and "crl_generation" in json.loads(out)["wedged"]
+    # An App without the certificate loops never imports them, not even their settings.
+    for args in (("timing", "--offline"), ("config", "check"), ("config", "show")):
+        res = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "leasectl.cli", *args, "--app", "myapp:app"],
+            env=cli_env(PYTHONPATH=f"{REPO}:{project}"),
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+        imported = [line for line in res.stderr.splitlines() if line.startswith("import time:")]
+        assert imported and not [line for line in imported if "leasectl.certs" in line], args
 
 
 def test_migrate_applies_the_apps_folders_and_no_certificate_schema(

@@ -63,7 +63,9 @@ def test_sigterm_hands_the_leases_over(make_cluster: Callable[[int], Cluster]) -
         return now if set(now) == set(LEASES) and now["alpha"][0] != holder else None
 
     after = wait_until(moved, timeout=10, interval=0.1, what="alpha moved after SIGTERM")
-    assert after["alpha"][1] == before["alpha"][1] + 1
+    epoch = before["alpha"][1]
+    assert epoch is not None
+    assert after["alpha"][1] == epoch + 1
     stopped = {r["id"]: r for r in cluster.status()["replicas"]}[holder]
     assert stopped["alive"] is False and stopped["stopped"] is True
     released = [
@@ -78,6 +80,7 @@ def test_step_down_lease_and_replica(make_cluster: Callable[[int], Cluster]) -> 
     cluster = make_cluster(3)
     before = cluster.wait_settled()
     holder, epoch = before["alpha"]
+    assert epoch is not None
     res = cluster.cli("step-down", "--lease", "alpha", "--cooldown", "30")
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"alpha: {holder} (epoch {epoch}) -> ")

@@ -28,7 +28,7 @@ from leasectl.leases import Lease
 from leasectl.loop import LoopSpec
 from leasectl.scheduler import Scheduler
 from leasectl.settings import CoreSettings, DatabaseSettings, LeaseSettings, SchedulerSettings
-from tests.conftest import REPO, wait_until
+from tests.conftest import REPO, one, wait_until
 
 FAST = CoreSettings(leases=LeaseSettings(acquire_interval=0.1, heartbeat_interval=0.5))
 APP = REPO / "tests" / "apps" / "async_report.py"
@@ -96,9 +96,7 @@ def test_async_leased_loop_runs_on_the_event_loop_and_writes_fenced(
 
     spec = LoopSpec(name="awrite", interval=0.2, placement="leased", run=write, jitter=0.0)
     replicas.append(Replica("A", dsn, [spec]))
-    wait_until(
-        lambda: conn.execute("SELECT count(*) FROM alog").fetchone()[0] >= 3, what="3 async rows"
-    )
+    wait_until(lambda: one(conn.execute("SELECT count(*) FROM alog"))[0] >= 3, what="3 async rows")
     rows = conn.execute("SELECT slot, epoch, thread FROM alog").fetchall()
     assert {r[2] for r in rows} == {"leasectl-asyncio"}  # the one event-loop thread
     assert len({r[0] for r in rows}) == len(rows)
@@ -210,7 +208,7 @@ def test_superseded_async_write_is_refused(dsn: str, conn: psycopg.Connection[An
         asyncio.run(attempt())
     finally:
         other.stop()
-    assert conn.execute("SELECT count(*) FROM zlog").fetchone()[0] == 0
+    assert one(conn.execute("SELECT count(*) FROM zlog"))[0] == 0
 
 
 def test_a_sync_loop_that_returns_an_awaitable_fails_its_tick_loudly(
@@ -266,7 +264,7 @@ def test_async_leased_loop_two_processes_sigkill_holder(
     wait_until(lambda: len(_rows(dsn)) >= 3, timeout=60, what="three async report rows")
     holder = _rows(dsn)[-1][1]
     with psycopg.connect(dsn, autocommit=True) as c:
-        pids = dict(c.execute("SELECT id, pid FROM leasectl_replicas").fetchall())
+        pids: dict[str, int] = dict(c.execute("SELECT id, pid FROM leasectl_replicas").fetchall())
     victim = next(p for p in procs if p.pid == pids[holder])
     before = len(_rows(dsn))
     victim.send_signal(signal.SIGKILL)

@@ -34,7 +34,7 @@ import yaml
 from aiosmtpd.controller import Controller
 
 from tests.ca_test_keys import TEST_KEK, seeded_ca
-from tests.conftest import wait_until
+from tests.conftest import one, wait_until
 from tests.integration.leased_helpers import free_port
 
 HMAC_KEY = "cluster-test-key"
@@ -253,10 +253,12 @@ def test_two_replicas_all_fifteen_loops(
         )
         wait_until(
             lambda: (
-                conn.execute(
-                    "SELECT count(*) FROM leasectl_replicas WHERE id = 'B' AND last_seen > now() "
-                    "- interval '2 s'"
-                ).fetchone()[0]
+                one(
+                    conn.execute(
+                        "SELECT count(*) FROM leasectl_replicas WHERE id = 'B'"
+                        " AND last_seen > now() - interval '2 s'"
+                    )
+                )[0]
                 == 1
             ),
             what="B is up",
@@ -297,9 +299,12 @@ def test_two_replicas_all_fifteen_loops(
         )
         wait_until(
             lambda: (
-                conn.execute(
-                    "SELECT count(*) FROM leasectl_certs.notification_events WHERE status = 'sent'"
-                ).fetchone()[0]
+                one(
+                    conn.execute(
+                        "SELECT count(*) FROM leasectl_certs.notification_events"
+                        " WHERE status = 'sent'"
+                    )
+                )[0]
                 >= N_NOTIFICATIONS
             ),
             timeout=30,

@@ -18,7 +18,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,11 @@ def _q(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as c:
         cur = c.execute(sql, params)
         return cur.fetchall() if cur.description else []
+
+
+def _acquired(lease: str) -> Callable[[dict[str, Any]], bool]:
+    """A ``wait_event`` predicate: the replica acquired ``lease``."""
+    return lambda e: bool(e["ev"] == "acquired" and e["lease"] == lease)
 
 
 def _all_held(dsn: str) -> bool:
@@ -188,7 +193,7 @@ def test_a_bump_that_never_replicated_is_still_superseded_after_promotion(
     b = _start(pair, replicas, "zb")
     a.signal(signal.SIGKILL)
     for name in LEASES:
-        b.wait_event(lambda e, n=name: e["ev"] == "acquired" and e["lease"] == n, 20, "takeover")
+        b.wait_event(_acquired(name), 20, "takeover")
     lost_bumps = {e["lease"]: int(e["epoch"]) for e in b.acquired()}
     assert all(lost_bumps[n] > a_epochs[n] for n in LEASES)
     # The standby has only a's epochs: a plain `epoch + 1` there would issue lost_bumps again.
@@ -204,12 +209,7 @@ def test_a_bump_that_never_replicated_is_still_superseded_after_promotion(
     assert time.time() - promoted < LEASES_BACK_BOUND
     # The locks show in pg_locks a moment before the bump returns and b reports it.
     reacquired = {
-        n: int(
-            b.wait_event(
-                lambda e, n=n: e["ev"] == "acquired" and e["lease"] == n, 10, "re-acquired", mark
-            )["epoch"]
-        )
-        for n in LEASES
+        n: int(b.wait_event(_acquired(n), 10, "re-acquired", mark)["epoch"]) for n in LEASES
     }
     after = _epochs(new)
     for name in LEASES:

@@ -118,7 +118,7 @@ def _clean_exit(dsn: str, server: subprocess.Popen[str], sig: int, ids: set[str]
     out, _ = server.communicate(timeout=60)
     assert server.returncode == 0, out[-3000:]
     with psycopg.connect(dsn, autocommit=True) as c:
-        stopped = dict(
+        stopped: dict[str, bool] = dict(
             c.execute(
                 "SELECT id, stopped_at IS NOT NULL FROM leasectl_replicas WHERE id = ANY(%s)",
                 (list(ids),),

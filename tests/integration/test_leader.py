@@ -60,6 +60,7 @@ def test_lease_block_waits_holds_and_hands_over_on_exit(
     assert declared == [([],), ([],)], "a block's lease must not be expected held by status"
     assert _sample("leasectl_lease_wanted", lease="blk") == 0  # "lease unheld" stays quiet
     released = _sample("leasectl_lease_transitions_total", lease="blk", reason="released")
+    assert released is not None
     with a.lease("blk", timeout=20) as held:
         assert a.is_leader("blk") and held and held.epoch >= 1
         assert _sample("leasectl_lease_wanted", lease="blk") == 1
@@ -188,7 +189,7 @@ def pair(dsn: str) -> Iterator[tuple[Proc, Proc]]:
 
 
 def _acquired(e: dict[str, Any]) -> bool:
-    return e["ev"] == "acquired" and e["lease"] == "consumer"
+    return bool(e["ev"] == "acquired" and e["lease"] == "consumer")
 
 
 def _consumed(dsn: str) -> list[tuple[Any, ...]]:

@@ -54,15 +54,16 @@ def test_two_replicas_contend_for_five_leases(spawn: Spawn, conn: psycopg.Connec
         winner = "leasectl/rb" if loser == "leasectl/ra" else "leasectl/ra"
         stepped = time.monotonic()
         request_step_down(conn, replica=loser.split("/", 1)[1], cooldown=COOLDOWN)
-        wait_until(
-            lambda moving=moving, winner=winner: all(
-                lock_holders(conn, moving)[n] == [winner] for n in moving
-            ),
-            10,
-            what=f"{moving} handed over to {winner}",
-        )
+
+        def handed_over(moving: list[str] = moving, winner: str = winner) -> bool:
+            return all(lock_holders(conn, moving)[n] == [winner] for n in moving)
+
+        def cooled_down(stepped: float = stepped) -> bool:
+            return time.monotonic() - stepped > COOLDOWN
+
+        wait_until(handed_over, 10, what=f"{moving} handed over to {winner}")
         # The loser stays away for COOLDOWN (a local timer); only after it may it win again.
-        wait_until(lambda stepped=stepped: time.monotonic() - stepped > COOLDOWN, 5)
+        wait_until(cooled_down, 5)
 
     holders = wait_until(settled, 10, what="every lease held once at the end")
     # Exactly one holder per lease, and it is one of our two replicas.

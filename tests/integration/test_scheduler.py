@@ -20,7 +20,7 @@ from leasectl.leases import FENCE_SQL
 from leasectl.loop import LoopSpec, TickContext
 from leasectl.scheduler import Scheduler
 from leasectl.settings import CoreSettings, LeaseSettings, SchedulerSettings
-from tests.conftest import wait_until
+from tests.conftest import one, wait_until
 
 FAST = CoreSettings(leases=LeaseSettings(acquire_interval=0.1, heartbeat_interval=0.5))
 
@@ -96,24 +96,26 @@ def test_leased_loop_runs_once_per_slot_across_handover(
     b = Replica("B", dsn, [spec])
     replicas.append(b)
     wait_until(
-        lambda: conn.execute("SELECT count(*) FROM tick_log WHERE replica='A'").fetchone()[0] >= 3,
+        lambda: one(conn.execute("SELECT count(*) FROM tick_log WHERE replica='A'"))[0] >= 3,
         what="A ran three ticks",
     )
     a.stop()
     wait_until(
-        lambda: conn.execute("SELECT count(*) FROM tick_log WHERE replica='B'").fetchone()[0] >= 3,
+        lambda: one(conn.execute("SELECT count(*) FROM tick_log WHERE replica='B'"))[0] >= 3,
         what="B took over and ran three ticks",
     )
     dupes = conn.execute(
         "SELECT tick_at, count(*) FROM tick_log GROUP BY tick_at HAVING count(*) > 1"
     ).fetchall()
     assert dupes == []
-    a_max = conn.execute("SELECT max(epoch) FROM tick_log WHERE replica='A'").fetchone()[0]
-    b_min = conn.execute("SELECT min(epoch) FROM tick_log WHERE replica='B'").fetchone()[0]
+    a_max = one(conn.execute("SELECT max(epoch) FROM tick_log WHERE replica='A'"))[0]
+    b_min = one(conn.execute("SELECT min(epoch) FROM tick_log WHERE replica='B'"))[0]
     assert b_min > a_max
-    ledger = conn.execute(
-        "SELECT count(*), count(DISTINCT tick_at) FROM leasectl_ticks WHERE loop='digest'"
-    ).fetchone()
+    ledger = one(
+        conn.execute(
+            "SELECT count(*), count(DISTINCT tick_at) FROM leasectl_ticks WHERE loop='digest'"
+        )
+    )
     assert ledger[0] == ledger[1] and ledger[0] >= 6
 
 

@@ -25,7 +25,7 @@ import pytest
 from leasectl import App
 from leasectl.certs.registry import MIGRATIONS as CERTS_MIGRATIONS
 from leasectl.migrate import discover, migrate, migration_status
-from tests.conftest import REPO, wait_until
+from tests.conftest import REPO, one, wait_until
 from tests.integration.test_cluster_all_loops import (  # noqa: F401 - fixtures
     LEASED,
     N_NOTIFICATIONS,
@@ -194,7 +194,7 @@ def test_foreign_schema_migrations_is_never_read(empty_dsn: str, shaped_like_our
         assert c.execute("SELECT to_regclass('schema_migrations')::text").fetchone() == (
             "schema_migrations",
         )
-        assert c.execute("SELECT count(*) FROM leasectl_schema_migrations").fetchone()[0] > 0
+        assert one(c.execute("SELECT count(*) FROM leasectl_schema_migrations"))[0] > 0
     assert migration_status(empty_dsn, sources=[CERTS_MIGRATIONS]).up_to_date
 
 
@@ -285,7 +285,7 @@ def test_leasectl_0_1_database_upgrades_in_place_and_runs(
             "reports",
             "reports_pkey",
         }
-        ledger = dict(
+        ledger: dict[str, str] = dict(
             c.execute("SELECT version, source FROM leasectl_schema_migrations").fetchall()
         )
         assert {v for v, s in ledger.items() if s == "leasectl_certs"} == {
@@ -324,10 +324,12 @@ def test_leasectl_0_1_database_upgrades_in_place_and_runs(
             )
             wait_until(
                 lambda: (
-                    c.execute(
-                        "SELECT count(*) FROM leasectl_certs.notification_events"
-                        " WHERE status = 'sent'"
-                    ).fetchone()[0]
+                    one(
+                        c.execute(
+                            "SELECT count(*) FROM leasectl_certs.notification_events"
+                            " WHERE status = 'sent'"
+                        )
+                    )[0]
                     >= N_NOTIFICATIONS
                 ),
                 timeout=60,

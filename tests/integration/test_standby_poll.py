@@ -13,7 +13,7 @@ from leasectl.lease_manager import LeaseManager, request_step_down
 from leasectl.locks import LockSession
 from leasectl.settings import CoreSettings, DatabaseSettings, LeaseSettings
 from leasectl.standby import StandbySession, StandbyView
-from tests.conftest import wait_until
+from tests.conftest import one, wait_until
 
 LEASES = ["sp-a", "sp-b"]
 
@@ -93,9 +93,11 @@ def test_the_poll_reports_who_holds_each_lease(dsn: str) -> None:
         # its pg_stat_activity row is gone (reading at once raced that exit under load).
         with psycopg.connect(dsn, autocommit=True) as c:
             wait_until(
-                lambda: c.execute(
-                    "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)", (pid,)
-                ).fetchone()[0],
+                lambda: one(
+                    c.execute(
+                        "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)", (pid,)
+                    )
+                )[0],
                 timeout=10,
                 what="the holder's lock session ended",
             )

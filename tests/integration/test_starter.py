@@ -3,6 +3,7 @@ bounded, with the rest of a slow start in the background, and health saying why.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -102,7 +103,7 @@ def test_install_runs_the_app_around_the_host_lifespan(dsn: str) -> None:
 
     async def serve() -> list[str]:
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        outbox: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()  # ASGI's send type
         scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
         task = asyncio.create_task(web(scope, inbox.get, outbox.put))
         await inbox.put({"type": "lifespan.startup"})

@@ -55,8 +55,8 @@ def _imports(path: Path, name: str, known: set[str]) -> set[str]:
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
+            for branch in node.orelse:
+                visit(branch)
             return
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
@@ -179,7 +179,8 @@ def test_nothing_imports_a_top_level_loops() -> None:
         f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}"
         for path in files
         for node in ast.walk(ast.parse(path.read_text(), str(path)))
-        if any(_names_loops(arg) for arg in _module_arguments(node))
+        if isinstance(node, ast.expr)  # a call or a dict: what _module_arguments reads
+        and any(_names_loops(arg) for arg in _module_arguments(node))
     ]
     assert not named, "\n".join(named)
 

@@ -44,6 +44,7 @@ def test_env_overrides_single_keys_nested_and_typed(tmp_path: Path) -> None:
         },
     )
     assert settings.leases.lease_ttl == 6.0
+    assert isinstance(settings.loops, LoopsSettings)
     assert settings.loops.notifications.smtp.host == "smtp.example.com"
     assert settings.loops.notifications.smtp.port == 2525
     assert settings.scheduler.only == ("digest", "crl_generation")
@@ -131,6 +132,7 @@ def test_secrets_from_env_and_file_never_printed(tmp_path: Path) -> None:
     )
     env = {"APP_DSN": "host=db user=app password=hunter2", "HOOK_KEY": "k3y-from-env"}
     settings = load(path, environ=env)
+    assert isinstance(settings.loops, LoopsSettings)
     assert settings.loops.notifications.smtp.password == "s3cret-file"
     assert settings.loops.notifications.webhook.hmac_key == "k3y-from-env"
     assert "hunter2" in settings.database.dsn
@@ -187,6 +189,7 @@ def test_partial_nested_section_keeps_the_fields_own_defaults(tmp_path: Path) ->
         "loops:\n  gc:\n    sessions: {enabled: true}\n  jobs:\n    processor: {enabled: false}\n"
     )
     s = load_settings(str(cfg))
+    assert isinstance(s.loops, LoopsSettings)
     assert s.loops.gc.sessions.interval == 3600.0
     assert s.loops.jobs.processor.interval == 30.0 and not s.loops.jobs.processor.enabled
 
@@ -222,8 +225,9 @@ def test_shipped_loop_takes_cron_and_tz_from_its_settings(tmp_path: Path) -> Non
         "    next_update: 200000\n",
     )
     settings = load(path, environ={})
-    assert settings.loops.crl.loop.cron == "0 3 * * *"  # type: ignore[attr-defined]
-    spec = next(s for s in build_loops(settings.loops) if s.name == "crl_generation")  # type: ignore[arg-type]
+    assert isinstance(settings.loops, LoopsSettings)
+    assert settings.loops.crl.loop.cron == "0 3 * * *"
+    spec = next(s for s in build_loops(settings.loops) if s.name == "crl_generation")
     assert (spec.cron, spec.tz, spec.interval, spec.jitter_s) == (
         "0 3 * * *",
         "Europe/Berlin",

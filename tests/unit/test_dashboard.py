@@ -213,6 +213,7 @@ def declared_index() -> dict[str, list[dict[str, str]]]:
     import leasectl.certs.metrics  # noqa: F401 - registers the loops' counters
     from leasectl import metrics
     from leasectl.certs.registry import build_loops
+    from leasectl.certs.settings import LoopsSettings
     from leasectl.config import from_mapping
 
     enabled = {"loop": {"enabled": True}}
@@ -226,6 +227,7 @@ def declared_index() -> dict[str, list[dict[str, str]]]:
         },
         environ={},
     )
+    assert isinstance(settings.loops, LoopsSettings)
     metrics.declare(build_loops(settings.loops), may_lead=True)
     return exposition_index(generate_latest(metrics.REGISTRY).decode())
 

@@ -68,7 +68,7 @@ def test_a_lease_held_off_placement_keeps_its_choice_direct_to_receive_it() -> N
 def test_a_free_lease_pulls_in_its_choice_at_once_and_others_by_rank() -> None:
     replicas = view(20)
     lease = LEASES[0]
-    holders = {n: None for n in LEASES}
+    holders: dict[str, str | None] = {n: None for n in LEASES}
     plan = Placement(replicas)
     ranking = [r.id for r in plan.ranking(lease)]
     need = needed(replicas, holders)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from leasectl.certs.registry import LOOP_MODULES, build_loops
+from leasectl.certs.settings import LoopsSettings
 from leasectl.config import from_mapping
 
 DOC = Path(__file__).resolve().parents[2] / "docs/operator/loops.md"
@@ -19,5 +20,6 @@ def test_placement_table_matches_the_loops() -> None:
     smtp = {"smtp": {"host": "smtp.example"}}  # the digest refuses to run without one
     loops = {"digest": enabled, "cloud_discovery": enabled, "notifications": smtp}
     settings = from_mapping({"loops": loops}, environ={})
+    assert isinstance(settings.loops, LoopsSettings)
     specs = {spec.name: spec.placement for spec in build_loops(settings.loops)}
     assert specs == rows

@@ -53,10 +53,10 @@ def test_a_year_of_fires_matches_cronsim(expr: str, tz: str) -> None:
     assert ours == expected and len(ours) > 10
     # latest() is the inverse: the last fire at or before any instant of the year.
     sched = Cron(expr, tz)
-    for fire in expected[:: max(1, len(expected) // 50)]:
-        assert sched.latest(fire) == fire
-        assert sched.latest(fire + 1) == fire
-        assert sched.next_after(fire - 1) == fire
+    for at in expected[:: max(1, len(expected) // 50)]:
+        assert sched.latest(at) == at
+        assert sched.latest(at + 1) == at
+        assert sched.next_after(at - 1) == at
 
 
 def test_spring_forward_skipped_local_time_runs_right_after_the_jump() -> None:
