@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import getpass
 import importlib
+import inspect
 import logging
 import os
 import signal
@@ -454,6 +455,9 @@ class App:
                 leases={d.name: d.policy for d in self._leases.values()},
                 idle_leases=[d.name for d in self._leases.values() if d.leader is None],
                 lease_listeners=[_only(kind, fn) for kind, fn in self._lease_listeners],
+                async_leaders=any(
+                    inspect.iscoroutinefunction(d.leader) for d in self._leases.values()
+                ),
             )
             daemon.start()
             self._daemon = daemon
@@ -463,6 +467,7 @@ class App:
                     daemon.pool,
                     self._leases,
                     wrappers=self._leader_wrappers,
+                    event_loop=daemon.event_loop,
                     backoff=(
                         settings.scheduler.error_backoff_initial,
                         settings.scheduler.error_backoff_max,

@@ -98,10 +98,14 @@ class Daemon:
         leases: Mapping[str, placement.LeasePolicy] | None = None,
         idle_leases: Sequence[str] = (),
         lease_listeners: Sequence[Callable[[LeaseEvent], None]] = (),
+        async_leaders: bool = False,
     ) -> None:
         self.settings = settings
         #: added before the manager campaigns, so they hear this replica's first acquisition
         self.lease_listeners = list(lease_listeners)
+        #: async leader functions need the event-loop thread too (they run there, as async
+        #: ticks do), even in an App without async loops
+        self.async_leaders = async_leaders
         #: leases without loops (``app.lease`` / ``@app.leader``) and their placement wishes;
         #: ``idle_leases`` are campaigned for only once :meth:`LeaseManager.resume` says so
         self.leases = dict(leases or {})
@@ -278,7 +282,7 @@ class Daemon:
                 metrics.declare_leases(idle, wanted=False)
             self._pool = make_pool(dsn, s.database, f"leasectl-work/{self.replica_id}")
             self.limiter = RateLimiter(self._pool, s.limits)
-            if any(sp.is_async for sp in self.specs):
+            if self.async_leaders or any(sp.is_async for sp in self.specs):
                 work_name = f"leasectl-work/{self.replica_id}"
                 self.event_loop = EventLoopThread(
                     lambda: make_async_pool(dsn, s.database, work_name)

@@ -12,7 +12,9 @@ Guarantee
 Limits
     Belief is not a stop button. A leader function is *told* to stop (``lease.done`` is set,
     an ``async`` one is cancelled) when its lease is lost, released or the App stops; one that
-    ignores it keeps running with a dead lease, and only its fenced writes are safe. Names
+    ignores it keeps running with a dead lease, and only its fenced writes are safe. An
+    ``async`` leader function runs on the App's one event-loop thread, beside the async loops'
+    ticks: it writes with ``async with lease.atransaction()`` and must never block. Names
     are declared before :meth:`App.start`: the lease manager campaigns for a fixed set.
 
 Example::
@@ -38,12 +40,14 @@ back-off, and again each time the lease is regained.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,8 +59,9 @@ from leasectl.leases import Lease, LeaseEvent
 from leasectl.placement import LeasePolicy
 
 if TYPE_CHECKING:
-    from psycopg_pool import ConnectionPool
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+    from leasectl.event_loop import EventLoopThread
     from leasectl.lease_manager import LeaseManager
 
 log = logging.getLogger("leasectl.leader")
@@ -94,6 +99,8 @@ class LeaseHandle:
     replica_id: str
     pool: ConnectionPool
     done: threading.Event = field(default_factory=threading.Event)
+    #: the App's async work pool, when it runs async user code (async leaders, async loops)
+    async_pool: AsyncConnectionPool | None = None
 
     __module__ = "leasectl"
 
@@ -133,6 +140,21 @@ class LeaseHandle:
             self.lease.guard(cur)
             yield cur
 
+    @asynccontextmanager
+    async def atransaction(self) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+        """:meth:`transaction` for an ``async`` leader function (``async with
+        lease.atransaction() as cur``): the same fence, over the App's async pool, so the
+        event loop the function shares with the async loops is never blocked."""
+        if self.async_pool is None:
+            raise LeasectlError(
+                f"lease {self.name}: atransaction() is for async leader functions (the App "
+                "opens its async pool for them); use transaction() in sync code"
+            )
+        async with self.async_pool.connection() as conn, conn.transaction():
+            cur = conn.cursor()
+            await self.lease.guard_async(cur)
+            yield cur
+
 
 class Leadership:
     """The running side of the declared leases: waits, leader threads, callbacks.
@@ -150,8 +172,11 @@ class Leadership:
         wrappers: list[LeaderWrapper] | None = None,
         backoff: tuple[float, float] = (1.0, 60.0),
         clock: Callable[[], float] = time.monotonic,
+        event_loop: EventLoopThread | None = None,
     ) -> None:
         self.manager = manager
+        #: the App's event-loop thread: async leader functions run there, as async ticks do
+        self.event_loop = event_loop
         self.pool = pool
         self.decls = decls
         self.wrappers = list(wrappers or [])
@@ -243,7 +268,9 @@ class Leadership:
         except BaseException:
             mutex.release()
             raise
-        handle = LeaseHandle(name, lease, self.manager.replica_id, self.pool)
+        handle = LeaseHandle(
+            name, lease, self.manager.replica_id, self.pool, async_pool=self._async_pool()
+        )
         with self._cv:
             self._blocks[name] = handle
         if not lease.valid() or self._stopping.is_set():
@@ -316,7 +343,13 @@ class Leadership:
                 lease = self._wait_held(decl.name, None, None)
             except LeasectlError:
                 return  # stopping, or the manager died (the daemon stops us)
-            handle = LeaseHandle(decl.name, lease, self.manager.replica_id, self.pool)
+            handle = LeaseHandle(
+                decl.name,
+                lease,
+                self.manager.replica_id,
+                self.pool,
+                async_pool=self._async_pool(),
+            )
             with self._cv:
                 self._running[decl.name] = handle
             if not lease.valid() or self._stopping.is_set():
@@ -337,7 +370,7 @@ class Leadership:
 
         def run() -> None:
             if inspect.iscoroutinefunction(fn):
-                asyncio.run(self._run_async(decl.name, fn, handle))
+                self._run_on_loop(decl.name, fn, handle)
             else:
                 fn(handle)
 
@@ -355,7 +388,12 @@ class Leadership:
             call()
             outcome = "stopped" if handle.done.is_set() else "returned"
             ok = True
-        except (LeaseLost, TickCancelled, asyncio.CancelledError):
+        except (
+            LeaseLost,
+            TickCancelled,
+            asyncio.CancelledError,
+            concurrent.futures.CancelledError,
+        ):
             outcome, ok = "stopped", True
         except Exception as exc:
             outcome, ok = "failed", False
@@ -375,10 +413,44 @@ class Leadership:
         )
         return ok
 
+    def _async_pool(self) -> AsyncConnectionPool | None:
+        return self.event_loop.pool if self.event_loop is not None else None
+
+    def _run_on_loop(
+        self, name: str, fn: Callable[[LeaseHandle], Any], handle: LeaseHandle
+    ) -> None:
+        """Run an async leader function as a task on the App's event loop and block this
+        leader thread until it has ended (returned, raised, or unwound after a cancel).
+
+        The task runs in a copy of this thread's context, so what a wrapper set up here (a
+        tracing span) is current inside it, as it is for a sync leader function.
+        """
+        loop = self.event_loop.loop if self.event_loop is not None else None
+        if loop is None:  # an App built without its event loop (a bare Leadership in tests)
+            asyncio.run(self._run_async(name, fn, handle))
+            return
+        context = contextvars.copy_context()
+        ended: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            if task.cancelled():
+                ended.cancel()
+            elif (exc := task.exception()) is not None:
+                ended.set_exception(exc)
+            else:
+                ended.set_result(None)
+
+        def begin() -> None:
+            task = loop.create_task(self._run_async(name, fn, handle), context=context)
+            task.add_done_callback(finished)
+
+        loop.call_soon_threadsafe(begin)
+        ended.result()
+
     async def _run_async(
         self, name: str, fn: Callable[[LeaseHandle], Any], handle: LeaseHandle
     ) -> None:
-        """Run a coroutine function on this thread's own event loop; a stop cancels it."""
+        """Run a coroutine function as a task of the running loop; a stop cancels it."""
         task: asyncio.Task[None] = asyncio.ensure_future(fn(handle))
         with self._cv:
             self._tasks[name] = (asyncio.get_running_loop(), task)

@@ -129,6 +129,45 @@ def test_async_with_and_async_leader_cancelled_on_stop(dsn: str) -> None:
     assert events[-1] == "cancelled", events
 
 
+def test_an_async_leader_runs_on_the_apps_event_loop_and_its_writes_are_fenced(
+    dsn: str,
+) -> None:
+    """An async leader function is a task on the App's one event-loop thread (beside the
+    async loops' ticks), writes through ``atransaction()`` under its epoch, and a write under
+    a superseded epoch is refused."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE aleader_log (epoch bigint, thread text)")
+    app = _app(dsn)
+    seen: dict[str, Any] = {}
+
+    @app.leader("aleader")
+    async def aleader(lease: LeaseHandle) -> None:
+        async with lease.atransaction() as cur:
+            await cur.execute(
+                "INSERT INTO aleader_log VALUES (%s, %s)",
+                (lease.epoch, threading.current_thread().name),
+            )
+        # A newer holder's bump (a failover the lock did not see yet): this epoch is stale.
+        async with lease.atransaction() as cur:
+            await cur.execute("UPDATE leasectl_leases SET epoch = epoch + 1 WHERE name = 'aleader'")
+        try:
+            async with lease.atransaction() as cur:
+                await cur.execute("INSERT INTO aleader_log VALUES (%s, 'stale')", (lease.epoch,))
+        except FencingRejected as exc:
+            seen["refused"] = exc
+        await lease.until_done()
+
+    app.start()
+    try:
+        wait_until(lambda: "refused" in seen, 30, what="the stale async write refused")
+    finally:
+        app.stop(grace=5)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT epoch, thread FROM aleader_log").fetchall()
+    assert len(rows) == 1 and rows[0][1] == "leasectl-asyncio", rows
+    assert rows[0][0] >= 1
+
+
 # -- real processes ----------------------------------------------------------------------------
 
 

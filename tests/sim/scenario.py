@@ -14,7 +14,16 @@ Invariants (docs/testing.md):
 * S3  epochs strictly increase per lease, across failovers (checked by the server);
 * S4  a lock session is evicted only when its stamp is older than lease_ttl + eviction_grace;
 * S5  no re-entrant grant of a lease lock (checked by the server);
-* L1  after the faults, every lease is held by one live replica within the timing bound.
+* L1  after the faults, every lease is held by one live replica within the timing bound;
+* L2  at the end of the quiet phase (spread placement), every lease is held by the replica
+      placement chooses over the server's live view;
+* L3  one move per rebalance: in the quiet phase (its reboots are one membership change) a
+      lease is handed over by a rebalance at most once, and once the membership has settled
+      (from the L1 bound on) it is acquired at most once more;
+* L4  ``stop()`` returns within its ``timeout`` (plus one round trip of slack);
+* C1  every placement cache of every running manager (``_placement()``'s plan,
+      ``_want_view``'s margin, ``_direct_reason``'s answer) equals a fresh computation from
+      the same inputs, checked every 0.5 simulated seconds whenever the cache is current.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from leasectl import placement
 from leasectl.errors import DatabaseUnavailable, LeasectlError
 from leasectl.lease_manager import WATCH_LOCK_TIMEOUT, LeaseManager
 from leasectl.leases import LeaseEvent
@@ -53,6 +63,11 @@ MORE_FAULTS = ("full", "pooler_restart")
 
 #: The TCP settings the simulated lock sessions report (the defaults): D_srv = 9 s.
 TCP = TcpBound(4, 1, 4, 9000, unix_socket=False)
+
+#: The timeout the simulated graceful stops pass to ``LeaseManager.stop`` (L4's bound, with
+#: STOP_SLACK for the last round trip of the join).
+STOP_TIMEOUT = 10.0
+STOP_SLACK = 0.5
 
 FAULTS = (
     "crash",
@@ -278,6 +293,9 @@ class Sim:
         self.heals: list[tuple[Link, Any]] = []
         self.quiet_mode = False
         self.hooks: list[Callable[[str, Proc, LeaseEvent], None]] = []
+        self.settled_at: float | None = None  # L3: acquisitions counted from here
+        self.moves: dict[str, list[str]] = {}  # L3: lease -> acquirers since settled_at
+        self.rebalanced: dict[str, list[str]] = {}  # L3: lease -> quiet-phase hand-overs
         ls = self.settings.leases
         a_max = ls.acquire_interval * (1 + ls.acquire_jitter)
         hang = ls.lease_ttl + ls.eviction_grace + 2 * a_max
@@ -425,6 +443,11 @@ class Sim:
             hook(rid, proc, ev)
         if ev.kind == "acquired":
             self.acquisitions += 1
+            if self.settled_at is not None:
+                self.moves.setdefault(ev.lease, []).append(f"{rid}@{self.world.now:.3f}")
+        elif ev.kind == "released" and self.quiet_mode and ev.reason.startswith("rebalance"):
+            move = f"{rid} {ev.reason}@{self.world.now:.3f}"
+            self.rebalanced.setdefault(ev.lease, []).append(move)
         self.log(f"{rid} {ev.kind} {ev.lease} e{ev.epoch} {ev.reason}")
 
     # -- invariants -------------------------------------------------------------------------
@@ -641,8 +664,14 @@ class Sim:
             return
 
         def stopper() -> None:
-            mgr.stop(timeout=10.0)
+            began = self.world.now
+            mgr.stop(timeout=STOP_TIMEOUT)
+            took = self.world.now - began
             self.log(f"{r.rid} stopped")
+            if took > STOP_TIMEOUT + STOP_SLACK:  # L4
+                raise self.fail(
+                    "L4", f"{r.rid}'s stop(timeout={STOP_TIMEOUT:g}) returned after {took:.2f}s"
+                )
             self.world.at(self.world.now, lambda: self._kill(r))
 
         self.world.spawn(proc, stopper, None)
@@ -683,8 +712,14 @@ class Sim:
             self.world.at(self.schedule[0].t, self._injector(0))
         snap = 0.0
         while snap < horizon:
-            self.world.at(snap, self.server.snapshot)
+            self.world.at(snap, self._snapshot)
             snap += 0.5
+
+    def _snapshot(self) -> None:
+        """The server's failover snapshot, and C1 at the same instants (no extra events: the
+        seeds' traces stay what they were)."""
+        self.server.snapshot()
+        self.check_caches()
 
     def finish(self) -> Result:
         """The quiet phase from now: every lease held within the bound, and still at the end."""
@@ -693,8 +728,11 @@ class Sim:
             self._quiet_start()
             self.world.run_until(end_faults + self.bound)
             self.liveness(f"within the bound {self.bound:.1f}s after the last fault")
+            self.settled_at = self.world.now
             self.world.run_until(end_faults + self.quiet)
             self.liveness("at the end of the quiet phase")
+            self.converged()
+            self.one_move()
         except Violation as v:
             raise self.fail(v.code, str(v)) from None
         return Result(
@@ -740,6 +778,92 @@ class Sim:
             holders = [m.replica_id for m in running if m.lease(name) is not None]
             if len(holders) != 1:
                 raise self.fail("L1", f"{name} held by {holders or 'nobody'} {when}")
+
+    def converged(self) -> None:
+        """L2: in spread placement every lease ends held by the replica placement chooses
+        over the live view as the server has it (what every replica's heartbeat reads)."""
+        if self.opts.placement != "spread":
+            return
+        view = self.server.live_view("", self.settings.leases.lease_ttl)
+        plan = placement.Placement(view)
+        running = [m for m, p in self.procs if not p.dead]
+        for name in self.names:
+            chosen = plan.choose(name)
+            if chosen is None:
+                continue
+            holders = [m.replica_id for m in running if m.lease(name) is not None]
+            if holders != [chosen]:
+                raise self.fail(
+                    "L2", f"{name} held by {holders or 'nobody'}, placement chooses {chosen}"
+                )
+
+    def one_move(self) -> None:
+        """L3: from the L1 bound on (membership settled, every lease held), a lease moves at
+        most once: a rebalance hands it to its final holder directly."""
+        for name, who in sorted(self.rebalanced.items()):
+            if len(who) > 1:
+                raise self.fail("L3", f"{name} rebalanced {len(who)} times when quiet: {who}")
+        for name, who in sorted(self.moves.items()):
+            if len(who) > 1:
+                raise self.fail("L3", f"{name} moved {len(who)} times after settling: {who}")
+
+    def check_caches(self) -> None:
+        """C1: each current placement cache equals its recomputation from the same inputs."""
+        for mgr, proc in self.procs:
+            if proc.dead or mgr._stop.is_set():  # noqa: SLF001
+                continue
+            self._check_caches(mgr)
+
+    def _check_caches(self, mgr: LeaseManager) -> None:
+        # noqa: SLF001 throughout: the caches are private by design; this is their oracle
+        m: Any = mgr
+        rid = mgr.replica_id
+        candidacy = m._candidacy()
+        key = (m._view_gen, tuple(candidacy))
+        fresh_view = placement.self_view(rid, candidacy, mgr.preferred_for, m._replicas or [])
+        fresh = placement.Placement(fresh_view)
+        plan = m._plan if m._plan_key == key else None
+        if plan is not None and (
+            _ranked_by(plan.replicas) != _ranked_by(fresh.replicas)
+            or plan.assignment != fresh.assignment
+        ):
+            raise self.fail(
+                "C1",
+                f"{rid}: _placement() cache differs from its recomputation: cached "
+                f"{plan.assignment}, fresh {fresh.assignment} (key {key})",
+            )
+        if m._margin is not None and m._plan_key == key and m._margin[0] == key:
+            view = fresh.replicas
+            positions = [placement.hrw_position(n, rid, view) for n in candidacy]
+            best = min((p for p in positions if p is not None), default=1 << 30)
+            leases = len({n for r in view for n in r.campaigns_for})
+            if (m._margin[1], m._margin[2]) != (best, leases):
+                raise self.fail(
+                    "C1",
+                    f"{rid}: _want_view's margin {m._margin[1:]} != recomputed {(best, leases)}",
+                )
+        now = m.clock()
+        with m._lock:
+            early = bool(m._state.held or m._state.handing_over or m._commands) or any(
+                t == rid and u > now for t, u in m._state.reserved.values()
+            )
+            free = bool(m._state.free_since)
+        holders = dict(m._holders)
+        rkey = (m._view_gen, tuple(candidacy), tuple(sorted(holders.items(), key=str)))
+        if early or free or m._reason_key != rkey:
+            return  # the cached answer would not be used now
+        again = placement.direct_reason(
+            rid, candidacy, fresh.replicas, holders, {}, self.settings.leases.placement_step
+        )
+        if again != m._reason:
+            raise self.fail(
+                "C1", f"{rid}: _direct_reason cached {m._reason!r}, recomputed {again!r}"
+            )
+
+
+def _ranked_by(view: Any) -> list[tuple[Any, ...]]:
+    """What placement ranks by in a view (not ``live_for``: the rebalance reads it fresh)."""
+    return sorted((r.id, r.campaigns_for, r.preferred_for, r.wedged) for r in view)
 
 
 def schedule_json(schedule: list[Fault]) -> str:

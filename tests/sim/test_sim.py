@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.sim.episodes import crash_after_rebalance, wedged_release
+from tests.sim.episodes import TAKEOVER_KINDS, crash_after_rebalance, single_fault, wedged_release
 from tests.sim.scenario import Failure, run_seed
 
 #: The seeds every run of the suite checks: the same content on every machine. Each is a
@@ -110,3 +110,20 @@ def test_a_failure_prints_what_replays_it() -> None:
     text = str(f)
     assert f"seed {f.options.seed}" in text and "options: {" in text and "faults: [" in text
     assert f"python -m tests.sim replay --seed {f.options.seed}" in text
+
+
+#: (seed, fault kind) of the single-fault episodes: the seeds' drawn settings (spread and
+#: pack, direct and pooled standbys, TTLs 3-6 s) against the bound of each fault kind.
+SINGLE_FAULT_SEEDS = range(6)
+
+
+@pytest.mark.parametrize("kind", TAKEOVER_KINDS)
+def test_single_fault_takeover_within_the_timing_bound(kind: str) -> None:
+    """L5: after one fault, the lease is held again within what ``leasectl timing`` prints
+    for that fault kind (plus 0.1 s: the simulated round trips of the takeover itself)."""
+    over = []
+    for seed in SINGLE_FAULT_SEEDS:
+        took, bound = single_fault(seed, kind)
+        if took > bound + 0.1:
+            over.append(f"seed {seed}: {took:.3f}s > {bound:.3f}s")
+    assert not over, f"{kind}: " + "; ".join(over)
