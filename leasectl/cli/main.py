@@ -80,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM stops a command like Ctrl-C does (run, demo and drill install their own).
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    # A command started from a script in the background inherits SIGINT ignored (POSIX shells
+    # do that without job control), and Python then installs no Ctrl-C handler: `kill -INT`
+    # of a `status --watch` or a demo would do nothing. Ctrl-C means stop, wherever we run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     command = str(args.command) + (
         f" {args.config_command}" if getattr(args, "config_command", None) else ""
     )
