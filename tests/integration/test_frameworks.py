@@ -16,11 +16,13 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from tests.child_output import OutputFile, exit_code, tail
 from tests.conftest import REPO, wait_until
 
 pytestmark = pytest.mark.slow
@@ -79,6 +81,13 @@ def _lock_holders(dsn: str) -> int:
         return int(row[0]) if row else 0
 
 
+def _no_lock_holders(dsn: str, what: str) -> None:
+    """No advisory lock left, once the exited processes' backends have gone too: a backend
+    ends a moment after its client's connection closes (on a loaded machine, a visible
+    moment), and the lock goes with it."""
+    wait_until(lambda: _lock_holders(dsn) == 0, 10, interval=0.1, what=what)
+
+
 def _children(pid: int) -> set[int]:
     try:
         out = subprocess.run(
@@ -90,7 +99,7 @@ def _children(pid: int) -> set[int]:
 
 
 def _two_workers_one_leader(
-    dsn: str, server: subprocess.Popen[str], port: int, prefix: str, table: str
+    dsn: str, server: subprocess.Popen[bytes], port: int, prefix: str, table: str
 ) -> set[str]:
     """Both workers are replicas; only one of them writes the leased loop's rows."""
     wait_until(lambda: len(_live_replicas(dsn)) == 2, 90, what="two worker replicas")
@@ -113,10 +122,12 @@ def _two_workers_one_leader(
     return set(replicas)
 
 
-def _clean_exit(dsn: str, server: subprocess.Popen[str], sig: int, ids: set[str]) -> None:
+def _clean_exit(
+    dsn: str, server: subprocess.Popen[bytes], log: OutputFile, sig: int, ids: set[str]
+) -> None:
     server.send_signal(sig)
-    out, _ = server.communicate(timeout=60)
-    assert server.returncode == 0, out[-3000:]
+    assert exit_code(server, 60, log) == 0, tail(log)
+    out = log.text()
     with psycopg.connect(dsn, autocommit=True) as c:
         stopped: dict[str, bool] = dict(
             c.execute(
@@ -125,14 +136,15 @@ def _clean_exit(dsn: str, server: subprocess.Popen[str], sig: int, ids: set[str]
             ).fetchall()
         )
     assert stopped == dict.fromkeys(ids, True), stopped
-    assert _lock_holders(dsn) == 0, "a lease or liveness lock outlived the server"
+    _no_lock_holders(dsn, "a lease or liveness lock outlived the server")
     assert "Traceback" not in out, out[-3000:]
 
 
-def test_uvicorn_two_workers_are_two_replicas_one_leads(dsn: str) -> None:
+def test_uvicorn_two_workers_are_two_replicas_one_leads(dsn: str, tmp_path: Path) -> None:
     pytest.importorskip("uvicorn")
     port = _free_port()
-    server = subprocess.Popen(
+    log = OutputFile(tmp_path / "uvicorn.log")
+    server = log.popen(
         [
             sys.executable,
             "-m",
@@ -147,15 +159,12 @@ def test_uvicorn_two_workers_are_two_replicas_one_leads(dsn: str) -> None:
         ],
         env=_env(dsn),
         cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
     )
     try:
         ids = _two_workers_one_leader(dsn, server, port, "/leasectl", "stamps")
         code, body = _get(f"http://127.0.0.1:{port}/whoami")
         assert code == 200 and json.loads(body)["replica"] in ids, body
-        _clean_exit(dsn, server, signal.SIGTERM, ids)
+        _clean_exit(dsn, server, log, signal.SIGTERM, ids)
     finally:
         if server.poll() is None:
             server.kill()
@@ -163,12 +172,15 @@ def test_uvicorn_two_workers_are_two_replicas_one_leads(dsn: str) -> None:
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["import-in-worker", "preload"])
-def test_gunicorn_sync_workers_flask_two_replicas_one_leads(dsn: str, preload: bool) -> None:
+def test_gunicorn_sync_workers_flask_two_replicas_one_leads(
+    dsn: str, preload: bool, tmp_path: Path
+) -> None:
     """With ``--preload`` the master imports the app (declaring an App touches nothing) and
     forks; each worker starts its own App after the fork either way."""
     pytest.importorskip("gunicorn")
     port = _free_port()
-    server = subprocess.Popen(
+    log = OutputFile(tmp_path / "gunicorn.log")
+    server = log.popen(
         [
             sys.executable,
             "-m",
@@ -186,15 +198,12 @@ def test_gunicorn_sync_workers_flask_two_replicas_one_leads(dsn: str, preload: b
         ],
         env=_env(dsn),
         cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
     )
     try:
         ids = _two_workers_one_leader(dsn, server, port, "/leasectl", "stamps")
         code, body = _get(f"http://127.0.0.1:{port}/whoami")
         assert code == 200 and json.loads(body)["replica"] in ids, body
-        _clean_exit(dsn, server, signal.SIGTERM, ids)
+        _clean_exit(dsn, server, log, signal.SIGTERM, ids)
     finally:
         if server.poll() is None:
             server.kill()
@@ -280,16 +289,10 @@ def test_django_manage_leasectl_run_reads_django_settings(dsn: str, tmp_path: An
         timeout=60,
     )
     assert check.returncode == 0 and "loop stamp: leased, every 1s" in check.stdout, check
+    logs = [OutputFile(tmp_path / f"django-{i}.log") for i in range(2)]
     replicas = [
-        subprocess.Popen(
-            [sys.executable, "manage.py", "leasectl", "run"],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(2)
+        log.popen([sys.executable, "manage.py", "leasectl", "run"], env=env, cwd=tmp_path)
+        for log in logs
     ]
     try:
         wait_until(lambda: len(_live_replicas(dsn)) == 2, 90, what="two Django replicas")
@@ -301,10 +304,9 @@ def test_django_manage_leasectl_run_reads_django_settings(dsn: str, tmp_path: An
         assert len(writers) == 1 and writers[0][0] in ids and writers[0][1] == "django-site"
         for p in replicas:
             p.send_signal(signal.SIGTERM)
-        for p in replicas:
-            out, _ = p.communicate(timeout=60)
-            assert p.returncode == 0, out[-3000:]
-        assert _lock_holders(dsn) == 0
+        for p, log in zip(replicas, logs, strict=True):
+            assert exit_code(p, 60, log) == 0, tail(log)
+        _no_lock_holders(dsn, "a lease or liveness lock outlived the replicas")
     finally:
         for p in replicas:
             if p.poll() is None:
