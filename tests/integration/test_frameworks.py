@@ -60,6 +60,15 @@ def _get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
+def _answer(url: str) -> tuple[int, str]:
+    """The server's answer, asked until there is one: a single request can go unanswered
+    within its 5 s on a loaded machine (status 0), and that says nothing about the server."""
+    answer: tuple[int, str] = wait_until(
+        lambda: (lambda r: r if r[0] else None)(_get(url)), 30, what=f"an answer from {url}"
+    )
+    return answer
+
+
 def _live_replicas(dsn: str) -> dict[str, int]:
     with psycopg.connect(dsn, autocommit=True) as c:
         return dict(
@@ -115,12 +124,7 @@ def _two_workers_one_leader(
         what="readyz 200",
     )
     assert "ready" in body
-    # Asked until a worker answers: a single request may time out on a loaded machine.
-    code, body = wait_until(
-        lambda: (lambda r: r if r[0] else None)(_get(f"http://127.0.0.1:{port}{prefix}/metrics")),
-        30,
-        what="/metrics answers",
-    )
+    code, body = _answer(f"http://127.0.0.1:{port}{prefix}/metrics")
     assert code == 200 and "leasectl_lease_held" in body, (code, body[:300])
     return set(replicas)
 
@@ -208,7 +212,7 @@ def test_uvicorn_two_workers_are_two_replicas_one_leads(dsn: str, tmp_path: Path
     )
     try:
         ids = _two_workers_one_leader(dsn, server, port, "/leasectl", "stamps")
-        code, body = _get(f"http://127.0.0.1:{port}/whoami")
+        code, body = _answer(f"http://127.0.0.1:{port}/whoami")
         assert code == 200 and json.loads(body)["replica"] in ids, body
         _clean_exit(dsn, server, log, signal.SIGTERM, ids)
     finally:
@@ -247,7 +251,7 @@ def test_gunicorn_sync_workers_flask_two_replicas_one_leads(
     )
     try:
         ids = _two_workers_one_leader(dsn, server, port, "/leasectl", "stamps")
-        code, body = _get(f"http://127.0.0.1:{port}/whoami")
+        code, body = _answer(f"http://127.0.0.1:{port}/whoami")
         assert code == 200 and json.loads(body)["replica"] in ids, body
         _clean_exit(dsn, server, log, signal.SIGTERM, ids)
     finally:
