@@ -60,6 +60,10 @@ from leasectl.settings import Settings
 
 log = logging.getLogger("leasectl.app")
 
+#: How often the main thread of ``App.run`` wakes to run a signal handler that arrived on
+#: another thread (see ``run``); a signal that reaches the main thread acts at once.
+_SIGNAL_CHECK_S = 0.2
+
 LoopFunction = Callable[[TickContext], None] | Callable[[AsyncTickContext], Awaitable[None]]
 F = TypeVar("F", bound=Callable[..., Any])
 MigrationsArg = Iterable[str | Path | MigrationSource | tuple[str, str | Path]]
@@ -611,7 +615,12 @@ class App:
                 return _report_start_failure(exc)
             if self._stop_early.is_set():
                 self.request_stop()
-            code = self.wait()
+            # Waited on in slices: the kernel may deliver SIGTERM to any thread, and then the
+            # main thread, blocked in a lock acquire with no timeout, is never interrupted to
+            # run the Python handler (seen under load: a replica ignored SIGTERM for good).
+            code = None
+            while code is None:
+                code = self.wait(_SIGNAL_CHECK_S)
             return self.stop() if code is None else max(code, self.stop())
         finally:
             for signum, handler in previous.items():

@@ -78,3 +78,27 @@ def test_second_signal_exits_at_once(dsn: str, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert "forced_exit" in actions(log)
+
+
+def test_sigterm_delivered_to_another_thread_still_stops_the_app(dsn: str, tmp_path: Path) -> None:
+    """The kernel may hand a process's SIGTERM to any thread; the App must still stop."""
+    from tests.child_output import OutputFile, exit_code, tail
+
+    out = OutputFile(tmp_path / "replica.log")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
+    env.update(
+        LEASECTL_DSN=dsn,
+        LEASECTL_APP="tests.apps.signal_elsewhere:app",
+        LEASECTL_METRICS__LISTEN="",
+        PYTHONPATH=str(REPO),
+    )
+    proc = out.popen([sys.executable, "-m", "leasectl.cli", "run"], env=env, cwd=REPO)
+    try:
+        # The loop signals its own thread once it runs: nobody signals the process here.
+        assert exit_code(proc, 60, out) == 0, tail(out)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = out.text()
+    assert "sending SIGTERM to the loop thread" in text
+    assert "signal SIGTERM: graceful stop" in text
