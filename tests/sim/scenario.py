@@ -17,9 +17,9 @@ Invariants (docs/testing.md):
 * L1  after the faults, every lease is held by one live replica within the timing bound;
 * L2  at the end of the quiet phase (spread placement), every lease is held by the replica
       placement chooses over the server's live view;
-* L3  one move per rebalance: in the quiet phase (its reboots are one membership change) a
-      lease is handed over by a rebalance at most once, and once the membership has settled
-      (from the L1 bound on) it is acquired at most once more;
+* L3  one move per rebalance: in the quiet phase a lease is handed over by a rebalance at
+      most once per placement view (the view its holder decided on), and once the membership
+      has settled (from the L1 bound on) it is acquired at most once more;
 * L4  ``stop()`` returns within its ``timeout`` (plus one round trip of slack);
 * C1  every placement cache of every running manager (``_placement()``'s plan,
       ``_want_view``'s margin, ``_direct_reason``'s answer) equals a fresh computation from
@@ -295,7 +295,8 @@ class Sim:
         self.hooks: list[Callable[[str, Proc, LeaseEvent], None]] = []
         self.settled_at: float | None = None  # L3: acquisitions counted from here
         self.moves: dict[str, list[str]] = {}  # L3: lease -> acquirers since settled_at
-        self.rebalanced: dict[str, list[str]] = {}  # L3: lease -> quiet-phase hand-overs
+        # L3: lease -> quiet-phase hand-overs, each with the placement view it was decided on
+        self.rebalanced: dict[str, list[tuple[tuple[Any, ...], str]]] = {}
         ls = self.settings.leases
         a_max = ls.acquire_interval * (1 + ls.acquire_jitter)
         hang = ls.lease_ttl + ls.eviction_grace + 2 * a_max
@@ -447,7 +448,8 @@ class Sim:
                 self.moves.setdefault(ev.lease, []).append(f"{rid}@{self.world.now:.3f}")
         elif ev.kind == "released" and self.quiet_mode and ev.reason.startswith("rebalance"):
             move = f"{rid} {ev.reason}@{self.world.now:.3f}"
-            self.rebalanced.setdefault(ev.lease, []).append(move)
+            view = self._decision_view(proc)
+            self.rebalanced.setdefault(ev.lease, []).append((view, move))
         self.log(f"{rid} {ev.kind} {ev.lease} e{ev.epoch} {ev.reason}")
 
     # -- invariants -------------------------------------------------------------------------
@@ -797,12 +799,30 @@ class Sim:
                     "L2", f"{name} held by {holders or 'nobody'}, placement chooses {chosen}"
                 )
 
+    def _decision_view(self, proc: Proc) -> tuple[Any, ...]:
+        """What the manager of ``proc`` ranks by now: its last heartbeat's live view with its
+        own entry as it knows it (what its rebalance plan was computed over)."""
+        mgr = next(m for m, p in self.procs if p is proc)
+        own = mgr._candidacy()  # noqa: SLF001 - the view placement builds, as the manager does
+        view = placement.self_view(mgr.replica_id, own, mgr.preferred_for, mgr.replicas() or [])
+        return tuple(_ranked_by(view))
+
     def one_move(self) -> None:
-        """L3: from the L1 bound on (membership settled, every lease held), a lease moves at
-        most once: a rebalance hands it to its final holder directly."""
-        for name, who in sorted(self.rebalanced.items()):
-            if len(who) > 1:
-                raise self.fail("L3", f"{name} rebalanced {len(who)} times when quiet: {who}")
+        """L3: a rebalance hands a lease to its final holder directly: in the quiet phase a
+        lease is handed over at most once per placement view (the quiet phase's restarts and
+        the end of the faults' step-down cooldowns reach the live view over several
+        heartbeats: each such change may move a lease once more; a second move decided on
+        the same view is a ping-pong); from the L1 bound on (membership settled, every
+        lease held) it is acquired at most once more."""
+        for name, moves in sorted(self.rebalanced.items()):
+            per_view: dict[tuple[Any, ...], list[str]] = {}
+            for view, move in moves:
+                per_view.setdefault(view, []).append(move)
+            for who in per_view.values():
+                if len(who) > 1:
+                    raise self.fail(
+                        "L3", f"{name} rebalanced {len(who)} times over one view when quiet: {who}"
+                    )
         for name, who in sorted(self.moves.items()):
             if len(who) > 1:
                 raise self.fail("L3", f"{name} moved {len(who)} times after settling: {who}")

@@ -29,6 +29,14 @@ REGRESSIONS = {
 }
 
 
+#: Soak seeds that found a defect of a check (not of leasectl), with their replica counts.
+CHECK_REGRESSIONS = {
+    (200041, 10): "L3 counted two hand-overs of loop-2 decided on two different views (r9 "
+    "back from a partition, r2's step-down cooldown over) as a ping-pong",
+    (200051, 30): "L3: the same with two quiet-phase restarts reaching the view 1.2 s apart",
+}
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_seed(seed: int) -> None:
     run_seed(seed)
@@ -37,6 +45,11 @@ def test_seed(seed: int) -> None:
 @pytest.mark.parametrize("seed", sorted(REGRESSIONS))
 def test_regression_seed(seed: int) -> None:
     run_seed(seed)
+
+
+@pytest.mark.parametrize(("seed", "replicas"), sorted(CHECK_REGRESSIONS))
+def test_check_regression_seed(seed: int, replicas: int) -> None:
+    run_seed(seed, replicas=(replicas, replicas))
 
 
 def _first_failure(codes: set[str], **over: Any) -> Failure:
