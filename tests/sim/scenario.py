@@ -399,7 +399,7 @@ class Sim:
     def _loops(self, r: Replica, proc: Proc, rt: SimRuntime, mgr: LeaseManager) -> None:
         """The scheduler's leased loops: a fenced write per tick while the lease is held."""
         work: Fenced | None = None
-        while not mgr._stop.is_set():  # noqa: SLF001
+        while not mgr.stopping:
             rt.sleep(rt.uniform(0.3, 0.7))
             for name in self.names:
                 lease = mgr.lease(name)
@@ -462,7 +462,7 @@ class Sim:
         for mgr, proc in self.procs:
             if proc.dead:
                 continue
-            for name, lease in list(mgr._state.held.items()):  # noqa: SLF001
+            for name, lease in list(mgr.core.state.held.items()):
                 if lease.valid():
                     believers.setdefault(name, []).append((mgr.replica_id, lease.epoch))
         for name, who in believers.items():
@@ -570,7 +570,7 @@ class Sim:
             name = self.rng.choice(self.names)
             text = f"step-down {name}"
             for rr in live:
-                if rr.mgr is not None and name in rr.mgr._state.held:  # noqa: SLF001
+                if rr.mgr is not None and name in rr.mgr.core.state.held:
                     rr.mgr.step_down(name, cooldown=self.rng.uniform(0.5, 5.0))
         elif kind == "drain" and r is not None and r.mgr is not None:
             text = f"step-down --replica {r.rid}"
@@ -775,7 +775,7 @@ class Sim:
         """L1: every lease some live replica campaigns for is held by exactly one."""
         running = [m for m, p in self.procs if not p.dead]
         for name in self.names:
-            if not any(name in m._candidacy() for m in running):  # noqa: SLF001
+            if not any(name in m.candidacy() for m in running):
                 continue  # nobody campaigns for it now (a wedged tick everywhere)
             holders = [m.replica_id for m in running if m.lease(name) is not None]
             if len(holders) != 1:
@@ -803,9 +803,9 @@ class Sim:
         """What the manager of ``proc`` ranks by now: its last heartbeat's live view with its
         own entry as it knows it (what its rebalance plan was computed over)."""
         mgr = next(m for m, p in self.procs if p is proc)
-        own = mgr._candidacy()  # noqa: SLF001 - the view placement builds, as the manager does
+        own = mgr.candidacy()
         view = placement.self_view(mgr.replica_id, own, mgr.preferred_for, mgr.replicas() or [])
-        return tuple(_ranked_by(view))
+        return tuple(sorted((r.id, r.campaigns_for, r.preferred_for, r.wedged) for r in view))
 
     def one_move(self) -> None:
         """L3: a rebalance hands a lease to its final holder directly: in the quiet phase a
@@ -830,60 +830,14 @@ class Sim:
     def check_caches(self) -> None:
         """C1: each current placement cache equals its recomputation from the same inputs."""
         for mgr, proc in self.procs:
-            if proc.dead or mgr._stop.is_set():  # noqa: SLF001
+            if proc.dead or mgr.stopping:
                 continue
             self._check_caches(mgr)
 
     def _check_caches(self, mgr: LeaseManager) -> None:
-        # noqa: SLF001 throughout: the caches are private by design; this is their oracle
-        m: Any = mgr
-        rid = mgr.replica_id
-        candidacy = m._candidacy()
-        key = (m._view_gen, tuple(candidacy))
-        fresh_view = placement.self_view(rid, candidacy, mgr.preferred_for, m._replicas or [])
-        fresh = placement.Placement(fresh_view)
-        plan = m._plan if m._plan_key == key else None
-        if plan is not None and (
-            _ranked_by(plan.replicas) != _ranked_by(fresh.replicas)
-            or plan.assignment != fresh.assignment
-        ):
-            raise self.fail(
-                "C1",
-                f"{rid}: _placement() cache differs from its recomputation: cached "
-                f"{plan.assignment}, fresh {fresh.assignment} (key {key})",
-            )
-        if m._margin is not None and m._plan_key == key and m._margin[0] == key:
-            view = fresh.replicas
-            positions = [placement.hrw_position(n, rid, view) for n in candidacy]
-            best = min((p for p in positions if p is not None), default=1 << 30)
-            leases = len({n for r in view for n in r.campaigns_for})
-            if (m._margin[1], m._margin[2]) != (best, leases):
-                raise self.fail(
-                    "C1",
-                    f"{rid}: _want_view's margin {m._margin[1:]} != recomputed {(best, leases)}",
-                )
-        now = m.clock()
-        with m._lock:
-            early = bool(m._state.held or m._state.handing_over or m._commands) or any(
-                t == rid and u > now for t, u in m._state.reserved.values()
-            )
-            free = bool(m._state.free_since)
-        holders = dict(m._holders)
-        rkey = (m._view_gen, tuple(candidacy), tuple(sorted(holders.items(), key=str)))
-        if early or free or m._reason_key != rkey:
-            return  # the cached answer would not be used now
-        again = placement.direct_reason(
-            rid, candidacy, fresh.replicas, holders, {}, self.settings.leases.placement_step
-        )
-        if again != m._reason:
-            raise self.fail(
-                "C1", f"{rid}: _direct_reason cached {m._reason!r}, recomputed {again!r}"
-            )
-
-
-def _ranked_by(view: Any) -> list[tuple[Any, ...]]:
-    """What placement ranks by in a view (not ``live_for``: the rebalance reads it fresh)."""
-    return sorted((r.id, r.campaigns_for, r.preferred_for, r.wedged) for r in view)
+        problem = mgr.cache_problem()
+        if problem is not None:
+            raise self.fail("C1", problem)
 
 
 def schedule_json(schedule: list[Fault]) -> str:
