@@ -131,6 +131,14 @@ def load_traced(
         if name.startswith(ENV_PREFIX) and "__" in name[len(ENV_PREFIX) :]:
             key = ".".join(p.lower() for p in name[len(ENV_PREFIX) :].split("__"))
             _set(data, key, EnvStr(value), f"env {name}", origins, problems)
+        elif name.startswith(ENV_PREFIX) and isinstance(data, dict):
+            section = name[len(ENV_PREFIX) :].lower()
+            if section in data and name not in ENV_ALIASES:
+                # ``LEASECTL_LIMITS='{...}'`` would otherwise be ignored without a word.
+                problems.append(
+                    f"{section}: one variable cannot set a whole section; set one key per "
+                    f"variable, e.g. {name}__<KEY>=<value> (env {name})"
+                )
     for name, key in ENV_ALIASES.items():
         if env.get(name):
             _set(data, key, EnvStr(env[name]), f"env {name}", origins, problems)

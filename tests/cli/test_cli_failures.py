@@ -24,6 +24,7 @@ import pytest
 from psycopg import conninfo
 
 from leasectl.cli import exit_codes
+from tests.child_output import LineReader, exit_code, tail
 from tests.cli.conftest import cli_env, free_port, write_config
 from tests.conftest import REPO, wait_until
 
@@ -124,19 +125,17 @@ def test_a_second_replica_on_the_default_port_serves_on_a_free_one(
             text=True,
             start_new_session=True,
         )
+        assert proc.stderr is not None
+        # Read to the end on a thread: the replica logs on after the line we wait for, and a
+        # full pipe would block it (its shutdown after SIGTERM included).
+        log = LineReader(proc.stderr)
         try:
-            lines: list[str] = []
-            assert proc.stderr is not None
+            serving = re.compile(r"serving /metrics, /healthz and /readyz on 127\.0\.0\.1:(\d+)")
 
-            def moved() -> re.Match[str] | None:
-                line = proc.stderr.readline() if proc.stderr else ""
-                lines.append(line)
-                assert line or proc.poll() is None, "".join(lines)
-                return re.search(
-                    r"serving /metrics, /healthz and /readyz on 127\.0\.0\.1:(\d+)", line
-                )
+            def moved(lines: list[str]) -> re.Match[str] | None:
+                return next((m for m in map(serving.search, lines) if m), None)
 
-            found = wait_until(moved, timeout=60, interval=0, what="the fallback port logged")
+            found = log.wait_for(moved, 60, "the fallback port logged")
             port = int(found.group(1))
             assert port != 9464
 
@@ -150,7 +149,7 @@ def test_a_second_replica_on_the_default_port_serves_on_a_free_one(
             wait_until(healthy, timeout=60, interval=0.2, what="/healthz 200 on the fallback port")
         finally:
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
+            assert exit_code(proc, 60, log) == 0, tail(log)
 
 
 def test_data_dir_that_cannot_be_created(tmp_path: Path) -> None:

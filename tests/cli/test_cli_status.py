@@ -8,6 +8,7 @@ from pathlib import Path
 import psycopg
 
 from leasectl.keys import int4_hash
+from tests.child_output import LineReader, exit_code, tail
 from tests.cli.conftest import cli_env, free_port, run_cli, write_config
 
 
@@ -127,15 +128,25 @@ def test_status_watch_refreshes_until_interrupted(dsn: str, tmp_path: Path) -> N
         )
     proc = subprocess.Popen(
         [LEASECTL, "status", "--watch", "--json", "--interval", "0.2"],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
-        first, second = proc.stdout.readline(), proc.stdout.readline()
+        # Read on a thread, waited on with a deadline: it refreshes until SIGINT (its output
+        # must keep flowing), and a bare readline() waits for ever on a child that is silent.
+        out = LineReader(proc.stdout)
+        first, second = out.wait_for(two_refreshes, 60, "two refreshes")
         assert json.loads(first)["leases"][0]["state"] == "free"
         assert json.loads(second)["taken_at"] > json.loads(first)["taken_at"]
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 1  # the last refresh saw unheld leases
+        assert exit_code(proc, 30, out) == 1, tail(out)  # the last refresh saw unheld leases
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(10)
+
+
+def two_refreshes(lines: list[str]) -> list[str] | None:
+    """The first two JSON documents of ``status --watch --json``, one a line."""
+    docs = [line for line in lines if line.startswith("{")]
+    return docs[:2] if len(docs) >= 2 else None

@@ -17,6 +17,7 @@ import pytest
 from psycopg import conninfo
 
 from leasectl.keys import as_oid, int4_hash, namespace_for
+from tests.child_output import OutputFile
 from tests.conftest import wait_until
 from tests.replica_proc import FENCE_LOG_DDL, ReplicaProcess
 
@@ -124,13 +125,10 @@ def pgbouncer(dsn: str) -> Iterator[dict[str, str]]:
     kwargs: dict[str, Any] = {}
     if user is not None:
         kwargs = {"user": user.pw_uid, "group": user.pw_gid}
-    proc = subprocess.Popen(
-        [binary, str(workdir / "pgbouncer.ini")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=workdir,
-        **kwargs,
-    )
+    # Its output to a file, not a pipe: PgBouncer logs every connection to stderr as well as
+    # to its logfile, and a full pipe nobody reads would stall the pooler mid-test.
+    output = OutputFile(workdir / "pgbouncer.out")
+    proc = output.popen([binary, str(workdir / "pgbouncer.ini")], cwd=workdir, **kwargs)
     front_base = f"host=127.0.0.1 port={port} user={target.get('user', 'postgres')}"
     front = {"transaction": front_base + " dbname=txn", "session": front_base + " dbname=sess"}
 
@@ -141,7 +139,9 @@ def pgbouncer(dsn: str) -> Iterator[dict[str, str]]:
                 if (workdir / "pgbouncer.log").exists()
                 else ""
             )
-            raise AssertionError(f"pgbouncer exited {proc.returncode}: {log[-2000:]}")
+            raise AssertionError(
+                f"pgbouncer exited {proc.returncode}: {log[-2000:]}{output.text()[-2000:]}"
+            )
         try:
             with psycopg.connect(front["session"], connect_timeout=1) as c:
                 c.execute("SELECT 1")

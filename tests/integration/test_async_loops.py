@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -28,6 +29,7 @@ from leasectl.leases import Lease
 from leasectl.loop import LoopSpec
 from leasectl.scheduler import Scheduler
 from leasectl.settings import CoreSettings, DatabaseSettings, LeaseSettings, SchedulerSettings
+from tests.child_output import OutputFile, exit_code, tail
 from tests.conftest import REPO, one, wait_until
 
 FAST = CoreSettings(leases=LeaseSettings(acquire_interval=0.1, heartbeat_interval=0.5))
@@ -249,18 +251,12 @@ def _rows(dsn: str) -> list[tuple[Any, ...]]:
 
 @pytest.mark.slow
 def test_async_leased_loop_two_processes_sigkill_holder(
-    dsn: str, procs: list[subprocess.Popen[bytes]]
+    dsn: str, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     env = _env(dsn, REPORT_EVERY="1")
-    for _ in range(2):
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(APP)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-        )
+    logs = [OutputFile(tmp_path / f"async-report-{i}.log") for i in range(2)]
+    for log in logs:
+        procs.append(log.popen([sys.executable, str(APP)], env=env))
     wait_until(lambda: len(_rows(dsn)) >= 3, timeout=60, what="three async report rows")
     holder = _rows(dsn)[-1][1]
     with psycopg.connect(dsn, autocommit=True) as c:
@@ -279,9 +275,9 @@ def test_async_leased_loop_two_processes_sigkill_holder(
     slots = [r[0] for r in rows]
     assert len(slots) == len(set(slots)), f"a slot was written twice: {rows}"
     assert min(r[2] for r in survivor_rows()) > max(killed_epochs)
-    survivor = next(p for p in procs if p is not victim)
+    survivor, log = next((p, log) for p, log in zip(procs, logs, strict=True) if p is not victim)
     survivor.send_signal(signal.SIGTERM)
-    assert survivor.wait(30) == 0, survivor.stdout.read().decode() if survivor.stdout else ""
+    assert exit_code(survivor, 60, log) == 0, tail(log)
 
 
 def _cancels(dsn: str) -> list[tuple[Any, ...]]:
@@ -293,23 +289,22 @@ def _cancels(dsn: str) -> list[tuple[Any, ...]]:
 
 @pytest.mark.slow
 def test_async_ticks_cancelled_in_a_real_process_on_timeout_step_down_and_sigterm(
-    dsn: str, procs: list[subprocess.Popen[bytes]]
+    dsn: str, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     env = _env(
         dsn, LEASECTL_APP="tests.apps.async_cancel:app", LEASECTL_SCHEDULER__SHUTDOWN_GRACE="1"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "leasectl.cli", "run", "--replica-id", "one"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    log = OutputFile(tmp_path / "one.log")
+    proc = log.popen(
+        [sys.executable, "-m", "leasectl.cli", "run", "--replica-id", "one"], env=env, cwd=REPO
     )
     procs.append(proc)
     # timeout=1: the everywhere loop's task is cancelled a second into its tick.
     wait_until(lambda: ("overrun", "one", None) in _cancels(dsn), timeout=60, what="timeout")
     # Lease loss: step-down hands the lease over; the running task is cancelled.
-    wait_until(lambda: [r for r in _cancels(dsn) if r[0] == "hold:started"], what="hold runs")
+    wait_until(
+        lambda: [r for r in _cancels(dsn) if r[0] == "hold:started"], timeout=60, what="hold runs"
+    )
     step = subprocess.run(
         [sys.executable, "-m", "leasectl.cli", "step-down", "--lease", "hold", "--cooldown", "2"],
         env=env,
@@ -337,5 +332,5 @@ def test_async_ticks_cancelled_in_a_real_process_on_timeout_step_down_and_sigter
         what="hold running again under a new epoch",
     )
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 0, proc.stdout.read().decode() if proc.stdout else ""
+    assert exit_code(proc, 60, log) == 0, tail(log)
     assert len([r for r in _cancels(dsn) if r[0] == "hold"]) == 2

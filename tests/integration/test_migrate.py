@@ -17,6 +17,7 @@ from leasectl.errors import ChecksumMismatch, MigrationFailed, MigrationLocked
 from leasectl.keys import MIGRATIONS_LEASE
 from leasectl.migrate import discover, migrate, migration_status
 from leasectl.settings import CoreSettings, MigrationSettings
+from tests.child_output import OutputFile
 from tests.conftest import REPO, wait_until
 from tests.integration.conftest import lock_holders
 
@@ -38,6 +39,14 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _finished(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr. communicate() reads both pipes while it waits: wait()
+    first would leave a migrator that printed a lot blocked on a full pipe, holding the
+    migration lock the others wait for."""
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
 @pytest.mark.slow
 def test_eight_concurrent_migrators_apply_each_version_once(empty_dsn: str, tmp_path: Path) -> None:
     procs = [
@@ -51,7 +60,7 @@ def test_eight_concurrent_migrators_apply_each_version_once(empty_dsn: str, tmp_
         )
         for _ in range(8)
     ]
-    results = [(p.wait(120), *p.communicate()) for p in procs]
+    results = [_finished(p, 120) for p in procs]
     assert [r[0] for r in results] == [0] * 8, results
     applied_by_proc: list[str] = []
     for _, out, _ in results:
@@ -184,7 +193,8 @@ def test_lock_wait_timeout_names_the_holder(empty_dsn: str, tmp_path: Path) -> N
             "0001_slow.up.sql": "SELECT pg_sleep(60);\n",
         },
     )
-    holder = subprocess.Popen(
+    holder_log = OutputFile(tmp_path / "holder.log")  # a pipe nobody reads could fill
+    holder = holder_log.popen(
         [
             sys.executable,
             "-c",
@@ -193,8 +203,6 @@ def test_lock_wait_timeout_names_the_holder(empty_dsn: str, tmp_path: Path) -> N
             empty_dsn,
             str(d),
         ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
         env=_env(),
     )
     try:
@@ -206,7 +214,7 @@ def test_lock_wait_timeout_names_the_holder(empty_dsn: str, tmp_path: Path) -> N
                     for app in lock_holders(conn, [MIGRATIONS_LEASE])[MIGRATIONS_LEASE]
                     if app.startswith("leasectl-migrate@")
                 ],
-                20,
+                40,  # its start-up included; pg_sleep(60) keeps the lock long enough after
                 what="the first migrator holds the lock and has marked itself",
             )
             assert held[0].startswith("leasectl-migrate@"), held

@@ -20,6 +20,7 @@ import pytest
 
 from leasectl import App, FencingRejected, TickContext
 from leasectl.leases import Lease
+from tests.child_output import OutputFile, exit_code, tail
 from tests.conftest import REPO, wait_until
 
 pytestmark = pytest.mark.slow
@@ -56,18 +57,12 @@ def _replica_pids(dsn: str) -> dict[str, int]:
 
 
 def test_example_two_processes_one_row_per_slot_epochs_increase(
-    dsn: str, procs: list[subprocess.Popen[bytes]]
+    dsn: str, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     env = _env(dsn, REPORT_EVERY="1")
-    for _ in range(2):
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(EXAMPLE)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-        )
+    logs = [OutputFile(tmp_path / f"example-{i}.log") for i in range(2)]
+    for log in logs:
+        procs.append(log.popen([sys.executable, str(EXAMPLE)], env=env))
     wait_until(lambda: len(_rows(dsn)) >= 3, timeout=60, what="three report rows")
     first_holder = _rows(dsn)[-1][1]
     pid = _replica_pids(dsn)[first_holder]
@@ -110,9 +105,9 @@ def test_example_two_processes_one_row_per_slot_epochs_increase(
             )
     assert not [r for r in _rows(dsn) if r[1] == "zombie"]
 
-    survivor = next(p for p in procs if p is not victim)
+    survivor, log = next((p, log) for p, log in zip(procs, logs, strict=True) if p is not victim)
     survivor.send_signal(signal.SIGTERM)
-    assert survivor.wait(30) == 0, survivor.stdout.read().decode() if survivor.stdout else ""
+    assert exit_code(survivor, 60, log) == 0, tail(log)
 
 
 _MIGRATOR = """
@@ -197,10 +192,11 @@ def _leasectl(
 
 
 def test_run_app_with_included_loops_only_and_no_leased(
-    dsn: str, procs: list[subprocess.Popen[bytes]]
+    dsn: str, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     env = _env(dsn, LEASECTL_APP="tests.apps.mixed:app")
-    leader = subprocess.Popen(
+    leader_log, web_log = OutputFile(tmp_path / "leader.log"), OutputFile(tmp_path / "web.log")
+    leader = leader_log.popen(
         [
             sys.executable,
             "-m",
@@ -211,16 +207,10 @@ def test_run_app_with_included_loops_only_and_no_leased(
         ],
         env=env,
         cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
     )
     procs.append(leader)
-    web = subprocess.Popen(
-        [sys.executable, "-m", "leasectl.cli", "run", "--no-leased"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    web = web_log.popen(
+        [sys.executable, "-m", "leasectl.cli", "run", "--no-leased"], env=env, cwd=REPO
     )
     procs.append(web)
 
@@ -267,8 +257,8 @@ def test_run_app_with_included_loops_only_and_no_leased(
     assert {"user_leased", "notification_send"} <= names
     for p in (leader, web):
         p.send_signal(signal.SIGTERM)
-    for p in (leader, web):
-        assert p.wait(60) == 0
+    for p, log in ((leader, leader_log), (web, web_log)):
+        assert exit_code(p, 60, log) == 0, tail(log)
 
 
 def test_status_without_app_judges_the_leases_the_cluster_declares(

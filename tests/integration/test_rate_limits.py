@@ -14,6 +14,7 @@ from psycopg_pool import ConnectionPool
 from leasectl import DatabaseUnavailable
 from leasectl.limits import RateLimiter, bucket_key
 from leasectl.settings import LimitSettings
+from tests.child_output import OutputFile, exit_code, tail
 from tests.conftest import REPO, wait_until
 from tests.integration.conftest import query
 
@@ -34,16 +35,15 @@ def test_three_replicas_share_one_cap(
         LEASECTL_LIMITS__TEST=f"{{rate: {RATE}, per: 1, burst: {BURST}}}",
         PYTHONPATH=str(REPO),
     )
-    for i in range(3):
+    # A file, not a pipe nobody reads: a replica blocked writing a log line to a full pipe
+    # cannot finish its shutdown (seen once under load).
+    logs = [OutputFile(tmp_path / f"lim-{i}.log") for i in range(3)]
+    for i, log in enumerate(logs):
         procs.append(
-            subprocess.Popen(
+            log.popen(
                 [sys.executable, "-m", "leasectl.cli", "run", "--replica-id", f"lim-{i}"],
                 env=env,
                 cwd=REPO,
-                # A file, not a pipe nobody reads: a replica blocked writing a log line to a
-                # full pipe cannot finish its shutdown (seen once under load).
-                stdout=(tmp_path / f"lim-{i}.log").open("wb"),
-                stderr=subprocess.STDOUT,
             )
         )
 
@@ -60,8 +60,8 @@ def test_three_replicas_share_one_cap(
     )
     for p in procs:
         p.send_signal(signal.SIGTERM)
-    for i, p in enumerate(procs):
-        assert p.wait(60) == 0, (tmp_path / f"lim-{i}.log").read_text()[-4000:]
+    for p, log in zip(procs, logs, strict=True):
+        assert exit_code(p, 60, log) == 0, tail(log)
     rows = [
         r[0]
         for r in query(dsn, "SELECT extract(epoch FROM at)::float8 FROM limit_events ORDER BY at")

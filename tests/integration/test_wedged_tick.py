@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.child_output import OutputFile, exit_code, tail
 from tests.conftest import REPO, wait_until
 from tests.integration.conftest import query
 
@@ -25,7 +26,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(dsn: str, replica: str, port: int, **env: str) -> subprocess.Popen[bytes]:
+def _start(
+    dsn: str, replica: str, port: int, log: OutputFile, **env: str
+) -> subprocess.Popen[bytes]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LEASECTL_")}
     environ.update(
         LEASECTL_DSN=dsn,
@@ -35,7 +38,7 @@ def _start(dsn: str, replica: str, port: int, **env: str) -> subprocess.Popen[by
         PYTHONPATH=str(REPO),
         **env,
     )
-    return subprocess.Popen(
+    return log.popen(
         [
             sys.executable,
             "-m",
@@ -48,8 +51,6 @@ def _start(dsn: str, replica: str, port: int, **env: str) -> subprocess.Popen[by
         ],
         env=environ,
         cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
     )
 
 
@@ -69,7 +70,8 @@ def test_wedged_tick_gives_up_its_lease_and_its_late_write_is_refused(
     flag = tmp_path / "wedge"
     flag.write_text("stuck")
     port_a, port_b = _free_port(), _free_port()
-    a = _start(dsn, "wedge-a", port_a, WEDGE_FLAG=str(flag))
+    log_a, log_b = OutputFile(tmp_path / "wedge-a.log"), OutputFile(tmp_path / "wedge-b.log")
+    a = _start(dsn, "wedge-a", port_a, log_a, WEDGE_FLAG=str(flag))
     procs.append(a)
     wait_until(
         lambda: (
@@ -79,7 +81,7 @@ def test_wedged_tick_gives_up_its_lease_and_its_late_write_is_refused(
         what="wedge-a holds wedgy",
     )
     wedged_epoch = query(dsn, "SELECT epoch FROM leasectl_leases WHERE name = 'wedgy'")[0][0]
-    b = _start(dsn, "wedge-b", port_b)
+    b = _start(dsn, "wedge-b", port_b, log_b)
     procs.append(b)
     # timeout (1 s) + wedge_grace (1 s) + crash-takeover bound, with room for a loaded machine.
     wait_until(
@@ -87,12 +89,13 @@ def test_wedged_tick_gives_up_its_lease_and_its_late_write_is_refused(
             query(dsn, "SELECT to_regclass('wedge_rows') IS NOT NULL")[0][0]
             and query(dsn, "SELECT count(*) FROM wedge_rows WHERE replica = 'wedge-b'")[0][0] >= 1
         ),
-        timeout=30,
+        timeout=60,  # wedge-b's own start-up included
         what="wedge-b runs the loop's next slot",
     )
     assert query(dsn, "SELECT wedged FROM leasectl_replicas WHERE id = 'wedge-a'") == [(["wedgy"],)]
     wait_until(lambda: _healthz(port_a) == 503, timeout=10, what="wedge-a /healthz unhealthy")
-    assert _healthz(port_b) == 200
+    # Asked until it answers (0: no answer within 2 s, which a loaded machine can cause).
+    assert wait_until(lambda: _healthz(port_b), timeout=30, what="wedge-b /healthz") == 200
     new_epoch = query(dsn, "SELECT epoch FROM leasectl_leases WHERE name = 'wedgy'")[0][0]
     assert new_epoch > wedged_epoch
 
@@ -107,6 +110,7 @@ def test_wedged_tick_gives_up_its_lease_and_its_late_write_is_refused(
     assert slots == []
     for p in (a, b):
         p.send_signal(signal.SIGTERM)
-    out_a = a.communicate(timeout=60)[0].decode()
+    exit_code(a, 60, log_a)
+    out_a = log_a.text()
     assert "WEDGED" in out_a and "Traceback" not in out_a, out_a
-    assert b.wait(60) == 0
+    assert exit_code(b, 60, log_b) == 0, tail(log_b)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.child_output import OutputFile
 from tests.conftest import REPO, wait_until
 from tests.packaging.conftest import Dist, make_venv, run, uri
 from tests.packaging.test_user_project import start, stop, write_project
@@ -58,7 +59,8 @@ def test_sdist_with_embedded_runs_an_app_without_a_dsn_and_migrates(
 
     try:
         # The user's App with no DSN: on the embedded server, its loop commits ticks.
-        proc = start([py, "app.py"], project, {"LEASECTL_REPLICA__ID": "embedded-1"})
+        log = OutputFile(tmp_path / "embedded-1.log")
+        proc = start([py, "app.py"], project, {"LEASECTL_REPLICA__ID": "embedded-1"}, log)
         try:
             wait_until(
                 lambda: proc.poll() is not None or (project / "ticks.log").exists(),
@@ -66,7 +68,7 @@ def test_sdist_with_embedded_runs_an_app_without_a_dsn_and_migrates(
                 what="a tick of the App on the embedded server",
             )
         finally:
-            code, err = stop(proc)
+            code, err = stop(proc, log)
         assert code == 0 and "Traceback" not in err, err
         assert "embedded-1" in (project / "ticks.log").read_text().split()
         assert (project / ".leasectl/pgdata/PG_VERSION").exists()

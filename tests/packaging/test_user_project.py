@@ -19,6 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.child_output import OutputFile
 from tests.conftest import wait_until
 from tests.packaging.conftest import Dist, make_venv, run, site_packages, uri
 
@@ -69,29 +70,30 @@ def write_project(root: Path) -> Path:
     return root
 
 
-def start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+def start(
+    args: list[str], cwd: Path, env: dict[str, str], log: OutputFile
+) -> subprocess.Popen[bytes]:
+    """``args`` in their own session, output into ``log`` (a pipe nobody reads while the
+    replica runs would fill and block its logging)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("LEASECTL_", "PYTHON"))}
-    return subprocess.Popen(
+    return log.popen(
         args,
         cwd=cwd,
         env={**base, "LEASECTL_METRICS__LISTEN": "127.0.0.1:0", **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
         start_new_session=True,
     )
 
 
-def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    """SIGTERM (a graceful stop), then the exit code and stderr."""
+def stop(proc: subprocess.Popen[bytes], log: OutputFile) -> tuple[int, str]:
+    """SIGTERM (a graceful stop), then the exit code and what the process printed."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-    return proc.returncode, err
+        proc.wait()
+    return proc.returncode, log.text()
 
 
 def _ticks(dsn: str, replica_like: str) -> list[tuple[str, str]]:
@@ -108,7 +110,9 @@ def _ticks(dsn: str, replica_like: str) -> list[tuple[str, str]]:
 def _runs_and_ticks(
     args: list[str], project: Path, dsn: str, replica: str, proc_env: dict[str, str]
 ) -> None:
-    proc = start(args, project, {"LEASECTL_DSN": dsn, "LEASECTL_REPLICA__ID": replica, **proc_env})
+    log = OutputFile(project.parent / f"{replica}.log")
+    env = {"LEASECTL_DSN": dsn, "LEASECTL_REPLICA__ID": replica, **proc_env}
+    proc = start(args, project, env, log)
     try:
         rows = wait_until(
             lambda: proc.poll() is not None or _ticks(dsn, replica),
@@ -116,7 +120,7 @@ def _runs_and_ticks(
             what=f"a tick of {replica}",
         )
     finally:
-        code, err = stop(proc)
+        code, err = stop(proc, log)
     assert rows is not True, f"{args} exited {code} before a tick:\n{err}"
     assert code == 0, err
     assert "Traceback" not in err, err
@@ -201,7 +205,9 @@ def test_certs_extra_runs_the_shipped_loops(dist: Dist, tmp_path: Path, empty_ds
     leasectl = str(bin_dir / "leasectl")
     cwd = tmp_path
     run([leasectl, "migrate", "--dsn", empty_dsn], cwd, timeout=120)
-    proc = start([leasectl, "run", "--dsn", empty_dsn], cwd, {"LEASECTL_REPLICA__ID": "shipped"})
+    log = OutputFile(tmp_path / "shipped.log")
+    env = {"LEASECTL_REPLICA__ID": "shipped"}
+    proc = start([leasectl, "run", "--dsn", empty_dsn], cwd, env, log)
     try:
 
         def all_held() -> object:
@@ -217,7 +223,7 @@ def test_certs_extra_runs_the_shipped_loops(dist: Dist, tmp_path: Path, empty_ds
 
         status = wait_until(all_held, timeout=120, interval=0.5, what="the shipped leases held")
     finally:
-        code, err = stop(proc)
+        code, err = stop(proc, log)
     assert status is not True, f"leasectl run exited {code}:\n{err}"
     assert code == 0, err
     held = {le["name"] for le in status["leases"] if le["state"] == "held"}

@@ -182,6 +182,17 @@ def test_unknown_env_override_is_an_error() -> None:
     assert "env LEASECTL_LEASES__LEASE_TIL" in str(info.value)
 
 
+def test_a_whole_section_from_one_env_variable_is_an_error_not_ignored() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(environ={"LEASECTL_LIMITS": "{smtp: {rate: 1, per: 1}}"})
+    text = str(info.value)
+    assert "environment variable LEASECTL_LIMITS" in text.splitlines()[0]
+    assert "limits: one variable cannot set a whole section" in text
+    assert "LEASECTL_LIMITS__<KEY>=<value>" in text
+    # the documented single-variable names are not sections
+    load(environ={"LEASECTL_DSN": "host=/nowhere", "LEASECTL_REPLICA_ID": "r1"})
+
+
 def test_partial_nested_section_keeps_the_fields_own_defaults(tmp_path: Path) -> None:
     """Regression: ``sessions: {enabled: true}`` reset the interval to LoopToggle's 60 s."""
     cfg = tmp_path / "partial.yaml"

@@ -7,9 +7,8 @@ whose id is drawn so that placement gives it at least one lease (a join that mov
 measures nothing), waits until placement is stable, then SIGTERMs it and waits until
 placement is stable again.
 
-**Stable** means: every leased loop's lease is held by the replica placement chooses for it
-(``leasectl status``'s ``placed_on``, computed from the live replicas' rows exactly as the
-replicas compute it), and no lease moved for :data:`QUIET_S`.
+**Stable** is :mod:`leasectl.tools.drill.settle`'s "settled": every leased loop's lease on
+the replica placement chooses for it, and none acquired for a quiet period.
 
 Measured: **rebalance** (join → the last hand-over's acquisition, once stable) and
 **rebalance back** (SIGTERM → the last acquisition once stable again). Checked over the round:
@@ -24,19 +23,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import psycopg
-
 from leasectl import placement
-from leasectl.status import LeaseStatus, ReplicaStatus, read_status
 from leasectl.tools.drill import faults
 from leasectl.tools.drill.cluster import Cluster, LogLine
 from leasectl.tools.drill.liveness import read_ledger
 from leasectl.tools.drill.rounds import RoundResult, RoundRunner
+from leasectl.tools.drill.settle import DEADLINE_S, Settle
 
-#: Placement must hold still this long to count as stable.
-QUIET_S = 2.0
-#: How long a join (or leave) may take to become stable.
-DEADLINE_S = 60.0
 #: Generations tried for a joiner id that placement gives a lease to.
 ID_ATTEMPTS = 200
 
@@ -56,28 +49,13 @@ class JoinRounds:
         self.leases = sorted(leases)
         self.namespace = namespace
         self.lease_ttl = lease_ttl
+        self.settle = Settle(leases, namespace=namespace, lease_ttl=lease_ttl)
 
     # -- placement as the replicas see it ------------------------------------------------------
 
-    def _status(self, dsn: str) -> tuple[list[LeaseStatus], list[ReplicaStatus]]:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-            st = read_status(
-                conn, namespace=self.namespace, lease_ttl=self.lease_ttl, expected=self.leases
-            )
-        return [le for le in st.leases if le.name in self.leases], st.replicas
-
-    def _stable(self, dsn: str, must_have: str | None, must_not: str | None) -> bool:
-        leases, replicas = self._status(dsn)
-        live = {r.id for r in replicas if r.alive}
-        if must_have is not None and must_have not in live:
-            return False
-        if must_not is not None and must_not in live:
-            return False
-        return all(le.state == "held" and le.holder == le.placed_on for le in leases)
-
     def _joiner_generation(self, cluster: Cluster, dsn: str) -> tuple[int, list[str]]:
         """A generation whose replica id placement would give at least one lease, and those."""
-        _, replicas = self._status(dsn)
+        _, replicas = self.settle.status(dsn)
         live = [r for r in replicas if r.alive and r.may_lead]
         model = next((r for r in live if r.campaigns_for), None)
         campaigns = frozenset(model.campaigns_for) if model else frozenset(self.leases)
@@ -105,27 +83,10 @@ class JoinRounds:
     def _wait_stable(
         self, runner: RoundRunner, since: float, must_have: str | None, must_not: str | None
     ) -> float | None:
-        """When placement became stable after ``since`` (the last lease acquisition's log
-        time, or ``since`` when nothing moved); None at the deadline."""
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            try:
-                stable = self._stable(runner.admin_dsn, must_have, must_not)
-            except psycopg.Error:
-                stable = False
-            last = self._last_acquired(runner.cluster, since)
-            if stable and time.time() - (last or since) >= QUIET_S:
-                return last if last is not None else since
-            time.sleep(0.2)
-        return None
-
-    def _last_acquired(self, cluster: Cluster, since: float) -> float | None:
-        times = [
-            ln.ts
-            for ln in cluster.snapshot()
-            if ln.ts >= since and ln.action == "lease_acquired" and ln.lease in self.leases
-        ]
-        return max(times) if times else None
+        """When placement became stable after ``since``; None at the deadline."""
+        return self.settle.wait(
+            runner.cluster, runner.admin_dsn, since, must_have=must_have, must_not=must_not
+        )
 
     # -- a round -------------------------------------------------------------------------------
 

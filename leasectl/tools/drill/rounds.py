@@ -96,6 +96,7 @@ class RoundRunner:
         restart_pooler: Callable[[], tuple[float, float]] | None = None,
         storm: Callable[[], tuple[int, float]] | None = None,
         custom: Mapping[str, Callable[[RoundRunner, int], RoundResult]] | None = None,
+        settle: Callable[[], float | None] | None = None,
     ) -> None:
         self.cluster = cluster
         self.lease = lease
@@ -107,6 +108,8 @@ class RoundRunner:
         self.restart_pooler = restart_pooler
         self.storm = storm
         self.custom = dict(custom or {})  # kinds with rounds of their own (wedge, join)
+        # waits until placement has settled; the settle time, or None at its deadline
+        self.settle = settle
         self.caps: list[Cap] = []
 
     # -- helpers ----------------------------------------------------------------------------
@@ -171,11 +174,20 @@ class RoundRunner:
     # -- a round ----------------------------------------------------------------------------
 
     def run(self, index: int, kind: str) -> RoundResult:
+        # The victim is the holder once placement holds still: a hand-over still under way
+        # (the previous round's victim getting its leases back) would move the lease away
+        # from the replica just chosen, and the round would wait for a takeover nothing needs.
+        t_settle = time.time()
+        settled = self.settle() if self.settle is not None else t_settle
         if kind in self.custom:
             return self.custom[kind](self, index)
         victim, old_epoch = self.current_holder()
         deadline = DEADLINES[kind]
         r = RoundResult(index, kind, self.lease, victim.replica_id, old_epoch, t_fault=0.0)
+        if settled is None:
+            r.notes.append(
+                f"placement had not settled {time.time() - t_settle:.0f}s after the last round"
+            )
         held_before = dict(self.cluster.holders())
         if kind == "graceful":
             r.t_fault = faults.sigterm(victim)

@@ -34,6 +34,7 @@ from leasectl.tools.drill.feed import Feed
 from leasectl.tools.drill.invariants import Analysis, analyze
 from leasectl.tools.drill.join import JoinRounds
 from leasectl.tools.drill.rounds import RoundResult, RoundRunner, Timing
+from leasectl.tools.drill.settle import QUIET_S, Settle
 from leasectl.tools.drill.standby import PgNode, ReplicatedPair
 from leasectl.tools.webhook_sink import Delivery, WebhookSink
 
@@ -366,6 +367,7 @@ class Drill:
                     rng=random.Random(),  # noqa: S311 - picks backends to kill; nothing secret
                 ),
                 custom=self._custom_rounds(tgt),
+                settle=self._settle(cluster, admin, tgt),
             )
             self._wait_started(cluster, 90.0)
             cluster_up = time.time()
@@ -452,6 +454,17 @@ class Drill:
     def _slots(self) -> int:
         """Replica slots to prepare: one more than the cluster for join rounds."""
         return self.opts.replicas + (1 if "join" in self.kinds else 0)
+
+    def _settle(
+        self, cluster: Cluster, admin: str, tgt: target.Target
+    ) -> Callable[[], float | None]:
+        """Waits (at most 30 s) until every leased loop is on its placed replica, none moving."""
+        s = Settle(
+            tgt.leased,
+            namespace=self.lease_settings.namespace,
+            lease_ttl=self.lease_settings.lease_ttl,
+        )
+        return lambda: s.wait(cluster, admin, time.time() - QUIET_S, deadline_s=30.0)
 
     def _custom_rounds(self, tgt: target.Target) -> dict[str, Callable[[RoundRunner, int], Any]]:
         out: dict[str, Callable[[RoundRunner, int], Any]] = {}
