@@ -21,9 +21,10 @@ Invariants (docs/testing.md):
       most once per placement view (the view its holder decided on), and once the membership
       has settled (from the L1 bound on) it is acquired at most once more;
 * L4  ``stop()`` returns within its ``timeout`` (plus one round trip of slack);
-* C1  every placement cache of every running manager (``_placement()``'s plan,
-      ``_want_view``'s margin, ``_direct_reason``'s answer) equals a fresh computation from
-      the same inputs, checked every 0.5 simulated seconds whenever the cache is current.
+* C1  every placement cache of every running manager's decision core (``plan()``'s
+      placement, ``want_view``'s margin, ``direct_reason``'s answer) equals a fresh
+      computation from the same inputs (``LeaseCore.cache_problem``), checked every 0.5
+      simulated seconds whenever the cache is current.
 """
 
 from __future__ import annotations

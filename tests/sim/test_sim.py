@@ -24,7 +24,7 @@ SEEDS = list(range(32))
 #: Seeds that found a defect (and pass since its fix), with what it was.
 REGRESSIONS = {
     22: "S5: a lease that expired on a live session (SIGSTOP) was campaigned for again on it: "
-    "a stacked re-entrant grant (fixed: _expire gives the lock back)",
+    "a stacked re-entrant grant (fixed: the lock loop's expire gives the lock back)",
     8: "S5: the same, in a run with step-downs and a join",
 }
 
