@@ -2,8 +2,9 @@
 heartbeat proved, when to hand a lease over, whom to evict.
 
 Every decision the lease manager makes lives here, as plain methods over plain state: no
-database, no threads, no clock, no randomness. The caller (the lock-session loop, the watch
-ring and the standby observer in ``leasectl/_lease_*.py``) does the waiting and the
+database, no threads, no clock, no randomness. The caller (the lock-session loop
+:mod:`leasectl._lease_loop`, the watch ring :mod:`leasectl._watch_ring` and the standby
+observer :mod:`leasectl._standby_observer`, under the manager's lock) does the waiting and the
 statements, reads the monotonic clock and passes ``now`` in, and draws jitter itself. The
 same inputs give the same answers, so the deterministic simulator (``tests/sim/``) and the
 unit tests check the rules themselves, and a rule changes in one place:
