@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.sim.episodes import TAKEOVER_KINDS, crash_after_rebalance, single_fault, wedged_release
-from tests.sim.scenario import Failure, run_seed
+from tests.sim.scenario import Failure, Sim, draw_options, run_seed
 
 #: The seeds every run of the suite checks: the same content on every machine. Each is a
 #: 2-5 replica cluster for 120 simulated seconds of faults and a quiet phase.
@@ -140,3 +140,17 @@ def test_single_fault_takeover_within_the_timing_bound(kind: str) -> None:
         if took > bound + 0.1:
             over.append(f"seed {seed}: {took:.3f}s > {bound:.3f}s")
     assert not over, f"{kind}: " + "; ".join(over)
+
+
+def test_l3_fails_two_hand_overs_over_one_view_and_allows_one_per_view() -> None:
+    """L3 as triaged (docs/testing.md, "Recorded soak"): a lease handed over twice while its
+    holders' views were the same is a ping-pong; once per view change is placement following
+    the membership."""
+    sim = Sim(draw_options(0))
+    one, other = ("view-1",), ("view-2",)
+    sim.rebalanced = {"loop-0": [(one, "r0 rebalance: to r1@1"), (other, "r1 rebalance: to r2@4")]}
+    sim.one_move()
+    sim.rebalanced["loop-0"].append((other, "r2 rebalance: to r1@7"))
+    with pytest.raises(Failure) as caught:
+        sim.one_move()
+    assert caught.value.code == "L3" and "over one view" in caught.value.text
