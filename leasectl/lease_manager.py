@@ -193,8 +193,8 @@ class LeaseManager:
             self.settings.leases,
             self.runtime.planted,
         )
-        #: the decisions (:class:`~leasectl.lease_core.LeaseCore`): read it under no lock
-        #: only for tests and tools
+        #: the decisions (:class:`~leasectl.lease_core.LeaseCore`); the manager thread
+        #: changes it under the manager's lock: tests and tools only read it
         self.core = LeaseCore(config, suspended=suspended)
         identity = Identity(
             self.replica_id,
