@@ -308,7 +308,7 @@ class LockLoop:
         )
         elapsed = s.clock() - started
         if replicas is not None:
-            self.set_view(replicas)
+            self.set_view(replicas, observed_at=started)
         if in_recovery:
             self.lose_all("server_in_recovery")
             raise DatabaseUnavailable("server is in recovery; refusing to hold leases")
@@ -327,10 +327,10 @@ class LockLoop:
             self.holds_liveness = session.hold_replica(s.replica_id)
         s.emit(LeaseEvent("heartbeat", "*", None, "ok", elapsed))
 
-    def set_view(self, replicas: list[Replica]) -> None:
+    def set_view(self, replicas: list[Replica], observed_at: float | None = None) -> None:
         """A new view of the live replicas: the core takes it, the watch re-aims."""
         with self._s.lock:
-            target = self._s.core.set_view(replicas)
+            target = self._s.core.set_view(replicas, observed_at)
         self._ring.aim(target)
 
     def publish_candidacy(self, session: LeaseSession) -> None:

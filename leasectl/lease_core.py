@@ -63,6 +63,11 @@ if TYPE_CHECKING:
 #: A rebalance hand-over reserves the lease for its receiver this many placement steps (+1 s).
 RESERVE_STEPS = 3
 
+#: A campaign right after a peer was heard gone that finds its lease still locked (the
+#: server frees a dead session's locks one by one) tries again this soon, for this long.
+GONE_RETRY = 0.02
+GONE_WINDOW = 0.5
+
 #: A standby far from the top of every lease's order asks for a changed live view about this
 #: often (each time 0.5 to 1.5 times it, at random: the standbys' asks stay spread out).
 VIEW_REFRESH = 10.0
@@ -192,9 +197,23 @@ class LeaseCore:
             self._plan, self._plan_key = placement.Placement(view), key
         return self._plan
 
-    def set_view(self, replicas: list[placement.Replica]) -> str | None:
+    def set_view(
+        self, replicas: list[placement.Replica], observed_at: float | None = None
+    ) -> str | None:
         """A new view of the live replicas (a heartbeat, a poll, a peer gone); returns the
-        peer to watch in it."""
+        peer to watch in it.
+
+        ``observed_at`` is when the statement that read it started: a peer whose
+        ``replica_gone`` was heard since then is left out. The news can arrive while that
+        statement runs (a NOTIFY is delivered with its result) and is newer than what the
+        statement saw: putting the dead peer back would make its next candidate wait a
+        placement step for a lease nobody else will take (seen: a rebalance's receiver
+        killed right after it acquired, taken over 0.9 s later instead of milliseconds).
+        """
+        if observed_at is not None:
+            newer = {r for r, t in self._gone_said.items() if t >= observed_at}
+            if newer:
+                replicas = [r for r in replicas if r.id not in newer]
         self.replicas = replicas
         # Only what placement ranks by counts as a change: every heartbeat brings fresh
         # live_for values, and rebuilding placement over hundreds of replicas each second
@@ -393,7 +412,36 @@ class LeaseCore:
                     changed = True
                 changed = self.end_reservations(r.row_holder) or changed
         delays = self.try_delays(plan.watched, later) if changed else plan.delays
-        return CampaignSeen(self._due(plan.watched, delays, now), aims)
+        due = self._due(plan.watched, delays, now)
+        if self._release_in_flight(rows, plan.tried, delays, later):
+            due = later + GONE_RETRY if due is None else min(due, later + GONE_RETRY)
+        return CampaignSeen(due, aims)
+
+    def _release_in_flight(
+        self,
+        rows: Sequence[Contender],
+        tried: Sequence[str],
+        delays: Mapping[str, float],
+        now: float,
+    ) -> bool:
+        """A lease this replica would take at once is still locked by a peer just heard gone.
+
+        The server wakes the peer's watcher as it frees the session's locks, one by one: a
+        campaign sent on that ``replica_gone`` can still find the lease locked for a moment.
+        Waiting for the next poll (a second) let a lower-ranked peer, whose campaign came a
+        little later, take it one placement step after the crash instead of milliseconds.
+        """
+        for r in rows:
+            said = self._gone_said.get(r.row_holder or "")
+            if (
+                said is not None
+                and now - said < GONE_WINDOW
+                and not r.got
+                and r.holder_pid is not None
+                and (r.name in tried or delays.get(r.name) == 0.0)
+            ):
+                return True
+        return False
 
     def _due(self, watched: list[str], delays: Mapping[str, float], now: float) -> float | None:
         """When the first watched lease becomes this replica's turn (None: none)."""

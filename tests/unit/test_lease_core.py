@@ -233,3 +233,46 @@ def test_a_standby_needs_a_lock_session_when_chosen_or_heir_and_not_otherwise() 
     assert cores[order[-1]].direct_reason(100.0, commands=True) is not None
     for c in cores.values():
         assert c.cache_problem(100.0) is None
+
+
+def test_a_view_read_before_a_peer_was_heard_gone_does_not_bring_it_back() -> None:
+    """A heartbeat's live view can arrive after a ``replica_gone`` NOTIFY that was delivered
+    while the heartbeat ran: the view is older than the news. Putting the dead peer back
+    made its lease's next candidate wait a placement step (0.9 s after a rebalance)."""
+    name = LEASES[0]
+    dead, heir = ranked(name)[:2]
+    c = core(heir)
+    c.set_view(view(*IDS))
+    assert c.try_delays([name], 100.0)[name] > 0  # ranked behind the holder
+    assert c.replica_gone(dead, 100.0) == (True, True)
+    assert c.try_delays([name], 100.0)[name] == 0  # next candidate: tries at once
+    c.set_view(view(*IDS), observed_at=99.9)  # read before the news
+    assert dead not in {r.id for r in c.replicas or []}
+    assert c.try_delays([name], 100.1)[name] == 0
+    c.set_view(view(*IDS), observed_at=100.2)  # read after it: the peer is back (a restart)
+    assert dead in {r.id for r in c.replicas or []}
+
+
+def test_a_lease_still_locked_by_a_peer_just_heard_gone_is_tried_again_at_once() -> None:
+    """The server frees a dead session's locks one by one and wakes its watcher as it goes:
+    the campaign sent on that ``replica_gone`` can still find the lease locked. Its next
+    candidate tries again within milliseconds, not at the next poll (a second), which let a
+    lower-ranked peer take it one placement step after the crash."""
+    from leasectl.lease_core import GONE_RETRY, GONE_WINDOW
+
+    name = LEASES[0]
+    dead, heir = ranked(name)[:2]
+    c = core(heir, leases=[name])
+    c.set_view(view(*IDS, leases=[name]))
+    c.replica_gone(dead, 100.0)
+    plan = c.campaign_plan(100.0)
+    assert plan is not None and name in plan.tried
+    seen = c.campaign_seen(plan, [taken(name, dead, 4242)], 100.0, 100.005)
+    assert seen.due == pytest.approx(100.005 + GONE_RETRY)
+    # Long after the news, a lease held by that id is somebody's live session again: the
+    # ordinary poll decides.
+    later = 100.0 + GONE_WINDOW + 0.1
+    plan = c.campaign_plan(later)
+    assert plan is not None
+    seen = c.campaign_seen(plan, [taken(name, dead, 4243)], later, later + 0.005)
+    assert seen.due is None
