@@ -138,6 +138,10 @@ class Lease:
 
     # -- manager side -----------------------------------------------------------------------
 
+    def _valid_at(self, now: float) -> bool:
+        """:meth:`valid` at ``now`` (the lease manager's core is given the time)."""
+        return self._lost_reason is None and now < self._valid_until
+
     def _renew(self, valid_until: float) -> None:
         if self._lost_reason is None:
             self._valid_until = max(self._valid_until, valid_until)

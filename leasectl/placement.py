@@ -111,6 +111,14 @@ def score(lease: str, replica_id: str) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
+def turn_delay(rank: int, step: float) -> float:
+    """How long a candidate of ``rank`` waits after it saw a lease free before it tries it
+    (``leases.placement_step`` per rank: rank 0 tries at once). The one place this rule
+    lives: the campaign (:meth:`Placement.try_delay`) and the standbys' questions
+    (:func:`direct_reason`, ``LeaseCore.want_view``) read it here."""
+    return rank * step
+
+
 def _hrw_order(lease: str, replicas: Iterable[Replica]) -> list[Replica]:
     """The candidates for ``lease``: preferred ones first, then by HRW score (highest first)."""
     candidates = [r for r in replicas if r.candidate_for(lease)]
@@ -189,7 +197,7 @@ class Placement:
         r = self.rank(lease, replica_id)
         if r is None:
             r = len(self._hrw.get(lease, []))
-        return r * step
+        return turn_delay(r, step)
 
     def rebalance_target(
         self,
@@ -265,7 +273,7 @@ def direct_reason(
             return f"placement chooses it for {lease}"
         if holder is None:
             rank = plan().rank(lease, replica_id) or 0
-            if lease in free_for and free_for[lease] >= rank * step:
+            if lease in free_for and free_for[lease] >= turn_delay(rank, step):
                 return f"{lease} is free and it is its turn (rank {rank})"
         elif plan(holder).choose(lease) == replica_id:
             return f"heir of {lease} (held by {holder})"

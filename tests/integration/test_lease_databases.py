@@ -85,7 +85,8 @@ def test_campaign_and_holders_see_only_this_databases_holder(dsn: str, second_ds
         with LockSession.connect(second_dsn, QUICK.database, "probe") as probe:
             c_pid = probe.holders(["x"])["x"].pid
             rows = probe.campaign(["x"])
-            a_pid = a._session.backend_pid if a._session else None
+            session = a._loop.session  # noqa: SLF001 - which backend a's lock session is
+            a_pid = session.backend_pid if session else None
         assert len(rows) == 1, rows
         name, got, _age, holder_pid, row_pid, holder, holder_gone = rows[0]
         assert (name, got, holder, holder_gone) == ("x", False, "C-db2", False)

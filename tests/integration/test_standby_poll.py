@@ -173,7 +173,7 @@ def test_a_drained_standby_manager_stays_away_without_a_lock_session(dsn: str) -
             request_step_down(conn, replica=standby.replica_id, cooldown=60.0)
             wait_until(lambda: campaigns_for() == [], 10, what="the drained standby withdraws")
         assert standby.standby  # it never needed a lock session to hear it
-        assert all(standby._state.cooldown_until[n] > standby.clock() + 50 for n in lease)
+        assert all(standby.core.state.cooldown_until[n] > standby.clock() + 50 for n in lease)
     finally:
         for m in managers:
             m.stop()

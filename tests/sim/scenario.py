@@ -17,13 +17,14 @@ Invariants (docs/testing.md):
 * L1  after the faults, every lease is held by one live replica within the timing bound;
 * L2  at the end of the quiet phase (spread placement), every lease is held by the replica
       placement chooses over the server's live view;
-* L3  one move per rebalance: in the quiet phase (its reboots are one membership change) a
-      lease is handed over by a rebalance at most once, and once the membership has settled
-      (from the L1 bound on) it is acquired at most once more;
+* L3  one move per rebalance: in the quiet phase a lease is handed over by a rebalance at
+      most once per placement view (the view its holder decided on), and once the membership
+      has settled (from the L1 bound on) it is acquired at most once more;
 * L4  ``stop()`` returns within its ``timeout`` (plus one round trip of slack);
-* C1  every placement cache of every running manager (``_placement()``'s plan,
-      ``_want_view``'s margin, ``_direct_reason``'s answer) equals a fresh computation from
-      the same inputs, checked every 0.5 simulated seconds whenever the cache is current.
+* C1  every placement cache of every running manager's decision core (``plan()``'s
+      placement, ``want_view``'s margin, ``direct_reason``'s answer) equals a fresh
+      computation from the same inputs (``LeaseCore.cache_problem``), checked every 0.5
+      simulated seconds whenever the cache is current.
 """
 
 from __future__ import annotations
@@ -295,7 +296,8 @@ class Sim:
         self.hooks: list[Callable[[str, Proc, LeaseEvent], None]] = []
         self.settled_at: float | None = None  # L3: acquisitions counted from here
         self.moves: dict[str, list[str]] = {}  # L3: lease -> acquirers since settled_at
-        self.rebalanced: dict[str, list[str]] = {}  # L3: lease -> quiet-phase hand-overs
+        # L3: lease -> quiet-phase hand-overs, each with the placement view it was decided on
+        self.rebalanced: dict[str, list[tuple[tuple[Any, ...], str]]] = {}
         ls = self.settings.leases
         a_max = ls.acquire_interval * (1 + ls.acquire_jitter)
         hang = ls.lease_ttl + ls.eviction_grace + 2 * a_max
@@ -398,7 +400,7 @@ class Sim:
     def _loops(self, r: Replica, proc: Proc, rt: SimRuntime, mgr: LeaseManager) -> None:
         """The scheduler's leased loops: a fenced write per tick while the lease is held."""
         work: Fenced | None = None
-        while not mgr._stop.is_set():  # noqa: SLF001
+        while not mgr.stopping:
             rt.sleep(rt.uniform(0.3, 0.7))
             for name in self.names:
                 lease = mgr.lease(name)
@@ -447,7 +449,8 @@ class Sim:
                 self.moves.setdefault(ev.lease, []).append(f"{rid}@{self.world.now:.3f}")
         elif ev.kind == "released" and self.quiet_mode and ev.reason.startswith("rebalance"):
             move = f"{rid} {ev.reason}@{self.world.now:.3f}"
-            self.rebalanced.setdefault(ev.lease, []).append(move)
+            view = self._decision_view(proc)
+            self.rebalanced.setdefault(ev.lease, []).append((view, move))
         self.log(f"{rid} {ev.kind} {ev.lease} e{ev.epoch} {ev.reason}")
 
     # -- invariants -------------------------------------------------------------------------
@@ -460,7 +463,7 @@ class Sim:
         for mgr, proc in self.procs:
             if proc.dead:
                 continue
-            for name, lease in list(mgr._state.held.items()):  # noqa: SLF001
+            for name, lease in list(mgr.core.state.held.items()):
                 if lease.valid():
                     believers.setdefault(name, []).append((mgr.replica_id, lease.epoch))
         for name, who in believers.items():
@@ -568,7 +571,7 @@ class Sim:
             name = self.rng.choice(self.names)
             text = f"step-down {name}"
             for rr in live:
-                if rr.mgr is not None and name in rr.mgr._state.held:  # noqa: SLF001
+                if rr.mgr is not None and name in rr.mgr.core.state.held:
                     rr.mgr.step_down(name, cooldown=self.rng.uniform(0.5, 5.0))
         elif kind == "drain" and r is not None and r.mgr is not None:
             text = f"step-down --replica {r.rid}"
@@ -773,7 +776,7 @@ class Sim:
         """L1: every lease some live replica campaigns for is held by exactly one."""
         running = [m for m, p in self.procs if not p.dead]
         for name in self.names:
-            if not any(name in m._candidacy() for m in running):  # noqa: SLF001
+            if not any(name in m.candidacy() for m in running):
                 continue  # nobody campaigns for it now (a wedged tick everywhere)
             holders = [m.replica_id for m in running if m.lease(name) is not None]
             if len(holders) != 1:
@@ -797,12 +800,30 @@ class Sim:
                     "L2", f"{name} held by {holders or 'nobody'}, placement chooses {chosen}"
                 )
 
+    def _decision_view(self, proc: Proc) -> tuple[Any, ...]:
+        """What the manager of ``proc`` ranks by now: its last heartbeat's live view with its
+        own entry as it knows it (what its rebalance plan was computed over)."""
+        mgr = next(m for m, p in self.procs if p is proc)
+        own = mgr.candidacy()
+        view = placement.self_view(mgr.replica_id, own, mgr.preferred_for, mgr.replicas() or [])
+        return tuple(sorted((r.id, r.campaigns_for, r.preferred_for, r.wedged) for r in view))
+
     def one_move(self) -> None:
-        """L3: from the L1 bound on (membership settled, every lease held), a lease moves at
-        most once: a rebalance hands it to its final holder directly."""
-        for name, who in sorted(self.rebalanced.items()):
-            if len(who) > 1:
-                raise self.fail("L3", f"{name} rebalanced {len(who)} times when quiet: {who}")
+        """L3: a rebalance hands a lease to its final holder directly: in the quiet phase a
+        lease is handed over at most once per placement view (the quiet phase's restarts and
+        the end of the faults' step-down cooldowns reach the live view over several
+        heartbeats: each such change may move a lease once more; a second move decided on
+        the same view is a ping-pong); from the L1 bound on (membership settled, every
+        lease held) it is acquired at most once more."""
+        for name, moves in sorted(self.rebalanced.items()):
+            per_view: dict[tuple[Any, ...], list[str]] = {}
+            for view, move in moves:
+                per_view.setdefault(view, []).append(move)
+            for who in per_view.values():
+                if len(who) > 1:
+                    raise self.fail(
+                        "L3", f"{name} rebalanced {len(who)} times over one view when quiet: {who}"
+                    )
         for name, who in sorted(self.moves.items()):
             if len(who) > 1:
                 raise self.fail("L3", f"{name} moved {len(who)} times after settling: {who}")
@@ -810,60 +831,14 @@ class Sim:
     def check_caches(self) -> None:
         """C1: each current placement cache equals its recomputation from the same inputs."""
         for mgr, proc in self.procs:
-            if proc.dead or mgr._stop.is_set():  # noqa: SLF001
+            if proc.dead or mgr.stopping:
                 continue
             self._check_caches(mgr)
 
     def _check_caches(self, mgr: LeaseManager) -> None:
-        # noqa: SLF001 throughout: the caches are private by design; this is their oracle
-        m: Any = mgr
-        rid = mgr.replica_id
-        candidacy = m._candidacy()
-        key = (m._view_gen, tuple(candidacy))
-        fresh_view = placement.self_view(rid, candidacy, mgr.preferred_for, m._replicas or [])
-        fresh = placement.Placement(fresh_view)
-        plan = m._plan if m._plan_key == key else None
-        if plan is not None and (
-            _ranked_by(plan.replicas) != _ranked_by(fresh.replicas)
-            or plan.assignment != fresh.assignment
-        ):
-            raise self.fail(
-                "C1",
-                f"{rid}: _placement() cache differs from its recomputation: cached "
-                f"{plan.assignment}, fresh {fresh.assignment} (key {key})",
-            )
-        if m._margin is not None and m._plan_key == key and m._margin[0] == key:
-            view = fresh.replicas
-            positions = [placement.hrw_position(n, rid, view) for n in candidacy]
-            best = min((p for p in positions if p is not None), default=1 << 30)
-            leases = len({n for r in view for n in r.campaigns_for})
-            if (m._margin[1], m._margin[2]) != (best, leases):
-                raise self.fail(
-                    "C1",
-                    f"{rid}: _want_view's margin {m._margin[1:]} != recomputed {(best, leases)}",
-                )
-        now = m.clock()
-        with m._lock:
-            early = bool(m._state.held or m._state.handing_over or m._commands) or any(
-                t == rid and u > now for t, u in m._state.reserved.values()
-            )
-            free = bool(m._state.free_since)
-        holders = dict(m._holders)
-        rkey = (m._view_gen, tuple(candidacy), tuple(sorted(holders.items(), key=str)))
-        if early or free or m._reason_key != rkey:
-            return  # the cached answer would not be used now
-        again = placement.direct_reason(
-            rid, candidacy, fresh.replicas, holders, {}, self.settings.leases.placement_step
-        )
-        if again != m._reason:
-            raise self.fail(
-                "C1", f"{rid}: _direct_reason cached {m._reason!r}, recomputed {again!r}"
-            )
-
-
-def _ranked_by(view: Any) -> list[tuple[Any, ...]]:
-    """What placement ranks by in a view (not ``live_for``: the rebalance reads it fresh)."""
-    return sorted((r.id, r.campaigns_for, r.preferred_for, r.wedged) for r in view)
+        problem = mgr.cache_problem()
+        if problem is not None:
+            raise self.fail("C1", problem)
 
 
 def schedule_json(schedule: list[Fault]) -> str:

@@ -145,6 +145,33 @@ def test_the_core_imports_no_front_end_and_no_certificate_loops() -> None:
     assert not bad, "\n".join(bad)
 
 
+#: What the lease manager's decision core may import: no database, threads, clock or random
+#: source (the shells pass the time and the jitter in), only the pure modules it decides with.
+LEASE_CORE_IMPORTS = {
+    "__future__",
+    "collections.abc",
+    "dataclasses",
+    "typing",
+    "leasectl.control",
+    "leasectl.placement",
+    "leasectl.settings",
+}
+
+
+def test_the_lease_decision_core_imports_nothing_that_waits_or_talks() -> None:
+    """``leasectl.lease_core`` decides; its shells (``_lease_loop``, ``_watch_ring``,
+    ``_standby_observer``) wait and talk SQL. Nothing of leasectl imports the shells but the
+    ``lease_manager`` facade, whose public API the rest uses."""
+    mods = _modules()
+    imported = _imports(mods["leasectl.lease_core"], "leasectl.lease_core", set(mods))
+    assert "leasectl.placement" in imported and "dataclasses" in imported  # it sees them
+    extra = imported - LEASE_CORE_IMPORTS
+    assert not extra, f"leasectl.lease_core imports {sorted(extra)}"
+    shells = {"leasectl._lease_loop", "leasectl._watch_ring", "leasectl._standby_observer"}
+    users = {n for n, deps in _graph().items() if deps & shells} - shells
+    assert users == {"leasectl.lease_manager"}, users
+
+
 def test_the_certificate_loops_import_only_the_core() -> None:
     bad = [
         f"{name} imports {dep}"

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 import psycopg
 import pytest
 
+from leasectl._lease_context import Shared
+from leasectl._lease_loop import LockLoop
 from leasectl.errors import (
     ConfigError,
     DatabaseUnavailable,
@@ -337,6 +339,17 @@ class FakeSession:
             del self.db.liveness[rid]
 
 
+def loop(m: LeaseManager) -> LockLoop:
+    """The manager's lock-session loop, whose rounds (campaign, heartbeat, ...) the tests
+    run one at a time on virtual time instead of starting its thread."""
+    return m._loop  # noqa: SLF001 - the one way in: the loop's own surface is public
+
+
+def shared(m: LeaseManager) -> Shared:
+    """What the manager's shells share (its stop event, its wake-up pipe)."""
+    return m._shared  # noqa: SLF001 - as loop()
+
+
 def manager(
     db: FakeDatabase,
     replica: str,
@@ -350,7 +363,7 @@ def manager(
     m = LeaseManager(replica, wanted, settings, dsn="fake", clock=clock, session_factory=lambda: s)
     events: list[LeaseEvent] = []
     m.add_listener(events.append)
-    m._session = m._connect()
+    loop(m).session = loop(m).connect()
     return m, s, events
 
 
@@ -382,7 +395,7 @@ def test_a_name_whose_key_another_replica_uses_is_refused_at_start() -> None:
     assert int4_hash(first) == int4_hash(second)
     db, clock = FakeDatabase(), FakeClock(100.0)
     a, sa, _ = manager(db, "a", [first], clock)
-    a._campaign(sa)
+    loop(a).campaign(sa)
     assert a.lease(first) is not None
     with pytest.raises(KeyCollision) as refused:
         manager(db, "b", [second, "unrelated"], clock)
@@ -394,7 +407,7 @@ def test_a_name_whose_key_another_replica_uses_is_refused_at_start() -> None:
 def test_campaign_acquires_and_bumps_the_epoch_then_a_rival_finds_it_taken() -> None:
     db, clock = FakeDatabase(), FakeClock(100.0)
     a, sa, a_events = manager(db, "a", ["x", "y"], clock)
-    a._campaign(sa)
+    loop(a).campaign(sa)
     held = a.held()
     assert {n: lease.epoch for n, lease in held.items()} == {"x": 1, "y": 1}
     assert held["x"].remaining == pytest.approx(TTL)  # valid until campaign start + lease_ttl
@@ -405,13 +418,13 @@ def test_campaign_acquires_and_bumps_the_epoch_then_a_rival_finds_it_taken() -> 
     ]
 
     b, sb, b_events = manager(db, "b", ["x"], clock)
-    b._campaign(sb)
+    loop(b).campaign(sb)
     assert b.held() == {} and b_events == []
     assert "bump_epoch" not in sb.calls  # no epoch moves for a lock it did not get
 
     a.step_down("x", cooldown=30)
-    a._run_commands(sa)
-    b._campaign(sb)
+    loop(a).run_commands(sa)
+    loop(b).campaign(sb)
     assert b.lease("x") is not None and b.lease("x").epoch == 2  # type: ignore[union-attr]
 
 
@@ -419,19 +432,19 @@ def test_a_manager_that_may_not_lead_never_campaigns() -> None:
     db = FakeDatabase()
     m = LeaseManager("f", ["x"], SETTINGS, dsn="fake", may_lead=False, clock=FakeClock())
     s = db.session()
-    m._campaign(s)
+    loop(m).campaign(s)
     assert s.calls == [] and db.locks == {}
 
 
 def test_heartbeat_renews_from_its_start_on_the_monotonic_clock() -> None:
     db, clock = FakeDatabase(), FakeClock(100.0)
     m, s, events = manager(db, "a", ["x"], clock)
-    m._campaign(s)
+    loop(m).campaign(s)
     lease = m.lease("x")
     assert lease is not None
     clock.now = 103.0
     db.now = 3.0
-    m._heartbeat(s)
+    loop(m).heartbeat(s)
     assert db.replicas["a"] == (3.0, s.backend_pid)  # the stamp eviction reads
     assert events[-1].kind == "heartbeat" and m.last_heartbeat_ok == 103.0
     clock.now = 107.999
@@ -443,22 +456,22 @@ def test_heartbeat_renews_from_its_start_on_the_monotonic_clock() -> None:
 def test_a_heartbeat_that_fails_past_lease_ttl_self_fences() -> None:
     db, clock = FakeDatabase(), FakeClock(100.0)
     m, s, events = manager(db, "a", ["x"], clock)
-    m._campaign(s)
+    loop(m).campaign(s)
     lease = m.lease("x")
     assert lease is not None
     s.broken = True  # every heartbeat from now on fails (or hangs: the clock runs on)
     clock.now = 101.0
     with pytest.raises(DatabaseUnavailable):
-        m._heartbeat(s)
+        loop(m).heartbeat(s)
     clock.now = 104.9
     assert lease.valid()  # belief lasts until the last good renewal + lease_ttl, not longer
-    m._expire(s, clock())
+    loop(m).expire(s, clock())
     assert m.lease("x") is not None
     clock.now = 105.0
     assert not lease.valid() and lease.lost_reason == "ttl_expired"
     with pytest.raises(DatabaseUnavailable):  # giving the lock back fails too: reconnect
-        m._expire(s, clock())
-    assert m.held() == {} and "x" not in m._state.held
+        loop(m).expire(s, clock())
+    assert m.held() == {} and "x" not in m.core.state.held
     assert lease.lost_event.is_set()
     assert [(e.kind, e.reason) for e in events if e.kind == "lost"] == [("lost", "ttl_expired")]
 
@@ -469,21 +482,21 @@ def test_a_lease_that_expired_on_a_live_session_gives_its_lock_back() -> None:
     (simulator seed 56: one release later the lock stayed held and the lease stuck here)."""
     db, clock = FakeDatabase(), FakeClock(100.0)
     m, s, events = manager(db, "a", ["x"], clock)
-    m._campaign(s)
+    loop(m).campaign(s)
     assert m.lease("x") is not None
     clock.now = 100.0 + TTL  # no heartbeat meanwhile: the process was stopped
-    m._expire(s, clock())
+    loop(m).expire(s, clock())
     assert m.lease("x") is None and "x" not in db.locks  # unlocked
-    m._campaign(s)
+    loop(m).campaign(s)
     assert m.lease("x") is not None and db.locks["x"] == s.backend_pid
 
 
 def test_a_heartbeat_that_finds_the_epoch_moved_drops_the_lease_and_unlocks() -> None:
     db, clock = FakeDatabase(), FakeClock(100.0)
     m, s, events = manager(db, "a", ["x", "y"], clock)
-    m._campaign(s)
+    loop(m).campaign(s)
     db.rows["x"].epoch += 1  # what a successor's bump does
-    m._heartbeat(s)
+    loop(m).heartbeat(s)
     assert set(m.held()) == {"y"}
     assert "x" not in db.locks  # given back, so a re-acquisition cannot stack a second grant
     lost = [e for e in events if e.kind == "lost"]
@@ -493,33 +506,33 @@ def test_a_heartbeat_that_finds_the_epoch_moved_drops_the_lease_and_unlocks() ->
 def test_a_server_in_recovery_ends_every_lease() -> None:
     db, clock = FakeDatabase(), FakeClock(100.0)
     m, s, _ = manager(db, "a", ["x"], clock)
-    m._campaign(s)
+    loop(m).campaign(s)
     lease = m.lease("x")
     db.in_recovery = True
     with pytest.raises(DatabaseUnavailable, match="recovery"):
-        m._heartbeat(s)
+        loop(m).heartbeat(s)
     assert lease is not None and lease.lost_reason == "server_in_recovery"
 
 
 def test_a_holder_older_than_ttl_plus_grace_on_the_db_clock_is_evicted() -> None:
     db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
     hung, hs, _ = manager(db, "hung", ["x"], clock)
-    hung._campaign(hs)
+    loop(hung).campaign(hs)
     hs_pid = hs.backend_pid
     cand, cs, cand_events = manager(db, "cand", ["x"], clock)
 
     db.now = 4.0  # the holder heartbeats: its stamp counts as a renewal
-    hung._heartbeat(hs)
+    loop(hung).heartbeat(hs)
     db.now = 4.0 + TTL + GRACE  # exactly at the threshold: not yet
-    cand._campaign(cs)
+    loop(cand).campaign(cs)
     assert not hs.closed and "evict" not in cs.calls
 
     db.now = 4.0 + TTL + GRACE + 0.1
-    cand._campaign(cs)
+    loop(cand).campaign(cs)
     assert hs.closed and db.locks.get("x") is None  # its session ended: the server freed it
     assert db.events[-1][:3] == ("evicted", "x", None) and f"pid {hs_pid}" in db.events[-1][3]
     assert [e.kind for e in cand_events] == ["evicted"]
-    cand._campaign(cs)
+    loop(cand).campaign(cs)
     new = cand.lease("x")
     assert new is not None and new.epoch == 2
 
@@ -527,13 +540,13 @@ def test_a_holder_older_than_ttl_plus_grace_on_the_db_clock_is_evicted() -> None
 def test_a_renewal_stamped_by_another_session_does_not_keep_a_hung_holder() -> None:
     db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
     hung, hs, _ = manager(db, "r", ["x"], clock)
-    hung._campaign(hs)
+    loop(hung).campaign(hs)
     # A restarted process reusing the replica id heartbeats on its own (lock-less) session.
     db.now = 6.0
     db.replicas["r"] = (6.0, 4242)
     cand, cs, _ = manager(db, "cand", ["x"], clock)
     db.now = TTL + GRACE + 0.1
-    cand._campaign(cs)
+    loop(cand).campaign(cs)
     assert hs.closed
 
 
@@ -544,13 +557,13 @@ def test_a_row_not_describing_the_lock_holder_is_evicted_only_if_that_persists()
     db.rows["x"] = Row(3, "old", 999, renewed_at=0.0)
     cand, cs, _ = manager(db, "cand", ["x"], clock)
     db.now = 100.0  # the row looks ancient, but it is not the lock holder's
-    cand._campaign(cs)
+    loop(cand).campaign(cs)
     assert not hs.closed
     clock.now = 100.0 + TTL + GRACE  # the mismatch has lasted the threshold, not more
-    cand._campaign(cs)
+    loop(cand).campaign(cs)
     assert not hs.closed
     clock.now = 100.0 + TTL + GRACE + 0.1
-    cand._campaign(cs)
+    loop(cand).campaign(cs)
     assert hs.closed
 
 
@@ -558,49 +571,49 @@ def test_an_epoch_bump_stuck_behind_fenced_writes_gives_the_locks_back_and_retri
     db, clock = FakeDatabase(), FakeClock(100.0)
     m, s, events = manager(db, "a", ["x"], clock)
     db.rows_busy = True
-    m._campaign(s)
+    loop(m).campaign(s)
     assert m.held() == {} and db.locks == {} and events == []
     assert s.inbox == []  # given back quietly: nobody was waiting for a release
     db.rows_busy = False
-    m._campaign(s)
+    loop(m).campaign(s)
     assert m.lease("x") is not None
 
 
 def test_release_notifies_waiters_and_records_it() -> None:
     db, clock = FakeDatabase(), FakeClock(100.0)
     a, sa, a_events = manager(db, "a", ["x"], clock)
-    a._campaign(sa)
+    loop(a).campaign(sa)
     lease = a.lease("x")
     b, sb, _ = manager(db, "b", ["x"], clock)
-    b._campaign(sb)
+    loop(b).campaign(sb)
     a.step_down("x", cooldown=30)
-    a._run_commands(sa)
+    loop(a).run_commands(sa)
     assert lease is not None and lease.lost_reason == "step_down"
     assert ("released", "x", 1, "step_down") in db.events and db.rows["x"].released_at is not None
     assert a_events[-1].kind == "released"
     notes = sb.wait_notify(0.0)
     assert notes == ["x"]
-    assert b._on_notify(sb, notes[0])  # a waiter campaigns at once
-    a._campaign(sa)
+    assert loop(b).on_notify(sb, notes[0])  # a waiter campaigns at once
+    loop(a).campaign(sa)
     assert a.lease("x") is None  # the cooldown keeps the stepped-down holder away
 
 
 def test_a_step_down_request_over_the_control_channel() -> None:
     db, clock = FakeDatabase(), FakeClock(100.0)
     a, sa, _ = manager(db, "a", ["x", "y"], clock)
-    a._campaign(sa)
+    loop(a).campaign(sa)
     request = '{"action": "step_down", "lease": "y", "replica": null, "cooldown": 5}'
-    assert not a._on_notify(sa, request)
+    assert not loop(a).on_notify(sa, request)
     assert set(a.held()) == {"x"} and "y" not in db.locks
-    assert not a._on_notify(sa, '{"action": "step_down", "lease": "x", "replica": "other"}')
+    assert not loop(a).on_notify(sa, '{"action": "step_down", "lease": "x", "replica": "other"}')
     assert set(a.held()) == {"x"}
 
 
 def test_shutdown_releases_and_marks_the_replica_stopped() -> None:
     db, clock = FakeDatabase(), FakeClock(100.0)
     m, s, _ = manager(db, "a", ["x"], clock)
-    m._campaign(s)
-    m._shutdown()
+    loop(m).campaign(s)
+    loop(m).shutdown()
     assert db.locks == {} and s.closed
     # It says it is leaving in the hand-over's round trip, before the release NOTIFY, so
     # peers drop it from their placement view first (the next candidate then takes the
@@ -612,10 +625,10 @@ def test_shutdown_releases_and_marks_the_replica_stopped() -> None:
 def test_connection_loss_at_shutdown_still_drops_belief() -> None:
     db, clock = FakeDatabase(), FakeClock(100.0)
     m, s, _ = manager(db, "a", ["x"], clock)
-    m._campaign(s)
+    loop(m).campaign(s)
     lease = m.lease("x")
     s.broken = True
-    m._shutdown()
+    loop(m).shutdown()
     assert lease is not None and not lease.valid() and s.closed
 
 
@@ -624,7 +637,7 @@ def test_the_safety_inequality_is_checked_on_the_sessions_tcp_settings() -> None
     tight = FakeSession(db, 7, tcp=TcpBound(4, 1, 4, 6000, unix_socket=False))  # D_srv 6 s
     m = LeaseManager("a", ["x"], SETTINGS, dsn="fake", session_factory=lambda: tight)
     with pytest.raises(SafetyInequalityViolated, match="D_srv = 6.0s"):
-        m._connect()
+        loop(m).connect()
     assert tight.closed and "register_replica" not in tight.calls
 
 
@@ -683,16 +696,16 @@ def cluster(
 def beat(*members: tuple[LeaseManager, FakeSession, list[LeaseEvent]]) -> None:
     """One heartbeat (and rebalance planning) of each member, as the thread does it."""
     for m, s, _ in members:
-        m._publish_candidacy(s)
-        m._heartbeat(s)
-        m._plan_rebalance()
+        loop(m).publish_candidacy(s)
+        loop(m).heartbeat(s)
+        loop(m).plan_rebalance()
 
 
 def deliver(*members: tuple[LeaseManager, FakeSession, list[LeaseEvent]]) -> None:
     """Each member reads its notifications and campaigns if one asks for it."""
     for m, s, _ in members:
-        if any([m._on_notify(s, p) for p in s.wait_notify(0.0)]):
-            m._campaign(s)
+        if any([loop(m).on_notify(s, p) for p in s.wait_notify(0.0)]):
+            loop(m).campaign(s)
 
 
 def holdings(
@@ -706,15 +719,15 @@ def test_spread_each_replica_takes_only_what_placement_gives_it() -> None:
     members = cluster(db, clock, ["a", "b", "c"])
     beat(*members.values())
     for m, s, _ in members.values():
-        m._campaign(s)
+        loop(m).campaign(s)
     held = holdings(members)
     assert [len(h) for h in held.values()] == [2, 2, 2]
     assert set().union(*held.values()) == set(SIX)
     a, sa, _ = members["a"]
     assert sorted(sa.watched) == sorted(set(SIX) - held["a"])  # watched, never tried
-    assert a._state.free_since  # a campaigned first: b's and c's were still free then
-    a._campaign(sa)
-    assert a._state.free_since == {}  # they are held now: nothing to wait for
+    assert a.core.state.free_since  # a campaigned first: b's and c's were still free then
+    loop(a).campaign(sa)
+    assert a.core.state.free_since == {}  # they are held now: nothing to wait for
 
 
 def test_a_non_first_candidate_waits_rank_times_step_after_seeing_a_lease_free() -> None:
@@ -722,17 +735,17 @@ def test_a_non_first_candidate_waits_rank_times_step_after_seeing_a_lease_free()
     members = cluster(db, clock, ["a", "b", "c"])
     beat(*members.values())
     lease = SIX[0]
-    plan = members["a"][0]._placement()
+    plan = members["a"][0].core.plan(members["a"][0].clock())
     second, third = (r.id for r in plan.ranking(lease)[1:])
     m, s, _ = members[third]
-    m._campaign(s)  # rank 2: sees the lease free, does not try it yet
+    loop(m).campaign(s)  # rank 2: sees the lease free, does not try it yet
     assert lease not in m.held() and lease in s.watched
-    assert m._state.free_since[lease] == 100.0
+    assert m.core.state.free_since[lease] == 100.0
     clock.now = 100.0 + 0.79
-    assert m._campaign(s) == 100.0 + 0.8  # when its turn comes (the thread campaigns then)
+    assert loop(m).campaign(s) == 100.0 + 0.8  # when its turn comes (the thread campaigns then)
     assert lease not in m.held()
     clock.now = 100.0 + 0.8
-    m._campaign(s)
+    loop(m).campaign(s)
     assert lease in m.held()  # nobody better took it: it does
 
 
@@ -740,24 +753,24 @@ def test_a_better_replica_joining_gets_its_leases_handed_over_once_settled() -> 
     db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
     a = manager(db, "a", SIX, clock, SPREAD)
     beat(a)
-    a[0]._campaign(a[1])
+    loop(a[0]).campaign(a[1])
     assert set(a[0].held()) == set(SIX)  # alone: everything is its
     db.now, clock.now = 10.0, 110.0
     b, c = manager(db, "b", SIX, clock, SPREAD), manager(db, "c", SIX, clock, SPREAD)
     beat(a, b, c)
-    b[0]._campaign(b[1])
-    c[0]._campaign(c[1])
+    loop(b[0]).campaign(b[1])
+    loop(c[0]).campaign(c[1])
     assert b[0].held() == {} and c[0].held() == {}  # no overlap: the locks are a's
-    assert a[0]._state.handing_over == {}  # b and c are not settled yet
+    assert a[0].core.state.handing_over == {}  # b and c are not settled yet
     db.now, clock.now = 12.9, 112.9
     beat(a, b, c)
-    assert a[0]._state.handing_over == {}
+    assert a[0].core.state.handing_over == {}
     db.now, clock.now = 13.0, 113.0  # live for rebalance_after
     beat(a, b, c)
-    plan = a[0]._placement()
+    plan = a[0].core.plan(a[0].clock())
     moving = {n: t for n, t in plan.assignment.items() if t != "a"}
-    assert len(moving) == 4 and a[0]._state.handing_over == moving
-    a[0]._hand_over_idle(a[1])
+    assert len(moving) == 4 and a[0].core.state.handing_over == moving
+    loop(a[0]).hand_over_idle(a[1])
     deliver(a, b, c)
     held = {"a": set(a[0].held()), "b": set(b[0].held()), "c": set(c[0].held())}
     assert [len(h) for h in held.values()] == [2, 2, 2]
@@ -768,7 +781,7 @@ def test_a_better_replica_joining_gets_its_leases_handed_over_once_settled() -> 
     # Stable from now on: nobody hands anything on.
     db.now, clock.now = 60.0, 160.0
     beat(a, b, c)
-    assert all(m._state.handing_over == {} for m, _, _ in (a, b, c))
+    assert all(m.core.state.handing_over == {} for m, _, _ in (a, b, c))
 
 
 def test_a_hand_over_names_its_receiver_in_the_releases_round_trip() -> None:
@@ -779,31 +792,31 @@ def test_a_hand_over_names_its_receiver_in_the_releases_round_trip() -> None:
     db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
     a = manager(db, "a", SIX, clock, SPREAD)
     beat(a)
-    a[0]._campaign(a[1])
+    loop(a[0]).campaign(a[1])
     db.now, clock.now = 10.0, 110.0
     b, c = manager(db, "b", SIX, clock, SPREAD), manager(db, "c", SIX, clock, SPREAD)
     beat(a, b, c)
     db.now, clock.now = 13.0, 113.0
     beat(a, b, c)
-    moving = dict(a[0]._state.handing_over)
+    moving = dict(a[0].core.state.handing_over)
     assert moving
     a[1].calls.clear()
-    a[0]._hand_over_idle(a[1])
+    loop(a[0]).hand_over_idle(a[1])
     assert "announce" not in a[1].calls and "hand_over" in a[1].calls
     first = b[1].inbox[0]
     assert first.startswith("{") and '"hand_over"' in first  # before the releases
     deliver(a, b, c)
     assert all(n in m.held() for n, t in moving.items() for m, _, _ in (b, c) if m.replica_id == t)
     for m, sess, _ in (a, b, c):
-        m._campaign(sess)  # each sees the receiver holding the lease: its reservation ends
-    assert all(n not in m._state.reserved for m, _, _ in (a, b, c) for n in moving)
+        loop(m).campaign(sess)  # each sees the receiver holding the lease: its reservation ends
+    assert all(n not in m.core.state.reserved for m, _, _ in (a, b, c) for n in moving)
 
 
 def test_a_running_tick_delays_the_hand_over_and_no_tick_starts_meanwhile() -> None:
     db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
     a = manager(db, "a", SIX, clock, SPREAD)
     beat(a)
-    a[0]._campaign(a[1])
+    loop(a[0]).campaign(a[1])
     b = manager(db, "b", SIX, clock, SPREAD)
     mine = {n for n, t in placement_of(a, b).items() if t == "b"}
     busy, idle = sorted(mine)[0], sorted(mine)[1:]
@@ -812,14 +825,14 @@ def test_a_running_tick_delays_the_hand_over_and_no_tick_starts_meanwhile() -> N
     db.now, clock.now = 10.0, 110.0
     beat(a, b)
     beat(a, b)  # the first round only stamped rows last seen 10 s ago (heartbeats are 1 s)
-    assert set(a[0]._state.handing_over) == mine
+    assert set(a[0].core.state.handing_over) == mine
     idle_lease = a[0].lease(idle[0])
     assert idle_lease is not None and not a[0].tick_begin(idle[0], idle_lease)  # pending
-    a[0]._hand_over_idle(a[1])
+    loop(a[0]).hand_over_idle(a[1])
     assert set(a[0].held()) == set(SIX) - set(idle)  # the busy one stays until its tick ends
     assert busy_lease.valid()
     a[0].tick_end(busy)
-    a[0]._hand_over_idle(a[1])
+    loop(a[0]).hand_over_idle(a[1])
     assert set(a[0].held()) == set(SIX) - mine and not busy_lease.valid()
     assert busy_lease.lost_reason == "rebalance: to b"
     assert not a[0].tick_begin(busy, busy_lease)  # a released lease never starts a tick
@@ -827,19 +840,19 @@ def test_a_running_tick_delays_the_hand_over_and_no_tick_starts_meanwhile() -> N
 
 def placement_of(*members: tuple[LeaseManager, FakeSession, list[LeaseEvent]]) -> dict[str, str]:
     beat(*members)
-    return members[0][0]._placement().assignment
+    return members[0][0].core.plan(members[0][0].clock()).assignment
 
 
 def test_a_lease_received_stays_for_the_cooldown_no_ping_pong() -> None:
     db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
     a = manager(db, "a", SIX, clock, SPREAD)
     beat(a)
-    a[0]._campaign(a[1])
+    loop(a[0]).campaign(a[1])
     db.now, clock.now = 10.0, 110.0
     b = manager(db, "b", SIX, clock, SPREAD)
     db.now, clock.now = 13.0, 113.0
     beat(a, b)
-    a[0]._hand_over_idle(a[1])
+    loop(a[0]).hand_over_idle(a[1])
     deliver(a, b)
     got = set(b[0].held())
     assert len(got) == 3
@@ -848,10 +861,10 @@ def test_a_lease_received_stays_for_the_cooldown_no_ping_pong() -> None:
     db.placement["a"].preferred_for = list(got)
     db.now, clock.now = 14.0, 114.0
     beat(b)
-    assert b[0]._state.handing_over == {}  # within rebalance_cooldown of receiving them
+    assert b[0].core.state.handing_over == {}  # within rebalance_cooldown of receiving them
     db.now, clock.now = 18.0, 118.0
     beat(a, b)
-    assert set(b[0]._state.handing_over) == got  # after it: one deliberate move back
+    assert set(b[0].core.state.handing_over) == got  # after it: one deliberate move back
     moves = [e for e in db.events if e[0] == "released"]
     assert len(moves) == 3
 
@@ -861,14 +874,14 @@ def test_a_crashed_holders_leases_go_to_the_next_ranked_survivor_at_once() -> No
     members = cluster(db, clock, ["a", "b", "c"])
     beat(*members.values())
     for m, s, _ in members.values():
-        m._campaign(s)
+        loop(m).campaign(s)
     lost = set(members["c"][0].held())
     db.terminate(members["c"][1].backend_pid)  # kill -9: the server ends its session
     survivors = [members["a"], members["b"]]
     db.now, clock.now = 1.0, 101.0
     beat(*survivors)  # c's session is gone: not live any more, ranks recomputed
     for m, s, _ in survivors:
-        m._campaign(s)
+        loop(m).campaign(s)
     held = set(members["a"][0].held()) | set(members["b"][0].held())
     assert held == set(SIX) and lost <= held
 
@@ -878,16 +891,16 @@ def test_a_crash_seen_before_the_next_heartbeat_costs_one_step_at_most() -> None
     members = cluster(db, clock, ["a", "b", "c"])
     beat(*members.values())
     for m, s, _ in members.values():
-        m._campaign(s)
+        loop(m).campaign(s)
     lease = sorted(members["c"][0].held())[0]
-    plan = members["a"][0]._placement()
+    plan = members["a"][0].core.plan(members["a"][0].clock())
     nxt = plan.ranking(lease)[1].id  # c is still rank 0 in the survivors' stale view
     db.terminate(members["c"][1].backend_pid)
     m, s, _ = members[nxt]
-    m._campaign(s)
+    loop(m).campaign(s)
     assert lease not in m.held()
     clock.now = 100.0 + SPREAD.leases.placement_step
-    m._campaign(s)
+    loop(m).campaign(s)
     assert lease in m.held()
 
 
@@ -896,18 +909,18 @@ def test_a_suspended_lease_is_not_campaigned_for_and_peers_stop_ranking_us() -> 
     members = cluster(db, clock, ["a", "b"])
     beat(*members.values())
     a, sa, _ = members["a"]
-    a._campaign(sa)
+    loop(a).campaign(sa)
     lease = sorted(a.held())[0]
     a.abandon(lease, "wedged_tick")
-    a._run_commands(sa)
+    loop(a).run_commands(sa)
     beat(members["a"])
     assert lease not in db.placement["a"].campaigns_for and "replica_candidacy" in sa.calls
-    a._campaign(sa)
+    loop(a).campaign(sa)
     assert lease not in a.held() and lease not in sa.watched
     b, sb, _ = members["b"]
     beat(members["b"])
-    assert b._placement().choose(lease) == "b"
-    b._campaign(sb)
+    assert b.core.plan(b.clock()).choose(lease) == "b"
+    loop(b).campaign(sb)
     assert lease in b.held()
     a.resume(lease)
     beat(members["a"])
@@ -919,10 +932,10 @@ def test_a_step_down_cooldown_takes_the_replica_out_of_the_ranking_meanwhile() -
     members = cluster(db, clock, ["a", "b"])
     beat(*members.values())
     a, sa, _ = members["a"]
-    a._campaign(sa)
+    loop(a).campaign(sa)
     lease = sorted(a.held())[0]
     a.step_down(lease, cooldown=30)
-    a._run_commands(sa)
+    loop(a).run_commands(sa)
     beat(members["a"])
     assert lease not in db.placement["a"].campaigns_for
     clock.now = 131.0
@@ -956,13 +969,13 @@ def test_requires_labels_and_preferred_holder_from_the_configuration() -> None:
     )
     assert a.excluded == {"loop-0": ("hsm",)} and "loop-0" not in a.wanted
     assert b.preferred_for == ["loop-1"]
-    a._session, b._session = a._connect(), b._connect()
+    loop(a).session, loop(b).session = loop(a).connect(), loop(b).connect()
     assert "loop-0" not in db.placement["a"].campaigns_for
     assert db.placement["b"].preferred_for == ["loop-1"]
     members: list[tuple[LeaseManager, FakeSession, list[LeaseEvent]]] = [(a, s_a, []), (b, s_b, [])]
     beat(*members)
-    a._campaign(s_a)
-    b._campaign(s_b)
+    loop(a).campaign(s_a)
+    loop(b).campaign(s_b)
     assert "loop-0" in b.held() and "loop-1" in b.held()
 
 
@@ -972,12 +985,12 @@ def test_pack_placement_is_the_plain_race() -> None:
     members = cluster(db, clock, ["a", "b", "c"], pack)
     beat(*members.values())
     a, sa, _ = members["a"]
-    assert a._replicas is None  # the heartbeat did not even ask who is live
-    a._campaign(sa)
+    assert a.replicas() is None  # the heartbeat did not even ask who is live
+    loop(a).campaign(sa)
     assert set(a.held()) == set(SIX)
     db.now, clock.now = 100.0, 200.0
     beat(*members.values())
-    assert a._state.handing_over == {}
+    assert a.core.state.handing_over == {}
 
 
 def test_a_replica_wide_step_down_drains_the_replica_for_the_cooldown() -> None:
@@ -985,15 +998,15 @@ def test_a_replica_wide_step_down_drains_the_replica_for_the_cooldown() -> None:
     members = cluster(db, clock, ["a", "b"])
     beat(*members.values())
     a, sa, _ = members["a"]
-    a._campaign(sa)
+    loop(a).campaign(sa)
     request = '{"action": "step_down", "lease": null, "replica": "a", "cooldown": 8}'
-    a._on_notify(sa, request)
+    loop(a).on_notify(sa, request)
     assert a.held() == {}
     beat(members["a"])
     assert db.placement["a"].campaigns_for == []  # away from every lease, not only its own
     b, sb, _ = members["b"]
     beat(members["b"])
-    b._campaign(sb)
+    loop(b).campaign(sb)
     assert set(b.held()) == set(SIX)
     clock.now = 108.0
     beat(members["a"])
@@ -1037,9 +1050,9 @@ def test_a_crashed_holder_reported_gone_is_taken_by_its_next_candidate_without_a
     members = cluster(db, clock, ["a", "b", "c"])
     beat(*members.values())
     for m, s, _ in members.values():
-        m._campaign(s)
+        loop(m).campaign(s)
     lost = set(members["c"][0].held())
-    plan = members["a"][0]._placement()
+    plan = members["a"][0].core.plan(members["a"][0].clock())
     heirs = {n: next(r.id for r in plan.ranking(n) if r.id != "c") for n in lost}
     db.terminate(members["c"][1].backend_pid)  # kill -9: the server ends its session...
     gone(db, "c")  # ...and c's watcher (b) is woken and tells everyone
@@ -1057,15 +1070,15 @@ def test_a_hand_over_receiver_gone_before_taking_frees_its_reservation() -> None
     db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
     a = manager(db, "a", SIX, clock, SPREAD)
     beat(a)
-    a[0]._campaign(a[1])
+    loop(a[0]).campaign(a[1])
     db.now, clock.now = 10.0, 110.0
     b, c = manager(db, "b", SIX, clock, SPREAD), manager(db, "c", SIX, clock, SPREAD)
     beat(a, b, c)
     db.now, clock.now = 13.0, 113.0  # b and c live for rebalance_after: a hands over
     beat(a, b, c)
-    to_b = sorted(n for n, t in a[0]._state.handing_over.items() if t == "b")
+    to_b = sorted(n for n, t in a[0].core.state.handing_over.items() if t == "b")
     assert to_b
-    a[0]._hand_over_idle(a[1])
+    loop(a[0]).hand_over_idle(a[1])
     db.terminate(b[1].backend_pid)  # b dies before it takes what it was handed
     gone(db, "b")
     deliver(a, c)  # the clock has not moved: the reservation for b has not run out
@@ -1082,11 +1095,11 @@ def test_a_crash_said_again_and_again_campaigns_once() -> None:
     a, sa, _ = members["a"]
     db.terminate(members["c"][1].backend_pid)
     said = gone_payload("c", "crash seen by a standby")
-    assert a._on_notify(sa, said)  # campaign now
+    assert loop(a).on_notify(sa, said)  # campaign now
     assert "c" not in {r.id for r in a.replicas() or []}
-    assert not a._on_notify(sa, said)
+    assert not loop(a).on_notify(sa, said)
     clock.now += TTL  # a crash of the same id after lease_ttl is news again
-    assert a._on_notify(sa, said)
+    assert loop(a).on_notify(sa, said)
 
 
 def test_a_lower_ranked_replica_keeps_its_placement_delay_after_a_gone() -> None:
@@ -1094,15 +1107,15 @@ def test_a_lower_ranked_replica_keeps_its_placement_delay_after_a_gone() -> None
     members = cluster(db, clock, ["a", "b", "c", "d"])
     beat(*members.values())
     for m, s, _ in members.values():
-        m._campaign(s)
+        loop(m).campaign(s)
     lease = sorted(members["d"][0].held())[0]
-    plan = members["a"][0]._placement()
+    plan = members["a"][0].core.plan(members["a"][0].clock())
     rest = [r.id for r in plan.ranking(lease) if r.id != "d"]
     db.terminate(members["d"][1].backend_pid)
     gone(db, "d")
     lm = members[rest[-1]]
     deliver(lm)  # the lowest-ranked survivor hears first: it only starts its wait
-    assert lease not in lm[0].held() and lm[0]._state.free_since[lease] == clock.now
+    assert lease not in lm[0].held() and lm[0].core.state.free_since[lease] == clock.now
     deliver(*(members[r] for r in rest[:-1]))
     assert lease in members[rest[0]][0].held()
 
@@ -1112,11 +1125,11 @@ def test_a_graceful_stop_hands_over_to_the_next_candidate_without_a_step() -> No
     members = cluster(db, clock, ["a", "b"])
     beat(*members.values())
     for m, s, _ in members.values():
-        m._campaign(s)
+        loop(m).campaign(s)
     a, sa, _ = members["a"]
     mine = set(a.held())
     assert mine  # a ranks first for these: b would wait a step if it still ranked a
-    a._shutdown()
+    loop(a).shutdown()
     deliver(members["b"])
     assert mine <= set(members["b"][0].held())
 
@@ -1125,12 +1138,12 @@ def test_the_liveness_lock_is_retried_at_each_heartbeat_until_held() -> None:
     db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
     db.liveness["a"] = 999  # a crashed predecessor's session, not ended yet
     a = manager(db, "a", SIX, clock, SPREAD)
-    assert not a[0]._holds_liveness
+    assert not loop(a[0]).holds_liveness
     beat(a)
-    assert not a[0]._holds_liveness
+    assert not loop(a[0]).holds_liveness
     del db.liveness["a"]  # the server ended it
     beat(a)
-    assert a[0]._holds_liveness and db.liveness["a"] == a[1].backend_pid
+    assert loop(a[0]).holds_liveness and db.liveness["a"] == a[1].backend_pid
     calls = len(a[1].calls)
     beat(a)
     assert "hold_replica" not in a[1].calls[calls:]  # held: not asked again
@@ -1148,8 +1161,8 @@ def readable(fd: int) -> bool:
 def test_the_thread_waits_until_its_next_deadline_in_one_wait() -> None:
     db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
     m, s, _ = manager(db, "a", ["x"], clock)
-    s.on_wait = m._stop.set
-    m._serve(s)
+    s.on_wait = shared(m).stop.set
+    loop(m).serve(s)
     ls = SETTINGS.leases
     lo, hi = (
         ls.acquire_interval * (1 - ls.acquire_jitter),
@@ -1161,8 +1174,8 @@ def test_the_thread_waits_until_its_next_deadline_in_one_wait() -> None:
 def test_commands_stop_and_a_pending_hand_over_wake_the_thread() -> None:
     db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
     m, s, _ = manager(db, "a", ["x", "y"], clock)
-    m._campaign(s)
-    fd = m._waker.fd
+    loop(m).campaign(s)
+    fd = shared(m).waker.fd
     assert not readable(fd)
     commands: tuple[Callable[[], None], ...] = (
         lambda: m.step_down("x"),
@@ -1174,14 +1187,14 @@ def test_commands_stop_and_a_pending_hand_over_wake_the_thread() -> None:
     for command in commands:
         command()
         assert readable(fd)
-        m._waker.drain()
+        shared(m).waker.drain()
         assert not readable(fd)
     lease = m.lease("x")
     assert lease is not None and m.tick_begin("x", lease)
     m.tick_end("x")
     assert not readable(fd)  # nothing waited for that tick
     assert m.tick_begin("x", lease)
-    m._state.handing_over["x"] = "b"
+    m.core.state.handing_over["x"] = "b"
     m.tick_end("x")
     assert readable(fd)  # the hand-over waited for it: now
 
@@ -1189,10 +1202,10 @@ def test_commands_stop_and_a_pending_hand_over_wake_the_thread() -> None:
 def test_a_command_queued_before_the_wait_is_not_lost() -> None:
     db, clock = FakeDatabase(now=0.0), FakeClock(100.0)
     m, s, _ = manager(db, "a", ["x"], clock)
-    m._campaign(s)
-    s.on_wait = m._stop.set
+    loop(m).campaign(s)
+    s.on_wait = shared(m).stop.set
     m.step_down("x")  # queued before the loop runs: executed before any wait
-    m._serve(s)
+    loop(m).serve(s)
     assert "x" not in m.held() and ("released", "x", 1, "step_down") in db.events
 
 
@@ -1212,23 +1225,23 @@ def standby_with_view(clock: FakeClock, n: int) -> tuple[LeaseManager, list[str]
 
 
 def seen(m: LeaseManager, ids: list[str], view_hash: str = "h1") -> None:
-    m._set_view([Replica(rid, frozenset(SIX[:2])) for rid in ids])
-    m._view_hash = view_hash
+    m.core.set_view([Replica(rid, frozenset(SIX[:2])) for rid in ids])
+    m.core.view_hash = view_hash
 
 
 def test_a_far_standby_asks_for_a_changed_view_only_when_its_own_turn_comes() -> None:
     clock = FakeClock(100.0)
     m, order = standby_with_view(clock, 40)
-    assert m._want_view(m._candidacy())  # no view yet: it must ask
+    assert m.core.want_view(m.candidacy(), m.clock())  # no view yet: it must ask
     seen(m, order)
-    m._view_due = clock.now + 10.0
+    m.core.view_due = clock.now + 10.0
     # Far from the top of both leases' orders: one or two replicas leaving cannot make it a choice
     # or a heir, so a change waits for its turn, however long the cluster was quiet before.
-    assert not m._want_view(m._candidacy())
+    assert not m.core.want_view(m.candidacy(), m.clock())
     clock.now += 9.9
-    assert not m._want_view(m._candidacy())
+    assert not m.core.want_view(m.candidacy(), m.clock())
     clock.now += 0.2
-    assert m._want_view(m._candidacy())
+    assert m.core.want_view(m.candidacy(), m.clock())
 
 
 def test_a_standby_near_the_top_or_a_long_free_lease_asks_at_once() -> None:
@@ -1237,16 +1250,17 @@ def test_a_standby_near_the_top_or_a_long_free_lease_asks_at_once() -> None:
     near = LeaseManager(order[2], SIX[:2], POOLED, dsn="fake", clock=clock)
     for x in (m, near):
         seen(x, order)
-        x._view_due = clock.now + 10.0
-    assert near._want_view(near._candidacy())  # third for SIX[0]: a heir after two leave
-    assert not m._want_view(m._candidacy())
+        x.core.view_due = clock.now + 10.0
+    # third for SIX[0]: a heir after two leave
+    assert near.core.want_view(near.candidacy(), near.clock())
+    assert not m.core.want_view(m.candidacy(), m.clock())
     # A lease seen free: only after (M + 2) placement steps (M = 2 leases here) did the
     # replicas ranked before this one fail to take it; then every standby looks.
-    m._state.free_since[SIX[1]] = clock.now
+    m.core.state.free_since[SIX[1]] = clock.now
     clock.now += (2 + 2) * POOLED.leases.placement_step - 0.01
-    assert not m._want_view(m._candidacy())
+    assert not m.core.want_view(m.candidacy(), m.clock())
     clock.now += 0.02
-    assert m._want_view(m._candidacy())
+    assert m.core.want_view(m.candidacy(), m.clock())
 
 
 def test_a_standby_back_from_a_step_down_cooldown_near_the_top_asks_at_once() -> None:
@@ -1256,9 +1270,10 @@ def test_a_standby_back_from_a_step_down_cooldown_near_the_top_asks_at_once() ->
     _, order = standby_with_view(clock, 40)
     near = LeaseManager(order[2], SIX[:2], POOLED, dsn="fake", clock=clock)
     seen(near, order)
-    near._view_due = clock.now + 10.0
+    near.core.view_due = clock.now + 10.0
     for name in SIX[:2]:
-        near._state.cooldown_until[name] = clock.now + 5.0
-    assert not near._want_view(near._candidacy())  # candidate for nothing meanwhile
+        near.core.state.cooldown_until[name] = clock.now + 5.0
+    # a candidate for nothing meanwhile
+    assert not near.core.want_view(near.candidacy(), near.clock())
     clock.now += 5.0
-    assert near._want_view(near._candidacy())
+    assert near.core.want_view(near.candidacy(), near.clock())
