@@ -152,10 +152,16 @@ class RoundRunner:
 
         return self.cluster.wait_line(pred, since=since, timeout=timeout)
 
-    def _first_tick(self, replica: str, since: float, timeout: float) -> LogLine | None:
+    def _first_tick(
+        self, replica: str | None, since: float, timeout: float, above: int | None = None
+    ) -> LogLine | None:
+        """The first ok tick of the target loop after ``since``: by ``replica``, or (None) by
+        any replica under an epoch above ``above``."""
+
         def pred(line: LogLine) -> bool:
             return (
-                line.replica == replica
+                (line.replica == replica if replica is not None else True)
+                and (above is None or (line.epoch or 0) > above)
                 and line.action == "tick_finished"
                 and line.loop == self.lease
                 and line.outcome == "ok"
@@ -302,9 +308,19 @@ class RoundRunner:
             # Its last successful heartbeat started before the fault: belief ended by then.
             bound = self.timing.lease_ttl
             r.self_fence_s = min(r.self_fence_s, bound) if r.self_fence_s is not None else bound
-        tick = self._first_tick(acq.replica, acq.ts, 30.0)
+        if kind in ("db-restart", "db-failover"):
+            # The first taker may have acquired on a session the server was still to end (a
+            # fast shutdown terminates the backends one by one): whoever holds the lease once
+            # the server is back runs the first tick.
+            tick = self._first_tick(None, acq.ts, 30.0, above=r.old_epoch)
+        else:
+            tick = self._first_tick(acq.replica, acq.ts, 30.0)
         if tick is not None:
             r.first_tick_s = tick.ts - r.t_fault
+            if tick.replica != acq.replica:
+                r.notes.append(
+                    f"{acq.replica} lost it to the restart; first tick by {tick.replica}"
+                )
         else:
             r.notes.append("new holder completed no tick within 30s")
         r.recovered = tick is not None
