@@ -312,10 +312,17 @@ def check(
     run_end: float,
     backoff_max: float,
     lines: Sequence[LogLine] = (),
+    stopping: float | None = None,
 ) -> tuple[Check, list[LoopLiveness]]:
-    """The ``liveness`` check over the run, and the per-loop classification behind it."""
+    """The ``liveness`` check over the run, and the per-loop classification behind it.
+
+    ``stopping``: when the drill began stopping the replicas at its end; a slot under way
+    then was cut short by the drill, not by the product (a tick cancelled by the SIGTERM).
+    """
     rows = read_ledger(admin_dsn, sorted(policies), since)
     windows = fault_windows(rounds, holdings, policies, rows, run_end)
+    if stopping is not None:
+        windows += [Window(lease, stopping, run_end, "the drill's end") for lease in policies]
     failed_claims = claim_failures(lines, sorted(policies))
     per_loop = [
         classify_slots(p, rows, windows, backoff_max=backoff_max, claim_failures=failed_claims)

@@ -401,6 +401,7 @@ class Drill:
                 20.0 if self.interrupted else self.opts.drain_timeout,
                 lambda what: self.progress(len(rounds), len(plan), None, what),
             )
+            stopping = time.time()
             cluster.stop_all()
             finished = time.time()
             lines = cluster.snapshot()
@@ -423,7 +424,7 @@ class Drill:
                 else (),
                 cluster_up=cluster_up,
             )
-            self._liveness(analysis, admin, rounds, tgt, started, finished, lines)
+            self._liveness(analysis, admin, rounds, tgt, started, finished, lines, stopping)
             return DrillResult(
                 options=self.opts,
                 skipped=self.skipped,
@@ -497,6 +498,7 @@ class Drill:
         started: float,
         finished: float,
         lines: Sequence[LogLine] = (),
+        stopping: float | None = None,
     ) -> None:
         """Add the liveness check; drop the domain checks the App's loops cannot back."""
         check, per_loop = liveness.check(
@@ -508,6 +510,7 @@ class Drill:
             run_end=finished,
             backoff_max=300.0,
             lines=lines,
+            stopping=stopping,
         )
         analysis.checks.append(check)
         analysis.liveness = liveness.to_json(per_loop)
