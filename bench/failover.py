@@ -283,6 +283,20 @@ def _acquired_after(conn: psycopg.Connection[Any], epoch: int) -> tuple[str, int
     return (str(row[0]), int(row[1]), float(row[2])) if row else None
 
 
+def _stop_daemons(daemons: list[Daemon], conn: psycopg.Connection[Any], tmp: Path) -> None:
+    """SIGTERM every daemon still running, wait for each (then kill), clean up."""
+    for d in daemons:
+        d.signal(signal.SIGTERM)
+    for d in daemons:
+        try:
+            d.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        d.close()
+    conn.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _daemon_config(dsn: str, tmp: Path) -> Path:
     """The daemons' config: the CLI tests' loops, only :data:`DAEMON_LEASE`, default leases."""
     import yaml
@@ -380,16 +394,7 @@ def run_rebalance_crash(
             joiner.proc.wait(15)
             joiner.close()
     finally:
-        for d in live.values():
-            d.signal(signal.SIGTERM)
-        for d in live.values():
-            try:
-                d.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-            d.close()
-        conn.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        _stop_daemons(list(live.values()), conn, tmp)
     return latencies
 
 
@@ -439,16 +444,7 @@ def run_daemons(dsn: str, mode: str, rounds: int, replicas: int, verbose: bool) 
             holder.close()
             del live[holder.id]
     finally:
-        for d in live.values():
-            d.signal(signal.SIGTERM)
-        for d in live.values():
-            try:
-                d.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-            d.close()
-        conn.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        _stop_daemons(list(live.values()), conn, tmp)
     return latencies
 
 
